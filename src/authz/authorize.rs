@@ -1,0 +1,672 @@
+//! The authorization endpoint and the consent page (RFC 6749 §4.1.1-4.1.2, OAuth 2.1
+//! §4.1, RFC 9207 `iss`, RFC 8707 `resource`).
+//!
+//! Client and redirect URI are checked first: if either is wrong the user sees an error
+//! page and is never redirected (b8). Every later error goes back to the redirect URI.
+
+use axum::extract::{RawQuery, State};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::{Environment, context};
+use url::Url;
+
+use super::params::{Params, split_scopes};
+use super::pkce;
+use super::uris::{canonical_resource, redirect_uri_matches};
+use crate::secret::{ct_eq, random_token, sha256_b64};
+use crate::state::AppState;
+use crate::store::{AuthCode, Client, PendingAuthorization};
+
+/// Path the consent form posts to.
+pub const CONSENT_PATH: &str = "/consent";
+
+/// The page templates, compiled once.
+pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
+    let mut env = Environment::new();
+    env.add_template("consent.html", include_str!("templates/consent.html"))?;
+    env.add_template("error.html", include_str!("templates/error.html"))?;
+    Ok(env)
+}
+
+/// Why an authorization request failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthorizeError {
+    /// Client or redirect URI cannot be trusted: show a page, never redirect.
+    Page {
+        /// Error code.
+        error: &'static str,
+        /// Description.
+        description: String,
+    },
+    /// Tell the client through its (validated) redirect URI.
+    Redirect {
+        /// Where.
+        redirect_uri: String,
+        /// The client's state.
+        state: Option<String>,
+        /// Error code.
+        error: &'static str,
+        /// Description.
+        description: String,
+    },
+}
+
+/// A request that passed every check and awaits consent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ValidRequest {
+    /// The client.
+    pub client: Client,
+    /// The redirect URI as presented (it matched a registered one).
+    pub redirect_uri: String,
+    /// Client state.
+    pub state: Option<String>,
+    /// Scopes to grant.
+    pub scopes: Vec<String>,
+    /// Canonical resource.
+    pub resource: String,
+    /// S256 challenge.
+    pub code_challenge: String,
+}
+
+/// Check an authorization request (pure: the client is looked up by the caller).
+pub fn validate_request(
+    params: Result<Params, String>,
+    client: Option<Client>,
+    supported_scopes: &[String],
+    default_scopes: &[String],
+    our_resource: &str,
+) -> Result<ValidRequest, AuthorizeError> {
+    let page = |error, description: String| AuthorizeError::Page { error, description };
+    let params = params.map_err(|d| page("invalid_request", d))?;
+    if params.get("client_id").is_none() {
+        return Err(page("invalid_request", "client_id is missing".into()));
+    }
+    let client = client.ok_or_else(|| page("invalid_client", "unknown client_id".into()))?;
+    let redirect_uri = match params.get("redirect_uri") {
+        Some(uri)
+            if client
+                .redirect_uris
+                .iter()
+                .any(|r| redirect_uri_matches(r, uri)) =>
+        {
+            uri.to_string()
+        }
+        Some(_) => {
+            return Err(page(
+                "invalid_request",
+                "redirect_uri is not registered for this client".into(),
+            ));
+        }
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => return Err(page("invalid_request", "redirect_uri is missing".into())),
+    };
+    let state = params.get("state").map(str::to_string);
+    let redirect = |error, description: &str| AuthorizeError::Redirect {
+        redirect_uri: redirect_uri.clone(),
+        state: state.clone(),
+        error,
+        description: description.to_string(),
+    };
+    match params.get("response_type") {
+        Some("code") => {}
+        None => return Err(redirect("invalid_request", "response_type is missing")),
+        Some(_) => {
+            return Err(redirect(
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            ));
+        }
+    }
+    let challenge = params
+        .get("code_challenge")
+        .ok_or_else(|| redirect("invalid_request", "PKCE code_challenge is required"))?;
+    if params.get("code_challenge_method") != Some("S256") {
+        return Err(redirect(
+            "invalid_request",
+            "code_challenge_method must be S256",
+        ));
+    }
+    if challenge.len() != 43 || !pkce::is_well_formed(challenge) {
+        return Err(redirect(
+            "invalid_request",
+            "code_challenge is not an S256 challenge",
+        ));
+    }
+    let scopes = match params.get("scope") {
+        Some(scope) => split_scopes(scope),
+        None => match &client.scope {
+            Some(registered) => split_scopes(registered),
+            None => default_scopes.to_vec(),
+        },
+    };
+    // offline_access is how some clients ask for refresh tokens; refresh tokens are always
+    // issued here, so it is accepted and dropped (a3).
+    let scopes: Vec<String> = scopes
+        .into_iter()
+        .filter(|s| s != "offline_access")
+        .collect();
+    if let Some(bad) = scopes.iter().find(|s| !supported_scopes.contains(s)) {
+        return Err(redirect(
+            "invalid_scope",
+            &format!("scope `{bad}` is not offered"),
+        ));
+    }
+    let scopes = if scopes.is_empty() {
+        default_scopes.to_vec()
+    } else {
+        scopes
+    };
+    let resource = match params.get("resource") {
+        None => our_resource.to_string(),
+        Some(r) => match canonical_resource(r) {
+            Some(c) if c == our_resource => c,
+            _ => {
+                return Err(redirect(
+                    "invalid_target",
+                    "resource is not served by this authorization server",
+                ));
+            }
+        },
+    };
+    Ok(ValidRequest {
+        client,
+        redirect_uri,
+        state,
+        scopes,
+        resource,
+        code_challenge: challenge.to_string(),
+    })
+}
+
+/// Add response parameters to a redirect URI, keeping its own query (RFC 6749 §3.1.2).
+pub fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Option<String> {
+    let mut url = Url::parse(redirect_uri).ok()?;
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in pairs {
+            q.append_pair(k, v);
+        }
+    }
+    Some(url.to_string())
+}
+
+fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(v) => (
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, v),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "invalid redirect URI").into_response(),
+    }
+}
+
+/// Render an error page.
+fn error_page(
+    env: &Environment<'static>,
+    status: StatusCode,
+    error: &str,
+    description: &str,
+) -> Response {
+    let html = env
+        .get_template("error.html")
+        .and_then(|t| t.render(context! { error, description }))
+        .unwrap_or_else(|_| format!("{error}: {description}"));
+    (status, page_headers(), Html(html)).into_response()
+}
+
+/// Headers for our HTML pages: never cached, never framed (clickjacking), no referrer.
+fn page_headers() -> [(header::HeaderName, HeaderValue); 4] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+    ]
+}
+
+fn scope_words(scope: &str) -> &'static str {
+    match scope {
+        "mcp:read" => "See the server's tools, resources and prompts, and call read-only tools",
+        "mcp:write" => "Call tools that change data",
+        "mcp:admin" => "Administer the server",
+        _ => "Access",
+    }
+}
+
+/// Issue a code for an approved request and build the success redirect.
+fn approve(state: &AppState, p: &PendingAuthorization, now: u64) -> Result<String, &'static str> {
+    let code = random_token(32).ok_or("rng")?;
+    let grant_id = random_token(16).ok_or("rng")?;
+    let record = AuthCode {
+        grant_id,
+        client_id: p.client_id.clone(),
+        redirect_uri: p.redirect_uri.clone(),
+        code_challenge: p.code_challenge.clone(),
+        scopes: p.scopes.clone(),
+        resource: p.resource.clone(),
+        sub: state.settings.config.user.clone(),
+        expires_at: now + state.settings.config.code_ttl,
+    };
+    state
+        .store
+        .insert_code(sha256_b64(&code), record)
+        .map_err(|_| "store")?;
+    tracing::info!(client_id = %p.client_id, scopes = %p.scopes.join(" "), "authorization code issued");
+    let mut pairs = vec![("code", code.as_str())];
+    if let Some(s) = &p.state {
+        pairs.push(("state", s));
+    }
+    pairs.push(("iss", &state.settings.issuer));
+    redirect_with(&p.redirect_uri, &pairs).ok_or("redirect")
+}
+
+fn error_redirect(
+    issuer: &str,
+    redirect_uri: &str,
+    state: Option<&str>,
+    error: &str,
+    description: &str,
+) -> Option<String> {
+    let mut pairs = vec![("error", error), ("error_description", description)];
+    if let Some(s) = state {
+        pairs.push(("state", s));
+    }
+    pairs.push(("iss", issuer));
+    redirect_with(redirect_uri, &pairs)
+}
+
+/// `GET /authorize`.
+pub async fn authorize_get(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let env = &state.templates;
+    let s = &state.settings;
+    let now = state.clock.now();
+    let params = Params::parse(query.unwrap_or_default().as_bytes());
+    let client = match params.as_ref().ok().and_then(|p| p.get("client_id")) {
+        Some(id) => match state.store.client(id) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "client lookup failed");
+                return error_page(
+                    env,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "try again shortly",
+                );
+            }
+        },
+        None => None,
+    };
+    let req = match validate_request(
+        params,
+        client,
+        &s.config.scopes.supported,
+        &s.config.scopes.default,
+        &s.resource,
+    ) {
+        Ok(r) => r,
+        Err(AuthorizeError::Page { error, description }) => {
+            return error_page(env, StatusCode::BAD_REQUEST, error, &description);
+        }
+        Err(AuthorizeError::Redirect {
+            redirect_uri,
+            state: st,
+            error,
+            description,
+        }) => {
+            return match error_redirect(
+                &s.issuer,
+                &redirect_uri,
+                st.as_deref(),
+                error,
+                &description,
+            ) {
+                Some(loc) => found(&loc),
+                None => error_page(env, StatusCode::BAD_REQUEST, error, &description),
+            };
+        }
+    };
+    let (Some(id), Some(csrf)) = (random_token(24), random_token(24)) else {
+        return error_page(
+            env,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "try again",
+        );
+    };
+    let pending = PendingAuthorization {
+        id,
+        csrf_token: csrf,
+        client_id: req.client.client_id.clone(),
+        redirect_uri: req.redirect_uri.clone(),
+        state: req.state.clone(),
+        scopes: req.scopes.clone(),
+        resource: req.resource.clone(),
+        code_challenge: req.code_challenge.clone(),
+        expires_at: now + s.config.consent_ttl,
+    };
+    if s.config.auto_approve {
+        return match approve(&state, &pending, now) {
+            Ok(loc) => found(&loc),
+            Err(_) => error_page(
+                env,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "try again",
+            ),
+        };
+    }
+    if let Err(e) = state.store.insert_pending(pending.clone(), now) {
+        tracing::error!(error = %e, "storing pending authorization failed");
+        return error_page(
+            env,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "try again shortly",
+        );
+    }
+    let redirect_host = Url::parse(&req.redirect_uri)
+        .ok()
+        .map(|u| match u.host_str() {
+            Some(h) => h.to_string(),
+            None => format!("{}:", u.scheme()),
+        })
+        .unwrap_or_default();
+    let scopes: Vec<_> = req
+        .scopes
+        .iter()
+        .map(|n| context! { name => n, words => scope_words(n) })
+        .collect();
+    let client_name = req
+        .client
+        .client_name
+        .clone()
+        .unwrap_or_else(|| format!("Client {}", req.client.client_id));
+    let html = env.get_template("consent.html").and_then(|t| {
+        t.render(context! {
+            client_name,
+            redirect_host,
+            scopes,
+            resource => req.resource,
+            user => s.config.user.clone(),
+            action => CONSENT_PATH,
+            request_id => pending.id,
+            csrf_token => pending.csrf_token,
+            minutes => s.config.consent_ttl / 60,
+        })
+    });
+    match html {
+        Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "consent template failed");
+            error_page(
+                env,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "try again",
+            )
+        }
+    }
+}
+
+/// Whether a form post comes from our own page: browsers send `Sec-Fetch-Site` and `Origin`
+/// on POST; a cross-site value means a forged submission.
+fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site")
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if origin == state.settings.public_origin {
+        return true;
+    }
+    // The page may be reached under another name of the same host (localhost vs 127.0.0.1).
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok());
+    match (Url::parse(origin), host) {
+        (Ok(o), Some(host)) => {
+            o.host_str().map(|h| match o.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            }) == Some(host.to_string())
+        }
+        _ => false,
+    }
+}
+
+/// `POST /consent`: the user's decision on a pending request. Each request id works once.
+pub async fn consent_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let env = &state.templates;
+    let s = &state.settings;
+    let now = state.clock.now();
+    if !same_origin_post(&state, &headers) {
+        return error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "cross-site form submission refused",
+        );
+    }
+    let params = match Params::parse(&body) {
+        Ok(p) => p,
+        Err(d) => return error_page(env, StatusCode::BAD_REQUEST, "invalid_request", &d),
+    };
+    let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
+        return error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form is incomplete",
+        );
+    };
+    let pending = match state.store.take_pending(id) {
+        Ok(Some(p)) if p.expires_at > now => p,
+        Ok(_) => {
+            return error_page(
+                env,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this authorization request has expired or was already answered",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pending lookup failed");
+            return error_page(
+                env,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again shortly",
+            );
+        }
+    };
+    if !ct_eq(csrf, &pending.csrf_token) {
+        return error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the form's security token does not match",
+        );
+    }
+    let location = match params.get("decision") {
+        Some("approve") => approve(&state, &pending, now).ok(),
+        _ => {
+            tracing::info!(client_id = %pending.client_id, "consent denied");
+            error_redirect(
+                &s.issuer,
+                &pending.redirect_uri,
+                pending.state.as_deref(),
+                "access_denied",
+                "the user denied the request",
+            )
+        }
+    };
+    match location {
+        Some(loc) => found(&loc),
+        None => error_page(
+            env,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "try again",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RES: &str = "http://127.0.0.1:9/mcp";
+    const CHALLENGE: &str = "aR08vLrMr-Hy7JDIQ78iMyVuRP4ZwjqTrMzHmJL04PM";
+
+    fn client() -> Client {
+        Client {
+            client_id: "c1".into(),
+            client_name: None,
+            redirect_uris: vec!["http://127.0.0.1/cb".into()],
+            grant_types: vec![],
+            token_endpoint_auth_method: "none".into(),
+            scope: None,
+            created_at: 0,
+        }
+    }
+
+    fn check(query: &str, client: Option<Client>) -> Result<ValidRequest, AuthorizeError> {
+        let supported = vec!["mcp:read".to_string(), "mcp:write".to_string()];
+        validate_request(
+            Params::parse(query.as_bytes()),
+            client,
+            &supported,
+            &["mcp:read".into()],
+            RES,
+        )
+    }
+
+    fn q(extra: &str) -> String {
+        format!(
+            "client_id=c1&redirect_uri=http%3A%2F%2F127.0.0.1%3A5555%2Fcb&response_type=code&code_challenge={CHALLENGE}&code_challenge_method=S256&state=xyz{extra}"
+        )
+    }
+
+    fn code_of(r: Result<ValidRequest, AuthorizeError>) -> &'static str {
+        match r {
+            Err(AuthorizeError::Redirect { error, .. }) => error,
+            Err(AuthorizeError::Page { error, .. }) => error,
+            Ok(_) => "ok",
+        }
+    }
+
+    #[test]
+    fn valid_request_defaults_scope_and_resource() {
+        let r = check(&q(""), Some(client())).unwrap();
+        assert_eq!(r.scopes, ["mcp:read"]);
+        assert_eq!(r.resource, RES);
+        assert_eq!(r.redirect_uri, "http://127.0.0.1:5555/cb");
+        assert_eq!(r.state.as_deref(), Some("xyz"));
+    }
+
+    #[test]
+    fn b8_unknown_client_or_redirect_never_redirects() {
+        assert!(matches!(
+            check(&q(""), None),
+            Err(AuthorizeError::Page { .. })
+        ));
+        let other = q("").replace("127.0.0.1%3A5555%2Fcb", "evil.example%2Fcb");
+        assert!(matches!(
+            check(&other, Some(client())),
+            Err(AuthorizeError::Page { .. })
+        ));
+    }
+
+    #[test]
+    fn b4_pkce_s256_is_required() {
+        let plain = q("").replace("code_challenge_method=S256", "code_challenge_method=plain");
+        assert_eq!(code_of(check(&plain, Some(client()))), "invalid_request");
+        let missing = q("").replace(&format!("code_challenge={CHALLENGE}&"), "");
+        assert_eq!(code_of(check(&missing, Some(client()))), "invalid_request");
+        let no_method = q("").replace("&code_challenge_method=S256", "");
+        assert_eq!(
+            code_of(check(&no_method, Some(client()))),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn b5_resource_must_be_ours() {
+        assert_eq!(
+            code_of(check(
+                &q("&resource=http%3A%2F%2Fother%2Fmcp"),
+                Some(client())
+            )),
+            "invalid_target"
+        );
+        assert_eq!(
+            code_of(check(
+                &q("&resource=HTTP%3A%2F%2F127.0.0.1%3A9%2Fmcp%2F"),
+                Some(client())
+            )),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn scope_and_response_type_errors_redirect() {
+        assert_eq!(
+            code_of(check(&q("&scope=root"), Some(client()))),
+            "invalid_scope"
+        );
+        let token = q("").replace("response_type=code", "response_type=token");
+        assert_eq!(
+            code_of(check(&token, Some(client()))),
+            "unsupported_response_type"
+        );
+        assert_eq!(
+            code_of(check(&q("&state=again"), Some(client()))),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn b10_redirect_keeps_query_and_encodes() {
+        let loc = redirect_with(
+            "http://127.0.0.1:1/cb?x=1",
+            &[("code", "a b"), ("iss", "http://h")],
+        )
+        .unwrap();
+        assert_eq!(loc, "http://127.0.0.1:1/cb?x=1&code=a+b&iss=http%3A%2F%2Fh");
+    }
+
+    #[test]
+    fn templates_compile() {
+        let env = templates().unwrap();
+        let html = env
+            .get_template("consent.html")
+            .unwrap()
+            .render(context! { client_name => "<script>", scopes => Vec::<String>::new() })
+            .unwrap();
+        assert!(html.contains("&lt;script&gt;"), "names are escaped");
+    }
+}

@@ -1,0 +1,203 @@
+//! The authorization server's errors: RFC 6749 §5.2 codes plus those of RFC 7591 §3.2.2
+//! and RFC 8707 §2, each rendered as the standard JSON body with `Cache-Control: no-store`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error answered by a token, registration or revocation endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OAuthError {
+    /// A parameter is missing, repeated, malformed or unsupported.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Client authentication failed. `basic` is true when the client used HTTP auth.
+    #[error("{message}")]
+    InvalidClient {
+        /// Description.
+        message: String,
+        /// Whether to answer 401 with `WWW-Authenticate: Basic`.
+        basic: bool,
+    },
+    /// The grant (code, refresh token) is invalid, expired, revoked or not this client's.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// The client may not use this grant type.
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    /// The grant type is not supported.
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// The scope is unknown or exceeds what was granted.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// The `resource` is not one this server protects (RFC 8707).
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// A redirect URI is not acceptable (RFC 7591).
+    #[error("{0}")]
+    InvalidRedirectUri(String),
+    /// Other client metadata is not acceptable (RFC 7591).
+    #[error("{0}")]
+    InvalidClientMetadata(String),
+    /// Too many requests from this source.
+    #[error("too many requests; retry after {0} seconds")]
+    TooManyRequests(u64),
+    /// Our fault. The cause is logged, never shown.
+    #[error("internal error")]
+    ServerError(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The JSON error body (RFC 6749 §5.2).
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// The code.
+    pub error: &'static str,
+    /// Description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+impl OAuthError {
+    /// The RFC code.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
+            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::InvalidRedirectUri(_) => "invalid_redirect_uri",
+            Self::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Self::TooManyRequests(_) => "slow_down",
+            Self::ServerError(_) => "server_error",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidClient { basic: true, .. } => StatusCode::UNAUTHORIZED,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ServerError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Wrap an internal failure.
+    pub fn server(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::ServerError(Box::new(e))
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        if let Self::ServerError(cause) = &self {
+            tracing::error!(error = %cause, "authorization server error");
+        }
+        let description = match &self {
+            Self::ServerError(_) => None,
+            other => Some(other.to_string()),
+        };
+        let body = ErrorBody {
+            error: self.error_code(),
+            error_description: description,
+        };
+        let mut res = (self.status(), axum::Json(body)).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Self::InvalidClient { basic: true, .. } = self {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"mcp-oauth-gateway\""),
+            );
+        }
+        if let Self::TooManyRequests(secs) = self
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            h.insert(header::RETRY_AFTER, v);
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_its_code_and_status() {
+        let cases: Vec<(OAuthError, &str, u16)> = vec![
+            (
+                OAuthError::InvalidRequest("x".into()),
+                "invalid_request",
+                400,
+            ),
+            (
+                OAuthError::InvalidClient {
+                    message: "x".into(),
+                    basic: false,
+                },
+                "invalid_client",
+                400,
+            ),
+            (
+                OAuthError::InvalidClient {
+                    message: "x".into(),
+                    basic: true,
+                },
+                "invalid_client",
+                401,
+            ),
+            (OAuthError::InvalidGrant("x".into()), "invalid_grant", 400),
+            (
+                OAuthError::UnauthorizedClient("x".into()),
+                "unauthorized_client",
+                400,
+            ),
+            (
+                OAuthError::UnsupportedGrantType("x".into()),
+                "unsupported_grant_type",
+                400,
+            ),
+            (OAuthError::InvalidScope("x".into()), "invalid_scope", 400),
+            (OAuthError::InvalidTarget("x".into()), "invalid_target", 400),
+            (
+                OAuthError::InvalidRedirectUri("x".into()),
+                "invalid_redirect_uri",
+                400,
+            ),
+            (
+                OAuthError::InvalidClientMetadata("x".into()),
+                "invalid_client_metadata",
+                400,
+            ),
+            (OAuthError::TooManyRequests(3), "slow_down", 429),
+            (
+                OAuthError::server(std::io::Error::other("disk")),
+                "server_error",
+                500,
+            ),
+        ];
+        for (err, code, status) in cases {
+            assert_eq!(err.error_code(), code);
+            assert_eq!(err.status().as_u16(), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn responses_are_not_cacheable_and_hide_internals() {
+        let res = OAuthError::server(std::io::Error::other("secret path /x")).into_response();
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+        let res = OAuthError::InvalidClient {
+            message: "x".into(),
+            basic: true,
+        }
+        .into_response();
+        assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

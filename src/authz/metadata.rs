@@ -1,0 +1,56 @@
+//! RFC 8414 authorization server metadata, also served as OIDC discovery (b2, b3, b4, b10).
+//! The issuer is exactly the public URL, and every endpoint is under it, so reachable
+//! through the proxy.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// The metadata document.
+#[derive(Debug, Serialize)]
+pub struct AuthorizationServerMetadata {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    registration_endpoint: String,
+    revocation_endpoint: String,
+    jwks_uri: String,
+    scopes_supported: Vec<String>,
+    response_types_supported: [&'static str; 1],
+    response_modes_supported: [&'static str; 1],
+    grant_types_supported: [&'static str; 2],
+    token_endpoint_auth_methods_supported: [&'static str; 1],
+    revocation_endpoint_auth_methods_supported: [&'static str; 1],
+    code_challenge_methods_supported: [&'static str; 1],
+    authorization_response_iss_parameter_supported: bool,
+    client_id_metadata_document_supported: bool,
+    subject_types_supported: [&'static str; 1],
+    id_token_signing_alg_values_supported: Vec<String>,
+}
+
+/// `GET /.well-known/oauth-authorization-server` and `/.well-known/openid-configuration`.
+pub async fn authorization_server_get(State(state): State<AppState>) -> impl IntoResponse {
+    let issuer = &state.settings.issuer;
+    let at = |path: &str| format!("{issuer}{path}");
+    axum::Json(AuthorizationServerMetadata {
+        issuer: issuer.clone(),
+        authorization_endpoint: at("/authorize"),
+        token_endpoint: at("/token"),
+        registration_endpoint: at("/register"),
+        revocation_endpoint: at("/revoke"),
+        jwks_uri: at("/.well-known/jwks.json"),
+        scopes_supported: state.settings.config.scopes.supported.clone(),
+        response_types_supported: ["code"],
+        response_modes_supported: ["query"],
+        grant_types_supported: ["authorization_code", "refresh_token"],
+        token_endpoint_auth_methods_supported: ["none"],
+        revocation_endpoint_auth_methods_supported: ["none"],
+        code_challenge_methods_supported: ["S256"],
+        authorization_response_iss_parameter_supported: true,
+        client_id_metadata_document_supported: false,
+        subject_types_supported: ["public"],
+        id_token_signing_alg_values_supported: vec![format!("{:?}", state.keys.alg)],
+    })
+}

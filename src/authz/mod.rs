@@ -1,0 +1,66 @@
+//! The authorization server (:3003, reached through the proxy): metadata (RFC 8414, OIDC
+//! discovery), protected resource metadata (RFC 9728), registration (RFC 7591), the
+//! authorization endpoint and consent page, the token endpoint, revocation (RFC 7009).
+//!
+//! | flow step (ARCHITECTURE.md) | handler |
+//! |---|---|
+//! | 2. protected resource metadata | [`crate::resource::metadata::protected_resource_get`] |
+//! | 3. authorization server metadata | [`metadata::authorization_server_get`] |
+//! | 4. registration | [`register::register_post`] |
+//! | 5. authorize, consent | [`authorize::authorize_get`], [`authorize::consent_post`] |
+//! | 6, 8. token, refresh | [`token::token_post`] |
+//! | revocation | [`revoke::revoke_post`] |
+
+pub mod authorize;
+pub mod error;
+pub mod metadata;
+pub mod params;
+pub mod pkce;
+pub mod ratelimit;
+pub mod register;
+pub mod revoke;
+pub mod token;
+pub mod uris;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::resource::metadata::protected_resource_get;
+use crate::state::AppState;
+
+/// Largest body the authorization endpoints accept.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The custom-routes router.
+pub fn router(state: AppState) -> Router {
+    let as_meta = get(metadata::authorization_server_get);
+    Router::new()
+        // RFC 8414 §3.1 and OIDC discovery, with the insertion and append forms some
+        // clients build from the MCP URL (b3).
+        .route("/.well-known/oauth-authorization-server", as_meta.clone())
+        .route(
+            "/.well-known/oauth-authorization-server/{*path}",
+            as_meta.clone(),
+        )
+        .route("/.well-known/openid-configuration", as_meta.clone())
+        .route("/.well-known/openid-configuration/{*path}", as_meta.clone())
+        .route("/mcp/.well-known/openid-configuration", as_meta.clone())
+        .route("/mcp/.well-known/oauth-authorization-server", as_meta)
+        // RFC 9728 §3.1: root and path-suffixed forms (a2).
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(protected_resource_get),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(protected_resource_get),
+        )
+        .route("/register", post(register::register_post))
+        .route("/authorize", get(authorize::authorize_get))
+        .route(authorize::CONSENT_PATH, post(authorize::consent_post))
+        .route("/token", post(token::token_post))
+        .route("/revoke", post(revoke::revoke_post))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}

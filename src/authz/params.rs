@@ -1,0 +1,70 @@
+//! Request parameters of the authorization and token endpoints: `application/x-www-form-
+//! urlencoded`, where a parameter sent twice is an error (RFC 6749 §3.1, §3.2) and an empty
+//! value is the same as an absent one.
+
+use std::collections::HashMap;
+
+/// Parameters by name.
+#[derive(Debug, Default, Clone)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Parse `input`; `Err` names a repeated parameter.
+    pub fn parse(input: &[u8]) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for (k, v) in url::form_urlencoded::parse(input) {
+            if v.is_empty() {
+                continue;
+            }
+            if map.insert(k.to_string(), v.into_owned()).is_some() {
+                return Err(format!("parameter `{k}` is repeated"));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A parameter that must be there.
+    pub fn require(&self, name: &str) -> Result<&str, String> {
+        self.get(name)
+            .ok_or_else(|| format!("parameter `{name}` is missing"))
+    }
+}
+
+/// Split a space-delimited scope string, refusing duplicates silently (set semantics).
+pub fn split_scopes(scope: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert!(Params::parse(b"a=1&a=2").unwrap_err().contains("`a`"));
+        let p = Params::parse(b"a=1&b=&c=x%20y").unwrap();
+        assert_eq!(p.get("a"), Some("1"));
+        assert_eq!(p.get("b"), None);
+        assert_eq!(p.get("c"), Some("x y"));
+        assert!(p.require("z").is_err());
+    }
+
+    #[test]
+    fn scopes_split_on_spaces() {
+        assert_eq!(
+            split_scopes(" mcp:read  mcp:write mcp:read"),
+            ["mcp:read", "mcp:write"]
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! RFC 7009 token revocation: a refresh token revokes its whole grant (the family and its
+//! access tokens); an access token goes on the deny list until it expires. Unknown tokens
+//! get 200, as §2.2 asks.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::OAuthError;
+use super::params::Params;
+use super::token::is_form;
+use crate::secret::sha256_b64;
+use crate::state::AppState;
+
+/// `POST /revoke`.
+pub async fn revoke_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    if !is_form(&headers) {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let params = Params::parse(&body).map_err(OAuthError::InvalidRequest)?;
+    let token = params
+        .require("token")
+        .map_err(OAuthError::InvalidRequest)?;
+    let client_id = params
+        .get("client_id")
+        .ok_or_else(|| OAuthError::InvalidClient {
+            message: "client_id is required".into(),
+            basic: false,
+        })?;
+    if state
+        .store
+        .client(client_id)
+        .map_err(OAuthError::server)?
+        .is_none()
+    {
+        return Err(OAuthError::InvalidClient {
+            message: "unknown client".into(),
+            basic: false,
+        });
+    }
+    let store = &state.store;
+    if let Some(rt) = store
+        .refresh(&sha256_b64(token))
+        .map_err(OAuthError::server)?
+    {
+        if let Some(grant) = store.grant(&rt.grant_id).map_err(OAuthError::server)? {
+            if grant.client_id != client_id {
+                return Err(OAuthError::UnauthorizedClient(
+                    "the token was issued to another client".into(),
+                ));
+            }
+            store.revoke_grant(&grant.id).map_err(OAuthError::server)?;
+            tracing::info!(%client_id, "refresh token revoked with its grant");
+        }
+    } else if let Ok(claims) = state.verifier.verify(token, state.clock.now()).await {
+        if claims.client_id.as_deref() != Some(client_id) {
+            return Err(OAuthError::UnauthorizedClient(
+                "the token was issued to another client".into(),
+            ));
+        }
+        if let Some(jti) = &claims.jti {
+            store
+                .revoke_access_token(jti, claims.exp)
+                .map_err(OAuthError::server)?;
+            tracing::info!(%client_id, "access token revoked");
+        }
+    }
+    Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response())
+}

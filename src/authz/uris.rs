@@ -1,0 +1,152 @@
+//! Redirect URIs and resource identifiers: what may be registered (b8; RFC 8252 §7),
+//! how a presented redirect URI matches a registered one (exactly, except the port of an
+//! http loopback URI, RFC 8252 §7.3), and the canonical form of `resource` (RFC 8707).
+
+use url::{Host, Url};
+
+/// Whether a host is loopback, by IP literal or the name `localhost`.
+fn is_loopback(host: Option<Host<&str>>) -> bool {
+    match host {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Check a redirect URI offered at registration. `Err` says why it is refused.
+pub fn validate_redirect_uri(raw: &str) -> Result<(), String> {
+    let url = Url::parse(raw).map_err(|e| format!("`{raw}` is not an absolute URI: {e}"))?;
+    if url.fragment().is_some() || raw.contains('#') {
+        return Err(format!("`{raw}` must not contain a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("`{raw}` must not contain user information"));
+    }
+    match url.scheme() {
+        "https" => {
+            if url.host().is_none() {
+                return Err(format!("`{raw}` has no host"));
+            }
+            Ok(())
+        }
+        "http" => {
+            if is_loopback(url.host()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{raw}`: http redirect URIs must use a loopback host (127.0.0.1, [::1] or localhost)"
+                ))
+            }
+        }
+        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" | "ftp" | "ws" | "wss" => {
+            Err(format!("`{raw}`: scheme `{}` is not allowed", url.scheme()))
+        }
+        // Private-use URI schemes of native apps (RFC 8252 §7.1).
+        _ => Ok(()),
+    }
+}
+
+/// Whether `presented` matches `registered`: the same string, or both http loopback URIs
+/// equal in all but the port (RFC 8252 §7.3).
+pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
+    if registered == presented {
+        return true;
+    }
+    let (Ok(r), Ok(p)) = (Url::parse(registered), Url::parse(presented)) else {
+        return false;
+    };
+    r.scheme() == "http"
+        && p.scheme() == "http"
+        && is_loopback(r.host())
+        && r.host() == p.host()
+        && r.path() == p.path()
+        && r.query() == p.query()
+        && p.fragment().is_none()
+        && p.username().is_empty()
+        && p.password().is_none()
+        && !presented.contains('#')
+}
+
+/// The canonical form of a resource URI: lower-case scheme and host (the `url` crate does
+/// that), no fragment, no trailing slash on the path (a10). `None` if it is not a URL.
+pub fn canonical_resource(raw: &str) -> Option<String> {
+    let url = Url::parse(raw).ok()?;
+    if url.fragment().is_some() || url.cannot_be_a_base() {
+        return None;
+    }
+    let s = url.as_str();
+    Some(s.strip_suffix('/').unwrap_or(s).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b8_registration_accepts_https_loopback_and_private_schemes() {
+        for ok in [
+            "https://claude.ai/api/mcp/auth_callback",
+            "http://127.0.0.1:33418/callback",
+            "http://localhost/callback",
+            "http://[::1]:8080/cb",
+            "com.example.app:/oauth2redirect",
+        ] {
+            assert!(validate_redirect_uri(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn b8_registration_refuses_the_rest() {
+        for bad in [
+            "http://example.com/cb",
+            "https://example.com/cb#frag",
+            "https://user:pw@example.com/cb",
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "/relative",
+            "http://127.0.0.1.evil.com/cb",
+        ] {
+            assert!(validate_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn b8_exact_match_with_floating_loopback_port() {
+        let reg = "http://127.0.0.1/callback";
+        assert!(redirect_uri_matches(reg, "http://127.0.0.1:51234/callback"));
+        assert!(redirect_uri_matches(
+            "http://localhost:1/cb",
+            "http://localhost:2/cb"
+        ));
+        assert!(!redirect_uri_matches(reg, "http://127.0.0.1:5/other"));
+        assert!(
+            !redirect_uri_matches(reg, "http://localhost:5/callback"),
+            "host must be the same"
+        );
+        assert!(!redirect_uri_matches(reg, "http://127.0.0.1:5/callback#x"));
+        assert!(!redirect_uri_matches(reg, "http://u@127.0.0.1:5/callback"));
+        let https = "https://app.example/cb";
+        assert!(redirect_uri_matches(https, https));
+        assert!(
+            !redirect_uri_matches(https, "https://app.example:444/cb"),
+            "ports float only on loopback http"
+        );
+        assert!(!redirect_uri_matches(https, "https://APP.example/cb/"));
+        assert!(!redirect_uri_matches(https, "https://app.example/cb?x=1"));
+    }
+
+    #[test]
+    fn a10_resource_is_canonicalized() {
+        assert_eq!(
+            canonical_resource("HTTP://LocalHost:3002/mcp/").as_deref(),
+            Some("http://localhost:3002/mcp")
+        );
+        assert_eq!(
+            canonical_resource("http://127.0.0.1:3002/mcp").as_deref(),
+            Some("http://127.0.0.1:3002/mcp")
+        );
+        assert_eq!(canonical_resource("http://h/mcp#x"), None);
+        assert_eq!(canonical_resource("not a url"), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! Configuration: one [`Config`] read from a TOML file (every key optional), overridden by
+//! CLI flags and their env twins in `main`, and checked once by [`Config::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+/// Everything the gateway can be told. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The public smart proxy: the one address users paste into an MCP client.
+    pub proxy_addr: SocketAddr,
+    /// The OAuth-protected MCP server (resource server).
+    pub mcp_addr: SocketAddr,
+    /// The custom routes: authorization server endpoints.
+    pub routes_addr: SocketAddr,
+    /// The JWKS server.
+    pub jwks_addr: SocketAddr,
+    /// The URL clients use; defaults to `http://<proxy addr>` once the proxy is bound.
+    /// It is the issuer, and `<public_url>/mcp` is the protected resource.
+    pub public_url: Option<String>,
+    /// Where signing keys (and later state) are kept.
+    pub data_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Access token lifetime, seconds.
+    pub access_token_ttl: u64,
+    /// Refresh token lifetime, seconds (the whole family expires this long after the login).
+    pub refresh_token_ttl: u64,
+    /// After a refresh token is rotated, how long it still works while its successor has not
+    /// been used (clients refresh concurrently and lose responses), seconds.
+    pub refresh_grace_seconds: u64,
+    /// Authorization code lifetime, seconds (at most 600).
+    pub code_ttl: u64,
+    /// How long a consent page stays answerable, seconds.
+    pub consent_ttl: u64,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds.
+    pub leeway_seconds: u64,
+    /// `ES256` (default) or `RS256`.
+    pub signing_alg: SigningAlg,
+    /// Approve every authorization request without showing the consent page.
+    /// For development only; off by default.
+    pub auto_approve: bool,
+    /// The `sub` of the one local user who approves consent.
+    pub user: String,
+    /// Client registrations accepted per source address per minute.
+    pub register_rate_per_minute: u32,
+    /// Browser origins allowed on the MCP endpoint besides loopback and the public origin.
+    pub allowed_origins: Vec<String>,
+    /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
+    /// streams) are not cut by it.
+    pub upstream_timeout_seconds: u64,
+    /// Scopes and the policy that maps MCP methods and tools to them.
+    pub scopes: ScopeConfig,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The JWS algorithm of access tokens.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SigningAlg {
+    /// ECDSA P-256 with SHA-256.
+    #[default]
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit key.
+    RS256,
+}
+
+/// Scopes offered and the scope policy (a7: only what an operation needs is asked for).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    /// Scopes the authorization server offers (`scopes_supported`).
+    pub supported: Vec<String>,
+    /// Scopes granted when an authorization request names none.
+    pub default: Vec<String>,
+    /// Scope hierarchy: a scope grants every scope listed for it.
+    pub implies: BTreeMap<String, Vec<String>>,
+    /// MCP method -> required scope. An empty string means any valid token.
+    pub methods: BTreeMap<String, String>,
+    /// Required scope for methods not listed in `methods`.
+    pub default_method: String,
+    /// Tool name -> required scope for `tools/call` (and visibility in `tools/list`).
+    pub tools: BTreeMap<String, String>,
+    /// Required scope for tools not listed in `tools`.
+    pub default_tool: String,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        let s = |v: &str| v.to_string();
+        Self {
+            supported: vec![s("mcp:read"), s("mcp:write"), s("mcp:admin")],
+            default: vec![s("mcp:read"), s("mcp:write")],
+            implies: BTreeMap::from([
+                (s("mcp:admin"), vec![s("mcp:write"), s("mcp:read")]),
+                (s("mcp:write"), vec![s("mcp:read")]),
+            ]),
+            methods: BTreeMap::from([
+                (s("initialize"), String::new()),
+                (s("ping"), String::new()),
+                (s("server/discover"), String::new()),
+            ]),
+            default_method: s("mcp:read"),
+            tools: BTreeMap::from([(s("add_note"), s("mcp:write"))]),
+            default_tool: s("mcp:read"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            proxy_addr: local(3002),
+            mcp_addr: local(3001),
+            routes_addr: local(3003),
+            jwks_addr: local(3004),
+            public_url: None,
+            data_dir: PathBuf::from("data"),
+            log_format: LogFormat::Text,
+            access_token_ttl: 3600,
+            refresh_token_ttl: 30 * 24 * 3600,
+            refresh_grace_seconds: 60,
+            code_ttl: 300,
+            consent_ttl: 600,
+            leeway_seconds: 10,
+            signing_alg: SigningAlg::ES256,
+            auto_approve: false,
+            user: "local-user".to_string(),
+            register_rate_per_minute: 60,
+            allowed_origins: Vec::new(),
+            upstream_timeout_seconds: 30,
+            scopes: ScopeConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config value for `{key}`: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read a TOML file; keys it does not name keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A configuration for tests: every listener on an ephemeral loopback port.
+    pub fn for_test(data_dir: PathBuf) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            proxy_addr: any,
+            mcp_addr: any,
+            routes_addr: any,
+            jwks_addr: any,
+            data_dir,
+            ..Self::default()
+        }
+    }
+
+    /// Check values that types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        };
+        if let Some(url) = &self.public_url {
+            let parsed = Url::parse(url).map_err(|e| invalid("public_url", &e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid("public_url", "must be an http or https URL"));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(invalid("public_url", "must not have a query or fragment"));
+            }
+        }
+        if self.access_token_ttl == 0 {
+            return Err(invalid("access_token_ttl", "must be at least 1 second"));
+        }
+        if self.code_ttl == 0 || self.code_ttl > 600 {
+            return Err(invalid("code_ttl", "must be between 1 and 600 seconds"));
+        }
+        if self.user.is_empty() {
+            return Err(invalid("user", "must not be empty"));
+        }
+        let s = &self.scopes;
+        if s.supported.is_empty() {
+            return Err(invalid("scopes.supported", "must offer at least one scope"));
+        }
+        let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);
+        let referenced = s
+            .default
+            .iter()
+            .chain(s.methods.values())
+            .chain(s.tools.values())
+            .chain([&s.default_method, &s.default_tool])
+            .chain(s.implies.keys())
+            .chain(s.implies.values().flatten());
+        for scope in referenced {
+            if !known(scope) {
+                return Err(ConfigError::Invalid {
+                    key: "scopes",
+                    message: format!("scope `{scope}` is not in scopes.supported"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("proxy_adr = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("proxy_adr"));
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let c: Config =
+            toml::from_str("access_token_ttl = 60\n[scopes.tools]\nx = \"mcp:admin\"").unwrap();
+        assert_eq!(c.access_token_ttl, 60);
+        assert_eq!(c.refresh_grace_seconds, 60);
+        assert_eq!(c.scopes.tools["x"], "mcp:admin");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn policy_naming_an_unoffered_scope_is_refused() {
+        let c: Config = toml::from_str("[scopes.tools]\nx = \"files:write\"").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("files:write")
+        );
+    }
+
+    #[test]
+    fn bad_public_url_is_refused() {
+        let c = Config {
+            public_url: Some("ftp://x".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

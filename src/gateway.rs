@@ -1,0 +1,243 @@
+//! The gateway: four bound listeners, one shared state, one shutdown.
+//!
+//! The binary binds the listeners (so a port in use is reported before anything starts)
+//! and hands them here with a shutdown future; tests do the same with port 0.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::proxy::Backends;
+use crate::state::{AppState, Settings};
+use crate::store::Store;
+use crate::store::memory::InMemoryStore;
+use crate::tokens::keys::{KeyError, SigningKey};
+use crate::{authz, mcp, proxy, resource, tokens};
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({name}): {source}")]
+pub struct BindError {
+    /// Which listener.
+    pub name: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// Binding failed.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The signing key could not be loaded or made.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A template failed to compile (a bug).
+    #[error("template: {0}")]
+    Template(#[from] minijinja::Error),
+    /// Reading a bound address failed.
+    #[error("listener address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The four bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public proxy.
+    pub proxy: TcpListener,
+    /// Protected MCP server.
+    pub mcp: TcpListener,
+    /// Authorization server routes.
+    pub routes: TcpListener,
+    /// JWKS.
+    pub jwks: TcpListener,
+}
+
+/// The real addresses, also when port 0 was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// Public proxy.
+    pub proxy: SocketAddr,
+    /// Protected MCP server.
+    pub mcp: SocketAddr,
+    /// Authorization server routes.
+    pub routes: SocketAddr,
+    /// JWKS.
+    pub jwks: SocketAddr,
+}
+
+impl Listeners {
+    /// Bind the four addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        async fn one(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { name, addr, source })
+        }
+        Ok(Self {
+            proxy: one("proxy", config.proxy_addr).await?,
+            mcp: one("mcp", config.mcp_addr).await?,
+            routes: one("routes", config.routes_addr).await?,
+            jwks: one("jwks", config.jwks_addr).await?,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> std::io::Result<Addrs> {
+        Ok(Addrs {
+            proxy: self.proxy.local_addr()?,
+            mcp: self.mcp.local_addr()?,
+            routes: self.routes.local_addr()?,
+            jwks: self.jwks.local_addr()?,
+        })
+    }
+}
+
+/// A gateway ready to run.
+pub struct Gateway {
+    state: AppState,
+    listeners: Listeners,
+    addrs: Addrs,
+}
+
+impl Gateway {
+    /// Build a gateway with the embedded defaults: in-memory store, system clock, the
+    /// signing key from the data dir.
+    pub fn new(config: Config, listeners: Listeners) -> Result<Self, GatewayError> {
+        let key = SigningKey::load_or_create(&config.data_dir, config.signing_alg)?;
+        Self::with_parts(
+            config,
+            listeners,
+            Arc::new(InMemoryStore::new()),
+            Arc::new(SystemClock),
+            key,
+        )
+    }
+
+    /// Build a gateway from explicit parts (tests inject a clock, a store, a key).
+    pub fn with_parts(
+        mut config: Config,
+        listeners: Listeners,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        key: SigningKey,
+    ) -> Result<Self, GatewayError> {
+        config.validate()?;
+        let addrs = listeners.addrs()?;
+        config.proxy_addr = addrs.proxy;
+        config.mcp_addr = addrs.mcp;
+        config.routes_addr = addrs.routes;
+        config.jwks_addr = addrs.jwks;
+        let public = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", addrs.proxy));
+        let public = Url::parse(&public).map_err(|e| ConfigError::Invalid {
+            key: "public_url",
+            message: e.to_string(),
+        })?;
+        let settings = Settings::new(config, &public);
+        let state = AppState::new(
+            settings,
+            store,
+            clock,
+            Arc::new(key),
+            authz::authorize::templates()?,
+        );
+        Ok(Self {
+            state,
+            listeners,
+            addrs,
+        })
+    }
+
+    /// The real addresses.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown` resolves, then stop all four listeners gracefully.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            state,
+            listeners,
+            addrs,
+        } = self;
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let backends = Backends {
+            mcp: addrs.mcp,
+            routes: addrs.routes,
+            jwks: addrs.jwks,
+        };
+        let mcp_router = resource::router(
+            state.clone(),
+            mcp::builtin_service(&state, stop.child_token()),
+        );
+        let serve = |listener: TcpListener, router: Router| {
+            let stop = stop.clone();
+            tokio::spawn(
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .into_future(),
+            )
+        };
+        let tasks = [
+            serve(listeners.mcp, mcp_router),
+            serve(listeners.routes, authz::router(state.clone())),
+            serve(listeners.jwks, tokens::jwks::router(state.clone())),
+            serve(
+                listeners.proxy,
+                proxy::forward::router(state.clone(), backends),
+            ),
+        ];
+        tracing::info!(
+            proxy = %addrs.proxy,
+            mcp = %addrs.mcp,
+            routes = %addrs.routes,
+            jwks = %addrs.jwks,
+            public_url = %state.settings.issuer,
+            "listening"
+        );
+        let mut first_error = None;
+        for task in tasks {
+            let result = task.await.map_err(std::io::Error::other).and_then(|r| r);
+            if let Err(e) = result {
+                tracing::error!(error = %e, "listener failed");
+                stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        tracing::info!("stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,150 @@
+//! `mcp-oauth-gateway`: parse flags, load config, bind the four listeners, run until
+//! Ctrl-C or SIGTERM. Bad config or a port in use: one line on stderr and exit code 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcp_oauth_gateway::config::{LogFormat, SigningAlg};
+use mcp_oauth_gateway::{Config, Gateway, Listeners};
+
+/// OAuth 2.1 gateway for MCP servers.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-oauth-gateway", version, about)]
+struct Cli {
+    /// TOML config file (every key optional; flags override it).
+    #[arg(long, env = "MCP_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public smart proxy address.
+    #[arg(long, env = "MCP_GATEWAY_PROXY_ADDR")]
+    proxy_addr: Option<SocketAddr>,
+    /// Protected MCP server address.
+    #[arg(long, env = "MCP_GATEWAY_MCP_ADDR")]
+    mcp_addr: Option<SocketAddr>,
+    /// Authorization server (custom routes) address.
+    #[arg(long, env = "MCP_GATEWAY_ROUTES_ADDR")]
+    routes_addr: Option<SocketAddr>,
+    /// JWKS server address.
+    #[arg(long, env = "MCP_GATEWAY_JWKS_ADDR")]
+    jwks_addr: Option<SocketAddr>,
+    /// The URL clients use (default http://<proxy addr>); it is the issuer.
+    #[arg(long, env = "MCP_GATEWAY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Where signing keys live.
+    #[arg(long, env = "MCP_GATEWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "MCP_GATEWAY_ACCESS_TOKEN_TTL")]
+    access_token_ttl: Option<u64>,
+    /// Seconds a rotated refresh token keeps working while its successor is unused.
+    #[arg(long, env = "MCP_GATEWAY_REFRESH_GRACE_SECONDS")]
+    refresh_grace_seconds: Option<u64>,
+    /// Signing algorithm of access tokens.
+    #[arg(long, env = "MCP_GATEWAY_SIGNING_ALG", value_enum)]
+    signing_alg: Option<SigningAlg>,
+    /// Approve every authorization request without a consent page (development only).
+    #[arg(long, env = "MCP_GATEWAY_AUTO_APPROVE")]
+    auto_approve: bool,
+    /// Log format.
+    #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<Config, mcp_oauth_gateway::config::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        set!(
+            proxy_addr,
+            mcp_addr,
+            routes_addr,
+            jwks_addr,
+            data_dir,
+            access_token_ttl,
+            refresh_grace_seconds,
+            signing_alg,
+            log_format
+        );
+        if let Some(url) = self.public_url {
+            c.public_url = Some(url);
+        }
+        c.auto_approve |= self.auto_approve;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let listeners = match Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let gateway = match Gateway::new(config, listeners) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match gateway.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Forwarding one request to its backend with a pooled hyper client, streaming both bodies.
+//! Phases: choose the backend, rewrite the request (target URI, `Host`, hop-by-hop headers,
+//! `X-Forwarded-*`), send with a timeout on the response head only, rewrite the response,
+//! log without secrets.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, Version, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+use super::{Backend, Backends, cors, route};
+use crate::state::AppState;
+
+/// What the proxy needs.
+#[derive(Clone)]
+pub struct ProxyState {
+    backends: Backends,
+    client: Client<HttpConnector, Body>,
+    scheme: &'static str,
+    timeout: Duration,
+}
+
+impl ProxyState {
+    /// A proxy to `backends`.
+    pub fn new(state: &AppState, backends: Backends) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let scheme = if state.settings.issuer.starts_with("https:") {
+            "https"
+        } else {
+            "http"
+        };
+        Self {
+            backends,
+            client,
+            scheme,
+            timeout: Duration::from_secs(state.settings.config.upstream_timeout_seconds),
+        }
+    }
+}
+
+/// The proxy router: everything goes through [`proxy_handler`], behind CORS.
+pub fn router(state: AppState, backends: Backends) -> Router {
+    let ps = ProxyState::new(&state, backends);
+    Router::new()
+        .fallback(proxy_handler)
+        .with_state(ps)
+        .layer(cors::layer(state))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+fn failure(backend: Backend, status: StatusCode, message: &str) -> Response {
+    let body = match backend {
+        Backend::Mcp => {
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603, "message": message}})
+        }
+        _ => json!({"error": "temporarily_unavailable", "error_description": message}),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Forward one request.
+pub async fn proxy_handler(
+    State(ps): State<ProxyState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let backend = route(req.uri().path());
+    let addr = ps.backends.addr(backend);
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return (StatusCode::BAD_REQUEST, "invalid request target").into_response(),
+    };
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    if let Some(host) = h.remove(header::HOST) {
+        h.insert("x-forwarded-host", host);
+    }
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(ps.scheme));
+    if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
+        h.insert(header::HOST, v);
+    }
+
+    let result = tokio::time::timeout(
+        ps.timeout,
+        ps.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let res = match result {
+        Ok(Ok(res)) => {
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(backend = backend.name(), error = %e, "backend unreachable");
+            failure(backend, StatusCode::BAD_GATEWAY, "upstream unavailable")
+        }
+        Err(_) => {
+            tracing::warn!(backend = backend.name(), "backend timed out");
+            failure(backend, StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+        }
+    };
+    // The path only: query strings carry codes and state.
+    tracing::debug!(
+        %method,
+        path = %path,
+        backend = backend.name(),
+        status = res.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "proxied"
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_connection_listed_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::AUTHORIZATION));
+    }
+}

@@ -1,0 +1,93 @@
+//! The public smart proxy (:3002): one route table sends OAuth and discovery paths to the
+//! custom-routes server, `/jwks.json` to the JWKS server and everything else to the
+//! protected MCP server. Bodies stream both ways (SSE events pass as the backend writes
+//! them); hop-by-hop headers are stripped and `X-Forwarded-*` set (RFC 9110 §7.6.1);
+//! a dead backend is a 502, a slow one a 504. CORS for browser clients is answered here.
+
+pub mod cors;
+pub mod forward;
+
+use std::net::SocketAddr;
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The authorization server and discovery documents (:3003).
+    Routes,
+    /// The JWKS server (:3004).
+    Jwks,
+    /// The protected MCP server (:3001).
+    Mcp,
+}
+
+impl Backend {
+    /// A name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Routes => "routes",
+            Self::Jwks => "jwks",
+            Self::Mcp => "mcp",
+        }
+    }
+}
+
+/// The route table.
+pub fn route(path: &str) -> Backend {
+    match path {
+        "/jwks.json" | "/.well-known/jwks.json" => Backend::Jwks,
+        "/register" | "/authorize" | "/token" | "/revoke" | "/introspect" | "/consent" => {
+            Backend::Routes
+        }
+        p if p.starts_with("/.well-known/") || p.contains("/.well-known/") => Backend::Routes,
+        _ => Backend::Mcp,
+    }
+}
+
+/// The backends' addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    /// :3001.
+    pub mcp: SocketAddr,
+    /// :3003.
+    pub routes: SocketAddr,
+    /// :3004.
+    pub jwks: SocketAddr,
+}
+
+impl Backends {
+    /// The address of `backend`.
+    pub fn addr(&self, backend: Backend) -> SocketAddr {
+        match backend {
+            Backend::Routes => self.routes,
+            Backend::Jwks => self.jwks,
+            Backend::Mcp => self.mcp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table() {
+        for p in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+            "/.well-known/oauth-protected-resource/mcp",
+            "/mcp/.well-known/openid-configuration",
+            "/register",
+            "/authorize",
+            "/token",
+            "/revoke",
+            "/consent",
+        ] {
+            assert_eq!(route(p), Backend::Routes, "{p}");
+        }
+        assert_eq!(route("/.well-known/jwks.json"), Backend::Jwks);
+        assert_eq!(route("/jwks.json"), Backend::Jwks);
+        for p in ["/mcp", "/mcp/", "/", "/tokens", "/register/x"] {
+            assert_eq!(route(p), Backend::Mcp, "{p}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! RFC 6750 §3 bearer errors with the MCP additions: every 401 and 403 carries
+//! `resource_metadata` (RFC 9728 §5.1) and a `scope` (a2, a3, a7). The JSON body is a
+//! JSON-RPC error so MCP clients can show it.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The RFC 6750 error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerErrorCode {
+    /// 400: the request is malformed.
+    InvalidRequest,
+    /// 401: the token is missing a valid signature, expired, revoked, or for another audience.
+    InvalidToken,
+    /// 403: the token lacks a scope the request needs.
+    InsufficientScope,
+}
+
+impl BearerErrorCode {
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidToken => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// The status RFC 6750 §3.1 assigns.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// A refusal by the resource server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BearerError {
+    /// `None` when no token was presented (RFC 6750 §3.1: then no error code).
+    pub code: Option<BearerErrorCode>,
+    /// Human-readable, never containing the token.
+    pub description: Option<String>,
+    /// Scopes to ask for (space separated).
+    pub scope: String,
+    /// URL of the protected resource metadata.
+    pub resource_metadata: String,
+}
+
+fn quote(value: &str) -> String {
+    // Quoted-string: drop characters that cannot appear in it.
+    value
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+impl BearerError {
+    /// The `WWW-Authenticate` header value.
+    pub fn challenge(&self) -> String {
+        let mut parts = Vec::with_capacity(4);
+        if let Some(code) = self.code {
+            parts.push(format!("error=\"{}\"", code.as_str()));
+        }
+        if let Some(d) = &self.description {
+            parts.push(format!("error_description=\"{}\"", quote(d)));
+        }
+        parts.push(format!(
+            "resource_metadata=\"{}\"",
+            quote(&self.resource_metadata)
+        ));
+        if !self.scope.is_empty() {
+            parts.push(format!("scope=\"{}\"", quote(&self.scope)));
+        }
+        format!("Bearer {}", parts.join(", "))
+    }
+
+    /// The status: 401 when no token was presented.
+    pub fn status(&self) -> StatusCode {
+        self.code
+            .map_or(StatusCode::UNAUTHORIZED, BearerErrorCode::status)
+    }
+}
+
+impl IntoResponse for BearerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self
+            .description
+            .clone()
+            .unwrap_or_else(|| "authorization required".to_string());
+        let code = match status {
+            StatusCode::BAD_REQUEST => -32600,
+            _ => -32001,
+        };
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": code, "message": message},
+        });
+        let mut res = (status, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&self.challenge()) {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: Option<BearerErrorCode>) -> BearerError {
+        BearerError {
+            code,
+            description: None,
+            scope: "mcp:read".into(),
+            resource_metadata: "http://h/.well-known/oauth-protected-resource/mcp".into(),
+        }
+    }
+
+    #[test]
+    fn a2_missing_token_challenge_has_metadata_and_scope_but_no_error() {
+        let e = err(None);
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            e.challenge(),
+            "Bearer resource_metadata=\"http://h/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:read\""
+        );
+    }
+
+    #[test]
+    fn a6_status_per_code() {
+        assert_eq!(
+            err(Some(BearerErrorCode::InvalidRequest)).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            err(Some(BearerErrorCode::InvalidToken)).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            err(Some(BearerErrorCode::InsufficientScope)).status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[test]
+    fn a7_insufficient_scope_challenge() {
+        let mut e = err(Some(BearerErrorCode::InsufficientScope));
+        e.scope = "mcp:write".into();
+        let c = e.challenge();
+        assert!(c.starts_with("Bearer error=\"insufficient_scope\""));
+        assert!(c.contains("scope=\"mcp:write\""));
+        assert!(c.contains("resource_metadata="));
+    }
+
+    #[test]
+    fn quotes_cannot_break_the_header() {
+        let mut e = err(Some(BearerErrorCode::InvalidToken));
+        e.description = Some("bad \"x\"\r\ny".into());
+        assert!(e.challenge().contains("error_description=\"bad xy\""));
+    }
+}

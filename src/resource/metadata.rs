@@ -1,0 +1,38 @@
+//! RFC 9728 protected resource metadata (a1, a2): served at the root and path-suffixed
+//! well-known URLs, naming the issuer exactly as the authorization server metadata does.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// The metadata document.
+#[derive(Debug, Serialize)]
+pub struct ProtectedResourceMetadata {
+    /// The canonical resource URL.
+    pub resource: String,
+    /// Issuers whose tokens are accepted.
+    pub authorization_servers: Vec<String>,
+    /// Scopes a client may ask for (a3: no `offline_access`).
+    pub scopes_supported: Vec<String>,
+    /// Only the Authorization header (a8).
+    pub bearer_methods_supported: Vec<&'static str>,
+    /// Where the signing keys are.
+    pub jwks_uri: String,
+    /// A name for consent screens.
+    pub resource_name: &'static str,
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]`.
+pub async fn protected_resource_get(State(state): State<AppState>) -> impl IntoResponse {
+    let s = &state.settings;
+    axum::Json(ProtectedResourceMetadata {
+        resource: s.resource.clone(),
+        authorization_servers: vec![s.issuer.clone()],
+        scopes_supported: s.config.scopes.supported.clone(),
+        bearer_methods_supported: vec!["header"],
+        jwks_uri: format!("{}/.well-known/jwks.json", s.issuer),
+        resource_name: "MCP server behind mcp-oauth-gateway",
+    })
+}

@@ -1,0 +1,308 @@
+//! The resource server (:3001): every MCP request (POST, GET for SSE, DELETE) must carry a
+//! valid bearer token in the Authorization header (a4, a8, a9); the JSON-RPC body decides
+//! which scope it needs (a7); failures get RFC 6750 challenges (a2, a6). The verified
+//! identity travels to the MCP server in request extensions, never the token itself (a5).
+
+pub mod error;
+pub mod metadata;
+pub mod policy;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tower::Service;
+
+use crate::state::AppState;
+use error::{BearerError, BearerErrorCode};
+
+/// Largest JSON-RPC body accepted on the MCP endpoint.
+pub const MAX_MCP_BODY: usize = 4 * 1024 * 1024;
+
+/// Who is calling, as established from a verified token. Put in request extensions for the
+/// MCP server; it never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user.
+    pub sub: String,
+    /// The client.
+    pub client_id: Option<String>,
+    /// Scopes as granted.
+    pub scopes: Vec<String>,
+    /// Scopes including those the hierarchy implies.
+    pub effective: BTreeSet<String>,
+}
+
+/// The resource server router: `/mcp` behind the bearer layer, plus its metadata.
+pub fn router<S>(state: AppState, mcp: S) -> Router
+where
+    S: Service<Request, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    let protected = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
+        ));
+    Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource_get),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(metadata::protected_resource_get),
+        )
+        .with_state(state)
+        .merge(protected)
+}
+
+fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Whether a browser origin may call the MCP endpoint (DNS-rebinding defence): loopback
+/// origins, the public origin, and configured extras.
+pub fn origin_allowed(state: &AppState, origin: &str) -> bool {
+    let s = &state.settings;
+    if origin == s.public_origin || s.config.allowed_origins.iter().any(|o| o == origin) {
+        return true;
+    }
+    match url::Url::parse(origin) {
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https")
+                && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// The bearer token from the one Authorization header, if it uses the Bearer scheme
+/// (case-insensitive, a10). `Err` for a malformed header.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| "malformed Authorization header")?;
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err("malformed bearer token");
+    }
+    Ok(Some(token))
+}
+
+/// Check `Mcp-Method` / `Mcp-Name` headers against the body: authorizing on headers while
+/// the server executes the body would be a confused deputy.
+fn headers_match_body(headers: &HeaderMap, body: &Value) -> bool {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let (method_h, name_h) = (header("mcp-method"), header("mcp-name"));
+    if method_h.is_none() && name_h.is_none() {
+        return true;
+    }
+    let Value::Object(_) = body else {
+        return false;
+    };
+    let method = body.get("method").and_then(Value::as_str);
+    if method_h.is_some_and(|m| Some(m) != method) {
+        return false;
+    }
+    if let Some(name) = name_h {
+        let field = match method {
+            Some("resources/read") => "/params/uri",
+            _ => "/params/name",
+        };
+        return body.pointer(field).and_then(Value::as_str) == Some(name);
+    }
+    true
+}
+
+/// The bearer layer in front of the MCP service.
+pub async fn require_bearer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let s = &state.settings;
+    let refuse = |code: Option<BearerErrorCode>, description: Option<&str>, scope: String| {
+        BearerError {
+            code,
+            description: description.map(str::to_string),
+            scope,
+            resource_metadata: s.resource_metadata_url.clone(),
+        }
+        .into_response()
+    };
+    let default_scope = s.config.scopes.default_method.clone();
+
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| origin_allowed(&state, o));
+        if !ok {
+            return jsonrpc_error(StatusCode::FORBIDDEN, -32600, "origin not allowed");
+        }
+    }
+    let query_token = req.uri().query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+    });
+    if query_token {
+        return refuse(
+            Some(BearerErrorCode::InvalidRequest),
+            Some("tokens are accepted only in the Authorization header"),
+            default_scope,
+        );
+    }
+    let token = match bearer_token(req.headers()) {
+        Ok(Some(t)) => t,
+        Ok(None) => return refuse(None, None, default_scope),
+        Err(why) => {
+            return refuse(
+                Some(BearerErrorCode::InvalidRequest),
+                Some(why),
+                default_scope,
+            );
+        }
+    };
+    let now = state.clock.now();
+    let claims = match state.verifier.verify(token, now).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(reason = %e, "bearer token refused");
+            return refuse(
+                Some(BearerErrorCode::InvalidToken),
+                Some(&e.to_string()),
+                default_scope,
+            );
+        }
+    };
+    if let Some(jti) = &claims.jti {
+        match state.store.is_access_token_revoked(jti) {
+            Ok(false) => {}
+            Ok(true) => {
+                return refuse(
+                    Some(BearerErrorCode::InvalidToken),
+                    Some("the token has been revoked"),
+                    default_scope,
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "revocation check failed");
+                return jsonrpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    -32603,
+                    "temporarily unavailable",
+                );
+            }
+        }
+    }
+    let effective = state.policy.effective(claims.scopes());
+    let identity = Identity {
+        sub: claims.sub.clone(),
+        client_id: claims.client_id.clone(),
+        scopes: claims.scopes().map(str::to_string).collect(),
+        effective,
+    };
+
+    let mut req = if req.method() == Method::POST {
+        let (parts, body) = req.into_parts();
+        let bytes: Bytes = match axum::body::to_bytes(body, MAX_MCP_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                return jsonrpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    -32600,
+                    "request body too large",
+                );
+            }
+        };
+        let Ok(message) = serde_json::from_slice::<Value>(&bytes) else {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                "parse error: body is not JSON",
+            );
+        };
+        if !matches!(message, Value::Object(_) | Value::Array(_)) {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "invalid request: not a JSON-RPC message",
+            );
+        }
+        if !headers_match_body(&parts.headers, &message) {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "Mcp-Method or Mcp-Name header does not match the request body",
+            );
+        }
+        if let Some(missing) = state.policy.missing(&message, &identity.effective) {
+            return refuse(
+                Some(BearerErrorCode::InsufficientScope),
+                Some("the token lacks a scope this request needs"),
+                missing.join(" "),
+            );
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        req
+    };
+    // No token passthrough (a5): what follows sees the identity, not the credential.
+    req.headers_mut().remove(header::AUTHORIZATION);
+    req.extensions_mut().insert(identity);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn a10_bearer_scheme_is_case_insensitive() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bEaReR abc"),
+        );
+        assert_eq!(bearer_token(&h), Ok(Some("abc")));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), Ok(None));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert!(bearer_token(&h).is_err());
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert!(bearer_token(&h).is_err());
+    }
+
+    #[test]
+    fn mcp_headers_must_match_body() {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}});
+        let mut h = HeaderMap::new();
+        assert!(headers_match_body(&h, &body));
+        h.insert("mcp-method", HeaderValue::from_static("tools/call"));
+        h.insert("mcp-name", HeaderValue::from_static("echo"));
+        assert!(headers_match_body(&h, &body));
+        h.insert("mcp-name", HeaderValue::from_static("add_note"));
+        assert!(!headers_match_body(&h, &body));
+        h.remove("mcp-name");
+        h.insert("mcp-method", HeaderValue::from_static("tools/list"));
+        assert!(!headers_match_body(&h, &body));
+        assert!(!headers_match_body(&h, &json!([body])));
+    }
+}

@@ -1,0 +1,108 @@
+//! The state every listener shares: settings derived from the config once the public URL
+//! is known, the store, the clock, the signing key, the token verifier and the policy.
+
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::JwkSet;
+use url::Url;
+
+use crate::authz::ratelimit::RateLimiter;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::resource::policy::ScopePolicy;
+use crate::store::Store;
+use crate::tokens::keys::SigningKey;
+use crate::tokens::verify::{JwksCache, JwksFetcher, Verifier};
+
+/// Values derived from the config and the bound proxy address.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config as loaded.
+    pub config: Config,
+    /// The issuer: the public URL without a trailing slash. Every advertised endpoint is
+    /// under it, so all of them go through the proxy.
+    pub issuer: String,
+    /// The protected resource (canonical, RFC 8707): `<issuer>/mcp`.
+    pub resource: String,
+    /// The public origin (`scheme://host[:port]`), for Origin checks.
+    pub public_origin: String,
+    /// Where the protected resource metadata is (path-suffixed form, RFC 9728 §3.1).
+    pub resource_metadata_url: String,
+}
+
+impl Settings {
+    /// Derive settings; `public_url` is the validated public URL.
+    pub fn new(config: Config, public_url: &Url) -> Self {
+        let issuer = public_url.as_str().trim_end_matches('/').to_string();
+        let public_origin = public_url.origin().ascii_serialization();
+        let path = public_url.path().trim_end_matches('/');
+        let resource = format!("{issuer}/mcp");
+        let resource_metadata_url =
+            format!("{public_origin}/.well-known/oauth-protected-resource{path}/mcp");
+        Self {
+            config,
+            issuer,
+            resource,
+            public_origin,
+            resource_metadata_url,
+        }
+    }
+}
+
+/// Shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The key that signs access tokens.
+    pub keys: Arc<SigningKey>,
+    /// Verifies bearer tokens on the resource server.
+    pub verifier: Arc<Verifier>,
+    /// Method and tool scope policy.
+    pub policy: Arc<ScopePolicy>,
+    /// Per-source limit on client registration.
+    pub register_limiter: Arc<RateLimiter>,
+    /// The consent and error page templates.
+    pub templates: Arc<minijinja::Environment<'static>>,
+}
+
+impl AppState {
+    /// Assemble the state.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        keys: Arc<SigningKey>,
+        templates: minijinja::Environment<'static>,
+    ) -> Self {
+        // The resource server reads our own key ring through the same JWKS cache it would
+        // use for an external issuer, so rotation and unknown-kid handling are one path.
+        let published = keys.clone();
+        let fetch: JwksFetcher = Arc::new(move || {
+            let set: JwkSet = published.jwks();
+            Box::pin(async move { Ok(set) })
+        });
+        let verifier = Verifier {
+            issuers: vec![settings.issuer.clone()],
+            audience: settings.resource.clone(),
+            leeway: settings.config.leeway_seconds,
+            keys: JwksCache::new(fetch, 300, 5),
+        };
+        let policy = ScopePolicy::from_config(&settings.config.scopes);
+        let register_limiter = RateLimiter::new(settings.config.register_rate_per_minute, 60);
+        Self {
+            settings: Arc::new(settings),
+            store,
+            clock,
+            keys,
+            verifier: Arc::new(verifier),
+            policy: Arc::new(policy),
+            register_limiter: Arc::new(register_limiter),
+            templates: Arc::new(templates),
+        }
+    }
+}

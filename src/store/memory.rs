@@ -1,0 +1,356 @@
+//! [`InMemoryStore`]: every record in maps behind one mutex. State is lost on restart.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::{
+    AuthCode, Client, CodeRedemption, Grant, PendingAuthorization, RefreshToken, RotateOutcome,
+    Rotation, RotationDecision, Store, StoreError, StoreResult, decide_rotation,
+};
+
+#[derive(Default)]
+struct Inner {
+    clients: HashMap<String, Client>,
+    pending: HashMap<String, PendingAuthorization>,
+    codes: HashMap<String, AuthCode>,
+    /// Used code hash -> (grant id, when to forget it).
+    used_codes: HashMap<String, (String, u64)>,
+    grants: HashMap<String, Grant>,
+    /// Grant id -> access tokens issued from it (jti, exp).
+    grant_tokens: HashMap<String, Vec<(String, u64)>>,
+    refresh: HashMap<String, RefreshToken>,
+    /// Revoked access token jti -> its exp.
+    revoked_jti: HashMap<String, u64>,
+    /// Grants revoked before they were stored (a code replay racing its first redemption).
+    revoked_early: std::collections::HashSet<String>,
+}
+
+/// The in-memory [`Store`].
+#[derive(Default)]
+pub struct InMemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))
+    }
+}
+
+impl Inner {
+    /// Forget what can no longer matter. Called on writes, so the maps stay bounded by
+    /// what is live.
+    fn purge(&mut self, now: u64) {
+        self.pending.retain(|_, p| p.expires_at > now);
+        self.codes.retain(|_, c| c.expires_at > now);
+        self.used_codes.retain(|_, (_, until)| *until > now);
+        self.revoked_jti.retain(|_, exp| *exp > now);
+        for tokens in self.grant_tokens.values_mut() {
+            tokens.retain(|(_, exp)| *exp > now);
+        }
+        self.grant_tokens.retain(|_, tokens| !tokens.is_empty());
+    }
+
+    fn revoke_grant(&mut self, grant_id: &str) {
+        match self.grants.get_mut(grant_id) {
+            Some(g) => g.revoked = true,
+            None => {
+                self.revoked_early.insert(grant_id.to_string());
+            }
+        }
+        for (jti, exp) in self.grant_tokens.remove(grant_id).unwrap_or_default() {
+            self.revoked_jti.insert(jti, exp);
+        }
+        self.refresh.retain(|_, t| t.grant_id != grant_id);
+    }
+}
+
+impl Store for InMemoryStore {
+    fn insert_client(&self, client: Client) -> StoreResult<()> {
+        self.lock()?
+            .clients
+            .insert(client.client_id.clone(), client);
+        Ok(())
+    }
+
+    fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
+        Ok(self.lock()?.clients.get(client_id).cloned())
+    }
+
+    fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        inner.purge(now);
+        inner.pending.insert(pending.id.clone(), pending);
+        Ok(())
+    }
+
+    fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>> {
+        Ok(self.lock()?.pending.remove(id))
+    }
+
+    fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()> {
+        self.lock()?.codes.insert(code_hash, code);
+        Ok(())
+    }
+
+    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
+        let mut inner = self.lock()?;
+        inner.purge(now);
+        if let Some((grant_id, _)) = inner.used_codes.get(code_hash) {
+            return Ok(CodeRedemption::Replayed {
+                grant_id: grant_id.clone(),
+            });
+        }
+        match inner.codes.remove(code_hash) {
+            Some(code) if code.expires_at > now => {
+                inner.used_codes.insert(
+                    code_hash.to_string(),
+                    (code.grant_id.clone(), code.expires_at),
+                );
+                Ok(CodeRedemption::Fresh(code))
+            }
+            _ => Ok(CodeRedemption::Unknown),
+        }
+    }
+
+    fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        if inner.revoked_early.remove(&grant.id) {
+            grant.revoked = true;
+        }
+        inner.grants.insert(grant.id.clone(), grant);
+        Ok(())
+    }
+
+    fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
+        Ok(self.lock()?.grants.get(grant_id).cloned())
+    }
+
+    fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        if inner.grants.get(grant_id).is_none_or(|g| g.revoked) {
+            // Issued from a grant revoked meanwhile: deny it straight away.
+            inner.revoked_jti.insert(jti.to_string(), exp);
+            return Ok(());
+        }
+        let tokens = inner.grant_tokens.entry(grant_id.to_string()).or_default();
+        tokens.push((jti.to_string(), exp));
+        Ok(())
+    }
+
+    fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
+        self.lock()?.revoke_grant(grant_id);
+        Ok(())
+    }
+
+    fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()> {
+        self.lock()?.refresh.insert(token_hash, token);
+        Ok(())
+    }
+
+    fn refresh(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
+        Ok(self.lock()?.refresh.get(token_hash).cloned())
+    }
+
+    fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: String,
+        new_token: RefreshToken,
+        now: u64,
+        grace: u64,
+    ) -> StoreResult<RotateOutcome> {
+        let mut inner = self.lock()?;
+        let Some(old) = inner.refresh.get(old_hash).cloned() else {
+            return Ok(RotateOutcome::Invalid);
+        };
+        let grant = match inner.grants.get(&old.grant_id) {
+            Some(g) if !g.revoked && g.expires_at > now => g.clone(),
+            _ => return Ok(RotateOutcome::Invalid),
+        };
+        let successor_used = old
+            .rotated
+            .as_ref()
+            .and_then(|r| inner.refresh.get(&r.successor))
+            .is_none_or(|s| s.rotated.is_some());
+        let first_at = old.rotated.as_ref().map_or(now, |r| r.at);
+        match decide_rotation(&old, successor_used, now, grace) {
+            RotationDecision::Replay => {
+                inner.revoke_grant(&grant.id);
+                return Ok(RotateOutcome::Replay);
+            }
+            RotationDecision::Retry { drop_successor } => {
+                inner.refresh.remove(&drop_successor);
+            }
+            RotationDecision::Rotate => {}
+        }
+        if let Some(t) = inner.refresh.get_mut(old_hash) {
+            t.rotated = Some(Rotation {
+                at: first_at,
+                successor: new_hash.clone(),
+            });
+        }
+        inner.refresh.insert(new_hash, new_token);
+        Ok(RotateOutcome::Rotated(grant))
+    }
+
+    fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {
+        self.lock()?.revoked_jti.insert(jti.to_string(), exp);
+        Ok(())
+    }
+
+    fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.revoked_jti.contains_key(jti))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str) -> Grant {
+        Grant {
+            id: id.into(),
+            client_id: "c".into(),
+            sub: "u".into(),
+            scopes: vec!["mcp:read".into()],
+            resource: "r".into(),
+            expires_at: 10_000,
+            revoked: false,
+        }
+    }
+
+    fn rt(grant_id: &str) -> RefreshToken {
+        RefreshToken {
+            grant_id: grant_id.into(),
+            scopes: vec!["mcp:read".into()],
+            rotated: None,
+        }
+    }
+
+    fn code(grant_id: &str) -> AuthCode {
+        AuthCode {
+            grant_id: grant_id.into(),
+            client_id: "c".into(),
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            code_challenge: "x".into(),
+            scopes: vec![],
+            resource: "r".into(),
+            sub: "u".into(),
+            expires_at: 200,
+        }
+    }
+
+    #[test]
+    fn codes_are_single_use_and_replays_are_reported() {
+        let s = InMemoryStore::new();
+        s.insert_code("h".into(), code("g1")).unwrap();
+        assert!(matches!(
+            s.redeem_code("h", 100).unwrap(),
+            CodeRedemption::Fresh(_)
+        ));
+        assert_eq!(
+            s.redeem_code("h", 101).unwrap(),
+            CodeRedemption::Replayed {
+                grant_id: "g1".into()
+            }
+        );
+        assert_eq!(
+            s.redeem_code("other", 101).unwrap(),
+            CodeRedemption::Unknown
+        );
+    }
+
+    #[test]
+    fn expired_codes_are_unknown() {
+        let s = InMemoryStore::new();
+        s.insert_code("h".into(), code("g1")).unwrap();
+        assert_eq!(s.redeem_code("h", 200).unwrap(), CodeRedemption::Unknown);
+    }
+
+    #[test]
+    fn concurrent_redemptions_yield_exactly_one_fresh() {
+        let s = std::sync::Arc::new(InMemoryStore::new());
+        s.insert_code("h".into(), code("g1")).unwrap();
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || s.redeem_code("h", 100).unwrap())
+            })
+            .collect();
+        let fresh = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|r| matches!(r, CodeRedemption::Fresh(_)))
+            .count();
+        assert_eq!(fresh, 1);
+    }
+
+    #[test]
+    fn b9_rotation_grace_and_replay_revokes_family() {
+        let s = InMemoryStore::new();
+        s.insert_grant(grant("g")).unwrap();
+        s.add_access_token("g", "jti-1", 5000).unwrap();
+        s.insert_refresh("r1".into(), rt("g")).unwrap();
+        // r1 -> r2
+        assert!(matches!(
+            s.rotate_refresh("r1", "r2".into(), rt("g"), 100, 30)
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+        // r1 again within grace, r2 unused: r2 is replaced by r3
+        assert!(matches!(
+            s.rotate_refresh("r1", "r3".into(), rt("g"), 110, 30)
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+        assert!(
+            s.refresh("r2").unwrap().is_none(),
+            "the unused successor is dropped"
+        );
+        // r3 used -> r4; now r1 is a replay and revokes everything
+        assert!(matches!(
+            s.rotate_refresh("r3", "r4".into(), rt("g"), 111, 30)
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+        assert_eq!(
+            s.rotate_refresh("r1", "r5".into(), rt("g"), 112, 30)
+                .unwrap(),
+            RotateOutcome::Replay
+        );
+        assert!(s.grant("g").unwrap().unwrap().revoked);
+        assert!(s.is_access_token_revoked("jti-1").unwrap());
+        assert_eq!(
+            s.rotate_refresh("r4", "r6".into(), rt("g"), 113, 30)
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+    }
+
+    #[test]
+    fn b9_reuse_after_grace_is_replay() {
+        let s = InMemoryStore::new();
+        s.insert_grant(grant("g")).unwrap();
+        s.insert_refresh("r1".into(), rt("g")).unwrap();
+        s.rotate_refresh("r1", "r2".into(), rt("g"), 100, 30)
+            .unwrap();
+        assert_eq!(
+            s.rotate_refresh("r1", "r3".into(), rt("g"), 131, 30)
+                .unwrap(),
+            RotateOutcome::Replay
+        );
+        assert_eq!(
+            s.rotate_refresh("r2", "r4".into(), rt("g"), 132, 30)
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! Storage: the [`Store`] trait and the records it keeps. [`memory::InMemoryStore`] is the
+//! implementation used today; the trait is what a durable one implements.
+//!
+//! Methods are synchronous and short: implementations hold a lock for one map operation
+//! and never across an `.await`. Each method that must be atomic (taking a code, rotating
+//! a refresh token) is one call, so two concurrent requests cannot both win.
+
+pub mod memory;
+
+use serde::{Deserialize, Serialize};
+
+/// A registered client (RFC 7591).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Client {
+    /// The identifier we issued.
+    pub client_id: String,
+    /// Human-readable name, shown on the consent page.
+    pub client_name: Option<String>,
+    /// Registered redirect URIs, exactly as registered.
+    pub redirect_uris: Vec<String>,
+    /// Grant types the client may use.
+    pub grant_types: Vec<String>,
+    /// `none` for public clients.
+    pub token_endpoint_auth_method: String,
+    /// Scopes the client asked to be limited to, if any.
+    pub scope: Option<String>,
+    /// When it registered.
+    pub created_at: u64,
+}
+
+/// An authorization request waiting for the user's decision on the consent page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAuthorization {
+    /// Identifies the request in the consent form.
+    pub id: String,
+    /// The CSRF token the consent form must echo.
+    pub csrf_token: String,
+    /// The client.
+    pub client_id: String,
+    /// The validated redirect URI, as the client sent it.
+    pub redirect_uri: String,
+    /// The client's `state`, returned untouched.
+    pub state: Option<String>,
+    /// Scopes to grant.
+    pub scopes: Vec<String>,
+    /// The resource (audience) the tokens will be bound to.
+    pub resource: String,
+    /// The PKCE S256 challenge.
+    pub code_challenge: String,
+    /// When the consent page stops being answerable.
+    pub expires_at: u64,
+}
+
+/// An authorization code, stored under the hash of its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCode {
+    /// The grant the code starts; known in advance so a replay can revoke it.
+    pub grant_id: String,
+    /// The client the code was issued to.
+    pub client_id: String,
+    /// The redirect URI the code was issued for.
+    pub redirect_uri: String,
+    /// The PKCE S256 challenge.
+    pub code_challenge: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Bound resource.
+    pub resource: String,
+    /// The user who approved.
+    pub sub: String,
+    /// Expiry.
+    pub expires_at: u64,
+}
+
+/// What presenting a code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRedemption {
+    /// The code was valid and is now used up.
+    Fresh(AuthCode),
+    /// The code was already redeemed: the grant it started should be revoked.
+    Replayed {
+        /// The grant started by the first redemption.
+        grant_id: String,
+    },
+    /// No such code (or it expired).
+    Unknown,
+}
+
+/// A grant: what one consent gave one client, shared by the access and refresh tokens
+/// issued from it (the refresh-token family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Family id.
+    pub id: String,
+    /// The client.
+    pub client_id: String,
+    /// The user.
+    pub sub: String,
+    /// Scopes granted at consent; refreshes may only narrow them.
+    pub scopes: Vec<String>,
+    /// The bound resource.
+    pub resource: String,
+    /// When the whole family expires.
+    pub expires_at: u64,
+    /// Revoked grants issue nothing and their tokens are refused.
+    pub revoked: bool,
+}
+
+/// A refresh token, stored under the hash of its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    /// The family.
+    pub grant_id: String,
+    /// Scopes this token may obtain (a subset of the grant's).
+    pub scopes: Vec<String>,
+    /// Set once the token has been exchanged.
+    pub rotated: Option<Rotation>,
+}
+
+/// When a refresh token was first exchanged, and the hash of the token that replaced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// First exchange time.
+    pub at: u64,
+    /// Hash of the current successor.
+    pub successor: String,
+}
+
+/// The outcome of presenting a refresh token for rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The new token is stored; the old one is now rotated.
+    Rotated(Grant),
+    /// A replay: the family has been revoked.
+    Replay,
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// What to do with a presented refresh token; the rule every store implements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationDecision {
+    /// First use: rotate.
+    Rotate,
+    /// A retry within the grace period whose successor was never used: replace the unused
+    /// successor (dropping it) and rotate again.
+    Retry {
+        /// Hash of the successor to drop.
+        drop_successor: String,
+    },
+    /// Too late, or the successor was used: revoke the family.
+    Replay,
+}
+
+/// The rotation rule (refresh tokens for public clients rotate on every use, b9): a rotated
+/// token keeps working until its successor is first used or `grace` seconds pass; any use
+/// after that is a replay.
+pub fn decide_rotation(
+    token: &RefreshToken,
+    successor_used: bool,
+    now: u64,
+    grace: u64,
+) -> RotationDecision {
+    match &token.rotated {
+        None => RotationDecision::Rotate,
+        Some(r) if !successor_used && now <= r.at.saturating_add(grace) => {
+            RotationDecision::Retry {
+                drop_successor: r.successor.clone(),
+            }
+        }
+        Some(_) => RotationDecision::Replay,
+    }
+}
+
+/// A storage failure (never the client's fault).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or its lock is poisoned.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the authorization and resource servers keep.
+pub trait Store: Send + Sync + 'static {
+    /// Save a new client.
+    fn insert_client(&self, client: Client) -> StoreResult<()>;
+    /// Look a client up.
+    fn client(&self, client_id: &str) -> StoreResult<Option<Client>>;
+
+    /// Save a request awaiting consent.
+    fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()>;
+    /// Remove and return a pending request (each consent form works once).
+    fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>>;
+
+    /// Save a code under the hash of its value.
+    fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;
+    /// Atomically use up a code; remembers used codes until they would have expired.
+    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption>;
+
+    /// Save a new grant.
+    fn insert_grant(&self, grant: Grant) -> StoreResult<()>;
+    /// Look a grant up.
+    fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>>;
+    /// Remember an access token issued from a grant, so revoking the grant revokes it.
+    fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()>;
+    /// Revoke a grant: its refresh tokens stop working and its access tokens are denied.
+    fn revoke_grant(&self, grant_id: &str) -> StoreResult<()>;
+
+    /// Save a refresh token under the hash of its value.
+    fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()>;
+    /// Look a refresh token up.
+    fn refresh(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// Atomically apply [`decide_rotation`] to `old_hash` and, when it allows, store
+    /// `new_hash` as its successor.
+    fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: String,
+        new_token: RefreshToken,
+        now: u64,
+        grace: u64,
+    ) -> StoreResult<RotateOutcome>;
+
+    /// Deny an access token until it expires anyway.
+    fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()>;
+    /// Whether an access token was revoked.
+    fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(rotated: Option<u64>) -> RefreshToken {
+        RefreshToken {
+            grant_id: "g".into(),
+            scopes: vec![],
+            rotated: rotated.map(|at| Rotation {
+                at,
+                successor: "s".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn b9_first_use_rotates() {
+        assert_eq!(
+            decide_rotation(&token(None), false, 100, 30),
+            RotationDecision::Rotate
+        );
+    }
+
+    #[test]
+    fn b9_retry_within_grace_with_unused_successor_is_allowed() {
+        assert_eq!(
+            decide_rotation(&token(Some(100)), false, 130, 30),
+            RotationDecision::Retry {
+                drop_successor: "s".into()
+            }
+        );
+    }
+
+    #[test]
+    fn b9_reuse_after_grace_or_after_successor_use_is_replay() {
+        assert_eq!(
+            decide_rotation(&token(Some(100)), false, 131, 30),
+            RotationDecision::Replay
+        );
+        assert_eq!(
+            decide_rotation(&token(Some(100)), true, 100, 30),
+            RotationDecision::Replay
+        );
+    }
+}

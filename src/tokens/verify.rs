@@ -1,0 +1,398 @@
+//! Verifying access tokens: algorithm pinned to the key's, signature against a cached JWKS
+//! (an unknown `kid` triggers one rate-limited refetch), `iss`, `aud`, and `exp`/`nbf`
+//! against the injected clock with a small leeway (RFC 8725 §3.1, RFC 9068 §4).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Claims of a verified access token, as the rest of the gateway sees them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject (the user).
+    pub sub: String,
+    /// Expiry.
+    pub exp: u64,
+    /// Token id, if the issuer sets one.
+    #[serde(default)]
+    pub jti: Option<String>,
+    /// Granted scopes, space separated.
+    #[serde(default)]
+    pub scope: String,
+    /// The client the token was issued to.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    nbf: Option<u64>,
+}
+
+impl VerifiedClaims {
+    /// The granted scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split_ascii_whitespace()
+    }
+}
+
+/// Why a token was refused. Every variant is an `invalid_token` to the client; the variant
+/// is for logs and metrics.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Not a well-formed JWS, or an algorithm we never accept.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The `kid` is not in the key set, even after a refetch.
+    #[error("the token was signed by an unknown key")]
+    UnknownKey,
+    /// The signature does not verify, or the header algorithm is not the key's.
+    #[error("the token signature is invalid")]
+    BadSignature,
+    /// `iss` is not the expected issuer.
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    /// `aud` does not name this resource.
+    #[error("the token is meant for another resource")]
+    WrongAudience,
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// The token was revoked.
+    #[error("the token has been revoked")]
+    Revoked,
+    /// The key set could not be fetched and none is cached.
+    #[error("the signing keys are unavailable")]
+    KeysUnavailable,
+}
+
+/// A future that yields a key set.
+pub type JwksFuture = Pin<Box<dyn Future<Output = Result<JwkSet, String>> + Send>>;
+
+/// Where a [`JwksCache`] gets keys from: our own key ring in-process, or an HTTP JWKS URI.
+pub type JwksFetcher = Arc<dyn Fn() -> JwksFuture + Send + Sync>;
+
+#[derive(Clone)]
+struct CachedKey {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    keys: HashMap<String, CachedKey>,
+    fetched_at: Option<u64>,
+}
+
+/// A JWKS cache: keys by `kid`, refreshed after `ttl`, refetched at most once per
+/// `min_refetch` seconds when a token names an unknown `kid`; stale keys stay usable when a
+/// refetch fails.
+pub struct JwksCache {
+    fetch: JwksFetcher,
+    ttl: u64,
+    min_refetch: u64,
+    inner: RwLock<CacheInner>,
+}
+
+impl JwksCache {
+    /// A cache over `fetch`.
+    pub fn new(fetch: JwksFetcher, ttl: u64, min_refetch: u64) -> Self {
+        Self {
+            fetch,
+            ttl,
+            min_refetch,
+            inner: RwLock::new(CacheInner::default()),
+        }
+    }
+
+    fn lookup(&self, kid: &str) -> (Option<CachedKey>, Option<u64>) {
+        match self.inner.read() {
+            Ok(inner) => (inner.keys.get(kid).cloned(), inner.fetched_at),
+            Err(_) => (None, None),
+        }
+    }
+
+    async fn key(&self, kid: &str, now: u64) -> Result<CachedKey, VerifyError> {
+        let (cached, fetched_at) = self.lookup(kid);
+        let fresh = fetched_at.is_some_and(|t| now < t.saturating_add(self.ttl));
+        let may_refetch = fetched_at.is_none_or(|t| now >= t.saturating_add(self.min_refetch));
+        match cached {
+            Some(key) if fresh || !may_refetch => return Ok(key),
+            None if !may_refetch => return Err(VerifyError::UnknownKey),
+            _ => {}
+        }
+        match (self.fetch)().await {
+            Ok(set) => {
+                let keys: HashMap<String, CachedKey> = set
+                    .keys
+                    .iter()
+                    .filter_map(|jwk| {
+                        let kid = jwk.common.key_id.clone()?;
+                        let alg = Algorithm::try_from(jwk.common.key_algorithm?).ok()?;
+                        let key = DecodingKey::from_jwk(jwk).ok()?;
+                        Some((kid, CachedKey { alg, key }))
+                    })
+                    .collect();
+                let found = keys.get(kid).cloned();
+                if let Ok(mut inner) = self.inner.write() {
+                    inner.keys = keys;
+                    inner.fetched_at = Some(now);
+                }
+                found.ok_or(VerifyError::UnknownKey)
+            }
+            Err(message) => {
+                tracing::warn!(%message, "JWKS refetch failed; keeping cached keys");
+                if let Ok(mut inner) = self.inner.write() {
+                    // Rate-limit retries against a failing key source too.
+                    inner.fetched_at = Some(now);
+                }
+                cached.ok_or(VerifyError::KeysUnavailable)
+            }
+        }
+    }
+}
+
+/// Verifies access tokens for one resource.
+pub struct Verifier {
+    /// Accepted issuers.
+    pub issuers: Vec<String>,
+    /// The audience the token must name: our resource URL.
+    pub audience: String,
+    /// Tolerated clock skew, seconds.
+    pub leeway: u64,
+    /// The key source.
+    pub keys: JwksCache,
+}
+
+/// Asymmetric algorithms only: `none` and HS* are never accepted (RFC 8725 §3.1).
+fn is_accepted(alg: Algorithm) -> bool {
+    !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+impl Verifier {
+    /// Verify `token` at time `now`.
+    pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
+        let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if !is_accepted(header.alg) {
+            return Err(VerifyError::Malformed);
+        }
+        let kid = header.kid.as_deref().ok_or(VerifyError::UnknownKey)?;
+        let key = self.keys.key(kid, now).await?;
+        if key.alg != header.alg {
+            return Err(VerifyError::BadSignature);
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = decode::<Value>(token, &key.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => VerifyError::BadSignature,
+                _ => VerifyError::Malformed,
+            }
+        })?;
+        let raw = data.claims;
+        let iss = raw.get("iss").and_then(Value::as_str).unwrap_or_default();
+        if !self.issuers.iter().any(|i| i == iss) {
+            return Err(VerifyError::WrongIssuer);
+        }
+        if !audience_matches(raw.get("aud"), &self.audience) {
+            return Err(VerifyError::WrongAudience);
+        }
+        let claims: VerifiedClaims =
+            serde_json::from_value(raw).map_err(|_| VerifyError::Malformed)?;
+        if now > claims.exp.saturating_add(self.leeway) {
+            return Err(VerifyError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(self.leeway) < nbf)
+        {
+            return Err(VerifyError::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+/// `aud` may be a string or an array (RFC 7519 §4.1.3); ours must be in it.
+fn audience_matches(aud: Option<&Value>, expected: &str) -> bool {
+    match aud {
+        Some(Value::String(s)) => s == expected,
+        Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(expected)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SigningAlg;
+    use crate::tokens::issue::{AccessClaims, sign};
+    use crate::tokens::keys::SigningKey;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: "http://127.0.0.1:1".into(),
+            sub: "alice".into(),
+            aud: "http://127.0.0.1:1/mcp".into(),
+            exp: NOW + 60,
+            iat: NOW,
+            nbf: NOW,
+            jti: "j1".into(),
+            scope: "mcp:read".into(),
+            client_id: "c1".into(),
+        }
+    }
+
+    fn verifier(keys: Vec<Arc<SigningKey>>, fetches: Arc<AtomicUsize>) -> Verifier {
+        let fetch: JwksFetcher = Arc::new(move || {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            let set = JwkSet {
+                keys: keys.iter().map(|k| k.jwk.clone()).collect(),
+            };
+            Box::pin(async move { Ok(set) })
+        });
+        Verifier {
+            issuers: vec!["http://127.0.0.1:1".into()],
+            audience: "http://127.0.0.1:1/mcp".into(),
+            leeway: 5,
+            keys: JwksCache::new(fetch, 300, 10),
+        }
+    }
+
+    fn setup() -> (Arc<SigningKey>, Verifier, Arc<AtomicUsize>) {
+        let key = Arc::new(SigningKey::generate(SigningAlg::ES256).unwrap());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let v = verifier(vec![key.clone()], fetches.clone());
+        (key, v, fetches)
+    }
+
+    #[tokio::test]
+    async fn a4_valid_token_passes_and_keys_are_cached() {
+        let (key, v, fetches) = setup();
+        let token = sign(&key, &claims()).unwrap();
+        let c = v.verify(&token, NOW).await.unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.scopes().collect::<Vec<_>>(), ["mcp:read"]);
+        v.verify(&token, NOW + 1).await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a4_wrong_audience_is_refused() {
+        let (key, v, _) = setup();
+        let mut c = claims();
+        c.aud = "http://other.example/mcp".into();
+        let token = sign(&key, &c).unwrap();
+        assert_eq!(v.verify(&token, NOW).await, Err(VerifyError::WrongAudience));
+    }
+
+    #[tokio::test]
+    async fn a4_wrong_issuer_is_refused() {
+        let (key, v, _) = setup();
+        let mut c = claims();
+        c.iss = "http://evil.example".into();
+        let token = sign(&key, &c).unwrap();
+        assert_eq!(v.verify(&token, NOW).await, Err(VerifyError::WrongIssuer));
+    }
+
+    #[tokio::test]
+    async fn a4_expiry_and_nbf_use_the_given_clock_with_leeway() {
+        let (key, v, _) = setup();
+        let token = sign(&key, &claims()).unwrap();
+        assert!(v.verify(&token, NOW + 60 + 5).await.is_ok());
+        assert_eq!(v.verify(&token, NOW + 66).await, Err(VerifyError::Expired));
+        assert!(v.verify(&token, NOW - 5).await.is_ok());
+        assert_eq!(
+            v.verify(&token, NOW - 6).await,
+            Err(VerifyError::NotYetValid)
+        );
+    }
+
+    #[tokio::test]
+    async fn a4_token_from_another_key_is_refused() {
+        let (_, v, _) = setup();
+        let stranger = SigningKey::generate(SigningAlg::ES256).unwrap();
+        let token = sign(&stranger, &claims()).unwrap();
+        assert_eq!(v.verify(&token, NOW).await, Err(VerifyError::UnknownKey));
+    }
+
+    #[tokio::test]
+    async fn a4_tampered_payload_fails_signature() {
+        let (key, v, _) = setup();
+        let token = sign(&key, &claims()).unwrap();
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        let mut c = claims();
+        c.scope = "mcp:admin".into();
+        let other = sign(&key, &c).unwrap();
+        parts[1] = other.split('.').nth(1).unwrap().to_string();
+        let forged = parts.join(".");
+        assert_eq!(v.verify(&forged, NOW).await, Err(VerifyError::BadSignature));
+    }
+
+    #[tokio::test]
+    async fn alg_none_and_hs256_are_refused() {
+        use base64::Engine as _;
+        let (key, v, _) = setup();
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let payload = b64(&serde_json::to_string(&claims()).unwrap());
+        let none = format!(
+            "{}.{}.",
+            b64(&format!(r#"{{"alg":"none","kid":"{}"}}"#, key.kid)),
+            payload
+        );
+        assert_eq!(v.verify(&none, NOW).await, Err(VerifyError::Malformed));
+        // HS256 "signed" with the public key as the secret: the classic confusion attack.
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(key.kid.clone());
+        let public = serde_json::to_vec(&key.jwk).unwrap();
+        let hs = jsonwebtoken::encode(
+            &header,
+            &claims(),
+            &jsonwebtoken::EncodingKey::from_secret(&public),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs, NOW).await, Err(VerifyError::Malformed));
+        assert_eq!(v.verify("a.b.c", NOW).await, Err(VerifyError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetches_once_then_is_rate_limited() {
+        let key = Arc::new(SigningKey::generate(SigningAlg::ES256).unwrap());
+        let rotated = Arc::new(SigningKey::generate(SigningAlg::ES256).unwrap());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        // The source publishes both keys; the cache first learns them at NOW.
+        let v = verifier(vec![key.clone(), rotated.clone()], fetches.clone());
+        let stranger = SigningKey::generate(SigningAlg::ES256).unwrap();
+        v.verify(&sign(&key, &claims()).unwrap(), NOW)
+            .await
+            .unwrap();
+        v.verify(&sign(&rotated, &claims()).unwrap(), NOW)
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        let bad = sign(&stranger, &claims()).unwrap();
+        assert_eq!(v.verify(&bad, NOW + 1).await, Err(VerifyError::UnknownKey));
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "refetch is rate-limited");
+        assert_eq!(v.verify(&bad, NOW + 11).await, Err(VerifyError::UnknownKey));
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "one refetch after the interval"
+        );
+    }
+}
