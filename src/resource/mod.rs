@@ -101,7 +101,11 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
         .to_str()
         .map_err(|_| "malformed Authorization header")?;
     let Some((scheme, token)) = value.split_once(' ') else {
-        return Ok(None);
+        // The scheme alone, with no token after it.
+        return match value.trim().eq_ignore_ascii_case("bearer") {
+            true => Err("malformed bearer token"),
+            false => Ok(None),
+        };
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);

@@ -343,7 +343,7 @@ mod tests {
         s.rotate_refresh("r1", "r2".into(), rt("g"), 100, 30)
             .unwrap();
         assert_eq!(
-            s.rotate_refresh("r1", "r3".into(), rt("g"), 131, 30)
+            s.rotate_refresh("r1", "r3".into(), rt("g"), 130, 30)
                 .unwrap(),
             RotateOutcome::Replay
         );

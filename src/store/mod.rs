@@ -153,8 +153,8 @@ pub enum RotationDecision {
 }
 
 /// The rotation rule (refresh tokens for public clients rotate on every use, b9): a rotated
-/// token keeps working until its successor is first used or `grace` seconds pass; any use
-/// after that is a replay.
+/// token keeps working until its successor is first used or `grace` seconds pass (a grace
+/// of 0 turns retries off); any use after that is a replay.
 pub fn decide_rotation(
     token: &RefreshToken,
     successor_used: bool,
@@ -163,11 +163,9 @@ pub fn decide_rotation(
 ) -> RotationDecision {
     match &token.rotated {
         None => RotationDecision::Rotate,
-        Some(r) if !successor_used && now <= r.at.saturating_add(grace) => {
-            RotationDecision::Retry {
-                drop_successor: r.successor.clone(),
-            }
-        }
+        Some(r) if !successor_used && now < r.at.saturating_add(grace) => RotationDecision::Retry {
+            drop_successor: r.successor.clone(),
+        },
         Some(_) => RotationDecision::Replay,
     }
 }
@@ -257,7 +255,7 @@ mod tests {
     #[test]
     fn b9_retry_within_grace_with_unused_successor_is_allowed() {
         assert_eq!(
-            decide_rotation(&token(Some(100)), false, 130, 30),
+            decide_rotation(&token(Some(100)), false, 129, 30),
             RotationDecision::Retry {
                 drop_successor: "s".into()
             }
@@ -267,12 +265,17 @@ mod tests {
     #[test]
     fn b9_reuse_after_grace_or_after_successor_use_is_replay() {
         assert_eq!(
-            decide_rotation(&token(Some(100)), false, 131, 30),
+            decide_rotation(&token(Some(100)), false, 130, 30),
             RotationDecision::Replay
         );
         assert_eq!(
             decide_rotation(&token(Some(100)), true, 100, 30),
             RotationDecision::Replay
+        );
+        assert_eq!(
+            decide_rotation(&token(Some(100)), false, 100, 0),
+            RotationDecision::Replay,
+            "a grace of 0 turns retries off"
         );
     }
 }
