@@ -1,0 +1,494 @@
+#!/usr/bin/env node
+// End-to-end test: the unmodified official MCP TypeScript SDK client
+// (@modelcontextprotocol/sdk, pinned in package.json) discovers the gateway's OAuth
+// metadata, registers dynamically, completes the authorization-code + PKCE flow
+// (consent approved headlessly, like a browser would), and then calls tools through
+// the gateway's public proxy URL.
+//
+// Usage: node clients/ts/run.mjs   (GATEWAY_BIN overrides the binary path)
+// Prints "1 passed, 0 failed" and exits 0 on success, "0 passed, 1 failed" and exits 1 otherwise.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const GATEWAY_BIN = process.env.GATEWAY_BIN
+  ? path.resolve(process.env.GATEWAY_BIN)
+  : path.resolve(HERE, '../../target/debug/mcp-oauth-gateway');
+const READY_TIMEOUT_MS = Number(process.env.READY_TIMEOUT_MS ?? 30_000); // only used to fail the test, never to wait
+const TEST_TIMEOUT_MS = 60_000; // overall deadline for the OAuth + MCP part
+const EXIT_TIMEOUT_MS = 10_000; // deadline for the gateway to exit after SIGTERM
+const READY_RE = /listening proxy=(\S+) mcp=(\S+) routes=(\S+) jwks=(\S+)/;
+
+const log = (...args) => console.error('[ts-e2e]', ...args);
+
+class CheckError extends Error {}
+function check(cond, message) {
+  if (!cond) throw new CheckError(message);
+}
+
+/** Rejects after `ms` with `what` timed out; the timer is cleared by `cancel`. Never used as a wait. */
+function deadline(ms, what) {
+  let timer;
+  const promise = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+async function withDeadline(ms, what, work) {
+  const d = deadline(ms, what);
+  try {
+    return await Promise.race([work, d.promise]);
+  } finally {
+    d.cancel();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Gateway process
+// ---------------------------------------------------------------------------
+
+class Gateway {
+  constructor() {
+    this.dataDir = mkdtempSync(path.join(tmpdir(), 'mcp-gw-ts-e2e-'));
+    this.output = []; // stdout + stderr lines, printed on failure
+    this.exitInfo = null;
+    this.child = null;
+  }
+
+  /** Spawns the binary and resolves with the four addresses once the readiness line appears on stderr. */
+  start() {
+    const args = [
+      '--proxy-addr', '127.0.0.1:0',
+      '--mcp-addr', '127.0.0.1:0',
+      '--routes-addr', '127.0.0.1:0',
+      '--jwks-addr', '127.0.0.1:0',
+      '--data-dir', this.dataDir,
+    ];
+    log(`starting ${GATEWAY_BIN} ${args.join(' ')}`);
+    const child = spawn(GATEWAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve(this.exitInfo);
+      });
+    });
+    createInterface({ input: child.stdout }).on('line', (line) => this.output.push(`stdout: ${line}`));
+
+    const ready = new Promise((resolve, reject) => {
+      let settled = false;
+      const stderr = createInterface({ input: child.stderr });
+      stderr.on('line', (line) => {
+        this.output.push(`stderr: ${line}`);
+        const m = !settled && READY_RE.exec(line);
+        if (m) {
+          settled = true;
+          resolve({ proxy: m[1], mcp: m[2], routes: m[3], jwks: m[4] });
+        }
+      });
+      child.once('error', (err) => {
+        if (!settled) {
+          settled = true;
+          reject(new Error(`cannot start gateway ${GATEWAY_BIN}: ${err.message}`));
+        }
+      });
+      child.once('exit', (code, signal) => {
+        if (!settled) {
+          settled = true;
+          reject(new Error(`gateway exited before it was ready (code=${code}, signal=${signal})`));
+        }
+      });
+    });
+    return withDeadline(READY_TIMEOUT_MS, 'waiting for the gateway readiness line', ready);
+  }
+
+  /** SIGTERM to the child's own PID, then wait for it to exit. Returns its exit info. */
+  async stop() {
+    const child = this.child;
+    if (!child || child.pid === undefined) return null;
+    if (this.exitInfo === null) {
+      log(`sending SIGTERM to gateway pid ${child.pid}`);
+      try {
+        process.kill(child.pid, 'SIGTERM');
+      } catch (err) {
+        log(`SIGTERM failed: ${err.message}`);
+      }
+      try {
+        await withDeadline(EXIT_TIMEOUT_MS, 'waiting for the gateway to exit after SIGTERM', this.exited);
+      } catch (err) {
+        log(`${err.message}; sending SIGKILL to pid ${child.pid}`);
+        try {
+          process.kill(child.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+        await this.exited;
+        return { ...this.exitInfo, timedOut: true };
+      }
+    }
+    return this.exitInfo;
+  }
+
+  cleanup() {
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Loopback redirect target (what a native MCP client would listen on)
+// ---------------------------------------------------------------------------
+
+function startCallbackServer() {
+  const received = [];
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    if (req.method === 'GET' && url.pathname === '/callback') {
+      received.push(url.searchParams);
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      res.end('Authorization complete. You may close this window.');
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      resolve({
+        redirectUrl: `http://127.0.0.1:${port}/callback`,
+        received,
+        close: () => new Promise((r) => server.close(() => r())),
+      });
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Headless "browser": approves the consent page
+// ---------------------------------------------------------------------------
+
+function decodeHtml(s) {
+  return s
+    .replace(/&quot;/g, '"')
+    .replace(/&#x27;|&#39;/g, "'")
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&#x2F;|&#47;/gi, '/')
+    .replace(/&amp;/g, '&');
+}
+
+function parseAttributes(tag) {
+  const attrs = {};
+  const re = /([a-zA-Z_:][-a-zA-Z0-9_:.]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?/g;
+  // skip the tag name
+  const body = tag.replace(/^<\s*[a-zA-Z]+/, '').replace(/\/?>$/, '');
+  for (const m of body.matchAll(re)) {
+    attrs[m[1].toLowerCase()] = decodeHtml(m[2] ?? m[3] ?? m[4] ?? '');
+  }
+  return attrs;
+}
+
+function parseConsentPage(html) {
+  const forms = [...html.matchAll(/<form\b[^>]*>([\s\S]*?)<\/form>/gi)];
+  check(forms.length === 1, `consent page must contain exactly one <form>, found ${forms.length}`);
+  const formTag = forms[0][0].match(/<form\b[^>]*>/i)[0];
+  const form = parseAttributes(formTag);
+  check((form.method ?? '').toLowerCase() === 'post', `consent form method is ${JSON.stringify(form.method)}, expected post`);
+  check(form.action === '/consent', `consent form action is ${JSON.stringify(form.action)}, expected "/consent"`);
+  const inner = forms[0][1];
+  const fields = {};
+  for (const m of inner.matchAll(/<input\b[^>]*>/gi)) {
+    const a = parseAttributes(m[0]);
+    if (a.name && (a.type ?? 'text').toLowerCase() === 'hidden') fields[a.name] = a.value ?? '';
+  }
+  const buttons = [...inner.matchAll(/<button\b[^>]*>/gi)].map((m) => parseAttributes(m[0]));
+  const decisions = buttons
+    .filter((b) => (b.type ?? 'submit').toLowerCase() === 'submit' && b.name === 'decision')
+    .map((b) => b.value);
+  check(fields.request_id, 'consent form has no hidden request_id');
+  check(fields.csrf_token, 'consent form has no hidden csrf_token');
+  check(decisions.includes('approve') && decisions.includes('deny'),
+    `consent form must have decision buttons approve and deny, found ${JSON.stringify(decisions)}`);
+  return { action: form.action, fields };
+}
+
+/** Collects `name=value` pairs from Set-Cookie headers, as a browser would replay them. */
+function cookieHeader(response) {
+  const setCookies = typeof response.headers.getSetCookie === 'function' ? response.headers.getSetCookie() : [];
+  return setCookies.map((c) => c.split(';', 1)[0].trim()).filter(Boolean).join('; ');
+}
+
+// ---------------------------------------------------------------------------
+// OAuthClientProvider (in memory)
+// ---------------------------------------------------------------------------
+
+class InMemoryOAuthProvider {
+  constructor(redirectUrl, callback) {
+    this._redirectUrl = redirectUrl;
+    this._callback = callback;
+    this._clientInformation = undefined;
+    this._tokens = undefined;
+    this._codeVerifier = undefined;
+    this._discoveryState = undefined;
+    this._state = undefined;
+    this.authorizationCode = undefined; // filled by redirectToAuthorization
+    this.savedTokens = []; // every saveTokens() call, for assertions
+    this.redirects = 0;
+  }
+
+  get redirectUrl() {
+    return this._redirectUrl;
+  }
+
+  get clientMetadata() {
+    return {
+      client_name: 'mcp-oauth-gateway TS SDK e2e',
+      redirect_uris: [this._redirectUrl],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    };
+  }
+
+  state() {
+    this._state = randomBytes(16).toString('base64url');
+    return this._state;
+  }
+
+  clientInformation() {
+    return this._clientInformation;
+  }
+
+  saveClientInformation(info) {
+    this._clientInformation = info;
+  }
+
+  tokens() {
+    return this._tokens;
+  }
+
+  saveTokens(tokens) {
+    this._tokens = tokens;
+    this.savedTokens.push(tokens);
+  }
+
+  saveCodeVerifier(codeVerifier) {
+    this._codeVerifier = codeVerifier;
+  }
+
+  codeVerifier() {
+    if (!this._codeVerifier) throw new Error('no code verifier saved');
+    return this._codeVerifier;
+  }
+
+  saveDiscoveryState(state) {
+    this._discoveryState = state;
+  }
+
+  discoveryState() {
+    return this._discoveryState;
+  }
+
+  invalidateCredentials(scope) {
+    log(`SDK invalidated credentials: ${scope}`);
+    if (scope === 'all' || scope === 'client') this._clientInformation = undefined;
+    if (scope === 'all' || scope === 'tokens') this._tokens = undefined;
+    if (scope === 'all' || scope === 'verifier') this._codeVerifier = undefined;
+    if (scope === 'all' || scope === 'discovery') this._discoveryState = undefined;
+  }
+
+  /**
+   * The "user agent": loads the consent page, approves it, follows the redirect back to the
+   * loopback callback, and keeps the authorization code for finishAuth().
+   */
+  async redirectToAuthorization(authorizationUrl) {
+    this.redirects += 1;
+    const authUrl = new URL(authorizationUrl);
+    log(`authorize: ${authUrl.origin}${authUrl.pathname} scope=${authUrl.searchParams.get('scope')} resource=${authUrl.searchParams.get('resource')}`);
+    check(authUrl.searchParams.get('code_challenge_method') === 'S256', 'SDK did not request S256 PKCE');
+    check(authUrl.searchParams.get('state') === this._state, 'authorize URL does not carry the provider state');
+
+    const page = await fetch(authUrl, { redirect: 'manual', headers: { Accept: 'text/html' } });
+    const html = await page.text();
+    check(page.status === 200,
+      `GET /authorize answered ${page.status} (Location: ${page.headers.get('location')}), body: ${html.slice(0, 500)}`);
+    const { action, fields } = parseConsentPage(html);
+
+    const consentUrl = new URL(action, authUrl);
+    const headers = {
+      'Content-Type': 'application/x-www-form-urlencoded',
+      Origin: consentUrl.origin,
+      Referer: authUrl.href,
+    };
+    const cookies = cookieHeader(page);
+    if (cookies) headers.Cookie = cookies;
+    const body = new URLSearchParams({ ...fields, decision: 'approve' });
+    const consent = await fetch(consentUrl, { method: 'POST', headers, body, redirect: 'manual' });
+    const consentBody = await consent.text();
+    check(consent.status === 302 || consent.status === 303,
+      `POST /consent answered ${consent.status}, expected 302; body: ${consentBody.slice(0, 500)}`);
+    const location = consent.headers.get('location');
+    check(location, 'POST /consent redirect has no Location header');
+    const back = new URL(location, consentUrl);
+    log(`consent redirected to ${back.origin}${back.pathname} (code redacted)`);
+
+    const expected = new URL(this._redirectUrl);
+    check(back.origin === expected.origin && back.pathname === expected.pathname,
+      `consent redirected to ${back.origin}${back.pathname}, expected ${this._redirectUrl}`);
+    check(!back.searchParams.get('error'),
+      `consent redirect carries error=${back.searchParams.get('error')} (${back.searchParams.get('error_description')})`);
+    const code = back.searchParams.get('code');
+    check(code, 'consent redirect has no code');
+    check(back.searchParams.get('state') === this._state,
+      `state mismatch: got ${back.searchParams.get('state')}, sent ${this._state}`);
+    // RFC 9207: the iss parameter must equal the issuer of the metadata the SDK discovered.
+    const issuer = this._discoveryState?.authorizationServerMetadata?.issuer;
+    check(issuer, 'SDK saved no authorization server metadata issuer');
+    check(back.searchParams.get('iss') === issuer,
+      `iss mismatch: got ${back.searchParams.get('iss')}, metadata issuer ${issuer}`);
+
+    // Deliver the redirect to the loopback listener, exactly as the browser would.
+    const delivered = await fetch(back, { redirect: 'manual' });
+    await delivered.text();
+    check(delivered.status === 200, `loopback callback answered ${delivered.status}`);
+    const got = this._callback.received.at(-1);
+    check(got && got.get('code') === code, 'loopback callback did not receive the code');
+
+    this.authorizationCode = code;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+function textOf(result) {
+  check(Array.isArray(result?.content), `tool result has no content array: ${JSON.stringify(result)}`);
+  return result.content.filter((c) => c.type === 'text').map((c) => c.text).join('\n');
+}
+
+async function runTest(base) {
+  const mcpUrl = new URL(`${base}/mcp`);
+  const callback = await startCallbackServer();
+  const clients = [];
+  try {
+    const provider = new InMemoryOAuthProvider(callback.redirectUrl, callback);
+
+    // 1. First connection: no token -> 401 -> SDK discovers, registers, starts authorization,
+    //    our provider approves consent, and the SDK surfaces UnauthorizedError.
+    const transport1 = new StreamableHTTPClientTransport(mcpUrl, { authProvider: provider });
+    const client1 = new Client({ name: 'mcp-oauth-gateway-ts-e2e', version: '0.0.0' });
+    clients.push(client1);
+    let firstError;
+    try {
+      await client1.connect(transport1);
+    } catch (err) {
+      firstError = err;
+    }
+    check(firstError instanceof UnauthorizedError,
+      `first connect should fail with UnauthorizedError, got ${firstError ? firstError.stack ?? firstError : 'success'}`);
+    check(provider.redirects === 1, `redirectToAuthorization called ${provider.redirects} times, expected 1`);
+    const info = provider.clientInformation();
+    check(info?.client_id, 'SDK did not register a client');
+    log(`registered client_id=${info.client_id}`);
+    check(provider.authorizationCode, 'no authorization code was obtained');
+
+    // 2. Exchange the code (the SDK's documented finishAuth step).
+    await transport1.finishAuth(provider.authorizationCode);
+    const tokens = provider.tokens();
+    check(tokens?.access_token, 'finishAuth saved no access token');
+    check(String(tokens.token_type).toLowerCase() === 'bearer', `token_type is ${tokens.token_type}`);
+    check(tokens.refresh_token, 'token response has no refresh_token');
+    log(`token: scope=${tokens.scope} expires_in=${tokens.expires_in}`);
+    await client1.close().catch(() => {});
+
+    // 3. Reconnect with a new transport; the provider now has tokens.
+    const transport2 = new StreamableHTTPClientTransport(mcpUrl, { authProvider: provider });
+    const client2 = new Client({ name: 'mcp-oauth-gateway-ts-e2e', version: '0.0.0' });
+    clients.push(client2);
+    await client2.connect(transport2);
+    check(provider.redirects === 1, 'SDK asked for authorization again after finishAuth');
+    log(`connected: server=${JSON.stringify(client2.getServerVersion())}`);
+
+    // 4. tools/list
+    const { tools } = await client2.listTools();
+    const names = tools.map((t) => t.name);
+    log(`tools: ${names.join(', ')}`);
+    const echo = tools.find((t) => t.name === 'echo');
+    check(echo, `tools/list has no echo tool: ${JSON.stringify(names)}`);
+    check(names.includes('whoami'), `tools/list has no whoami tool: ${JSON.stringify(names)}`);
+    // The SDK asked for the scope named in the 401 challenge (mcp:read): write tools stay hidden.
+    check(!names.includes('add_note'), `tools/list shows add_note to an mcp:read token: ${JSON.stringify(names)}`);
+    const props = Object.keys(echo.inputSchema?.properties ?? {});
+    const required = echo.inputSchema?.required ?? [];
+    const argName = props.includes('message') ? 'message' : required.length === 1 ? required[0] : props.length === 1 ? props[0] : undefined;
+    check(argName, `cannot tell echo's argument from its inputSchema: ${JSON.stringify(echo.inputSchema)}`);
+    log(`echo argument: ${argName}`);
+
+    // 5. tools/call echo
+    const message = `hi from the TS SDK ${randomBytes(4).toString('hex')}`;
+    const echoResult = await client2.callTool({ name: 'echo', arguments: { [argName]: message } });
+    check(!echoResult.isError, `echo returned isError: ${JSON.stringify(echoResult)}`);
+    const echoText = textOf(echoResult);
+    check(echoText.includes(message), `echo answer ${JSON.stringify(echoText)} does not contain ${JSON.stringify(message)}`);
+    log(`echo -> ${echoText}`);
+
+    // 6. tools/call whoami
+    const whoResult = await client2.callTool({ name: 'whoami', arguments: {} });
+    check(!whoResult.isError, `whoami returned isError: ${JSON.stringify(whoResult)}`);
+    const whoText = textOf(whoResult) + JSON.stringify(whoResult.structuredContent ?? '');
+    check(whoText.includes(info.client_id), `whoami answer ${JSON.stringify(whoText)} does not name client_id ${info.client_id}`);
+    check(whoText.includes('mcp:read'), `whoami answer ${JSON.stringify(whoText)} does not list scope mcp:read`);
+    log(`whoami -> ${textOf(whoResult)}`);
+
+    await transport2.terminateSession().catch((err) => log(`terminateSession: ${err.message}`));
+  } finally {
+    for (const c of clients) await c.close().catch(() => {});
+    await callback.close();
+  }
+}
+
+async function main() {
+  const gateway = new Gateway();
+  let error;
+  try {
+    const addrs = await gateway.start();
+    log(`gateway ready: ${JSON.stringify(addrs)}`);
+    const base = `http://${addrs.proxy}`;
+    await withDeadline(TEST_TIMEOUT_MS, 'the OAuth + MCP flow', runTest(base));
+  } catch (err) {
+    error = err;
+  } finally {
+    const exit = await gateway.stop();
+    if (!error && exit && (exit.timedOut || exit.code !== 0)) {
+      error = new Error(`gateway did not exit 0 after SIGTERM: ${JSON.stringify(exit)}`);
+    }
+    if (error || process.env.E2E_VERBOSE) {
+      console.error('--- gateway output ---');
+      for (const line of gateway.output.slice(-200)) console.error(line);
+      console.error('----------------------');
+    }
+    gateway.cleanup();
+  }
+  if (error) {
+    console.error(error instanceof CheckError ? `FAIL: ${error.message}` : `FAIL: ${error.stack ?? error}`);
+    console.log('0 passed, 1 failed');
+    process.exit(1);
+  }
+  console.log('1 passed, 0 failed');
+  process.exit(0);
+}
+
+await main();

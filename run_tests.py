@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""Run the project's tests: python3 run_tests.py [unit|integration|flow|clients|all]
+
+Stages (default: all):
+  unit         cargo test --lib --bins
+  integration  cargo test --test integration
+  flow         pytest python_tests (against the built gateway binary)
+  clients      node clients/ts/run.mjs (when clients/ts/package.json exists)
+
+The script installs what it needs itself: a virtualenv in .venv/ with
+python_tests/requirements.txt (reinstalled only when that file changes), and
+clients/ts/node_modules via `npm ci` (only when missing or the lock changed).
+It builds once with cargo, streams every child's output, keeps going after a
+failing stage, and ends with one line `N passed, M failed`. The exit code is
+non-zero if any test failed or any stage could not run.
+
+Environment:
+  GATEWAY_BIN         binary for the flow and client stages (default: the one cargo built)
+  RUN_TESTS_NO_BUILD  set to 1 to skip `cargo build` (uses GATEWAY_BIN or the existing binary)
+  STAGE_TIMEOUT       seconds before a stage is stopped (default 1800)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import venv
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+REQUIREMENTS = ROOT / "python_tests" / "requirements.txt"
+VENV_STAMP = VENV / ".requirements.sha256"
+ARTIFACTS = ROOT / "test-artifacts"
+CLIENTS_TS = ROOT / "clients" / "ts"
+STAGES = ("unit", "integration", "flow", "clients")
+
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+CARGO_RESULT_RE = re.compile(
+    r"test result: (?:ok|FAILED)\. (\d+) passed; (\d+) failed")
+PLAIN_RESULT_RE = re.compile(
+    r"^(?:\w+:\s*)?(\d+) passed, (\d+) failed(?:, \d+ skipped)?\s*$")
+
+
+@dataclass
+class StageResult:
+    name: str
+    passed: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def error(self, msg: str) -> None:
+        self.errors.append(msg)
+        log(f"[run_tests] {self.name}: ERROR: {msg}")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def banner(msg: str) -> None:
+    log("")
+    log(f"==== {msg} ====")
+
+
+def base_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("CARGO_TERM_COLOR", "never")
+    env.setdefault("NO_COLOR", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("PY_COLORS", "0")
+    return env
+
+
+def stage_timeout() -> float:
+    try:
+        return float(os.environ.get("STAGE_TIMEOUT", "1800"))
+    except ValueError:
+        return 1800.0
+
+
+def run(cmd: list[str], *, cwd: Path = ROOT, env: dict | None = None,
+        timeout: float | None = None) -> tuple[int, str]:
+    """Run cmd, streaming its combined output, and return (exit code, output).
+
+    The child runs in its own process group so that a stage timeout can stop
+    it and whatever it started (by that group id, which is the child's PID).
+    """
+    log(f"$ {' '.join(cmd)}" + (f"   (in {cwd.relative_to(ROOT)})" if cwd != ROOT else ""))
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env or base_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as e:
+        return 127, f"cannot start {cmd[0]}: {e}"
+    timed_out = threading.Event()
+
+    def on_timeout():
+        timed_out.set()
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout or stage_timeout(), on_timeout)
+    timer.daemon = True
+    timer.start()
+    chunks: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            chunks.append(line)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    out = ANSI_RE.sub("", "".join(chunks))
+    if timed_out.is_set():
+        out += "\n[run_tests] stage timed out\n"
+        return 124, out
+    return code, out
+
+
+# -- environment setup ----------------------------------------------------------
+
+def venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def ensure_venv(result: StageResult) -> bool:
+    if not REQUIREMENTS.exists():
+        result.error(f"{REQUIREMENTS.relative_to(ROOT)} is missing")
+        return False
+    want = hashlib.sha256(REQUIREMENTS.read_bytes()
+                          + sys.version.encode()).hexdigest()
+    if venv_python().exists() and VENV_STAMP.exists() and VENV_STAMP.read_text().strip() == want:
+        log("[run_tests] .venv is up to date")
+        return True
+    if not venv_python().exists():
+        log("[run_tests] creating .venv")
+        try:
+            venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        except Exception as e:  # noqa: BLE001 - report any venv failure as a stage error
+            result.error(f"cannot create .venv: {e}")
+            return False
+    code, _ = run([str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check",
+                   "-r", str(REQUIREMENTS)])
+    if code != 0:
+        result.error("pip install -r python_tests/requirements.txt failed")
+        return False
+    VENV_STAMP.write_text(want + "\n")
+    return True
+
+
+def target_dir() -> Path:
+    raw = os.environ.get("CARGO_TARGET_DIR")
+    if raw:
+        p = Path(raw)
+        return p if p.is_absolute() else ROOT / p
+    return ROOT / "target"
+
+
+def gateway_bin() -> Path:
+    raw = os.environ.get("GATEWAY_BIN")
+    if raw:
+        p = Path(raw)
+        return p if p.is_absolute() else ROOT / p
+    return target_dir() / "debug" / "mcp-oauth-gateway"
+
+
+def cargo_build(stages: list[str], result: StageResult) -> bool:
+    if os.environ.get("RUN_TESTS_NO_BUILD") == "1":
+        log("[run_tests] RUN_TESTS_NO_BUILD=1: skipping cargo build")
+        return True
+    banner("build")
+    cmd = ["cargo", "build", "--all-targets"] if (
+        "unit" in stages or "integration" in stages) else ["cargo", "build", "--bins"]
+    code, _ = run(cmd)
+    if code != 0:
+        result.error(f"`{' '.join(cmd)}` exited {code}")
+        return False
+    return True
+
+
+# -- stages -----------------------------------------------------------------------
+
+def parse_cargo(out: str, result: StageResult) -> int:
+    found = 0
+    for m in CARGO_RESULT_RE.finditer(out):
+        result.passed += int(m.group(1))
+        result.failed += int(m.group(2))
+        found += 1
+    return found
+
+
+def stage_cargo(name: str, args: list[str]) -> StageResult:
+    result = StageResult(name)
+    banner(f"{name}: cargo {' '.join(args)}")
+    code, out = run(["cargo", *args])
+    found = parse_cargo(out, result)
+    if code != 0 and result.failed == 0:
+        result.error(f"cargo {' '.join(args)} exited {code}"
+                     + ("" if found else " without a test result line"))
+    return result
+
+
+def parse_junit(path: Path, result: StageResult) -> bool:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return False
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    for s in suites:
+        tests = int(s.get("tests", 0))
+        failures = int(s.get("failures", 0))
+        errors = int(s.get("errors", 0))
+        skipped = int(s.get("skipped", 0))
+        result.passed += tests - failures - errors - skipped
+        result.failed += failures + errors
+    return True
+
+
+def stage_flow(build_ok: bool) -> StageResult:
+    result = StageResult("flow")
+    banner("flow: pytest python_tests")
+    binary = gateway_bin()
+    if not binary.exists():
+        result.error(f"gateway binary {binary} does not exist"
+                     + ("" if build_ok else " (the build failed)"))
+        return result
+    if not ensure_venv(result):
+        return result
+    ARTIFACTS.mkdir(exist_ok=True)
+    junit = ARTIFACTS / "pytest-junit.xml"
+    if junit.exists():
+        junit.unlink()
+    env = base_env()
+    env["GATEWAY_BIN"] = str(binary)
+    code, _ = run([str(venv_python()), "-m", "pytest", "python_tests", "-q", "-rfE",
+                   "--color=no", "-p", "no:cacheprovider", f"--junitxml={junit}"], env=env)
+    if not parse_junit(junit, result):
+        result.error(f"pytest exited {code} and wrote no junit report")
+        return result
+    if code == 5 or result.passed + result.failed == 0:
+        result.error("pytest collected no tests")
+    elif code != 0 and result.failed == 0:
+        result.error(f"pytest exited {code}")
+    return result
+
+
+def lock_hash() -> str:
+    h = hashlib.sha256()
+    for name in ("package.json", "package-lock.json"):
+        p = CLIENTS_TS / name
+        if p.exists():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def stage_clients(build_ok: bool) -> StageResult:
+    result = StageResult("clients")
+    banner("clients: node clients/ts/run.mjs")
+    if not (CLIENTS_TS / "package.json").exists():
+        log("[run_tests] clients/ts/package.json not found: no client tests to run")
+        return result
+    script = CLIENTS_TS / "run.mjs"
+    if not script.exists():
+        result.error("clients/ts/package.json exists but clients/ts/run.mjs does not")
+        return result
+    binary = gateway_bin()
+    if not binary.exists():
+        result.error(f"gateway binary {binary} does not exist"
+                     + ("" if build_ok else " (the build failed)"))
+        return result
+    modules = CLIENTS_TS / "node_modules"
+    stamp = modules / ".run_tests-lock.sha256"
+    want = lock_hash()
+    lock = CLIENTS_TS / "package-lock.json"
+    npm_hidden_lock = modules / ".package-lock.json"  # written by npm on every install
+    if modules.is_dir() and not stamp.exists() and lock.exists() and npm_hidden_lock.exists() \
+            and npm_hidden_lock.stat().st_mtime >= lock.stat().st_mtime:
+        # Installed by hand after the last lock change: adopt it instead of reinstalling.
+        stamp.write_text(want + "\n")
+    if modules.is_dir() and stamp.exists() and stamp.read_text().strip() == want:
+        log("[run_tests] clients/ts/node_modules is up to date")
+    else:
+        has_lock = (CLIENTS_TS / "package-lock.json").exists()
+        cmd = ["npm", "ci", "--no-audit", "--no-fund"] if has_lock else \
+            ["npm", "install", "--no-audit", "--no-fund"]
+        code, _ = run(cmd, cwd=CLIENTS_TS)
+        if code != 0:
+            result.error(f"`{' '.join(cmd)}` exited {code}")
+            return result
+        modules.mkdir(exist_ok=True)
+        stamp.write_text(want + "\n")
+    env = base_env()
+    env["GATEWAY_BIN"] = str(binary)
+    code, out = run(["node", str(script.relative_to(ROOT))], env=env)
+    counts = [PLAIN_RESULT_RE.match(line.strip()) for line in out.splitlines()]
+    counts = [m for m in counts if m]
+    if counts:
+        result.passed += int(counts[-1].group(1))
+        result.failed += int(counts[-1].group(2))
+        if code != 0 and result.failed == 0:
+            result.error(f"run.mjs exited {code}")
+    elif code == 0:
+        result.passed += 1
+    else:
+        result.failed += 1
+    return result
+
+
+# -- main ---------------------------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    which = argv[1] if len(argv) > 1 else "all"
+    if which in ("-h", "--help"):
+        log(__doc__.strip())
+        return 0
+    if which != "all" and which not in STAGES:
+        log(f"usage: python3 run_tests.py [{'|'.join(STAGES)}|all]")
+        return 2
+    stages = list(STAGES) if which == "all" else [which]
+
+    results: list[StageResult] = []
+    build = StageResult("build")
+    build_ok = cargo_build(stages, build)
+    results.append(build)
+
+    for stage in stages:
+        if stage == "unit":
+            if build_ok:
+                results.append(stage_cargo("unit", ["test", "--lib", "--bins"]))
+            else:
+                r = StageResult("unit")
+                r.error("skipped: the build failed")
+                results.append(r)
+        elif stage == "integration":
+            if not build_ok:
+                r = StageResult("integration")
+                r.error("skipped: the build failed")
+                results.append(r)
+            elif not (ROOT / "tests" / "integration").is_dir():
+                r = StageResult("integration")
+                r.error("tests/integration is missing")
+                results.append(r)
+            else:
+                results.append(stage_cargo("integration", ["test", "--test", "integration"]))
+        elif stage == "flow":
+            results.append(stage_flow(build_ok))
+        elif stage == "clients":
+            results.append(stage_clients(build_ok))
+
+    banner("summary")
+    passed = failed = 0
+    errored = False
+    for r in results:
+        if r.name == "build" and not r.errors:
+            continue
+        # A stage that could not run counts as one failure so the total shows it.
+        extra = 1 if r.errors and r.failed == 0 else 0
+        passed += r.passed
+        failed += r.failed + extra
+        errored = errored or bool(r.errors)
+        status = "ERROR" if r.errors else ("FAILED" if r.failed else "ok")
+        log(f"{r.name:<12} {status:<6} {r.passed} passed, {r.failed} failed"
+            + (f"  ({'; '.join(r.errors)})" if r.errors else ""))
+    log(f"{passed} passed, {failed} failed")
+    return 1 if (failed or errored) else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv))
+    except KeyboardInterrupt:
+        log("interrupted")
+        sys.exit(130)

@@ -1,0 +1,10 @@
+//! Integration tests: the whole gateway on port 0 everywhere, driven through its public
+//! proxy like a real client. One binary (modules below) so it compiles once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod errors;
+mod flow;
+mod proxy;
+mod rmcp_client;

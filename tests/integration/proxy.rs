@@ -1,0 +1,174 @@
+//! The proxy alone, in front of fake backends: streaming, headers, failures.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use mcp_oauth_gateway::proxy::Backends;
+use mcp_oauth_gateway::proxy::forward::router;
+use mcp_oauth_gateway::state::AppState;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::common;
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+async fn proxy_to(state: AppState, mcp: SocketAddr) -> String {
+    let backends = Backends {
+        mcp,
+        routes: mcp,
+        jwks: mcp,
+    };
+    format!("http://{}", serve(router(state, backends)).await)
+}
+
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn sse_events_stream_through_as_written() {
+    let gw = common::spawn().await;
+    let (tx, rx) = mpsc::channel::<&'static str>(1);
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let backend = Router::new().route(
+        "/mcp",
+        get(move || {
+            let rx = rx.clone();
+            async move {
+                let rx = rx.lock().await.take().unwrap();
+                let stream = futures_stream(rx);
+                (
+                    [("content-type", "text/event-stream")],
+                    Body::from_stream(stream),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let base = proxy_to(gw.state.clone(), serve(backend).await).await;
+    let mut res = reqwest::get(format!("{base}/mcp")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    tx.send("data: one\n\n").await.unwrap();
+    let first = res.chunk().await.unwrap().unwrap();
+    assert_eq!(
+        &first[..],
+        b"data: one\n\n",
+        "the first event arrives before the second is written"
+    );
+    tx.send("data: two\n\n").await.unwrap();
+    let second = res.chunk().await.unwrap().unwrap();
+    assert_eq!(&second[..], b"data: two\n\n");
+    drop(tx);
+    assert!(res.chunk().await.unwrap().is_none());
+}
+
+fn futures_stream(
+    rx: mpsc::Receiver<&'static str>,
+) -> impl futures_util::Stream<Item = Result<&'static str, std::io::Error>> {
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|v| (Ok(v), rx)) },
+    )
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
+    let gw = common::spawn().await;
+    let backend = Router::new().route(
+        "/mcp",
+        any(|headers: HeaderMap| async move {
+            let map: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+                .collect();
+            axum::Json(Value::Object(map))
+        }),
+    );
+    let backend_addr = serve(backend).await;
+    let base = proxy_to(gw.state.clone(), backend_addr).await;
+    let res = reqwest::Client::new()
+        .post(format!("{base}/mcp"))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("x-end-to-end", "kept")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = res.json().await.unwrap();
+    assert_eq!(
+        seen["host"],
+        backend_addr.to_string(),
+        "Host is the backend's, as SDK servers check it"
+    );
+    assert_eq!(seen["x-forwarded-host"], base.trim_start_matches("http://"));
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-end-to-end"], "kept");
+    assert!(seen.get("x-hop").is_none() && seen.get("keep-alive").is_none());
+}
+
+#[tokio::test]
+async fn dead_backend_is_502_with_a_jsonrpc_error_on_mcp() {
+    let gw = common::spawn().await;
+    let base = proxy_to(gw.state.clone(), closed_port().await).await;
+    let res = reqwest::Client::new()
+        .post(format!("{base}/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["error"]["code"], -32603);
+    let res = reqwest::get(format!("{base}/.well-known/oauth-authorization-server"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "temporarily_unavailable");
+}
+
+#[tokio::test]
+async fn silent_backend_is_504() {
+    let gw = common::spawn_with(|c| c.upstream_timeout_seconds = 1).await;
+    // Accepts connections but never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    let base = proxy_to(gw.state.clone(), addr).await;
+    let res = reqwest::Client::new()
+        .post(format!("{base}/mcp"))
+        .timeout(Duration::from_secs(30))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 504);
+}
