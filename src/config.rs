@@ -54,6 +54,8 @@ pub struct Config {
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
     /// streams) are not cut by it.
     pub upstream_timeout_seconds: u64,
+    /// Keep a trace of recent proxied requests, served at `/debug/requests`.
+    pub debug_trace: bool,
     /// Scopes and the policy that maps MCP methods and tools to them.
     pub scopes: ScopeConfig,
 }
@@ -144,6 +146,7 @@ impl Default for Config {
             register_rate_per_minute: 60,
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
+            debug_trace: false,
             scopes: ScopeConfig::default(),
         }
     }

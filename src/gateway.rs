@@ -213,7 +213,10 @@ impl Gateway {
         };
         let tasks = [
             serve(listeners.mcp, mcp_router),
-            serve(listeners.routes, authz::router(state.clone())),
+            serve(
+                listeners.routes,
+                authz::router(state.clone()).merge(proxy::trace::router(state.clone())),
+            ),
             serve(listeners.jwks, tokens::jwks::router(state.clone())),
             serve(
                 listeners.proxy,

@@ -46,6 +46,9 @@ struct Cli {
     /// Approve every authorization request without a consent page (development only).
     #[arg(long, env = "MCP_GATEWAY_AUTO_APPROVE")]
     auto_approve: bool,
+    /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
+    #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
+    debug_trace: bool,
     /// Log format.
     #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -75,6 +78,7 @@ impl Cli {
             c.public_url = Some(url);
         }
         c.auto_approve |= self.auto_approve;
+        c.debug_trace |= self.debug_trace;
         c.validate()?;
         Ok(c)
     }

@@ -9,6 +9,7 @@ use url::Url;
 use crate::authz::ratelimit::RateLimiter;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::proxy::trace::RequestTrace;
 use crate::resource::policy::ScopePolicy;
 use crate::store::Store;
 use crate::tokens::keys::SigningKey;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub register_limiter: Arc<RateLimiter>,
     /// The consent and error page templates.
     pub templates: Arc<minijinja::Environment<'static>>,
+    /// Recent proxied requests, when `debug_trace` is on.
+    pub trace: Option<Arc<RequestTrace>>,
 }
 
 impl AppState {
@@ -93,6 +96,10 @@ impl AppState {
             keys: JwksCache::new(fetch, 300, 5),
         };
         let policy = ScopePolicy::from_config(&settings.config.scopes);
+        let trace = settings
+            .config
+            .debug_trace
+            .then(|| Arc::new(RequestTrace::new(500)));
         let register_limiter = RateLimiter::new(settings.config.register_rate_per_minute, 60);
         Self {
             settings: Arc::new(settings),
@@ -103,6 +110,7 @@ impl AppState {
             policy: Arc::new(policy),
             register_limiter: Arc::new(register_limiter),
             templates: Arc::new(templates),
+            trace,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! log without secrets.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -16,12 +17,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
+use super::trace::{RequestTrace, TRACE_PATH, TraceEntry, redacted_headers};
 use super::{Backend, Backends, cors, route};
 use crate::state::AppState;
 
 /// What the proxy needs.
 #[derive(Clone)]
 pub struct ProxyState {
+    trace: Option<Arc<RequestTrace>>,
     backends: Backends,
     client: Client<HttpConnector, Body>,
     scheme: &'static str,
@@ -42,6 +45,7 @@ impl ProxyState {
             "http"
         };
         Self {
+            trace: state.trace.clone(),
             backends,
             client,
             scheme,
@@ -112,6 +116,10 @@ pub async fn proxy_handler(
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
+    let traced_headers = match &ps.trace {
+        Some(_) if path != TRACE_PATH => Some(redacted_headers(&parts.headers)),
+        _ => None,
+    };
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match Uri::builder()
         .scheme("http")
@@ -160,6 +168,19 @@ pub async fn proxy_handler(
             failure(backend, StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
         }
     };
+    if let (Some(trace), Some(request_headers)) = (&ps.trace, traced_headers) {
+        trace.record(TraceEntry {
+            id: 0,
+            method: method.to_string(),
+            path: path.clone(),
+            backend: backend.name(),
+            backend_addr: addr.to_string(),
+            status: res.status().as_u16(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            request_headers,
+            response_headers: redacted_headers(res.headers()),
+        });
+    }
     // The path only: query strings carry codes and state.
     tracing::debug!(
         %method,

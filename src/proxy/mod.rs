@@ -6,6 +6,7 @@
 
 pub mod cors;
 pub mod forward;
+pub mod trace;
 
 use std::net::SocketAddr;
 
@@ -35,9 +36,13 @@ impl Backend {
 pub fn route(path: &str) -> Backend {
     match path {
         "/jwks.json" | "/.well-known/jwks.json" => Backend::Jwks,
-        "/register" | "/authorize" | "/token" | "/revoke" | "/introspect" | "/consent" => {
-            Backend::Routes
-        }
+        "/register"
+        | "/authorize"
+        | "/token"
+        | "/revoke"
+        | "/introspect"
+        | "/consent"
+        | trace::TRACE_PATH => Backend::Routes,
         p if p.starts_with("/.well-known/") || p.contains("/.well-known/") => Backend::Routes,
         _ => Backend::Mcp,
     }

@@ -172,3 +172,70 @@ async fn silent_backend_is_504() {
         .unwrap();
     assert_eq!(res.status(), 504);
 }
+
+#[tokio::test]
+async fn debug_trace_records_routes_and_redacts_credentials() {
+    let off = common::spawn().await;
+    let res = off
+        .http
+        .get(off.url("/debug/requests"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "off unless asked for");
+    off.stop().await;
+
+    let gw = common::spawn_with(|c| c.debug_trace = true).await;
+    let (_, t) = gw.login(None).await;
+    let (s, _, _) = gw
+        .mcp(
+            Some(&t.access),
+            None,
+            json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+        )
+        .await;
+    assert_ne!(s, 401);
+    let trace: Value = gw
+        .http
+        .get(gw.url("/debug/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = trace["requests"].as_array().unwrap();
+    let find = |path: &str| {
+        entries
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("{path} traced"))
+    };
+    assert_eq!(find("/register")["backend"], "routes");
+    assert_eq!(find("/token")["status"], 200);
+    let mcp = find("/mcp");
+    assert_eq!(mcp["backend"], "mcp");
+    assert_eq!(mcp["request_headers"]["authorization"], "[redacted]");
+    let text = trace.to_string();
+    assert!(
+        !text.contains(&t.access) && !text.contains(&t.refresh),
+        "no token in the trace"
+    );
+    assert!(!text.contains("code="), "no query strings in the trace");
+    assert!(
+        entries.iter().all(|e| e["path"] != "/debug/requests"),
+        "the trace does not trace itself"
+    );
+    let last = entries.last().unwrap()["id"].as_u64().unwrap();
+    let newer: Value = gw
+        .http
+        .get(gw.url(&format!("/debug/requests?since={last}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(newer["requests"], json!([]));
+    gw.stop().await;
+}
