@@ -54,6 +54,8 @@ pub struct Config {
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
     /// streams) are not cut by it.
     pub upstream_timeout_seconds: u64,
+    /// Where clients, grants and tokens are kept.
+    pub store: StoreKind,
     /// Keep a trace of recent proxied requests, served at `/debug/requests`.
     pub debug_trace: bool,
     /// Scopes and the policy that maps MCP methods and tools to them.
@@ -69,6 +71,17 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The storage backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An embedded SQLite database in the data dir: state survives restarts.
+    #[default]
+    Sqlite,
+    /// In memory: state is lost on restart.
+    Memory,
 }
 
 /// The JWS algorithm of access tokens.
@@ -146,6 +159,7 @@ impl Default for Config {
             register_rate_per_minute: 60,
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
+            store: StoreKind::Sqlite,
             debug_trace: false,
             scopes: ScopeConfig::default(),
         }

@@ -8,16 +8,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::StoreKind;
 use crate::config::{Config, ConfigError};
 use crate::proxy::Backends;
 use crate::state::{AppState, Settings};
-use crate::store::Store;
 use crate::store::memory::InMemoryStore;
+use crate::store::sqlite::{DB_FILE, SqliteStore};
+use crate::store::{Store, StoreError};
 use crate::tokens::keys::{KeyError, SigningKey};
 use crate::{authz, mcp, proxy, resource, tokens};
 
@@ -46,6 +49,9 @@ pub enum GatewayError {
     /// The signing key could not be loaded or made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// A template failed to compile (a bug).
     #[error("template: {0}")]
     Template(#[from] minijinja::Error),
@@ -115,17 +121,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Build a gateway with the embedded defaults: in-memory store, system clock, the
-    /// signing key from the data dir.
+    /// Build a gateway with the embedded defaults: the configured store (SQLite in the
+    /// data dir unless `store = "memory"`), the system clock, the signing key from the data
+    /// dir.
     pub fn new(config: Config, listeners: Listeners) -> Result<Self, GatewayError> {
         let key = SigningKey::load_or_create(&config.data_dir, config.signing_alg)?;
-        Self::with_parts(
-            config,
-            listeners,
-            Arc::new(InMemoryStore::new()),
-            Arc::new(SystemClock),
-            key,
-        )
+        let store: Arc<dyn Store> = match config.store {
+            StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir.join(DB_FILE))?),
+            StoreKind::Memory => Arc::new(InMemoryStore::new()),
+        };
+        Self::with_parts(config, listeners, store, Arc::new(SystemClock), key)
     }
 
     /// Build a gateway from explicit parts (tests inject a clock, a store, a key).
@@ -202,6 +207,10 @@ impl Gateway {
         );
         let serve = |listener: TcpListener, router: Router| {
             let stop = stop.clone();
+            // Small SSE events and JSON-RPC answers must not wait for Nagle's algorithm.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(
                 axum::serve(
                     listener,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mcp_oauth_gateway::config::{LogFormat, SigningAlg};
+use mcp_oauth_gateway::config::{LogFormat, SigningAlg, StoreKind};
 use mcp_oauth_gateway::{Config, Gateway, Listeners};
 
 /// OAuth 2.1 gateway for MCP servers.
@@ -49,6 +49,9 @@ struct Cli {
     /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
     #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
     debug_trace: bool,
+    /// Storage backend.
+    #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
+    store: Option<StoreKind>,
     /// Log format.
     #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -72,7 +75,8 @@ impl Cli {
             access_token_ttl,
             refresh_grace_seconds,
             signing_alg,
-            log_format
+            log_format,
+            store
         );
         if let Some(url) = self.public_url {
             c.public_url = Some(url);

@@ -1,11 +1,16 @@
-//! Storage: the [`Store`] trait and the records it keeps. [`memory::InMemoryStore`] is the
-//! implementation used today; the trait is what a durable one implements.
+//! Storage: the [`Store`] trait and the records it keeps. [`sqlite::SqliteStore`] (an
+//! embedded database in the data dir) is the default; [`memory::InMemoryStore`] keeps
+//! everything in maps, for tests and throwaway runs. Several gateway replicas need one
+//! shared store; neither of these is shared.
 //!
 //! Methods are synchronous and short: implementations hold a lock for one map operation
 //! and never across an `.await`. Each method that must be atomic (taking a code, rotating
 //! a refresh token) is one call, so two concurrent requests cannot both win.
 
+#[cfg(test)]
+mod contract;
 pub mod memory;
+pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +34,7 @@ pub struct Client {
 }
 
 /// An authorization request waiting for the user's decision on the consent page.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingAuthorization {
     /// Identifies the request in the consent form.
     pub id: String,
@@ -52,7 +57,7 @@ pub struct PendingAuthorization {
 }
 
 /// An authorization code, stored under the hash of its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthCode {
     /// The grant the code starts; known in advance so a replay can revoke it.
     pub grant_id: String,
@@ -88,7 +93,7 @@ pub enum CodeRedemption {
 
 /// A grant: what one consent gave one client, shared by the access and refresh tokens
 /// issued from it (the refresh-token family).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// Family id.
     pub id: String,
@@ -107,7 +112,7 @@ pub struct Grant {
 }
 
 /// A refresh token, stored under the hash of its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshToken {
     /// The family.
     pub grant_id: String,
@@ -118,7 +123,7 @@ pub struct RefreshToken {
 }
 
 /// When a refresh token was first exchanged, and the hash of the token that replaced it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotation {
     /// First exchange time.
     pub at: u64,

@@ -6,7 +6,9 @@ use base64::Engine as _;
 use mcp_oauth_gateway::clock::FixedClock;
 use mcp_oauth_gateway::config::SigningAlg;
 use mcp_oauth_gateway::state::AppState;
+use mcp_oauth_gateway::store::Store;
 use mcp_oauth_gateway::store::memory::InMemoryStore;
+use mcp_oauth_gateway::store::sqlite::{DB_FILE, SqliteStore};
 use mcp_oauth_gateway::tokens::keys::SigningKey;
 use mcp_oauth_gateway::{Config, Gateway, Listeners};
 use reqwest::header::{HeaderMap, LOCATION};
@@ -32,19 +34,29 @@ pub async fn spawn() -> TestGateway {
 }
 
 pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
+    let key = SigningKey::generate(SigningAlg::ES256).expect("key");
+    spawn_parts(adjust, Arc::new(InMemoryStore::new()), key).await
+}
+
+/// A gateway whose state and key live in `dir`, as the binary keeps them.
+pub async fn spawn_persistent(dir: &std::path::Path, public_url: &str) -> TestGateway {
+    let store = SqliteStore::open(&dir.join(DB_FILE)).expect("sqlite");
+    let key = SigningKey::load_or_create(dir, SigningAlg::ES256).expect("key");
+    let url = public_url.to_string();
+    spawn_parts(|c| c.public_url = Some(url), Arc::new(store), key).await
+}
+
+async fn spawn_parts(
+    adjust: impl FnOnce(&mut Config),
+    store: Arc<dyn Store>,
+    key: SigningKey,
+) -> TestGateway {
     let mut config = Config::for_test(std::env::temp_dir().join("mog-unused"));
     adjust(&mut config);
     let listeners = Listeners::bind(&config).await.expect("bind port 0");
     let clock = Arc::new(FixedClock::new(T0));
-    let key = SigningKey::generate(SigningAlg::ES256).expect("key");
-    let gateway = Gateway::with_parts(
-        config,
-        listeners,
-        Arc::new(InMemoryStore::new()),
-        clock.clone(),
-        key,
-    )
-    .expect("gateway");
+    let gateway =
+        Gateway::with_parts(config, listeners, store, clock.clone(), key).expect("gateway");
     let addrs = gateway.addrs();
     let state = gateway.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
@@ -110,7 +122,7 @@ impl TestGateway {
     }
 
     pub fn resource(&self) -> String {
-        self.url("/mcp")
+        self.state.settings.resource.clone()
     }
 
     pub async fn register(&self) -> String {
@@ -312,7 +324,7 @@ impl TestGateway {
 
     pub fn claims(&self) -> Value {
         json!({
-            "iss": self.base, "sub": "mallory", "aud": self.resource(),
+            "iss": self.state.settings.issuer, "sub": "mallory", "aud": self.resource(),
             "exp": T0 + 600, "iat": T0, "nbf": T0, "jti": "minted",
             "scope": "mcp:read mcp:write", "client_id": "x"
         })

@@ -7,4 +7,5 @@ mod common;
 mod errors;
 mod flow;
 mod proxy;
+mod restart;
 mod rmcp_client;

@@ -1,0 +1,203 @@
+//! The behaviour every [`Store`] must have, run against each implementation.
+
+use std::sync::Arc;
+
+use super::memory::InMemoryStore;
+use super::sqlite::SqliteStore;
+use super::*;
+
+fn grant(id: &str) -> Grant {
+    Grant {
+        id: id.into(),
+        client_id: "c".into(),
+        sub: "u".into(),
+        scopes: vec!["mcp:read".into()],
+        resource: "r".into(),
+        expires_at: 10_000,
+        revoked: false,
+    }
+}
+
+fn rt(grant_id: &str) -> RefreshToken {
+    RefreshToken {
+        grant_id: grant_id.into(),
+        scopes: vec!["mcp:read".into()],
+        rotated: None,
+    }
+}
+
+fn code(grant_id: &str) -> AuthCode {
+    AuthCode {
+        grant_id: grant_id.into(),
+        client_id: "c".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        code_challenge: "x".into(),
+        scopes: vec![],
+        resource: "r".into(),
+        sub: "u".into(),
+        expires_at: 200,
+    }
+}
+
+fn rotated(s: &dyn Store, old: &str, new: &str, now: u64, grace: u64) -> RotateOutcome {
+    s.rotate_refresh(old, new.into(), rt("g"), now, grace)
+        .unwrap()
+}
+
+fn codes_are_single_use_and_replays_are_reported(s: &dyn Store) {
+    s.insert_code("h".into(), code("g1")).unwrap();
+    assert!(matches!(
+        s.redeem_code("h", 100).unwrap(),
+        CodeRedemption::Fresh(_)
+    ));
+    assert_eq!(
+        s.redeem_code("h", 101).unwrap(),
+        CodeRedemption::Replayed {
+            grant_id: "g1".into()
+        }
+    );
+    assert_eq!(
+        s.redeem_code("other", 101).unwrap(),
+        CodeRedemption::Unknown
+    );
+    s.insert_code("h2".into(), code("g2")).unwrap();
+    assert_eq!(
+        s.redeem_code("h2", 200).unwrap(),
+        CodeRedemption::Unknown,
+        "expired"
+    );
+}
+
+fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
+    s.insert_grant(grant("g")).unwrap();
+    s.add_access_token("g", "jti-1", 5000).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    assert!(matches!(
+        rotated(s, "r1", "r2", 100, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    // r1 again within grace, r2 unused: r2 is replaced by r3.
+    assert!(matches!(
+        rotated(s, "r1", "r3", 110, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert!(
+        s.refresh("r2").unwrap().is_none(),
+        "the unused successor is dropped"
+    );
+    // r3 used -> r4; now r1 is a replay and revokes everything.
+    assert!(matches!(
+        rotated(s, "r3", "r4", 111, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(rotated(s, "r1", "r5", 112, 30), RotateOutcome::Replay);
+    assert!(s.grant("g").unwrap().unwrap().revoked);
+    assert!(s.is_access_token_revoked("jti-1").unwrap());
+    assert_eq!(rotated(s, "r4", "r6", 113, 30), RotateOutcome::Invalid);
+}
+
+fn b9_reuse_after_grace_is_replay(s: &dyn Store) {
+    s.insert_grant(grant("g")).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    rotated(s, "r1", "r2", 100, 30);
+    assert_eq!(rotated(s, "r1", "r3", 130, 30), RotateOutcome::Replay);
+    assert_eq!(rotated(s, "r2", "r4", 132, 30), RotateOutcome::Invalid);
+}
+
+fn revoking_before_storing_still_revokes(s: &dyn Store) {
+    s.revoke_grant("late").unwrap();
+    s.insert_grant(grant("late")).unwrap();
+    assert!(s.grant("late").unwrap().unwrap().revoked);
+    s.add_access_token("late", "j", 5000).unwrap();
+    assert!(s.is_access_token_revoked("j").unwrap());
+}
+
+fn clients_and_pending_round_trip(s: &dyn Store) {
+    let c = Client {
+        client_id: "c1".into(),
+        client_name: Some("n".into()),
+        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+        grant_types: vec!["authorization_code".into()],
+        token_endpoint_auth_method: "none".into(),
+        scope: None,
+        created_at: 1,
+    };
+    s.insert_client(c.clone()).unwrap();
+    assert_eq!(s.client("c1").unwrap(), Some(c));
+    let p = PendingAuthorization {
+        id: "p".into(),
+        csrf_token: "t".into(),
+        client_id: "c1".into(),
+        redirect_uri: "x".into(),
+        state: None,
+        scopes: vec![],
+        resource: "r".into(),
+        code_challenge: "c".into(),
+        expires_at: 500,
+    };
+    s.insert_pending(p.clone(), 100).unwrap();
+    assert_eq!(s.take_pending("p").unwrap(), Some(p));
+    assert_eq!(s.take_pending("p").unwrap(), None, "single use");
+}
+
+fn concurrent_redemptions_yield_exactly_one_fresh(s: Arc<dyn Store>) {
+    s.insert_code("h".into(), code("g1")).unwrap();
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || s.redeem_code("h", 100).unwrap())
+        })
+        .collect();
+    let fresh = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|r| matches!(r, CodeRedemption::Fresh(_)))
+        .count();
+    assert_eq!(fresh, 1);
+}
+
+macro_rules! contract {
+    ($($name:ident),*) => {
+        mod memory { $( #[test] fn $name() { super::$name(&super::InMemoryStore::new()); } )* }
+        mod sqlite { $( #[test] fn $name() { super::$name(&super::SqliteStore::open_in_memory().unwrap()); } )* }
+    };
+}
+
+contract!(
+    codes_are_single_use_and_replays_are_reported,
+    b9_rotation_grace_and_replay_revokes_family,
+    b9_reuse_after_grace_is_replay,
+    revoking_before_storing_still_revokes,
+    clients_and_pending_round_trip
+);
+
+#[test]
+fn concurrency_memory() {
+    concurrent_redemptions_yield_exactly_one_fresh(Arc::new(InMemoryStore::new()));
+}
+
+#[test]
+fn concurrency_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+    concurrent_redemptions_yield_exactly_one_fresh(Arc::new(store));
+}
+
+#[test]
+fn sqlite_state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_grant(grant("g")).unwrap();
+        s.insert_refresh("r1".into(), rt("g")).unwrap();
+        s.revoke_access_token("j", 9000).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.grant("g").unwrap().is_some());
+    assert!(matches!(
+        rotated(&s, "r1", "r2", 100, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert!(s.is_access_token_revoked("j").unwrap());
+}

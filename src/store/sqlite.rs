@@ -1,0 +1,393 @@
+//! [`SqliteStore`]: the embedded default. One SQLite file in the data dir, WAL mode, the
+//! schema versioned with `PRAGMA user_version`. Records are stored as JSON next to the
+//! columns that queries need (keys, expiry, grant id). A crash loses at most the request
+//! in flight: every change commits before its response is sent.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    AuthCode, Client, CodeRedemption, Grant, PendingAuthorization, RefreshToken, RotateOutcome,
+    Rotation, RotationDecision, Store, StoreError, StoreResult, decide_rotation,
+};
+
+/// Schema migrations, applied in order; `user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE clients (client_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE pending (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);
+    CREATE TABLE codes (hash TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);
+    CREATE TABLE used_codes (hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, until INTEGER NOT NULL);
+    CREATE TABLE grants (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE revoked_early (grant_id TEXT PRIMARY KEY);
+    CREATE TABLE grant_tokens (grant_id TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL);
+    CREATE INDEX grant_tokens_grant ON grant_tokens (grant_id);
+    CREATE TABLE refresh (hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX refresh_grant ON refresh (grant_id);
+    CREATE TABLE revoked_jti (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+"#];
+
+/// File name of the database in the data dir.
+pub const DB_FILE: &str = "gateway.db";
+
+/// The SQLite [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// SQLite integers are signed; our times are far below `i64::MAX`.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_json(value: &impl Serialize) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(err)
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(err)
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        Self::init(Connection::open(path).map_err(err)?)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn open_in_memory() -> StoreResult<Self> {
+        Self::init(Connection::open_in_memory().map_err(err)?)
+    }
+
+    fn init(mut conn: Connection) -> StoreResult<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Unavailable(format!(
+                "the database schema (version {version}) is newer than this gateway understands"
+            )));
+        }
+        let tx = conn.transaction().map_err(err)?;
+        for migration in &MIGRATIONS[version..] {
+            tx.execute_batch(migration).map_err(err)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| err("store lock poisoned"))
+    }
+
+    /// Run `f` in one transaction.
+    fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction().map_err(err)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+}
+
+fn purge(tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
+    tx.execute_batch(&format!(
+        "DELETE FROM pending WHERE expires_at <= {now};
+         DELETE FROM codes WHERE expires_at <= {now};
+         DELETE FROM used_codes WHERE until <= {now};
+         DELETE FROM revoked_jti WHERE exp <= {now};
+         DELETE FROM grant_tokens WHERE exp <= {now};"
+    ))
+    .map_err(err)
+}
+
+fn get_grant(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<Grant>> {
+    let data: Option<String> = tx
+        .query_row("SELECT data FROM grants WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(err)?;
+    data.map(|d| from_json(&d)).transpose()
+}
+
+fn get_refresh(tx: &Transaction<'_>, hash: &str) -> StoreResult<Option<RefreshToken>> {
+    let data: Option<String> = tx
+        .query_row("SELECT data FROM refresh WHERE hash = ?1", [hash], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(err)?;
+    data.map(|d| from_json(&d)).transpose()
+}
+
+fn put_refresh(tx: &Transaction<'_>, hash: &str, token: &RefreshToken) -> StoreResult<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO refresh (hash, grant_id, data) VALUES (?1, ?2, ?3)",
+        params![hash, token.grant_id, to_json(token)?],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+fn revoke_grant(tx: &Transaction<'_>, grant_id: &str) -> StoreResult<()> {
+    match get_grant(tx, grant_id)? {
+        Some(mut g) => {
+            g.revoked = true;
+            tx.execute(
+                "UPDATE grants SET data = ?2 WHERE id = ?1",
+                params![grant_id, to_json(&g)?],
+            )
+            .map_err(err)?;
+        }
+        None => {
+            tx.execute(
+                "INSERT OR IGNORE INTO revoked_early (grant_id) VALUES (?1)",
+                [grant_id],
+            )
+            .map_err(err)?;
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT jti, exp FROM grant_tokens WHERE grant_id = ?1",
+        [grant_id],
+    )
+    .map_err(err)?;
+    tx.execute("DELETE FROM grant_tokens WHERE grant_id = ?1", [grant_id])
+        .map_err(err)?;
+    tx.execute("DELETE FROM refresh WHERE grant_id = ?1", [grant_id])
+        .map_err(err)?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn insert_client(&self, client: Client) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO clients (client_id, data) VALUES (?1, ?2)",
+                params![client.client_id, to_json(&client)?],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
+        self.tx(|tx| {
+            let data: Option<String> = tx
+                .query_row(
+                    "SELECT data FROM clients WHERE client_id = ?1",
+                    [client_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            data.map(|d| from_json(&d)).transpose()
+        })
+    }
+
+    fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
+        self.tx(|tx| {
+            purge(tx, now)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO pending (id, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![pending.id, to_json(&pending)?, int(pending.expires_at)],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>> {
+        self.tx(|tx| {
+            let data: Option<String> = tx
+                .query_row(
+                    "DELETE FROM pending WHERE id = ?1 RETURNING data",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            data.map(|d| from_json(&d)).transpose()
+        })
+    }
+
+    fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO codes (hash, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![code_hash, to_json(&code)?, int(code.expires_at)],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
+        self.tx(|tx| {
+            purge(tx, now)?;
+            let used: Option<String> = tx
+                .query_row(
+                    "SELECT grant_id FROM used_codes WHERE hash = ?1",
+                    [code_hash],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            if let Some(grant_id) = used {
+                return Ok(CodeRedemption::Replayed { grant_id });
+            }
+            let data: Option<String> = tx
+                .query_row(
+                    "DELETE FROM codes WHERE hash = ?1 RETURNING data",
+                    [code_hash],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            let Some(code) = data.map(|d| from_json::<AuthCode>(&d)).transpose()? else {
+                return Ok(CodeRedemption::Unknown);
+            };
+            tx.execute(
+                "INSERT INTO used_codes (hash, grant_id, until) VALUES (?1, ?2, ?3)",
+                params![code_hash, code.grant_id, int(code.expires_at)],
+            )
+            .map_err(err)?;
+            Ok(CodeRedemption::Fresh(code))
+        })
+    }
+
+    fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
+        self.tx(|tx| {
+            let early = tx
+                .execute("DELETE FROM revoked_early WHERE grant_id = ?1", [&grant.id])
+                .map_err(err)?;
+            grant.revoked |= early > 0;
+            tx.execute(
+                "INSERT OR REPLACE INTO grants (id, data) VALUES (?1, ?2)",
+                params![grant.id, to_json(&grant)?],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
+        self.tx(|tx| get_grant(tx, grant_id))
+    }
+
+    fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
+        self.tx(|tx| {
+            let live = get_grant(tx, grant_id)?.is_some_and(|g| !g.revoked);
+            let sql = if live {
+                "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)"
+            } else {
+                // Issued from a grant revoked meanwhile: deny it straight away.
+                "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT ?2, ?3 WHERE ?1 IS NOT NULL"
+            };
+            tx.execute(sql, params![grant_id, jti, int(exp)])
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
+        self.tx(|tx| revoke_grant(tx, grant_id))
+    }
+
+    fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()> {
+        self.tx(|tx| put_refresh(tx, &token_hash, &token))
+    }
+
+    fn refresh(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
+        self.tx(|tx| get_refresh(tx, token_hash))
+    }
+
+    fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: String,
+        new_token: RefreshToken,
+        now: u64,
+        grace: u64,
+    ) -> StoreResult<RotateOutcome> {
+        self.tx(|tx| {
+            let Some(old) = get_refresh(tx, old_hash)? else {
+                return Ok(RotateOutcome::Invalid);
+            };
+            let grant = match get_grant(tx, &old.grant_id)? {
+                Some(g) if !g.revoked && g.expires_at > now => g,
+                _ => return Ok(RotateOutcome::Invalid),
+            };
+            let successor_used = match &old.rotated {
+                Some(r) => get_refresh(tx, &r.successor)?.is_none_or(|s| s.rotated.is_some()),
+                None => false,
+            };
+            let first_at = old.rotated.as_ref().map_or(now, |r| r.at);
+            match decide_rotation(&old, successor_used, now, grace) {
+                RotationDecision::Replay => {
+                    revoke_grant(tx, &grant.id)?;
+                    return Ok(RotateOutcome::Replay);
+                }
+                RotationDecision::Retry { drop_successor } => {
+                    tx.execute("DELETE FROM refresh WHERE hash = ?1", [drop_successor])
+                        .map_err(err)?;
+                }
+                RotationDecision::Rotate => {}
+            }
+            let rotated = RefreshToken {
+                rotated: Some(Rotation {
+                    at: first_at,
+                    successor: new_hash.clone(),
+                }),
+                ..old
+            };
+            put_refresh(tx, old_hash, &rotated)?;
+            put_refresh(tx, &new_hash, &new_token)?;
+            Ok(RotateOutcome::Rotated(grant))
+        })
+    }
+
+    fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO revoked_jti (jti, exp) VALUES (?1, ?2)",
+                params![jti, int(exp)],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool> {
+        self.tx(|tx| {
+            tx.query_row(
+                "SELECT 1 FROM revoked_jti WHERE jti = ?1",
+                [jti],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(err)
+        })
+    }
+}

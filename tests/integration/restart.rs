@@ -1,0 +1,53 @@
+//! State that must survive a restart (ECOSYSTEM #8): registered clients, refresh tokens,
+//! access tokens issued before, revocations.
+
+use serde_json::json;
+
+use crate::common::{self, pkce};
+
+#[tokio::test]
+async fn clients_grants_and_tokens_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = "http://127.0.0.1:9";
+    let gw = common::spawn_persistent(dir.path(), public).await;
+    let (client_id, t) = gw.login(None).await;
+    let (other_client, revoked) = gw.login(None).await;
+    let res = gw
+        .http
+        .post(gw.url("/revoke"))
+        .form(&[
+            ("token", revoked.refresh.as_str()),
+            ("client_id", other_client.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    gw.stop().await;
+
+    let gw = common::spawn_persistent(dir.path(), public).await;
+    // The access token issued before still validates (same key, same issuer).
+    let sid = gw.mcp_session(&t.access).await;
+    let (s, _, v) = gw
+        .call_tool(&t.access, &sid, "echo", json!({"message": "after restart"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // The refresh token still refreshes, once.
+    let (s, body) = gw.refresh(&client_id, &t.refresh).await;
+    assert_eq!(s, 200, "{body}");
+    // The registered client can log in again without registering.
+    let p = pkce();
+    let code = gw.code(&client_id, &p, None).await;
+    let (s, _) = gw.redeem(&client_id, &code, &p.verifier).await;
+    assert_eq!(s, 200);
+    // What was revoked stays revoked.
+    let (s, _, _) = gw
+        .mcp(
+            Some(&revoked.access),
+            None,
+            json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+        )
+        .await;
+    assert_eq!(s, 401);
+    gw.stop().await;
+}
