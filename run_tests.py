@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Run the project's tests: python3 run_tests.py [unit|integration|flow|clients|all]
+"""Run the project's tests: python3 run_tests.py [unit|integration|flow|clients|browser|all]
 
 Stages (default: all):
   unit         cargo test --lib --bins
   integration  cargo test --test integration
   flow         pytest python_tests (against the built gateway binary)
   clients      node clients/ts/run.mjs (when clients/ts/package.json exists)
+  browser      node clients/inspector/run.mjs: the MCP Inspector's web UI in headless
+               Chromium (Debian's /usr/bin/chromium, installed with apt-get when missing)
 
 The script installs what it needs itself: a virtualenv in .venv/ with
 python_tests/requirements.txt (reinstalled only when that file changes), and
-clients/ts/node_modules via `npm ci` (only when missing or the lock changed).
+clients/ts/node_modules and clients/inspector/node_modules via `npm ci` (only
+when missing or the lock changed), and Chromium via apt-get when it is missing.
 It builds once with cargo, streams every child's output, keeps going after a
 failing stage, and ends with one line `N passed, M failed`. The exit code is
 non-zero if any test failed or any stage could not run.
@@ -18,6 +21,7 @@ Environment:
   GATEWAY_BIN         binary for the flow and client stages (default: the one cargo built)
   RUN_TESTS_NO_BUILD  set to 1 to skip `cargo build` (uses GATEWAY_BIN or the existing binary)
   STAGE_TIMEOUT       seconds before a stage is stopped (default 1800)
+  CHROMIUM_BIN        browser for the browser stage (default /usr/bin/chromium)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +45,9 @@ REQUIREMENTS = ROOT / "python_tests" / "requirements.txt"
 VENV_STAMP = VENV / ".requirements.sha256"
 ARTIFACTS = ROOT / "test-artifacts"
 CLIENTS_TS = ROOT / "clients" / "ts"
-STAGES = ("unit", "integration", "flow", "clients")
+CLIENTS_INSPECTOR = ROOT / "clients" / "inspector"
+CHROMIUM = Path("/usr/bin/chromium")
+STAGES = ("unit", "integration", "flow", "clients", "browser")
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CARGO_RESULT_RE = re.compile(
@@ -257,13 +264,54 @@ def stage_flow(build_ok: bool) -> StageResult:
     return result
 
 
-def lock_hash() -> str:
+def lock_hash(pkg_dir: Path = CLIENTS_TS) -> str:
     h = hashlib.sha256()
     for name in ("package.json", "package-lock.json"):
-        p = CLIENTS_TS / name
+        p = pkg_dir / name
         if p.exists():
             h.update(name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
+
+
+def ensure_node_modules(pkg_dir: Path, result: StageResult) -> bool:
+    """`npm ci` in pkg_dir unless node_modules matches package.json + package-lock.json."""
+    rel = pkg_dir.relative_to(ROOT)
+    modules = pkg_dir / "node_modules"
+    stamp = modules / ".run_tests-lock.sha256"
+    want = lock_hash(pkg_dir)
+    lock = pkg_dir / "package-lock.json"
+    npm_hidden_lock = modules / ".package-lock.json"  # written by npm on every install
+    if modules.is_dir() and not stamp.exists() and lock.exists() and npm_hidden_lock.exists() \
+            and npm_hidden_lock.stat().st_mtime >= lock.stat().st_mtime:
+        # Installed by hand after the last lock change: adopt it instead of reinstalling.
+        stamp.write_text(want + "\n")
+    if modules.is_dir() and stamp.exists() and stamp.read_text().strip() == want:
+        log(f"[run_tests] {rel}/node_modules is up to date")
+        return True
+    cmd = ["npm", "ci", "--no-audit", "--no-fund"] if lock.exists() else \
+        ["npm", "install", "--no-audit", "--no-fund"]
+    code, _ = run(cmd, cwd=pkg_dir)
+    if code != 0:
+        result.error(f"`{' '.join(cmd)}` in {rel} exited {code}")
+        return False
+    modules.mkdir(exist_ok=True)
+    stamp.write_text(want + "\n")
+    return True
+
+
+def count_plain_result(out: str, code: int, result: StageResult, what: str) -> None:
+    """Add the last `N passed, M failed` line of out to result (or judge by exit code)."""
+    counts = [PLAIN_RESULT_RE.match(line.strip()) for line in out.splitlines()]
+    counts = [m for m in counts if m]
+    if counts:
+        result.passed += int(counts[-1].group(1))
+        result.failed += int(counts[-1].group(2))
+        if code != 0 and result.failed == 0:
+            result.error(f"{what} exited {code}")
+    elif code == 0:
+        result.passed += 1
+    else:
+        result.failed += 1
 
 
 def stage_clients(build_ok: bool) -> StageResult:
@@ -281,41 +329,66 @@ def stage_clients(build_ok: bool) -> StageResult:
         result.error(f"gateway binary {binary} does not exist"
                      + ("" if build_ok else " (the build failed)"))
         return result
-    modules = CLIENTS_TS / "node_modules"
-    stamp = modules / ".run_tests-lock.sha256"
-    want = lock_hash()
-    lock = CLIENTS_TS / "package-lock.json"
-    npm_hidden_lock = modules / ".package-lock.json"  # written by npm on every install
-    if modules.is_dir() and not stamp.exists() and lock.exists() and npm_hidden_lock.exists() \
-            and npm_hidden_lock.stat().st_mtime >= lock.stat().st_mtime:
-        # Installed by hand after the last lock change: adopt it instead of reinstalling.
-        stamp.write_text(want + "\n")
-    if modules.is_dir() and stamp.exists() and stamp.read_text().strip() == want:
-        log("[run_tests] clients/ts/node_modules is up to date")
-    else:
-        has_lock = (CLIENTS_TS / "package-lock.json").exists()
-        cmd = ["npm", "ci", "--no-audit", "--no-fund"] if has_lock else \
-            ["npm", "install", "--no-audit", "--no-fund"]
-        code, _ = run(cmd, cwd=CLIENTS_TS)
-        if code != 0:
-            result.error(f"`{' '.join(cmd)}` exited {code}")
-            return result
-        modules.mkdir(exist_ok=True)
-        stamp.write_text(want + "\n")
+    if not ensure_node_modules(CLIENTS_TS, result):
+        return result
     env = base_env()
     env["GATEWAY_BIN"] = str(binary)
     code, out = run(["node", str(script.relative_to(ROOT))], env=env)
-    counts = [PLAIN_RESULT_RE.match(line.strip()) for line in out.splitlines()]
-    counts = [m for m in counts if m]
-    if counts:
-        result.passed += int(counts[-1].group(1))
-        result.failed += int(counts[-1].group(2))
-        if code != 0 and result.failed == 0:
-            result.error(f"run.mjs exited {code}")
-    elif code == 0:
-        result.passed += 1
-    else:
-        result.failed += 1
+    count_plain_result(out, code, result, "clients/ts/run.mjs")
+    return result
+
+
+def ensure_chromium(result: StageResult) -> bool:
+    """Debian's Chromium at /usr/bin/chromium, installed with apt-get (as root) when missing."""
+    if CHROMIUM.exists():
+        return True
+    log(f"[run_tests] {CHROMIUM} is missing: installing Debian's chromium with apt-get")
+    if shutil.which("apt-get") is None:
+        result.error(f"{CHROMIUM} is missing and apt-get is not available to install it "
+                     "(install Debian's `chromium` package, or set CHROMIUM_BIN)")
+        return False
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        result.error(f"{CHROMIUM} is missing and installing it with apt-get needs root "
+                     "(run `apt-get install -y chromium` as root)")
+        return False
+    env = base_env()
+    env["DEBIAN_FRONTEND"] = "noninteractive"
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        code, _ = run(cmd, env=env)
+        if code != 0:
+            result.error(f"`{' '.join(cmd)}` exited {code}")
+            return False
+    if not CHROMIUM.exists():
+        result.error(f"apt-get installed chromium but {CHROMIUM} does not exist")
+        return False
+    return True
+
+
+def stage_browser(build_ok: bool) -> StageResult:
+    result = StageResult("browser")
+    banner("browser: node clients/inspector/run.mjs (MCP Inspector in headless Chromium)")
+    script = CLIENTS_INSPECTOR / "run.mjs"
+    if not (CLIENTS_INSPECTOR / "package.json").exists() or not script.exists():
+        result.error("clients/inspector/package.json or run.mjs is missing")
+        return result
+    binary = gateway_bin()
+    if not binary.exists():
+        result.error(f"gateway binary {binary} does not exist"
+                     + ("" if build_ok else " (the build failed)"))
+        return result
+    if os.environ.get("CHROMIUM_BIN"):
+        if not Path(os.environ["CHROMIUM_BIN"]).exists():
+            result.error(f"CHROMIUM_BIN={os.environ['CHROMIUM_BIN']} does not exist")
+            return result
+    elif not ensure_chromium(result):
+        return result
+    if not ensure_node_modules(CLIENTS_INSPECTOR, result):
+        return result
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = base_env()
+    env["GATEWAY_BIN"] = str(binary)
+    code, out = run(["node", str(script.relative_to(ROOT))], env=env, timeout=min(600.0, stage_timeout()))
+    count_plain_result(out, code, result, "clients/inspector/run.mjs")
     return result
 
 
@@ -359,6 +432,8 @@ def main(argv: list[str]) -> int:
             results.append(stage_flow(build_ok))
         elif stage == "clients":
             results.append(stage_clients(build_ok))
+        elif stage == "browser":
+            results.append(stage_browser(build_ok))
 
     banner("summary")
     passed = failed = 0

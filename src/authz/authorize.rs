@@ -233,7 +233,8 @@ fn page_headers() -> [(header::HeaderName, HeaderValue); 4] {
         ),
         (
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            // Same-origin only: the consent post keeps its Origin, the client gets no referrer.
+            HeaderValue::from_static("same-origin"),
         ),
     ]
 }
@@ -425,12 +426,12 @@ pub async fn authorize_get(State(state): State<AppState>, RawQuery(query): RawQu
 /// Whether a form post comes from our own page: browsers send `Sec-Fetch-Site` and `Origin`
 /// on POST; a cross-site value means a forged submission.
 fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
-    if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "cross-site")
-    {
-        return false;
+    // Fetch metadata is set by the browser and cannot be forged by a page. A same-origin
+    // post may still carry `Origin: null` (privacy settings), so this answer is final.
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin") => return true,
+        Some("cross-site" | "same-site") => return false,
+        _ => {}
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;

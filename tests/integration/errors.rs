@@ -597,3 +597,51 @@ async fn revocation_of_access_and_refresh_tokens() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn consent_post_from_our_own_page_with_null_origin_is_accepted() {
+    // Chromium sends `Origin: null` on some same-origin form posts; fetch metadata decides.
+    let gw = common::spawn().await;
+    let client_id = gw.register().await;
+    let p = pkce();
+    let page = gw
+        .http
+        .get(gw.authorize_url(&client_id, &p, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()["referrer-policy"], "same-origin");
+    let html = page.text().await.unwrap();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = html.find(&marker).unwrap() + marker.len();
+        html[start..start + html[start..].find('"').unwrap()].to_string()
+    };
+    let form = [
+        ("request_id", field("request_id")),
+        ("csrf_token", field("csrf_token")),
+        ("decision", "approve".into()),
+    ];
+    let sibling = gw
+        .http
+        .post(gw.url("/consent"))
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-site")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sibling.status(), 403, "a sibling site is not our page");
+    let res = gw
+        .http
+        .post(gw.url("/consent"))
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-origin")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    assert!(query_param(res.headers()["location"].to_str().unwrap(), "code").is_some());
+    gw.stop().await;
+}
