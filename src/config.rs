@@ -56,6 +56,11 @@ pub struct Config {
     pub upstream_timeout_seconds: u64,
     /// Where clients, grants and tokens are kept.
     pub store: StoreKind,
+    /// Registered clients that obtain no token for this long are forgotten, seconds
+    /// (0: never). Pre-registered clients never expire.
+    pub client_ttl_seconds: u64,
+    /// Clients the operator registers in advance (`[[clients]]`).
+    pub clients: Vec<ClientConfig>,
     /// Keep a trace of recent proxied requests, served at `/debug/requests`.
     pub debug_trace: bool,
     /// Scopes and the policy that maps MCP methods and tools to them.
@@ -71,6 +76,56 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A pre-registered client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The client's id.
+    pub client_id: String,
+    /// Shown on the consent page.
+    #[serde(default)]
+    pub client_name: Option<String>,
+    /// SHA-256 of the secret, base64url without padding; absent for a public client.
+    #[serde(default)]
+    pub secret_sha256: Option<String>,
+    /// Allowed redirect URIs.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Allowed grants (default: authorization_code, refresh_token).
+    #[serde(default)]
+    pub grant_types: Option<Vec<String>>,
+    /// Scopes the client may obtain (space separated; default: all offered).
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl ClientConfig {
+    /// The client record this entry pins.
+    pub fn to_client(&self, now: u64) -> crate::store::Client {
+        let confidential = self.secret_sha256.is_some();
+        crate::store::Client {
+            client_id: self.client_id.clone(),
+            client_name: self.client_name.clone(),
+            redirect_uris: self.redirect_uris.clone(),
+            grant_types: self
+                .grant_types
+                .clone()
+                .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]),
+            token_endpoint_auth_method: if confidential {
+                "client_secret_basic"
+            } else {
+                "none"
+            }
+            .into(),
+            scope: self.scope.clone(),
+            created_at: now,
+            secret_hash: self.secret_sha256.clone(),
+            last_used_at: now,
+            pinned: true,
+        }
+    }
 }
 
 /// The storage backend.
@@ -160,6 +215,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
             store: StoreKind::Sqlite,
+            client_ttl_seconds: 30 * 24 * 3600,
+            clients: Vec::new(),
             debug_trace: false,
             scopes: ScopeConfig::default(),
         }
@@ -249,6 +306,34 @@ impl Config {
         let s = &self.scopes;
         if s.supported.is_empty() {
             return Err(invalid("scopes.supported", "must offer at least one scope"));
+        }
+        for c in &self.clients {
+            let bad = |message: String| ConfigError::Invalid {
+                key: "clients",
+                message: format!("client `{}`: {message}", c.client_id),
+            };
+            if c.client_id.is_empty() {
+                return Err(bad("client_id must not be empty".into()));
+            }
+            for uri in &c.redirect_uris {
+                crate::authz::uris::validate_redirect_uri(uri).map_err(bad)?;
+            }
+            for g in c.grant_types.iter().flatten() {
+                let ok = match g.as_str() {
+                    "authorization_code" | "refresh_token" => true,
+                    "client_credentials" => c.secret_sha256.is_some(),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(bad(format!("grant type `{g}` is not supported here")));
+                }
+            }
+            if c.secret_sha256.as_ref().is_some_and(|h| h.len() != 43) {
+                return Err(bad(
+                    "secret_sha256 must be the base64url SHA-256 of the secret (43 characters)"
+                        .into(),
+                ));
+            }
         }
         let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);
         let referenced = s

@@ -552,6 +552,7 @@ mod tests {
             token_endpoint_auth_method: "none".into(),
             scope: None,
             created_at: 0,
+            ..Client::default()
         }
     }
 

@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::state::AppState;
 
+const CLIENT_AUTH: [&str; 3] = ["none", "client_secret_basic", "client_secret_post"];
+
 /// The metadata document.
 #[derive(Debug, Serialize)]
 pub struct AuthorizationServerMetadata {
@@ -16,13 +18,15 @@ pub struct AuthorizationServerMetadata {
     token_endpoint: String,
     registration_endpoint: String,
     revocation_endpoint: String,
+    introspection_endpoint: String,
     jwks_uri: String,
     scopes_supported: Vec<String>,
     response_types_supported: [&'static str; 1],
     response_modes_supported: [&'static str; 1],
-    grant_types_supported: [&'static str; 2],
-    token_endpoint_auth_methods_supported: [&'static str; 1],
-    revocation_endpoint_auth_methods_supported: [&'static str; 1],
+    grant_types_supported: [&'static str; 3],
+    token_endpoint_auth_methods_supported: [&'static str; 3],
+    revocation_endpoint_auth_methods_supported: [&'static str; 3],
+    introspection_endpoint_auth_methods_supported: [&'static str; 2],
     code_challenge_methods_supported: [&'static str; 1],
     authorization_response_iss_parameter_supported: bool,
     client_id_metadata_document_supported: bool,
@@ -40,13 +44,18 @@ pub async fn authorization_server_get(State(state): State<AppState>) -> impl Int
         token_endpoint: at("/token"),
         registration_endpoint: at("/register"),
         revocation_endpoint: at("/revoke"),
+        introspection_endpoint: at("/introspect"),
         jwks_uri: at("/.well-known/jwks.json"),
         scopes_supported: state.settings.config.scopes.supported.clone(),
         response_types_supported: ["code"],
         response_modes_supported: ["query"],
-        grant_types_supported: ["authorization_code", "refresh_token"],
-        token_endpoint_auth_methods_supported: ["none"],
-        revocation_endpoint_auth_methods_supported: ["none"],
+        grant_types_supported: ["authorization_code", "refresh_token", "client_credentials"],
+        token_endpoint_auth_methods_supported: CLIENT_AUTH,
+        revocation_endpoint_auth_methods_supported: CLIENT_AUTH,
+        introspection_endpoint_auth_methods_supported: [
+            "client_secret_basic",
+            "client_secret_post",
+        ],
         code_challenge_methods_supported: ["S256"],
         authorization_response_iss_parameter_supported: true,
         client_id_metadata_document_supported: false,

@@ -10,9 +10,12 @@
 //! | 5. authorize, consent | [`authorize::authorize_get`], [`authorize::consent_post`] |
 //! | 6, 8. token, refresh | [`token::token_post`] |
 //! | revocation | [`revoke::revoke_post`] |
+//! | introspection | [`introspect::introspect_post`] |
 
 pub mod authorize;
+pub mod client_auth;
 pub mod error;
+pub mod introspect;
 pub mod metadata;
 pub mod params;
 pub mod pkce;
@@ -61,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route(authorize::CONSENT_PATH, post(authorize::consent_post))
         .route("/token", post(token::token_post))
         .route("/revoke", post(revoke::revoke_post))
+        .route("/introspect", post(introspect::introspect_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::OAuthError;
 use super::params::split_scopes;
 use super::uris::validate_redirect_uri;
-use crate::secret::random_token;
+use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::Client;
 
@@ -41,6 +41,11 @@ pub struct RegistrationRequest {
 pub struct RegistrationResponse {
     client_id: String,
     client_id_issued_at: u64,
+    /// Shown once; only its hash is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret_expires_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_name: Option<String>,
     redirect_uris: Vec<String>,
@@ -75,30 +80,35 @@ pub fn register_client(
     client_id: String,
     now: u64,
 ) -> Result<Client, OAuthError> {
-    if req.redirect_uris.is_empty() {
+    let method = req.token_endpoint_auth_method.as_deref().unwrap_or("none");
+    if !matches!(
+        method,
+        "none" | "client_secret_basic" | "client_secret_post"
+    ) {
+        return Err(OAuthError::InvalidClientMetadata(format!(
+            "token_endpoint_auth_method `{method}` is not supported"
+        )));
+    }
+    let confidential = method != "none";
+    let grant_types = req
+        .grant_types
+        .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]);
+    if let Some(g) = grant_types.iter().find(|g| match g.as_str() {
+        "authorization_code" | "refresh_token" => false,
+        "client_credentials" => !confidential,
+        _ => true,
+    }) {
+        return Err(OAuthError::InvalidClientMetadata(format!(
+            "grant type `{g}` is not supported for this client (client_credentials needs a confidential client)"
+        )));
+    }
+    if grant_types.iter().any(|g| g == "authorization_code") && req.redirect_uris.is_empty() {
         return Err(OAuthError::InvalidRedirectUri(
             "at least one redirect URI is required".into(),
         ));
     }
     for uri in &req.redirect_uris {
         validate_redirect_uri(uri).map_err(OAuthError::InvalidRedirectUri)?;
-    }
-    let method = req.token_endpoint_auth_method.as_deref().unwrap_or("none");
-    if method != "none" {
-        return Err(OAuthError::InvalidClientMetadata(format!(
-            "token_endpoint_auth_method `{method}` is not supported; register a public client (`none`)"
-        )));
-    }
-    let grant_types = req
-        .grant_types
-        .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]);
-    if let Some(g) = grant_types
-        .iter()
-        .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
-    {
-        return Err(OAuthError::InvalidClientMetadata(format!(
-            "grant type `{g}` is not supported"
-        )));
     }
     if let Some(types) = &req.response_types
         && types.iter().any(|t| t != "code")
@@ -124,9 +134,11 @@ pub fn register_client(
         client_name,
         redirect_uris: req.redirect_uris,
         grant_types,
-        token_endpoint_auth_method: "none".into(),
+        token_endpoint_auth_method: method.to_string(),
         scope: req.scope,
         created_at: now,
+        last_used_at: now,
+        ..Client::default()
     })
 }
 
@@ -160,7 +172,26 @@ pub async fn register_post(
     let application_type = req.application_type.clone();
     let client_id =
         random_token(16).ok_or_else(|| OAuthError::server(std::io::Error::other("rng")))?;
-    let client = register_client(req, &state.settings.config.scopes.supported, client_id, now)?;
+    let mut client = register_client(req, &state.settings.config.scopes.supported, client_id, now)?;
+    let secret = if client.is_confidential() {
+        let secret =
+            random_token(32).ok_or_else(|| OAuthError::server(std::io::Error::other("rng")))?;
+        client.secret_hash = Some(sha256_b64(&secret));
+        Some(secret)
+    } else {
+        None
+    };
+    // Clients that register on every connect must not grow state forever.
+    let ttl = state.settings.config.client_ttl_seconds;
+    if ttl > 0 {
+        let purged = state
+            .store
+            .purge_unused_clients(now.saturating_sub(ttl))
+            .map_err(OAuthError::server)?;
+        if purged > 0 {
+            tracing::info!(purged, "unused clients expired");
+        }
+    }
     state
         .store
         .insert_client(client.clone())
@@ -169,6 +200,8 @@ pub async fn register_post(
     let body = RegistrationResponse {
         client_id: client.client_id,
         client_id_issued_at: now,
+        client_secret_expires_at: secret.as_ref().map(|_| 0),
+        client_secret: secret,
         client_name: client.client_name,
         redirect_uris: client.redirect_uris,
         grant_types: client.grant_types,
@@ -224,8 +257,16 @@ mod tests {
                 "invalid_redirect_uri",
             ),
             (
-                r#"{"redirect_uris":["https://a.example/cb"],"token_endpoint_auth_method":"client_secret_basic"}"#,
+                r#"{"redirect_uris":["https://a.example/cb"],"token_endpoint_auth_method":"private_key_jwt"}"#,
                 "invalid_client_metadata",
+            ),
+            (
+                r#"{"grant_types":["client_credentials"]}"#,
+                "invalid_client_metadata",
+            ),
+            (
+                r#"{"grant_types":["authorization_code"],"token_endpoint_auth_method":"client_secret_post"}"#,
+                "invalid_redirect_uri",
             ),
             (
                 r#"{"redirect_uris":["https://a.example/cb"],"grant_types":["password"]}"#,
@@ -254,5 +295,18 @@ mod tests {
         let remote: SocketAddr = "198.51.100.1:5".parse().unwrap();
         assert_eq!(source_ip(local, &h).to_string(), "192.0.2.7");
         assert_eq!(source_ip(remote, &h).to_string(), "198.51.100.1");
+    }
+
+    #[test]
+    fn confidential_clients_may_use_client_credentials_without_redirects() {
+        let c = register_client(
+            req(r#"{"grant_types":["client_credentials"],"token_endpoint_auth_method":"client_secret_basic"}"#),
+            &scopes(),
+            "id".into(),
+            0,
+        )
+        .unwrap();
+        assert!(c.is_confidential());
+        assert!(c.redirect_uris.is_empty());
     }
 }

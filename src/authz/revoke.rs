@@ -1,15 +1,15 @@
 //! RFC 7009 token revocation: a refresh token revokes its whole grant (the family and its
 //! access tokens); an access token goes on the deny list until it expires. Unknown tokens
-//! get 200, as §2.2 asks.
+//! get 200, as §2.2 asks. The client authenticates as at the token endpoint.
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::client_auth::{authenticate, presented};
 use super::error::OAuthError;
-use super::params::Params;
-use super::token::is_form;
+use super::token::form_params;
 use crate::secret::sha256_b64;
 use crate::state::AppState;
 
@@ -19,32 +19,14 @@ pub async fn revoke_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    if !is_form(&headers) {
-        return Err(OAuthError::InvalidRequest(
-            "the body must be application/x-www-form-urlencoded".into(),
-        ));
-    }
-    let params = Params::parse(&body).map_err(OAuthError::InvalidRequest)?;
+    let params = form_params(&headers, &body)?;
     let token = params
         .require("token")
         .map_err(OAuthError::InvalidRequest)?;
-    let client_id = params
-        .get("client_id")
-        .ok_or_else(|| OAuthError::InvalidClient {
-            message: "client_id is required".into(),
-            basic: false,
-        })?;
-    if state
-        .store
-        .client(client_id)
-        .map_err(OAuthError::server)?
-        .is_none()
-    {
-        return Err(OAuthError::InvalidClient {
-            message: "unknown client".into(),
-            basic: false,
-        });
-    }
+    let client = authenticate(state.store.as_ref(), presented(&headers, &params)?)?;
+    let client_id = client.client_id.as_str();
+    let not_yours =
+        || OAuthError::UnauthorizedClient("the token was issued to another client".into());
     let store = &state.store;
     if let Some(rt) = store
         .refresh(&sha256_b64(token))
@@ -52,18 +34,14 @@ pub async fn revoke_post(
     {
         if let Some(grant) = store.grant(&rt.grant_id).map_err(OAuthError::server)? {
             if grant.client_id != client_id {
-                return Err(OAuthError::UnauthorizedClient(
-                    "the token was issued to another client".into(),
-                ));
+                return Err(not_yours());
             }
             store.revoke_grant(&grant.id).map_err(OAuthError::server)?;
             tracing::info!(%client_id, "refresh token revoked with its grant");
         }
     } else if let Ok(claims) = state.verifier.verify(token, state.clock.now()).await {
         if claims.client_id.as_deref() != Some(client_id) {
-            return Err(OAuthError::UnauthorizedClient(
-                "the token was issued to another client".into(),
-            ));
+            return Err(not_yours());
         }
         if let Some(jti) = &claims.jti {
             store

@@ -1,6 +1,7 @@
-//! The token endpoint (RFC 6749 §3.2, §4.1.3, §6; OAuth 2.1 §4.1.3, §4.3): the
-//! authorization code grant with PKCE, and the refresh token grant with rotation (b9).
-//! Every answer carries `Cache-Control: no-store`.
+//! The token endpoint (RFC 6749 §3.2, §4.1.3, §4.4, §6; OAuth 2.1 §4.1.3, §4.3): the
+//! authorization code grant with PKCE, the refresh token grant with rotation (b9), and the
+//! client credentials grant for confidential clients. Every answer carries
+//! `Cache-Control: no-store`.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -8,16 +9,18 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::client_auth::{authenticate, presented};
 use super::error::OAuthError;
 use super::params::{Params, split_scopes};
 use super::pkce;
 use super::uris::canonical_resource;
 use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
-use crate::store::{CodeRedemption, Grant, RefreshToken, RotateOutcome};
+use crate::store::{Client, CodeRedemption, Grant, RefreshToken, RotateOutcome};
 use crate::tokens::issue::{AccessClaims, sign};
 
-/// A parsed token request, one variant per grant type.
+/// A parsed token request, one variant per grant type. The client is authenticated
+/// separately ([`super::client_auth`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenRequest {
     /// `grant_type=authorization_code`.
@@ -26,8 +29,6 @@ pub enum TokenRequest {
         code: String,
         /// Must equal the one of the authorization request.
         redirect_uri: String,
-        /// The public client.
-        client_id: String,
         /// PKCE verifier.
         code_verifier: String,
         /// RFC 8707 resource, optional.
@@ -37,9 +38,14 @@ pub enum TokenRequest {
     RefreshToken {
         /// The refresh token.
         refresh_token: String,
-        /// The public client.
-        client_id: String,
         /// Narrower scope, optional.
+        scope: Option<String>,
+        /// RFC 8707 resource, optional.
+        resource: Option<String>,
+    },
+    /// `grant_type=client_credentials`.
+    ClientCredentials {
+        /// Requested scope, optional.
         scope: Option<String>,
         /// RFC 8707 resource, optional.
         resource: Option<String>,
@@ -54,32 +60,36 @@ impl TokenRequest {
                 .map(str::to_string)
                 .map_err(OAuthError::InvalidRequest)
         };
-        let client_id = || {
-            p.get("client_id")
-                .map(str::to_string)
-                .ok_or_else(|| OAuthError::InvalidClient {
-                    message: "client_id is required".into(),
-                    basic: false,
-                })
-        };
+        let opt = |name| p.get(name).map(str::to_string);
         match p.get("grant_type") {
             Some("authorization_code") => Ok(Self::AuthorizationCode {
                 code: need("code")?,
                 redirect_uri: need("redirect_uri")?,
                 code_verifier: need("code_verifier")?,
-                client_id: client_id()?,
-                resource: p.get("resource").map(str::to_string),
+                resource: opt("resource"),
             }),
             Some("refresh_token") => Ok(Self::RefreshToken {
                 refresh_token: need("refresh_token")?,
-                client_id: client_id()?,
-                scope: p.get("scope").map(str::to_string),
-                resource: p.get("resource").map(str::to_string),
+                scope: opt("scope"),
+                resource: opt("resource"),
+            }),
+            Some("client_credentials") => Ok(Self::ClientCredentials {
+                scope: opt("scope"),
+                resource: opt("resource"),
             }),
             Some(other) => Err(OAuthError::UnsupportedGrantType(format!(
                 "grant_type `{other}` is not supported"
             ))),
             None => Err(OAuthError::InvalidRequest("grant_type is missing".into())),
+        }
+    }
+
+    /// The grant type, as clients register it.
+    pub fn grant_type(&self) -> &'static str {
+        match self {
+            Self::AuthorizationCode { .. } => "authorization_code",
+            Self::RefreshToken { .. } => "refresh_token",
+            Self::ClientCredentials { .. } => "client_credentials",
         }
     }
 }
@@ -93,8 +103,9 @@ pub struct TokenResponse {
     pub token_type: &'static str,
     /// Seconds.
     pub expires_in: u64,
-    /// The new refresh token.
-    pub refresh_token: String,
+    /// The new refresh token (none for client credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// Granted scopes, exactly those in the JWT.
     pub scope: String,
 }
@@ -114,215 +125,303 @@ fn check_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError
     }
 }
 
-/// Sign an access token for `grant` and record its `jti` under the grant.
+/// Sign an access token and, when it belongs to a grant, record its `jti` under it so
+/// revoking the grant revokes the token.
 fn mint(
     state: &AppState,
-    grant: &Grant,
+    sub: &str,
+    client_id: &str,
+    resource: &str,
+    grant_id: Option<&str>,
     scopes: &[String],
     now: u64,
 ) -> Result<(String, u64), OAuthError> {
     let ttl = state.settings.config.access_token_ttl;
     let claims = AccessClaims {
         iss: state.settings.issuer.clone(),
-        sub: grant.sub.clone(),
-        aud: grant.resource.clone(),
+        sub: sub.to_string(),
+        aud: resource.to_string(),
         exp: now + ttl,
         iat: now,
         nbf: now,
         jti: rng()?,
         scope: scopes.join(" "),
-        client_id: grant.client_id.clone(),
+        client_id: client_id.to_string(),
     };
     let jwt = sign(&state.keys, &claims).map_err(OAuthError::server)?;
-    state
-        .store
-        .add_access_token(&grant.id, &claims.jti, claims.exp)
-        .map_err(OAuthError::server)?;
+    if let Some(grant_id) = grant_id {
+        state
+            .store
+            .add_access_token(grant_id, &claims.jti, claims.exp)
+            .map_err(OAuthError::server)?;
+    }
     Ok((jwt, ttl))
 }
 
-fn authenticate(state: &AppState, client_id: &str, grant_type: &str) -> Result<(), OAuthError> {
-    let client = state
+fn for_grant(
+    state: &AppState,
+    grant: &Grant,
+    scopes: &[String],
+    now: u64,
+) -> Result<(String, u64), OAuthError> {
+    mint(
+        state,
+        &grant.sub,
+        &grant.client_id,
+        &grant.resource,
+        Some(&grant.id),
+        scopes,
+        now,
+    )
+}
+
+/// Scopes a client may obtain: those it registered with, else all offered.
+fn allowed_scopes(state: &AppState, client: &Client) -> Vec<String> {
+    match &client.scope {
+        Some(s) => split_scopes(s),
+        None => state.settings.config.scopes.supported.clone(),
+    }
+}
+
+fn authorization_code(
+    state: &AppState,
+    client: &Client,
+    (code, redirect_uri, code_verifier, resource): (String, String, String, Option<String>),
+    now: u64,
+) -> Result<TokenResponse, OAuthError> {
+    if !pkce::is_well_formed(&code_verifier) {
+        return Err(OAuthError::InvalidRequest(
+            "code_verifier must be 43-128 unreserved characters".into(),
+        ));
+    }
+    let code = match state
         .store
-        .client(client_id)
+        .redeem_code(&sha256_b64(&code), now)
         .map_err(OAuthError::server)?
-        .ok_or_else(|| OAuthError::InvalidClient {
-            message: "unknown client".into(),
-            basic: false,
-        })?;
+    {
+        CodeRedemption::Fresh(c) => c,
+        CodeRedemption::Unknown => {
+            return Err(OAuthError::InvalidGrant(
+                "the code is invalid or expired".into(),
+            ));
+        }
+        CodeRedemption::Replayed { grant_id } => {
+            tracing::warn!(client_id = %client.client_id, "authorization code replayed; revoking its grant");
+            state
+                .store
+                .revoke_grant(&grant_id)
+                .map_err(OAuthError::server)?;
+            return Err(OAuthError::InvalidGrant(
+                "the code was already used; tokens issued from it are revoked".into(),
+            ));
+        }
+    };
+    if code.client_id != client.client_id {
+        return Err(OAuthError::InvalidGrant(
+            "the code was issued to another client".into(),
+        ));
+    }
+    if code.redirect_uri != redirect_uri {
+        return Err(OAuthError::InvalidGrant(
+            "redirect_uri does not match the authorization request".into(),
+        ));
+    }
+    if !pkce::verify_s256(&code_verifier, &code.code_challenge) {
+        return Err(OAuthError::InvalidGrant(
+            "code_verifier does not match the code_challenge".into(),
+        ));
+    }
+    check_resource(resource.as_deref(), &code.resource)?;
+    let grant = Grant {
+        id: code.grant_id,
+        client_id: client.client_id.clone(),
+        sub: code.sub,
+        scopes: code.scopes,
+        resource: code.resource,
+        expires_at: now + state.settings.config.refresh_token_ttl,
+        revoked: false,
+    };
+    state
+        .store
+        .insert_grant(grant.clone())
+        .map_err(OAuthError::server)?;
+    let refresh = rng()?;
+    state
+        .store
+        .insert_refresh(
+            sha256_b64(&refresh),
+            RefreshToken {
+                grant_id: grant.id.clone(),
+                scopes: grant.scopes.clone(),
+                rotated: None,
+            },
+        )
+        .map_err(OAuthError::server)?;
+    let (access_token, expires_in) = for_grant(state, &grant, &grant.scopes, now)?;
+    tracing::info!(client_id = %grant.client_id, sub = %grant.sub, "tokens issued for code");
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+        refresh_token: Some(refresh),
+        scope: grant.scopes.join(" "),
+    })
+}
+
+fn refresh_token(
+    state: &AppState,
+    client: &Client,
+    (refresh_token, scope, resource): (String, Option<String>, Option<String>),
+    now: u64,
+) -> Result<TokenResponse, OAuthError> {
+    let invalid =
+        || OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked".into());
+    let old_hash = sha256_b64(&refresh_token);
+    let old = state
+        .store
+        .refresh(&old_hash)
+        .map_err(OAuthError::server)?
+        .ok_or_else(invalid)?;
+    let grant = state
+        .store
+        .grant(&old.grant_id)
+        .map_err(OAuthError::server)?
+        .filter(|g| !g.revoked && g.expires_at > now)
+        .ok_or_else(invalid)?;
+    if grant.client_id != client.client_id {
+        return Err(OAuthError::InvalidGrant(
+            "the refresh token was issued to another client".into(),
+        ));
+    }
+    let scopes = match scope.as_deref() {
+        None => old.scopes.clone(),
+        Some(s) => {
+            let asked = split_scopes(s);
+            if let Some(extra) = asked.iter().find(|s| !old.scopes.contains(s)) {
+                return Err(OAuthError::InvalidScope(format!(
+                    "scope `{extra}` was not granted"
+                )));
+            }
+            asked
+        }
+    };
+    check_resource(resource.as_deref(), &grant.resource)?;
+    let refresh = rng()?;
+    let successor = RefreshToken {
+        grant_id: grant.id.clone(),
+        scopes: old.scopes.clone(),
+        rotated: None,
+    };
+    let grace = state.settings.config.refresh_grace_seconds;
+    match state
+        .store
+        .rotate_refresh(&old_hash, sha256_b64(&refresh), successor, now, grace)
+        .map_err(OAuthError::server)?
+    {
+        RotateOutcome::Rotated(grant) => {
+            let (access_token, expires_in) = for_grant(state, &grant, &scopes, now)?;
+            Ok(TokenResponse {
+                access_token,
+                token_type: "Bearer",
+                expires_in,
+                refresh_token: Some(refresh),
+                scope: scopes.join(" "),
+            })
+        }
+        RotateOutcome::Replay => {
+            tracing::warn!(client_id = %client.client_id, "refresh token replayed; family revoked");
+            Err(OAuthError::InvalidGrant(
+                "the refresh token was already used; the grant is revoked".into(),
+            ))
+        }
+        RotateOutcome::Invalid => Err(invalid()),
+    }
+}
+
+fn client_credentials(
+    state: &AppState,
+    client: &Client,
+    (scope, resource): (Option<String>, Option<String>),
+    now: u64,
+) -> Result<TokenResponse, OAuthError> {
+    if !client.is_confidential() {
+        return Err(OAuthError::UnauthorizedClient(
+            "client_credentials needs a confidential client".into(),
+        ));
+    }
+    let allowed = allowed_scopes(state, client);
+    let scopes = match scope.as_deref() {
+        None => allowed,
+        Some(s) => {
+            let asked = split_scopes(s);
+            if let Some(extra) = asked.iter().find(|s| !allowed.contains(s)) {
+                return Err(OAuthError::InvalidScope(format!(
+                    "scope `{extra}` is not allowed for this client"
+                )));
+            }
+            asked
+        }
+    };
+    let ours = &state.settings.resource;
+    check_resource(resource.as_deref(), ours)?;
+    let (access_token, expires_in) = mint(
+        state,
+        &client.client_id,
+        &client.client_id,
+        ours,
+        None,
+        &scopes,
+        now,
+    )?;
+    tracing::info!(client_id = %client.client_id, "token issued for client credentials");
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+        refresh_token: None,
+        scope: scopes.join(" "),
+    })
+}
+
+/// Run a token request for an authenticated client at time `now`.
+pub fn exchange(
+    state: &AppState,
+    client: &Client,
+    req: TokenRequest,
+    now: u64,
+) -> Result<TokenResponse, OAuthError> {
+    let grant_type = req.grant_type();
     if !client.grant_types.iter().any(|g| g == grant_type) {
         return Err(OAuthError::UnauthorizedClient(format!(
             "this client is not registered for {grant_type}"
         )));
     }
-    Ok(())
-}
-
-/// Run a token request at time `now`.
-pub fn exchange(
-    state: &AppState,
-    req: TokenRequest,
-    now: u64,
-) -> Result<TokenResponse, OAuthError> {
-    match req {
+    let res = match req {
         TokenRequest::AuthorizationCode {
             code,
             redirect_uri,
-            client_id,
             code_verifier,
             resource,
-        } => {
-            authenticate(state, &client_id, "authorization_code")?;
-            if !pkce::is_well_formed(&code_verifier) {
-                return Err(OAuthError::InvalidRequest(
-                    "code_verifier must be 43-128 unreserved characters".into(),
-                ));
-            }
-            let code = match state
-                .store
-                .redeem_code(&sha256_b64(&code), now)
-                .map_err(OAuthError::server)?
-            {
-                CodeRedemption::Fresh(c) => c,
-                CodeRedemption::Unknown => {
-                    return Err(OAuthError::InvalidGrant(
-                        "the code is invalid or expired".into(),
-                    ));
-                }
-                CodeRedemption::Replayed { grant_id } => {
-                    tracing::warn!(%client_id, "authorization code replayed; revoking its grant");
-                    state
-                        .store
-                        .revoke_grant(&grant_id)
-                        .map_err(OAuthError::server)?;
-                    return Err(OAuthError::InvalidGrant(
-                        "the code was already used; tokens issued from it are revoked".into(),
-                    ));
-                }
-            };
-            if code.client_id != client_id {
-                return Err(OAuthError::InvalidGrant(
-                    "the code was issued to another client".into(),
-                ));
-            }
-            if code.redirect_uri != redirect_uri {
-                return Err(OAuthError::InvalidGrant(
-                    "redirect_uri does not match the authorization request".into(),
-                ));
-            }
-            if !pkce::verify_s256(&code_verifier, &code.code_challenge) {
-                return Err(OAuthError::InvalidGrant(
-                    "code_verifier does not match the code_challenge".into(),
-                ));
-            }
-            check_resource(resource.as_deref(), &code.resource)?;
-            let grant = Grant {
-                id: code.grant_id,
-                client_id,
-                sub: code.sub,
-                scopes: code.scopes,
-                resource: code.resource,
-                expires_at: now + state.settings.config.refresh_token_ttl,
-                revoked: false,
-            };
-            state
-                .store
-                .insert_grant(grant.clone())
-                .map_err(OAuthError::server)?;
-            let refresh = rng()?;
-            state
-                .store
-                .insert_refresh(
-                    sha256_b64(&refresh),
-                    RefreshToken {
-                        grant_id: grant.id.clone(),
-                        scopes: grant.scopes.clone(),
-                        rotated: None,
-                    },
-                )
-                .map_err(OAuthError::server)?;
-            let (access_token, expires_in) = mint(state, &grant, &grant.scopes, now)?;
-            tracing::info!(client_id = %grant.client_id, sub = %grant.sub, "tokens issued for code");
-            Ok(TokenResponse {
-                access_token,
-                token_type: "Bearer",
-                expires_in,
-                refresh_token: refresh,
-                scope: grant.scopes.join(" "),
-            })
-        }
+        } => authorization_code(
+            state,
+            client,
+            (code, redirect_uri, code_verifier, resource),
+            now,
+        ),
         TokenRequest::RefreshToken {
-            refresh_token,
-            client_id,
+            refresh_token: t,
             scope,
             resource,
-        } => {
-            authenticate(state, &client_id, "refresh_token")?;
-            let invalid = || {
-                OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked".into())
-            };
-            let old_hash = sha256_b64(&refresh_token);
-            let old = state
-                .store
-                .refresh(&old_hash)
-                .map_err(OAuthError::server)?
-                .ok_or_else(invalid)?;
-            let grant = state
-                .store
-                .grant(&old.grant_id)
-                .map_err(OAuthError::server)?
-                .filter(|g| !g.revoked && g.expires_at > now)
-                .ok_or_else(invalid)?;
-            if grant.client_id != client_id {
-                return Err(OAuthError::InvalidGrant(
-                    "the refresh token was issued to another client".into(),
-                ));
-            }
-            let scopes = match scope.as_deref() {
-                None => old.scopes.clone(),
-                Some(s) => {
-                    let asked = split_scopes(s);
-                    if let Some(extra) = asked.iter().find(|s| !old.scopes.contains(s)) {
-                        return Err(OAuthError::InvalidScope(format!(
-                            "scope `{extra}` was not granted"
-                        )));
-                    }
-                    asked
-                }
-            };
-            check_resource(resource.as_deref(), &grant.resource)?;
-            let refresh = rng()?;
-            let successor = RefreshToken {
-                grant_id: grant.id.clone(),
-                scopes: old.scopes.clone(),
-                rotated: None,
-            };
-            let grace = state.settings.config.refresh_grace_seconds;
-            match state
-                .store
-                .rotate_refresh(&old_hash, sha256_b64(&refresh), successor, now, grace)
-                .map_err(OAuthError::server)?
-            {
-                RotateOutcome::Rotated(grant) => {
-                    let (access_token, expires_in) = mint(state, &grant, &scopes, now)?;
-                    Ok(TokenResponse {
-                        access_token,
-                        token_type: "Bearer",
-                        expires_in,
-                        refresh_token: refresh,
-                        scope: scopes.join(" "),
-                    })
-                }
-                RotateOutcome::Replay => {
-                    tracing::warn!(%client_id, "refresh token replayed; family revoked");
-                    Err(OAuthError::InvalidGrant(
-                        "the refresh token was already used; the grant is revoked".into(),
-                    ))
-                }
-                RotateOutcome::Invalid => Err(invalid()),
-            }
+        } => refresh_token(state, client, (t, scope, resource), now),
+        TokenRequest::ClientCredentials { scope, resource } => {
+            client_credentials(state, client, (scope, resource), now)
         }
-    }
+    }?;
+    state
+        .store
+        .touch_client(&client.client_id, now)
+        .map_err(OAuthError::server)?;
+    Ok(res)
 }
 
 /// Whether the request is a form post.
@@ -337,27 +436,27 @@ pub fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Parse a form body of an endpoint that authenticates clients.
+pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
+    if !is_form(headers) {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    Params::parse(body).map_err(OAuthError::InvalidRequest)
+}
+
 /// `POST /token`.
 pub async fn token_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        return Err(OAuthError::InvalidClient {
-            message: "only public clients (token_endpoint_auth_method none) are supported".into(),
-            basic: true,
-        });
-    }
-    if !is_form(&headers) {
-        return Err(OAuthError::InvalidRequest(
-            "the body must be application/x-www-form-urlencoded".into(),
-        ));
-    }
-    let params = Params::parse(&body).map_err(OAuthError::InvalidRequest)?;
+    let params = form_params(&headers, &body)?;
     let req = TokenRequest::from_params(&params)?;
+    let client = authenticate(state.store.as_ref(), presented(&headers, &params)?)?;
     let now = state.clock.now();
-    let res = exchange(&state, req, now)?;
+    let res = exchange(&state, &client, req, now)?;
     Ok((
         [
             (header::CACHE_CONTROL, "no-store"),
@@ -374,36 +473,32 @@ mod tests {
 
     #[test]
     fn parses_each_grant_and_refuses_the_rest() {
-        let p = Params::parse(
-            b"grant_type=authorization_code&code=c&redirect_uri=r&client_id=i&code_verifier=v",
-        )
-        .unwrap();
+        let p =
+            Params::parse(b"grant_type=authorization_code&code=c&redirect_uri=r&code_verifier=v")
+                .unwrap();
         assert!(matches!(
             TokenRequest::from_params(&p),
             Ok(TokenRequest::AuthorizationCode { .. })
         ));
-        let p =
-            Params::parse(b"grant_type=refresh_token&refresh_token=t&client_id=i&scope=mcp:read")
-                .unwrap();
+        let p = Params::parse(b"grant_type=refresh_token&refresh_token=t&scope=mcp:read").unwrap();
         assert!(matches!(
             TokenRequest::from_params(&p),
             Ok(TokenRequest::RefreshToken { scope: Some(_), .. })
+        ));
+        let p = Params::parse(b"grant_type=client_credentials").unwrap();
+        assert!(matches!(
+            TokenRequest::from_params(&p),
+            Ok(TokenRequest::ClientCredentials { .. })
         ));
         let p = Params::parse(b"grant_type=password&username=u").unwrap();
         assert_eq!(
             TokenRequest::from_params(&p).unwrap_err().error_code(),
             "unsupported_grant_type"
         );
-        let p = Params::parse(b"grant_type=authorization_code&code=c&client_id=i&code_verifier=v")
-            .unwrap();
+        let p = Params::parse(b"grant_type=authorization_code&code=c&code_verifier=v").unwrap();
         assert_eq!(
             TokenRequest::from_params(&p).unwrap_err().error_code(),
             "invalid_request"
-        );
-        let p = Params::parse(b"grant_type=refresh_token&refresh_token=t").unwrap();
-        assert_eq!(
-            TokenRequest::from_params(&p).unwrap_err().error_code(),
-            "invalid_client"
         );
         let p = Params::parse(b"code=c").unwrap();
         assert_eq!(

@@ -121,6 +121,8 @@ fn clients_and_pending_round_trip(s: &dyn Store) {
         token_endpoint_auth_method: "none".into(),
         scope: None,
         created_at: 1,
+        last_used_at: 1,
+        ..Client::default()
     };
     s.insert_client(c.clone()).unwrap();
     assert_eq!(s.client("c1").unwrap(), Some(c));
@@ -200,4 +202,35 @@ fn sqlite_state_survives_reopening() {
         RotateOutcome::Rotated(_)
     ));
     assert!(s.is_access_token_revoked("j").unwrap());
+}
+
+fn unused_clients_expire_but_pinned_and_used_ones_stay(s: &dyn Store) {
+    let client = |id: &str, pinned: bool| Client {
+        client_id: id.into(),
+        created_at: 100,
+        last_used_at: 100,
+        pinned,
+        ..Client::default()
+    };
+    s.insert_client(client("idle", false)).unwrap();
+    s.insert_client(client("used", false)).unwrap();
+    s.insert_client(client("pinned", true)).unwrap();
+    s.touch_client("used", 500).unwrap();
+    assert_eq!(s.purge_unused_clients(400).unwrap(), 1);
+    assert!(s.client("idle").unwrap().is_none());
+    assert_eq!(s.client("used").unwrap().unwrap().last_used_at, 500);
+    assert!(s.client("pinned").unwrap().is_some());
+}
+
+mod expiry {
+    #[test]
+    fn memory() {
+        super::unused_clients_expire_but_pinned_and_used_ones_stay(&super::InMemoryStore::new());
+    }
+    #[test]
+    fn sqlite() {
+        super::unused_clients_expire_but_pinned_and_used_ones_stay(
+            &super::SqliteStore::open_in_memory().unwrap(),
+        );
+    }
 }

@@ -73,7 +73,8 @@ impl Inner {
 }
 
 impl Store for InMemoryStore {
-    fn insert_client(&self, client: Client) -> StoreResult<()> {
+    fn insert_client(&self, mut client: Client) -> StoreResult<()> {
+        client.last_used_at = client.last_used_at.max(client.created_at);
         self.lock()?
             .clients
             .insert(client.client_id.clone(), client);
@@ -82,6 +83,22 @@ impl Store for InMemoryStore {
 
     fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
         Ok(self.lock()?.clients.get(client_id).cloned())
+    }
+
+    fn touch_client(&self, client_id: &str, now: u64) -> StoreResult<()> {
+        if let Some(c) = self.lock()?.clients.get_mut(client_id) {
+            c.last_used_at = c.last_used_at.max(now);
+        }
+        Ok(())
+    }
+
+    fn purge_unused_clients(&self, unused_before: u64) -> StoreResult<usize> {
+        let mut inner = self.lock()?;
+        let before = inner.clients.len();
+        inner
+            .clients
+            .retain(|_, c| c.pinned || c.last_used_at.max(c.created_at) >= unused_before);
+        Ok(before - inner.clients.len())
     }
 
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {

@@ -15,7 +15,7 @@ pub mod sqlite;
 use serde::{Deserialize, Serialize};
 
 /// A registered client (RFC 7591).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Client {
     /// The identifier we issued.
     pub client_id: String,
@@ -25,12 +25,29 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// Grant types the client may use.
     pub grant_types: Vec<String>,
-    /// `none` for public clients.
+    /// `none` for public clients; `client_secret_basic` or `client_secret_post`.
     pub token_endpoint_auth_method: String,
     /// Scopes the client asked to be limited to, if any.
     pub scope: Option<String>,
     /// When it registered.
     pub created_at: u64,
+    /// SHA-256 (base64url) of the client secret of a confidential client. Secrets are
+    /// 256-bit random values, so a fast hash is enough; the secret itself is never stored.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// When it last obtained a token (or registered); unused clients expire.
+    #[serde(default)]
+    pub last_used_at: u64,
+    /// Configured by the operator: never expires, never replaced by registration.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+impl Client {
+    /// Whether the client authenticates with a secret.
+    pub fn is_confidential(&self) -> bool {
+        self.token_endpoint_auth_method != "none"
+    }
 }
 
 /// An authorization request waiting for the user's decision on the consent page.
@@ -193,6 +210,10 @@ pub trait Store: Send + Sync + 'static {
     fn insert_client(&self, client: Client) -> StoreResult<()>;
     /// Look a client up.
     fn client(&self, client_id: &str) -> StoreResult<Option<Client>>;
+    /// Record that a client obtained a token.
+    fn touch_client(&self, client_id: &str, now: u64) -> StoreResult<()>;
+    /// Forget clients (not pinned) unused since `unused_before`; returns how many.
+    fn purge_unused_clients(&self, unused_before: u64) -> StoreResult<usize>;
 
     /// Save a request awaiting consent.
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()>;

@@ -16,7 +16,8 @@ use super::{
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE clients (client_id TEXT PRIMARY KEY, data TEXT NOT NULL);
     CREATE TABLE pending (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);
     CREATE TABLE codes (hash TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);
@@ -28,7 +29,13 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE TABLE refresh (hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, data TEXT NOT NULL);
     CREATE INDEX refresh_grant ON refresh (grant_id);
     CREATE TABLE revoked_jti (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
-"#];
+"#,
+    r#"
+    ALTER TABLE clients ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clients ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX clients_last_used ON clients (last_used);
+"#,
+];
 
 /// File name of the database in the data dir.
 pub const DB_FILE: &str = "gateway.db";
@@ -183,8 +190,13 @@ impl Store for SqliteStore {
     fn insert_client(&self, client: Client) -> StoreResult<()> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO clients (client_id, data) VALUES (?1, ?2)",
-                params![client.client_id, to_json(&client)?],
+                "INSERT OR REPLACE INTO clients (client_id, data, last_used, pinned) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    client.client_id,
+                    to_json(&client)?,
+                    int(client.last_used_at.max(client.created_at)),
+                    client.pinned
+                ],
             )
             .map_err(err)?;
             Ok(())
@@ -193,15 +205,41 @@ impl Store for SqliteStore {
 
     fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
         self.tx(|tx| {
-            let data: Option<String> = tx
+            let row: Option<(String, i64)> = tx
                 .query_row(
-                    "SELECT data FROM clients WHERE client_id = ?1",
+                    "SELECT data, last_used FROM clients WHERE client_id = ?1",
                     [client_id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(err)?;
-            data.map(|d| from_json(&d)).transpose()
+            row.map(|(data, last_used)| {
+                let mut c: Client = from_json(&data)?;
+                c.last_used_at = u64::try_from(last_used).unwrap_or(0);
+                Ok(c)
+            })
+            .transpose()
+        })
+    }
+
+    fn touch_client(&self, client_id: &str, now: u64) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE clients SET last_used = max(last_used, ?2) WHERE client_id = ?1",
+                params![client_id, int(now)],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn purge_unused_clients(&self, unused_before: u64) -> StoreResult<usize> {
+        self.tx(|tx| {
+            tx.execute(
+                "DELETE FROM clients WHERE pinned = 0 AND last_used < ?1",
+                [int(unused_before)],
+            )
+            .map_err(err)
         })
     }
 
