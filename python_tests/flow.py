@@ -190,9 +190,13 @@ def authorize_and_consent(http: httpx.Client, base: str, client_id: str, *,
     params = authorize_params(client_id, pkce, base=base, redirect_uri=redirect_uri,
                               scope=scope, resource=resource)
     r = get_authorize(http, base, params)
-    assert r.status_code == 200, f"/authorize: {r.status_code} {r.headers} {r.text[:500]}"
-    form = parse_consent_form(r.text)
-    c = post_consent(http, base, form, decision)
+    if r.status_code in (302, 303) and decision == "approve":
+        # The user already approved this client for these scopes: no page again.
+        c = r
+    else:
+        assert r.status_code == 200, f"/authorize: {r.status_code} {r.headers} {r.text[:500]}"
+        form = parse_consent_form(r.text)
+        c = post_consent(http, base, form, decision)
     assert c.status_code in (302, 303), f"/consent: {c.status_code} {c.text[:500]}"
     target, q = location_query(c)
     assert target == redirect_uri, f"redirected to {target}, not {redirect_uri}"

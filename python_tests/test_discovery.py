@@ -48,10 +48,12 @@ def _as_metadata_ok(body, base):
     assert body["revocation_endpoint"] == f"{base}/revoke"
     assert body["jwks_uri"] == f"{base}/.well-known/jwks.json"
     assert body["code_challenge_methods_supported"] == ["S256"]  # b4: no "plain"
-    assert body["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert body["grant_types_supported"] == [
+        "authorization_code", "refresh_token", "client_credentials"]
     assert body["response_types_supported"] == ["code"]
     assert body["authorization_response_iss_parameter_supported"] is True  # b10
-    assert body["token_endpoint_auth_methods_supported"] == ["none"]
+    assert body["token_endpoint_auth_methods_supported"] == [
+        "none", "client_secret_basic", "client_secret_post"]
 
 
 def test_b2_b3_authorization_server_metadata_issuer_equals_base(gateway, http):

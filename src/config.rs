@@ -61,6 +61,13 @@ pub struct Config {
     pub client_ttl_seconds: u64,
     /// Clients the operator registers in advance (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// Users who may approve consent (`[[users]]`). Empty: the one local user `user`.
+    pub users: Vec<UserConfig>,
+    /// How long a browser stays signed in, seconds.
+    pub session_ttl_seconds: u64,
+    /// How long an approval is remembered per (user, client), so reconnecting clients are
+    /// not asked again, seconds (0: ask every time).
+    pub remember_consent_seconds: u64,
     /// Keep a trace of recent proxied requests, served at `/debug/requests`.
     pub debug_trace: bool,
     /// Scopes and the policy that maps MCP methods and tools to them.
@@ -76,6 +83,20 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A user who can sign in and approve consent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user's name; the `sub` of their tokens.
+    pub name: String,
+    /// Argon2 hash (`mcp-oauth-gateway hash-password`); absent: no password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Scopes the user may grant (default: all offered).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// A pre-registered client.
@@ -99,6 +120,9 @@ pub struct ClientConfig {
     /// Scopes the client may obtain (space separated; default: all offered).
     #[serde(default)]
     pub scope: Option<String>,
+    /// `client_secret_basic` (default with a secret) or `client_secret_post`.
+    #[serde(default)]
+    pub token_endpoint_auth_method: Option<String>,
 }
 
 impl ClientConfig {
@@ -113,12 +137,11 @@ impl ClientConfig {
                 .grant_types
                 .clone()
                 .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]),
-            token_endpoint_auth_method: if confidential {
-                "client_secret_basic"
-            } else {
-                "none"
-            }
-            .into(),
+            token_endpoint_auth_method: match (&self.token_endpoint_auth_method, confidential) {
+                (Some(m), true) => m.clone(),
+                (None, true) => "client_secret_basic".into(),
+                (_, false) => "none".into(),
+            },
             scope: self.scope.clone(),
             created_at: now,
             secret_hash: self.secret_sha256.clone(),
@@ -217,6 +240,9 @@ impl Default for Config {
             store: StoreKind::Sqlite,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
+            users: Vec::new(),
+            session_ttl_seconds: 12 * 3600,
+            remember_consent_seconds: 30 * 24 * 3600,
             debug_trace: false,
             scopes: ScopeConfig::default(),
         }
@@ -328,11 +354,37 @@ impl Config {
                     return Err(bad(format!("grant type `{g}` is not supported here")));
                 }
             }
+            if let Some(m) = &c.token_endpoint_auth_method
+                && !matches!(m.as_str(), "client_secret_basic" | "client_secret_post")
+            {
+                return Err(bad(format!(
+                    "token_endpoint_auth_method `{m}` is not supported"
+                )));
+            }
             if c.secret_sha256.as_ref().is_some_and(|h| h.len() != 43) {
                 return Err(bad(
                     "secret_sha256 must be the base64url SHA-256 of the secret (43 characters)"
                         .into(),
                 ));
+            }
+        }
+        for u in &self.users {
+            if u.name.is_empty() || u.name.chars().any(char::is_control) {
+                return Err(invalid(
+                    "users",
+                    "user names must be non-empty printable text",
+                ));
+            }
+            if let Some(h) = &u.password_hash
+                && !h.starts_with("$argon2")
+            {
+                return Err(ConfigError::Invalid {
+                    key: "users",
+                    message: format!(
+                        "user `{}`: password_hash must be an argon2 hash (mcp-oauth-gateway hash-password)",
+                        u.name
+                    ),
+                });
             }
         }
         let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);

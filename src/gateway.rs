@@ -155,11 +155,6 @@ impl Gateway {
             key: "public_url",
             message: e.to_string(),
         })?;
-        // Operator-registered clients are (re)written on every start: the config wins.
-        let now = clock.now();
-        for c in &config.clients {
-            store.insert_client(c.to_client(now))?;
-        }
         let settings = Settings::new(config, &public);
         let state = AppState::new(
             settings,

@@ -13,6 +13,8 @@ use mcp_oauth_gateway::{Config, Gateway, Listeners};
 #[derive(Debug, Parser)]
 #[command(name = "mcp-oauth-gateway", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file (every key optional; flags override it).
     #[arg(long, env = "MCP_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
@@ -55,6 +57,37 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+}
+
+/// Tools besides serving.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Read a password from standard input and print its argon2 hash, for a `[[users]]`
+    /// entry's `password_hash`.
+    HashPassword,
+}
+
+fn hash_password_from_stdin() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("mcp-oauth-gateway: cannot read the password from standard input");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("mcp-oauth-gateway: the password is empty");
+        return ExitCode::from(2);
+    }
+    match mcp_oauth_gateway::authz::login::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 impl Cli {
@@ -125,7 +158,10 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command.take() {
+        return hash_password_from_stdin();
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use jsonwebtoken::jwk::JwkSet;
 use url::Url;
 
+use crate::authz::login::Sessions;
 use crate::authz::ratelimit::RateLimiter;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::proxy::trace::RequestTrace;
 use crate::resource::policy::ScopePolicy;
-use crate::store::Store;
+use crate::store::{Client, Store, StoreResult};
 use crate::tokens::keys::SigningKey;
 use crate::tokens::verify::{JwksCache, JwksFetcher, Verifier};
 
@@ -29,6 +30,11 @@ pub struct Settings {
     pub public_origin: String,
     /// Where the protected resource metadata is (path-suffixed form, RFC 9728 §3.1).
     pub resource_metadata_url: String,
+    /// A hash to verify against for unknown user names, so timing does not reveal them.
+    pub dummy_password_hash: String,
+    /// Clients pinned in the config, by id. The config is their only source: removing an
+    /// entry removes the client.
+    pub pinned_clients: std::collections::HashMap<String, Client>,
 }
 
 impl Settings {
@@ -40,7 +46,21 @@ impl Settings {
         let resource = format!("{issuer}/mcp");
         let resource_metadata_url =
             format!("{public_origin}/.well-known/oauth-protected-resource{path}/mcp");
+        let needs_login =
+            config.users.len() > 1 || config.users.iter().any(|u| u.password_hash.is_some());
+        let dummy_password_hash = if needs_login {
+            crate::authz::login::hash_password("unknown user").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let pinned_clients = config
+            .clients
+            .iter()
+            .map(|c| (c.client_id.clone(), c.to_client(0)))
+            .collect();
         Self {
+            pinned_clients,
+            dummy_password_hash,
             config,
             issuer,
             resource,
@@ -69,11 +89,21 @@ pub struct AppState {
     pub register_limiter: Arc<RateLimiter>,
     /// The consent and error page templates.
     pub templates: Arc<minijinja::Environment<'static>>,
+    /// Browser sessions of signed-in users.
+    pub sessions: Arc<Sessions>,
     /// Recent proxied requests, when `debug_trace` is on.
     pub trace: Option<Arc<RequestTrace>>,
 }
 
 impl AppState {
+    /// A client by id: pinned in the config, else registered.
+    pub fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
+        match self.settings.pinned_clients.get(client_id) {
+            Some(c) => Ok(Some(c.clone())),
+            None => self.store.client(client_id),
+        }
+    }
+
     /// Assemble the state.
     pub fn new(
         settings: Settings,
@@ -111,6 +141,7 @@ impl AppState {
             register_limiter: Arc::new(register_limiter),
             templates: Arc::new(templates),
             trace,
+            sessions: Arc::new(Sessions::default()),
         }
     }
 }

@@ -12,12 +12,13 @@ use axum::response::{Html, IntoResponse, Response};
 use minijinja::{Environment, context};
 use url::Url;
 
+use super::login;
 use super::params::{Params, split_scopes};
 use super::pkce;
 use super::uris::{canonical_resource, redirect_uri_matches};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::AppState;
-use crate::store::{AuthCode, Client, PendingAuthorization};
+use crate::store::{AuthCode, Client, Consent, PendingAuthorization};
 
 /// Path the consent form posts to.
 pub const CONSENT_PATH: &str = "/consent";
@@ -27,6 +28,8 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
     let mut env = Environment::new();
     env.add_template("consent.html", include_str!("templates/consent.html"))?;
     env.add_template("error.html", include_str!("templates/error.html"))?;
+    env.add_template("login.html", include_str!("templates/login.html"))?;
+    env.add_template("consents.html", include_str!("templates/consents.html"))?;
     Ok(env)
 }
 
@@ -207,7 +210,7 @@ fn found(location: &str) -> Response {
 }
 
 /// Render an error page.
-fn error_page(
+pub(crate) fn error_page(
     env: &Environment<'static>,
     status: StatusCode,
     error: &str,
@@ -221,7 +224,7 @@ fn error_page(
 }
 
 /// Headers for our HTML pages: never cached, never framed (clickjacking), no referrer.
-fn page_headers() -> [(header::HeaderName, HeaderValue); 4] {
+pub(crate) fn page_headers() -> [(header::HeaderName, HeaderValue); 4] {
     [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
@@ -259,7 +262,10 @@ fn approve(state: &AppState, p: &PendingAuthorization, now: u64) -> Result<Strin
         code_challenge: p.code_challenge.clone(),
         scopes: p.scopes.clone(),
         resource: p.resource.clone(),
-        sub: state.settings.config.user.clone(),
+        sub: p
+            .sub
+            .clone()
+            .unwrap_or_else(|| state.settings.config.user.clone()),
         expires_at: now + state.settings.config.code_ttl,
     };
     state
@@ -291,13 +297,17 @@ fn error_redirect(
 }
 
 /// `GET /authorize`.
-pub async fn authorize_get(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+pub async fn authorize_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let env = &state.templates;
     let s = &state.settings;
     let now = state.clock.now();
     let params = Params::parse(query.unwrap_or_default().as_bytes());
     let client = match params.as_ref().ok().and_then(|p| p.get("client_id")) {
-        Some(id) => match state.store.client(id) {
+        Some(id) => match state.client(id) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "client lookup failed");
@@ -358,9 +368,63 @@ pub async fn authorize_get(State(state): State<AppState>, RawQuery(query): RawQu
         resource: req.resource.clone(),
         code_challenge: req.code_challenge.clone(),
         expires_at: now + s.config.consent_ttl,
+        sub: None,
     };
-    if s.config.auto_approve {
-        return match approve(&state, &pending, now) {
+    let user = login::current_user(&state, &headers, now);
+    proceed(&state, pending, &req.client, user, now)
+}
+
+/// Go on with a validated request: ask who the user is, or skip the consent page when
+/// development auto-approval is on or the user already approved these scopes for this
+/// client; otherwise show the consent page.
+pub(crate) fn proceed(
+    state: &AppState,
+    mut pending: PendingAuthorization,
+    client: &Client,
+    user: Option<String>,
+    now: u64,
+) -> Response {
+    let env = &state.templates;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "storing pending authorization failed");
+        error_page(
+            env,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "try again shortly",
+        )
+    };
+    let Some(sub) = user else {
+        if let Err(e) = state.store.insert_pending(pending.clone(), now) {
+            return unavailable(&e);
+        }
+        return login::login_page(state, &pending, client, "", None);
+    };
+    if let Some(allowed) = login::user_scopes(state, &sub) {
+        pending.scopes.retain(|s| allowed.contains(s));
+        if pending.scopes.is_empty() {
+            let loc = error_redirect(
+                &state.settings.issuer,
+                &pending.redirect_uri,
+                pending.state.as_deref(),
+                "access_denied",
+                "the user may not grant any of the requested scopes",
+            );
+            return loc.map_or_else(
+                || error_page(env, StatusCode::FORBIDDEN, "access_denied", "not allowed"),
+                |l| found(&l),
+            );
+        }
+    }
+    pending.sub = Some(sub.clone());
+    let remembered = state
+        .store
+        .consent(&sub, &client.client_id, now)
+        .ok()
+        .flatten()
+        .is_some_and(|c| pending.scopes.iter().all(|s| c.scopes.contains(s)));
+    if state.settings.config.auto_approve || remembered {
+        return match approve(state, &pending, now) {
             Ok(loc) => found(&loc),
             Err(_) => error_page(
                 env,
@@ -371,42 +435,45 @@ pub async fn authorize_get(State(state): State<AppState>, RawQuery(query): RawQu
         };
     }
     if let Err(e) = state.store.insert_pending(pending.clone(), now) {
-        tracing::error!(error = %e, "storing pending authorization failed");
-        return error_page(
-            env,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "try again shortly",
-        );
+        return unavailable(&e);
     }
-    let redirect_host = Url::parse(&req.redirect_uri)
+    consent_page(state, &pending, client, &sub)
+}
+
+fn consent_page(
+    state: &AppState,
+    pending: &PendingAuthorization,
+    client: &Client,
+    user: &str,
+) -> Response {
+    let env = &state.templates;
+    let redirect_host = Url::parse(&pending.redirect_uri)
         .ok()
         .map(|u| match u.host_str() {
             Some(h) => h.to_string(),
             None => format!("{}:", u.scheme()),
         })
         .unwrap_or_default();
-    let scopes: Vec<_> = req
+    let scopes: Vec<_> = pending
         .scopes
         .iter()
         .map(|n| context! { name => n, words => scope_words(n) })
         .collect();
-    let client_name = req
-        .client
+    let client_name = client
         .client_name
         .clone()
-        .unwrap_or_else(|| format!("Client {}", req.client.client_id));
+        .unwrap_or_else(|| format!("Client {}", client.client_id));
     let html = env.get_template("consent.html").and_then(|t| {
         t.render(context! {
             client_name,
             redirect_host,
             scopes,
-            resource => req.resource,
-            user => s.config.user.clone(),
+            resource => &pending.resource,
+            user,
             action => CONSENT_PATH,
-            request_id => pending.id,
-            csrf_token => pending.csrf_token,
-            minutes => s.config.consent_ttl / 60,
+            request_id => &pending.id,
+            csrf_token => &pending.csrf_token,
+            minutes => state.settings.config.consent_ttl / 60,
         })
     });
     match html {
@@ -425,7 +492,7 @@ pub async fn authorize_get(State(state): State<AppState>, RawQuery(query): RawQu
 
 /// Whether a form post comes from our own page: browsers send `Sec-Fetch-Site` and `Origin`
 /// on POST; a cross-site value means a forged submission.
-fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
     // Fetch metadata is set by the browser and cannot be forged by a page. A same-origin
     // post may still carry `Origin: null` (privacy settings), so this answer is final.
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -512,8 +579,40 @@ pub async fn consent_post(
             "the form's security token does not match",
         );
     }
+    let Some(sub) = pending.sub.clone() else {
+        return error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "sign in first",
+        );
+    };
+    if login::login_required(&state)
+        && login::current_user(&state, &headers, now).as_deref() != Some(sub.as_str())
+    {
+        return error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "this approval belongs to another sign-in",
+        );
+    }
     let location = match params.get("decision") {
-        Some("approve") => approve(&state, &pending, now).ok(),
+        Some("approve") => {
+            let ttl = s.config.remember_consent_seconds;
+            if ttl > 0 {
+                let consent = Consent {
+                    sub,
+                    client_id: pending.client_id.clone(),
+                    scopes: pending.scopes.clone(),
+                    expires_at: now + ttl,
+                };
+                if let Err(e) = state.store.remember_consent(consent) {
+                    tracing::warn!(error = %e, "could not remember consent");
+                }
+            }
+            approve(&state, &pending, now).ok()
+        }
         _ => {
             tracing::info!(client_id = %pending.client_id, "consent denied");
             error_redirect(

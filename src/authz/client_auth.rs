@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use super::error::OAuthError;
 use super::params::Params;
 use crate::secret::{ct_eq, sha256_b64};
-use crate::store::{Client, Store};
+use crate::store::{Client, StoreResult};
 
 /// What the request presented.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,33 +96,49 @@ pub fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, OAut
     }
 }
 
-/// Authenticate: a confidential client must prove its secret, a public client must not
-/// claim one.
-pub fn authenticate(store: &dyn Store, presented: Presented) -> Result<Client, OAuthError> {
-    let (id, secret, basic) = match presented {
+/// Authenticate: a confidential client must prove its secret by the method it registered,
+/// a public client must not claim one. `lookup` finds a client by id.
+pub fn authenticate(
+    lookup: impl FnOnce(&str) -> StoreResult<Option<Client>>,
+    presented: Presented,
+) -> Result<Client, OAuthError> {
+    let (id, secret, method) = match presented {
         Presented::Nothing => return Err(invalid("client authentication is required", false)),
-        Presented::Id(id) => (id, None, false),
-        Presented::Basic { id, secret } => (id, Some(secret), true),
-        Presented::Post { id, secret } => (id, Some(secret), false),
+        Presented::Id(id) => (id, None, "none"),
+        Presented::Basic { id, secret } => (id, Some(secret), "client_secret_basic"),
+        Presented::Post { id, secret } => (id, Some(secret), "client_secret_post"),
     };
-    let client = store
-        .client(&id)
+    let basic = method == "client_secret_basic";
+    let client = lookup(&id)
         .map_err(OAuthError::server)?
         .ok_or_else(|| invalid("unknown client or wrong secret", basic))?;
-    match (&client.secret_hash, secret) {
-        (None, None) if !client.is_confidential() => Ok(client),
-        (Some(hash), Some(secret)) if ct_eq(&sha256_b64(&secret), hash) => Ok(client),
-        (Some(_), None) => Err(invalid(
-            "this client must authenticate with its secret",
-            basic,
-        )),
-        _ => Err(invalid("unknown client or wrong secret", basic)),
+    let secret_ok = match (&client.secret_hash, &secret) {
+        (None, None) => !client.is_confidential(),
+        (Some(hash), Some(secret)) => ct_eq(&sha256_b64(secret), hash),
+        _ => false,
+    };
+    if !secret_ok {
+        return Err(match (client.is_confidential(), secret.is_some()) {
+            (true, false) => invalid("this client must authenticate with its secret", basic),
+            _ => invalid("unknown client or wrong secret", basic),
+        });
     }
+    if client.token_endpoint_auth_method != method {
+        return Err(invalid(
+            &format!(
+                "this client authenticates with {}",
+                client.token_endpoint_auth_method
+            ),
+            basic,
+        ));
+    }
+    Ok(client)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::memory::InMemoryStore;
     use axum::http::HeaderValue;
 
@@ -141,6 +157,13 @@ mod tests {
             ..Client::default()
         })
         .unwrap();
+        s.insert_client(Client {
+            client_id: "form".into(),
+            token_endpoint_auth_method: "client_secret_post".into(),
+            secret_hash: Some(sha256_b64("s3cret")),
+            ..Client::default()
+        })
+        .unwrap();
         s
     }
 
@@ -153,18 +176,20 @@ mod tests {
 
     fn auth(h: &HeaderMap, body: &str) -> Result<Client, OAuthError> {
         let p = Params::parse(body.as_bytes()).unwrap();
-        authenticate(&store(), presented(h, &p)?)
+        let s = store();
+        authenticate(|id| s.client(id), presented(h, &p)?)
     }
 
     #[test]
     fn basic_and_post_secrets_authenticate_confidential_clients() {
         assert_eq!(auth(&basic("svc", "s3cret"), "").unwrap().client_id, "svc");
-        assert_eq!(
-            auth(&HeaderMap::new(), "client_id=svc&client_secret=s3cret")
-                .unwrap()
-                .client_id,
-            "svc"
-        );
+        let form = "client_id=form&client_secret=s3cret";
+        assert_eq!(auth(&HeaderMap::new(), form).unwrap().client_id, "form");
+        // Each by the method it registered.
+        let e = auth(&HeaderMap::new(), "client_id=svc&client_secret=s3cret").unwrap_err();
+        assert_eq!(e.error_code(), "invalid_client");
+        let e = auth(&basic("form", "s3cret"), "").unwrap_err();
+        assert_eq!(e.status().as_u16(), 401);
     }
 
     #[test]
@@ -174,7 +199,7 @@ mod tests {
             (e.error_code(), e.status().as_u16()),
             ("invalid_client", 401)
         );
-        let e = auth(&HeaderMap::new(), "client_id=svc&client_secret=nope").unwrap_err();
+        let e = auth(&HeaderMap::new(), "client_id=form&client_secret=nope").unwrap_err();
         assert_eq!(
             (e.error_code(), e.status().as_u16()),
             ("invalid_client", 400)

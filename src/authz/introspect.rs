@@ -70,7 +70,7 @@ pub async fn introspect_post(
     let token = params
         .require("token")
         .map_err(OAuthError::InvalidRequest)?;
-    let client = authenticate(state.store.as_ref(), presented(&headers, &params)?)?;
+    let client = authenticate(|id| state.client(id), presented(&headers, &params)?)?;
     if !client.is_confidential() {
         return Err(OAuthError::InvalidClient {
             message: "introspection needs a confidential client".into(),

@@ -16,6 +16,7 @@ pub mod authorize;
 pub mod client_auth;
 pub mod error;
 pub mod introspect;
+pub mod login;
 pub mod metadata;
 pub mod params;
 pub mod pkce;
@@ -62,6 +63,12 @@ pub fn router(state: AppState) -> Router {
         .route("/register", post(register::register_post))
         .route("/authorize", get(authorize::authorize_get))
         .route(authorize::CONSENT_PATH, post(authorize::consent_post))
+        .route(login::LOGIN_PATH, post(login::login_post))
+        .route(login::CONSENTS_PATH, get(login::consents_get))
+        .route(
+            login::CONSENTS_REVOKE_PATH,
+            post(login::consents_revoke_post),
+        )
         .route("/token", post(token::token_post))
         .route("/revoke", post(revoke::revoke_post))
         .route("/introspect", post(introspect::introspect_post))

@@ -23,7 +23,7 @@ pub async fn revoke_post(
     let token = params
         .require("token")
         .map_err(OAuthError::InvalidRequest)?;
-    let client = authenticate(state.store.as_ref(), presented(&headers, &params)?)?;
+    let client = authenticate(|id| state.client(id), presented(&headers, &params)?)?;
     let client_id = client.client_id.as_str();
     let not_yours =
         || OAuthError::UnauthorizedClient("the token was issued to another client".into());

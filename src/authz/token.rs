@@ -454,7 +454,7 @@ pub async fn token_post(
 ) -> Result<Response, OAuthError> {
     let params = form_params(&headers, &body)?;
     let req = TokenRequest::from_params(&params)?;
-    let client = authenticate(state.store.as_ref(), presented(&headers, &params)?)?;
+    let client = authenticate(|id| state.client(id), presented(&headers, &params)?)?;
     let now = state.clock.now();
     let res = exchange(&state, &client, req, now)?;
     Ok((

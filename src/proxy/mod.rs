@@ -42,6 +42,9 @@ pub fn route(path: &str) -> Backend {
         | "/revoke"
         | "/introspect"
         | "/consent"
+        | "/login"
+        | "/consents"
+        | "/consents/revoke"
         | trace::TRACE_PATH => Backend::Routes,
         p if p.starts_with("/.well-known/") || p.contains("/.well-known/") => Backend::Routes,
         _ => Backend::Mcp,

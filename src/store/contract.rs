@@ -136,6 +136,7 @@ fn clients_and_pending_round_trip(s: &dyn Store) {
         resource: "r".into(),
         code_challenge: "c".into(),
         expires_at: 500,
+        sub: Some("alice".into()),
     };
     s.insert_pending(p.clone(), 100).unwrap();
     assert_eq!(s.take_pending("p").unwrap(), Some(p));
@@ -230,6 +231,41 @@ mod expiry {
     #[test]
     fn sqlite() {
         super::unused_clients_expire_but_pinned_and_used_ones_stay(
+            &super::SqliteStore::open_in_memory().unwrap(),
+        );
+    }
+}
+
+fn consents_are_remembered_per_user_and_client(s: &dyn Store) {
+    let consent = |sub: &str, client: &str, exp: u64| Consent {
+        sub: sub.into(),
+        client_id: client.into(),
+        scopes: vec!["mcp:read".into()],
+        expires_at: exp,
+    };
+    s.remember_consent(consent("alice", "c1", 1000)).unwrap();
+    s.remember_consent(consent("alice", "c2", 50)).unwrap();
+    s.remember_consent(consent("bob", "c1", 1000)).unwrap();
+    assert!(s.consent("alice", "c1", 100).unwrap().is_some());
+    assert!(s.consent("alice", "c2", 100).unwrap().is_none(), "expired");
+    assert_eq!(s.consents("alice", 100).unwrap().len(), 1);
+    assert!(s.forget_consent("alice", "c1").unwrap());
+    assert!(!s.forget_consent("alice", "c1").unwrap());
+    assert!(s.consent("alice", "c1", 100).unwrap().is_none());
+    assert!(
+        s.consent("bob", "c1", 100).unwrap().is_some(),
+        "other users keep theirs"
+    );
+}
+
+mod consents {
+    #[test]
+    fn memory() {
+        super::consents_are_remembered_per_user_and_client(&super::InMemoryStore::new());
+    }
+    #[test]
+    fn sqlite() {
+        super::consents_are_remembered_per_user_and_client(
             &super::SqliteStore::open_in_memory().unwrap(),
         );
     }

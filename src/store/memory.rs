@@ -19,6 +19,8 @@ struct Inner {
     /// Grant id -> access tokens issued from it (jti, exp).
     grant_tokens: HashMap<String, Vec<(String, u64)>>,
     refresh: HashMap<String, RefreshToken>,
+    /// (sub, client_id) -> remembered consent.
+    consents: HashMap<(String, String), super::Consent>,
     /// Revoked access token jti -> its exp.
     revoked_jti: HashMap<String, u64>,
     /// Grants revoked before they were stored (a code replay racing its first redemption).
@@ -110,6 +112,38 @@ impl Store for InMemoryStore {
 
     fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>> {
         Ok(self.lock()?.pending.remove(id))
+    }
+
+    fn remember_consent(&self, consent: super::Consent) -> StoreResult<()> {
+        let key = (consent.sub.clone(), consent.client_id.clone());
+        self.lock()?.consents.insert(key, consent);
+        Ok(())
+    }
+
+    fn consent(&self, sub: &str, client_id: &str, now: u64) -> StoreResult<Option<super::Consent>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .consents
+            .get(&(sub.to_string(), client_id.to_string()))
+            .filter(|c| c.expires_at > now)
+            .cloned())
+    }
+
+    fn consents(&self, sub: &str, now: u64) -> StoreResult<Vec<super::Consent>> {
+        let inner = self.lock()?;
+        let mut out: Vec<_> = inner
+            .consents
+            .values()
+            .filter(|c| c.sub == sub && c.expires_at > now)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        Ok(out)
+    }
+
+    fn forget_consent(&self, sub: &str, client_id: &str) -> StoreResult<bool> {
+        let key = (sub.to_string(), client_id.to_string());
+        Ok(self.lock()?.consents.remove(&key).is_some())
     }
 
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()> {

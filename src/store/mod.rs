@@ -71,6 +71,22 @@ pub struct PendingAuthorization {
     pub code_challenge: String,
     /// When the consent page stops being answerable.
     pub expires_at: u64,
+    /// The user, once known (after login, or the only user).
+    #[serde(default)]
+    pub sub: Option<String>,
+}
+
+/// A remembered consent: `sub` let `client_id` have `scopes` until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// The user.
+    pub sub: String,
+    /// The client.
+    pub client_id: String,
+    /// What was approved.
+    pub scopes: Vec<String>,
+    /// When it stops counting.
+    pub expires_at: u64,
 }
 
 /// An authorization code, stored under the hash of its value.
@@ -219,6 +235,15 @@ pub trait Store: Send + Sync + 'static {
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()>;
     /// Remove and return a pending request (each consent form works once).
     fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>>;
+
+    /// Remember (or replace) a user's consent for a client.
+    fn remember_consent(&self, consent: Consent) -> StoreResult<()>;
+    /// A user's remembered consent for a client, if it has not expired.
+    fn consent(&self, sub: &str, client_id: &str, now: u64) -> StoreResult<Option<Consent>>;
+    /// A user's remembered consents that have not expired.
+    fn consents(&self, sub: &str, now: u64) -> StoreResult<Vec<Consent>>;
+    /// Forget a user's consent for a client; whether there was one.
+    fn forget_consent(&self, sub: &str, client_id: &str) -> StoreResult<bool>;
 
     /// Save a code under the hash of its value.
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AuthCode, Client, CodeRedemption, Grant, PendingAuthorization, RefreshToken, RotateOutcome,
-    Rotation, RotationDecision, Store, StoreError, StoreResult, decide_rotation,
+    AuthCode, Client, CodeRedemption, Consent, Grant, PendingAuthorization, RefreshToken,
+    RotateOutcome, Rotation, RotationDecision, Store, StoreError, StoreResult, decide_rotation,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -34,6 +34,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE clients ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE clients ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX clients_last_used ON clients (last_used);
+"#,
+    r#"
+    CREATE TABLE consents (sub TEXT NOT NULL, client_id TEXT NOT NULL, data TEXT NOT NULL,
+                           expires_at INTEGER NOT NULL, PRIMARY KEY (sub, client_id));
 "#,
 ];
 
@@ -266,6 +270,58 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(err)?;
             data.map(|d| from_json(&d)).transpose()
+        })
+    }
+
+    fn remember_consent(&self, consent: Consent) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO consents (sub, client_id, data, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![consent.sub, consent.client_id, to_json(&consent)?, int(consent.expires_at)],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn consent(&self, sub: &str, client_id: &str, now: u64) -> StoreResult<Option<Consent>> {
+        self.tx(|tx| {
+            let data: Option<String> = tx
+                .query_row(
+                    "SELECT data FROM consents WHERE sub = ?1 AND client_id = ?2 AND expires_at > ?3",
+                    params![sub, client_id, int(now)],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            data.map(|d| from_json(&d)).transpose()
+        })
+    }
+
+    fn consents(&self, sub: &str, now: u64) -> StoreResult<Vec<Consent>> {
+        self.tx(|tx| {
+            let mut stmt = tx
+                .prepare("SELECT data FROM consents WHERE sub = ?1 AND expires_at > ?2 ORDER BY client_id")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![sub, int(now)], |r| r.get::<_, String>(0))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(from_json(&row.map_err(err)?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn forget_consent(&self, sub: &str, client_id: &str) -> StoreResult<bool> {
+        self.tx(|tx| {
+            tx.execute(
+                "DELETE FROM consents WHERE sub = ?1 AND client_id = ?2",
+                params![sub, client_id],
+            )
+            .map(|n| n > 0)
+            .map_err(err)
         })
     }
 

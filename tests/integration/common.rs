@@ -164,6 +164,13 @@ impl TestGateway {
             .send()
             .await
             .expect("authorize");
+        if res.status() == 302 && decision == "approve" {
+            // This user already approved this client: no page is shown again.
+            return res.headers()[LOCATION]
+                .to_str()
+                .expect("location")
+                .to_string();
+        }
         assert_eq!(res.status(), 200, "consent page");
         let html = res.text().await.expect("html");
         let field = |name: &str| {

@@ -10,3 +10,4 @@ mod flow;
 mod proxy;
 mod restart;
 mod rmcp_client;
+mod users;

@@ -1,0 +1,415 @@
+//! Who the user is: the configured users (`[[users]]`, argon2 password hashes), a login
+//! page before consent when there is more than one user or a password, browser sessions,
+//! and the page where a user sees and revokes the consents the gateway remembers.
+//!
+//! With no users configured the one local user (`user`, default `local-user`) approves
+//! consent without logging in, which suits a gateway on loopback.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::context;
+
+use super::authorize::{error_page, page_headers, proceed, same_origin_post};
+use super::params::Params;
+use crate::secret::{ct_eq, random_token, sha256_b64};
+use crate::state::AppState;
+use crate::store::{Client, PendingAuthorization};
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "mog_session";
+/// Where the login form posts.
+pub const LOGIN_PATH: &str = "/login";
+/// The consents page and its revoke form.
+pub const CONSENTS_PATH: &str = "/consents";
+/// Where the revoke form posts.
+pub const CONSENTS_REVOKE_PATH: &str = "/consents/revoke";
+
+/// Browser sessions: hash of the cookie value -> (user, expiry). In memory: a restart
+/// asks users to sign in again, nothing else.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, (String, u64)>>,
+}
+
+impl Sessions {
+    /// Start a session for `sub`; returns the cookie value.
+    pub fn create(&self, sub: &str, now: u64, ttl: u64) -> Option<String> {
+        let token = random_token(32)?;
+        let mut map = self.inner.lock().ok()?;
+        map.retain(|_, (_, exp)| *exp > now);
+        map.insert(sha256_b64(&token), (sub.to_string(), now + ttl));
+        Some(token)
+    }
+
+    /// The user of a live session.
+    pub fn user(&self, token: &str, now: u64) -> Option<String> {
+        let map = self.inner.lock().ok()?;
+        map.get(&sha256_b64(token))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(sub, _)| sub.clone())
+    }
+}
+
+/// Hash a password for the config file (argon2id, random salt).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "random source failed".to_string())?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// Whether users must sign in: more than one user, or any password.
+pub fn login_required(state: &AppState) -> bool {
+    let users = &state.settings.config.users;
+    users.len() > 1 || users.iter().any(|u| u.password_hash.is_some())
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The signed-in user, or the only user when no login is needed.
+pub fn current_user(state: &AppState, headers: &HeaderMap, now: u64) -> Option<String> {
+    if !login_required(state) {
+        let config = &state.settings.config;
+        return Some(match config.users.first() {
+            Some(u) => u.name.clone(),
+            None => config.user.clone(),
+        });
+    }
+    session_cookie(headers).and_then(|token| state.sessions.user(token, now))
+}
+
+/// Scopes a user may grant; `None` means every offered scope.
+pub fn user_scopes(state: &AppState, sub: &str) -> Option<Vec<String>> {
+    state
+        .settings
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == sub)
+        .and_then(|u| u.scopes.clone())
+}
+
+/// The login page for a pending request.
+pub fn login_page(
+    state: &AppState,
+    pending: &PendingAuthorization,
+    client: &Client,
+    username: &str,
+    error: Option<&str>,
+) -> Response {
+    let client_name = client
+        .client_name
+        .clone()
+        .unwrap_or_else(|| format!("Client {}", client.client_id));
+    let html = state.templates.get_template("login.html").and_then(|t| {
+        t.render(context! {
+            client_name,
+            error,
+            username,
+            action => LOGIN_PATH,
+            request_id => &pending.id,
+            csrf_token => &pending.csrf_token,
+        })
+    });
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    match html {
+        Ok(html) => (status, page_headers(), Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "login template failed");
+            error_page(
+                &state.templates,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "try again",
+            )
+        }
+    }
+}
+
+fn cookie(state: &AppState, token: &str) -> Option<HeaderValue> {
+    let secure = if state.settings.issuer.starts_with("https:") {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        state.settings.config.session_ttl_seconds
+    ))
+    .ok()
+}
+
+/// `POST /login`: check the password, start a session, go on to consent.
+pub async fn login_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let env = &state.templates;
+    let now = state.clock.now();
+    if !same_origin_post(&state, &headers) {
+        return error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "cross-site form submission refused",
+        );
+    }
+    let Ok(params) = Params::parse(&body) else {
+        return error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form is malformed",
+        );
+    };
+    let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
+        return error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form is incomplete",
+        );
+    };
+    let pending = match state.store.take_pending(id) {
+        Ok(Some(p)) if p.expires_at > now && ct_eq(csrf, &p.csrf_token) => p,
+        Ok(_) => {
+            return error_page(
+                env,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this sign-in form has expired or was already used",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pending lookup failed");
+            return error_page(
+                env,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again shortly",
+            );
+        }
+    };
+    let client = match state.client(&pending.client_id) {
+        Ok(Some(c)) => c,
+        _ => {
+            return error_page(
+                env,
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                "the client is gone",
+            );
+        }
+    };
+    let username = params.get("username").unwrap_or_default().to_string();
+    let password = params.get("password").unwrap_or_default().to_string();
+    let user = state
+        .settings
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == username)
+        .cloned();
+    // Verify even for unknown users, against a fixed hash, so timing does not reveal names.
+    let hash = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| state.settings.dummy_password_hash.clone());
+    let pw = password.clone();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &pw))
+        .await
+        .unwrap_or(false);
+    let ok = match &user {
+        Some(u) if u.password_hash.is_none() => password.is_empty(),
+        Some(_) => ok,
+        None => false,
+    };
+    if !ok {
+        tracing::warn!(client_id = %pending.client_id, "login failed");
+        // The same form may be tried again.
+        if let Err(e) = state.store.insert_pending(pending.clone(), now) {
+            tracing::error!(error = %e, "storing pending authorization failed");
+        }
+        return login_page(
+            &state,
+            &pending,
+            &client,
+            &username,
+            Some("Wrong user or password."),
+        );
+    }
+    tracing::info!(sub = %username, "user signed in");
+    let Some(token) =
+        state
+            .sessions
+            .create(&username, now, state.settings.config.session_ttl_seconds)
+    else {
+        return error_page(
+            env,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "try again",
+        );
+    };
+    let mut res = proceed(&state, pending, &client, Some(username), now);
+    if let Some(v) = cookie(&state, &token) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// `GET /consents`: the signed-in user's remembered consents.
+pub async fn consents_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let env = &state.templates;
+    let now = state.clock.now();
+    let Some(user) = current_user(&state, &headers, now) else {
+        return error_page(
+            env,
+            StatusCode::UNAUTHORIZED,
+            "login_required",
+            "sign in through a client's authorization first",
+        );
+    };
+    let consents = match state.store.consents(&user, now) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "consent lookup failed");
+            return error_page(
+                env,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again shortly",
+            );
+        }
+    };
+    let rows: Vec<_> = consents
+        .iter()
+        .map(|c| context! { client_id => &c.client_id, scopes => c.scopes.join(" ") })
+        .collect();
+    let html = env.get_template("consents.html").and_then(|t| {
+        t.render(context! { user, consents => rows, action => CONSENTS_REVOKE_PATH })
+    });
+    match html {
+        Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
+        Err(_) => error_page(
+            env,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "try again",
+        ),
+    }
+}
+
+/// `POST /consents/revoke`: forget a remembered consent; the client will ask again.
+pub async fn consents_revoke_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let env = &state.templates;
+    let now = state.clock.now();
+    if !same_origin_post(&state, &headers) {
+        return error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "cross-site form submission refused",
+        );
+    }
+    let Some(user) = current_user(&state, &headers, now) else {
+        return error_page(
+            env,
+            StatusCode::UNAUTHORIZED,
+            "login_required",
+            "sign in first",
+        );
+    };
+    let Some(client_id) = Params::parse(&body)
+        .ok()
+        .and_then(|p| p.get("client_id").map(str::to_string))
+    else {
+        return error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id is missing",
+        );
+    };
+    match state.store.forget_consent(&user, &client_id) {
+        Ok(_) => {
+            tracing::info!(sub = %user, %client_id, "consent revoked");
+            (StatusCode::SEE_OTHER, [(header::LOCATION, CONSENTS_PATH)]).into_response()
+        }
+        Err(_) => error_page(
+            env,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "try again shortly",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hashes_verify_and_refuse() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "wrong"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+
+    #[test]
+    fn sessions_expire() {
+        let s = Sessions::default();
+        let t = s.create("alice", 100, 10).unwrap();
+        assert_eq!(s.user(&t, 105).as_deref(), Some("alice"));
+        assert_eq!(s.user(&t, 110), None);
+        assert_eq!(s.user("forged", 105), None);
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; mog_session=xyz; b=2"),
+        );
+        assert_eq!(session_cookie(&h), Some("xyz"));
+    }
+}
