@@ -61,6 +61,11 @@ pub struct Config {
     pub client_ttl_seconds: u64,
     /// Clients the operator registers in advance (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// Accept Client ID Metadata Documents: a `client_id` that is an https URL is fetched and
+    /// validated instead of being registered (MCP 2025-11-25).
+    pub cimd_enabled: bool,
+    /// Development only: let metadata documents live on http loopback or private hosts.
+    pub cimd_allow_loopback_http: bool,
     /// Users who may approve consent (`[[users]]`). Empty: the one local user `user`.
     pub users: Vec<UserConfig>,
     /// How long a browser stays signed in, seconds.
@@ -240,6 +245,8 @@ impl Default for Config {
             store: StoreKind::Sqlite,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
+            cimd_enabled: true,
+            cimd_allow_loopback_http: false,
             users: Vec::new(),
             session_ttl_seconds: 12 * 3600,
             remember_consent_seconds: 30 * 24 * 3600,

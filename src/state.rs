@@ -6,6 +6,7 @@ use std::sync::Arc;
 use jsonwebtoken::jwk::JwkSet;
 use url::Url;
 
+use crate::authz::cimd::{CimdConfig, CimdError, CimdResolver};
 use crate::authz::login::Sessions;
 use crate::authz::ratelimit::RateLimiter;
 use crate::clock::Clock;
@@ -70,6 +71,26 @@ impl Settings {
     }
 }
 
+/// Why a client could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientLookupError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+    /// The client's metadata document is unusable.
+    #[error(transparent)]
+    Cimd(CimdError),
+}
+
+impl From<ClientLookupError> for crate::authz::error::OAuthError {
+    fn from(e: ClientLookupError) -> Self {
+        match e {
+            ClientLookupError::Store(e) => Self::server(e),
+            ClientLookupError::Cimd(e) => e.into(),
+        }
+    }
+}
+
 /// Shared state; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -89,6 +110,8 @@ pub struct AppState {
     pub register_limiter: Arc<RateLimiter>,
     /// The consent and error page templates.
     pub templates: Arc<minijinja::Environment<'static>>,
+    /// Fetches Client ID Metadata Documents, when enabled.
+    pub cimd: Option<CimdResolver>,
     /// Browser sessions of signed-in users.
     pub sessions: Arc<Sessions>,
     /// Recent proxied requests, when `debug_trace` is on.
@@ -102,6 +125,34 @@ impl AppState {
             Some(c) => Ok(Some(c.clone())),
             None => self.store.client(client_id),
         }
+    }
+
+    /// A client by id as [`Self::client`], or, for a `client_id` that is a metadata
+    /// document URL, the validated document (fetched or cached). Scopes the document asks
+    /// for that are not offered are dropped.
+    pub async fn lookup_client(
+        &self,
+        client_id: &str,
+        now: u64,
+    ) -> Result<Option<Client>, ClientLookupError> {
+        if let Some(c) = self.client(client_id).map_err(ClientLookupError::Store)? {
+            return Ok(Some(c));
+        }
+        let Some(cimd) = self.cimd.as_ref().filter(|c| c.is_metadata_url(client_id)) else {
+            return Ok(None);
+        };
+        let mut client = cimd
+            .resolve(client_id, now)
+            .await
+            .map_err(ClientLookupError::Cimd)?;
+        let supported = &self.settings.config.scopes.supported;
+        client.scope = client.scope.map(|s| {
+            s.split(' ')
+                .filter(|x| supported.iter().any(|o| o == x))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        Ok(Some(client))
     }
 
     /// Assemble the state.
@@ -126,6 +177,12 @@ impl AppState {
             keys: JwksCache::new(fetch, 300, 5),
         };
         let policy = ScopePolicy::from_config(&settings.config.scopes);
+        let cimd = settings.config.cimd_enabled.then(|| {
+            CimdResolver::new(CimdConfig {
+                allow_loopback_http: settings.config.cimd_allow_loopback_http,
+                ..CimdConfig::default()
+            })
+        });
         let trace = settings
             .config
             .debug_trace
@@ -142,6 +199,7 @@ impl AppState {
             templates: Arc::new(templates),
             trace,
             sessions: Arc::new(Sessions::default()),
+            cimd,
         }
     }
 }

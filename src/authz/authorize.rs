@@ -17,7 +17,7 @@ use super::params::{Params, split_scopes};
 use super::pkce;
 use super::uris::{canonical_resource, redirect_uri_matches};
 use crate::secret::{ct_eq, random_token, sha256_b64};
-use crate::state::AppState;
+use crate::state::{AppState, ClientLookupError};
 use crate::store::{AuthCode, Client, Consent, PendingAuthorization};
 
 /// Path the consent form posts to.
@@ -307,9 +307,18 @@ pub async fn authorize_get(
     let now = state.clock.now();
     let params = Params::parse(query.unwrap_or_default().as_bytes());
     let client = match params.as_ref().ok().and_then(|p| p.get("client_id")) {
-        Some(id) => match state.client(id) {
+        Some(id) => match state.lookup_client(id, now).await {
             Ok(c) => c,
-            Err(e) => {
+            // The redirect URI cannot be trusted before the document is: a page, no redirect.
+            Err(ClientLookupError::Cimd(e)) => {
+                return error_page(
+                    env,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client",
+                    &e.to_string(),
+                );
+            }
+            Err(ClientLookupError::Store(e)) => {
                 tracing::error!(error = %e, "client lookup failed");
                 return error_page(
                     env,
@@ -463,9 +472,14 @@ fn consent_page(
         .client_name
         .clone()
         .unwrap_or_else(|| format!("Client {}", client.client_id));
+    // A metadata-document client names itself; show where the document lives (b7).
+    let client_host = Url::parse(&client.client_id)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string));
     let html = env.get_template("consent.html").and_then(|t| {
         t.render(context! {
             client_name,
+            client_host,
             redirect_host,
             scopes,
             resource => &pending.resource,

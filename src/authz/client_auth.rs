@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use super::error::OAuthError;
 use super::params::Params;
 use crate::secret::{ct_eq, sha256_b64};
+use crate::state::AppState;
 use crate::store::{Client, StoreResult};
 
 /// What the request presented.
@@ -38,6 +39,16 @@ fn invalid(message: &str, basic: bool) -> OAuthError {
     OAuthError::InvalidClient {
         message: message.into(),
         basic,
+    }
+}
+
+impl Presented {
+    /// The client id presented, if any.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Id(id) | Self::Basic { id, .. } | Self::Post { id, .. } => Some(id),
+            Self::Nothing => None,
+        }
     }
 }
 
@@ -133,6 +144,19 @@ pub fn authenticate(
         ));
     }
     Ok(client)
+}
+
+/// Look the presented client up (pinned, registered or metadata document) and
+/// authenticate it.
+pub async fn authenticated_client(
+    state: &AppState,
+    presented: Presented,
+) -> Result<Client, OAuthError> {
+    let found = match presented.id() {
+        Some(id) => state.lookup_client(id, state.clock.now()).await?,
+        None => None,
+    };
+    authenticate(|_| Ok(found), presented)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::client_auth::{authenticate, presented};
+use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::token::form_params;
 use crate::secret::sha256_b64;
@@ -70,7 +70,7 @@ pub async fn introspect_post(
     let token = params
         .require("token")
         .map_err(OAuthError::InvalidRequest)?;
-    let client = authenticate(|id| state.client(id), presented(&headers, &params)?)?;
+    let client = authenticated_client(&state, presented(&headers, &params)?).await?;
     if !client.is_confidential() {
         return Err(OAuthError::InvalidClient {
             message: "introspection needs a confidential client".into(),

@@ -222,7 +222,7 @@ pub async fn login_post(
             );
         }
     };
-    let client = match state.client(&pending.client_id) {
+    let client = match state.lookup_client(&pending.client_id, now).await {
         Ok(Some(c)) => c,
         _ => {
             return error_page(

@@ -13,6 +13,7 @@
 //! | introspection | [`introspect::introspect_post`] |
 
 pub mod authorize;
+pub mod cimd;
 pub mod client_auth;
 pub mod error;
 pub mod introspect;

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::client_auth::{authenticate, presented};
+use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::token::form_params;
 use crate::secret::sha256_b64;
@@ -23,7 +23,7 @@ pub async fn revoke_post(
     let token = params
         .require("token")
         .map_err(OAuthError::InvalidRequest)?;
-    let client = authenticate(|id| state.client(id), presented(&headers, &params)?)?;
+    let client = authenticated_client(&state, presented(&headers, &params)?).await?;
     let client_id = client.client_id.as_str();
     let not_yours =
         || OAuthError::UnauthorizedClient("the token was issued to another client".into());

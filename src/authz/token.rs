@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::client_auth::{authenticate, presented};
+use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::params::{Params, split_scopes};
 use super::pkce;
@@ -454,7 +454,7 @@ pub async fn token_post(
 ) -> Result<Response, OAuthError> {
     let params = form_params(&headers, &body)?;
     let req = TokenRequest::from_params(&params)?;
-    let client = authenticate(|id| state.client(id), presented(&headers, &params)?)?;
+    let client = authenticated_client(&state, presented(&headers, &params)?).await?;
     let now = state.clock.now();
     let res = exchange(&state, &client, req, now)?;
     Ok((
