@@ -61,6 +61,12 @@ pub struct Config {
     pub client_ttl_seconds: u64,
     /// Clients the operator registers in advance (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// An existing streamable-HTTP MCP server to protect instead of the built-in one.
+    pub upstream: Option<String>,
+    /// Headers sent to the upstream on every request (its own credential, say).
+    pub upstream_headers: BTreeMap<String, String>,
+    /// Headers carrying the verified identity to the upstream.
+    pub identity_headers: IdentityHeaders,
     /// Accept Client ID Metadata Documents: a `client_id` that is an https URL is fetched and
     /// validated instead of being registered (MCP 2025-11-25).
     pub cimd_enabled: bool,
@@ -88,6 +94,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Names of the headers that carry the verified identity to an upstream MCP server; each
+/// is sent only when named. Values the client sent under these names are dropped.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeaders {
+    /// The token's `sub` (e.g. `X-MCP-Subject`).
+    pub subject: Option<String>,
+    /// The granted scopes, space separated (e.g. `X-MCP-Scopes`).
+    pub scopes: Option<String>,
+    /// The OAuth client (e.g. `X-MCP-Client-Id`).
+    pub client_id: Option<String>,
 }
 
 /// A user who can sign in and approve consent.
@@ -245,6 +264,9 @@ impl Default for Config {
             store: StoreKind::Sqlite,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
+            upstream: None,
+            upstream_headers: BTreeMap::new(),
+            identity_headers: IdentityHeaders::default(),
             cimd_enabled: true,
             cimd_allow_loopback_http: false,
             users: Vec::new(),
@@ -325,6 +347,15 @@ impl Config {
             }
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(invalid("public_url", "must not have a query or fragment"));
+            }
+        }
+        if let Some(url) = &self.upstream {
+            let parsed = Url::parse(url).map_err(|e| invalid("upstream", &e.to_string()))?;
+            if parsed.scheme() != "http" || parsed.host().is_none() {
+                return Err(invalid(
+                    "upstream",
+                    "must be an http:// URL of a streamable-HTTP MCP server",
+                ));
             }
         }
         if self.access_token_ttl == 0 {

@@ -201,10 +201,24 @@ impl Gateway {
             routes: addrs.routes,
             jwks: addrs.jwks,
         };
-        let mcp_router = resource::router(
-            state.clone(),
-            mcp::builtin_service(&state, stop.child_token()),
-        );
+        let mcp_router = match &state.settings.config.upstream {
+            Some(url) => {
+                let c = &state.settings.config;
+                let upstream = mcp::upstream::Upstream::new(
+                    url,
+                    &c.upstream_headers,
+                    c.identity_headers.clone(),
+                    state.policy.clone(),
+                    std::time::Duration::from_secs(c.upstream_timeout_seconds),
+                )
+                .map_err(std::io::Error::other)?;
+                resource::router(state.clone(), upstream.into_router())
+            }
+            None => resource::router(
+                state.clone(),
+                mcp::builtin_service(&state, stop.child_token()),
+            ),
+        };
         let serve = |listener: TcpListener, router: Router| {
             let stop = stop.clone();
             // Small SSE events and JSON-RPC answers must not wait for Nagle's algorithm.

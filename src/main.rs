@@ -51,6 +51,9 @@ struct Cli {
     /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
     #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
     debug_trace: bool,
+    /// Protect this streamable-HTTP MCP server instead of the built-in one.
+    #[arg(long, env = "MCP_GATEWAY_UPSTREAM")]
+    upstream: Option<String>,
     /// Storage backend.
     #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
     store: Option<StoreKind>,
@@ -111,6 +114,9 @@ impl Cli {
             log_format,
             store
         );
+        if let Some(url) = self.upstream {
+            c.upstream = Some(url);
+        }
         if let Some(url) = self.public_url {
             c.public_url = Some(url);
         }

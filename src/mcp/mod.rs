@@ -1,6 +1,8 @@
-//! MCP: the built-in demo server ([`builtin`]), served over streamable HTTP with rmcp.
+//! MCP: the built-in demo server ([`builtin`]), served over streamable HTTP with rmcp, or
+//! the connector to an existing MCP server ([`upstream`]).
 
 pub mod builtin;
+pub mod upstream;
 
 use std::sync::Arc;
 

@@ -26,6 +26,10 @@ use error::{BearerError, BearerErrorCode};
 /// Largest JSON-RPC body accepted on the MCP endpoint.
 pub const MAX_MCP_BODY: usize = 4 * 1024 * 1024;
 
+/// The JSON-RPC methods of a POST body, for the MCP server behind the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonRpcMethods(pub Vec<String>);
+
 /// Who is calling, as established from a verified token. Put in request extensions for the
 /// MCP server; it never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +267,16 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
                 missing.join(" "),
             );
         }
-        Request::from_parts(parts, Body::from(bytes))
+        let methods = match &message {
+            Value::Array(items) => items.iter().collect(),
+            single => vec![single],
+        }
+        .into_iter()
+        .filter_map(|m| m.get("method").and_then(Value::as_str).map(str::to_string))
+        .collect();
+        let mut req = Request::from_parts(parts, Body::from(bytes));
+        req.extensions_mut().insert(JsonRpcMethods(methods));
+        req
     } else {
         req
     };

@@ -11,4 +11,5 @@ mod flow;
 mod proxy;
 mod restart;
 mod rmcp_client;
+mod upstream;
 mod users;

@@ -1,0 +1,282 @@
+//! Forwarding authorized MCP traffic to an existing streamable-HTTP MCP server
+//! (`--upstream URL`). Sessions, SSE streams and DELETE pass through; `Host` is the
+//! upstream's (SDK servers check it); the client's token never leaves the gateway (a5) —
+//! the upstream may get its own static headers and the verified identity in headers the
+//! operator names. `tools/list` answers are filtered to what the token may call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::config::IdentityHeaders;
+use crate::proxy::forward::strip_hop_by_hop;
+use crate::resource::policy::ScopePolicy;
+use crate::resource::{Identity, JsonRpcMethods};
+
+/// Largest `tools/list` answer the gateway will buffer to filter.
+const MAX_LIST_BODY: usize = 8 * 1024 * 1024;
+
+/// Why an upstream URL is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{url}`: {message}")]
+pub struct UpstreamError {
+    url: String,
+    message: String,
+}
+
+/// The upstream connector's state.
+#[derive(Clone)]
+pub struct Upstream {
+    authority: String,
+    path: String,
+    client: Client<HttpConnector, Body>,
+    static_headers: HeaderMap,
+    identity: IdentityHeaders,
+    policy: Arc<ScopePolicy>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// A connector to `url` (http only: upstreams sit beside the gateway).
+    pub fn new(
+        url: &str,
+        static_headers: &BTreeMap<String, String>,
+        identity: IdentityHeaders,
+        policy: Arc<ScopePolicy>,
+        timeout: Duration,
+    ) -> Result<Self, UpstreamError> {
+        let bad = |message: &str| UpstreamError {
+            url: url.to_string(),
+            message: message.to_string(),
+        };
+        let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if parsed.scheme() != "http" {
+            return Err(bad("only http:// upstreams are supported"));
+        }
+        let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
+        let authority = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in static_headers {
+            let name = HeaderName::try_from(k.as_str()).map_err(|_| bad("bad header name"))?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|_| bad("bad header value"))?;
+            headers.insert(name, value);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Ok(Self {
+            authority,
+            path: parsed.path().to_string(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            static_headers: headers,
+            identity,
+            policy,
+            timeout,
+        })
+    }
+
+    /// The connector as a service for the resource router.
+    pub fn into_router(self) -> Router {
+        Router::new().fallback(forward).with_state(self)
+    }
+}
+
+fn jsonrpc_failure(status: StatusCode, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Keep only the tools `allowed` says yes to in a `tools/list` result.
+pub fn filter_tools(message: &mut Value, allowed: impl Fn(&str) -> bool) {
+    if let Some(tools) = message
+        .pointer_mut("/result/tools")
+        .and_then(Value::as_array_mut)
+    {
+        tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(&allowed));
+    }
+}
+
+/// Filter a buffered answer, JSON or SSE, leaving anything unparsable untouched.
+fn filter_body(bytes: &[u8], is_sse: bool, allowed: impl Fn(&str) -> bool + Copy) -> Vec<u8> {
+    if !is_sse {
+        return match serde_json::from_slice::<Value>(bytes) {
+            Ok(mut v) => {
+                filter_tools(&mut v, allowed);
+                serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec())
+            }
+            Err(_) => bytes.to_vec(),
+        };
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (content, newline) = match line.strip_suffix('\n') {
+            Some(c) => (c, "\n"),
+            None => (line, ""),
+        };
+        match content.strip_prefix("data:").map(str::trim_start) {
+            Some(data) if !data.is_empty() => match serde_json::from_str::<Value>(data) {
+                Ok(mut v) => {
+                    filter_tools(&mut v, allowed);
+                    out.push_str("data: ");
+                    out.push_str(&v.to_string());
+                    out.push_str(newline);
+                }
+                Err(_) => out.push_str(line),
+            },
+            _ => out.push_str(line),
+        }
+    }
+    out.into_bytes()
+}
+
+fn set_header(headers: &mut HeaderMap, name: &Option<String>, value: &str) {
+    if let Some(name) = name
+        && let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value),
+        )
+    {
+        headers.insert(n, v);
+    }
+}
+
+async fn forward(State(up): State<Upstream>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let identity = parts.extensions.get::<Identity>().cloned();
+    let lists_tools = parts
+        .extensions
+        .get::<JsonRpcMethods>()
+        .is_some_and(|m| m.0.iter().any(|x| x == "tools/list"));
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", up.path),
+        None => up.path.clone(),
+    };
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(up.authority.as_str())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return jsonrpc_failure(StatusCode::BAD_REQUEST, "invalid request target"),
+    };
+    parts.version = axum::http::Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    h.remove(header::AUTHORIZATION);
+    h.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::try_from(up.authority.as_str()) {
+        h.insert(header::HOST, v);
+    }
+    // Identity headers come from the gateway only: drop any the client sent.
+    for name in [
+        &up.identity.subject,
+        &up.identity.scopes,
+        &up.identity.client_id,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        h.remove(name.as_str());
+    }
+    if let Some(id) = &identity {
+        set_header(h, &up.identity.subject, &id.sub);
+        set_header(h, &up.identity.scopes, &id.scopes.join(" "));
+        set_header(
+            h,
+            &up.identity.client_id,
+            id.client_id.as_deref().unwrap_or(""),
+        );
+    }
+    for (k, v) in &up.static_headers {
+        h.insert(k.clone(), v.clone());
+    }
+    let sent = tokio::time::timeout(
+        up.timeout,
+        up.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let res = match sent {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %up.authority, error = %e, "upstream unreachable");
+            return jsonrpc_failure(StatusCode::BAD_GATEWAY, "upstream MCP server unavailable");
+        }
+        Err(_) => {
+            return jsonrpc_failure(StatusCode::GATEWAY_TIMEOUT, "upstream MCP server timed out");
+        }
+    };
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let Some(id) = identity.filter(|_| lists_tools && parts.status.is_success()) else {
+        return Response::from_parts(parts, Body::new(body));
+    };
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_LIST_BODY).await else {
+        return jsonrpc_failure(
+            StatusCode::BAD_GATEWAY,
+            "upstream tools/list answer unreadable",
+        );
+    };
+    let policy = &up.policy;
+    let filtered = filter_body(&bytes, is_sse, |name| policy.may_call(&id.effective, name));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(filtered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_list_is_filtered_in_json_and_sse() {
+        let allowed = |n: &str| n != "secret";
+        let json =
+            br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"secret"}]}}"#;
+        let out: Value = serde_json::from_slice(&filter_body(json, false, allowed)).unwrap();
+        assert_eq!(out["result"]["tools"], json!([{"name": "echo"}]));
+        let sse = b"id: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"secret\"},{\"name\":\"a\"}]}}\n\n";
+        let out = String::from_utf8(filter_body(sse, true, allowed)).unwrap();
+        assert!(out.starts_with("id: 1\ndata: "));
+        assert!(out.contains("\"a\"") && !out.contains("secret"));
+        assert!(out.ends_with("\n\n"));
+        assert_eq!(filter_body(b"not json", false, allowed), b"not json");
+    }
+
+    #[test]
+    fn only_http_upstreams() {
+        let p = Arc::new(ScopePolicy::from_config(
+            &crate::config::ScopeConfig::default(),
+        ));
+        let new = |u: &str| {
+            Upstream::new(
+                u,
+                &BTreeMap::new(),
+                IdentityHeaders::default(),
+                p.clone(),
+                Duration::from_secs(1),
+            )
+        };
+        assert!(new("http://127.0.0.1:9/mcp").is_ok());
+        assert!(new("https://x/mcp").is_err());
+        assert!(new("not a url").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! `--upstream`: the gateway in front of an existing streamable-HTTP MCP server (here an
+//! rmcp server started by the test): identity headers in, token out, tools filtered, and
+//! a dead upstream answered with 502 until it is back.
+
+use std::net::SocketAddr;
+
+use rmcp::handler::server::common::Extension;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{self, TestGateway};
+
+#[derive(Clone)]
+struct Upstream;
+
+#[tool_router]
+impl Upstream {
+    fn new() -> Self {
+        Self
+    }
+
+    #[tool(description = "Show the headers the upstream received")]
+    fn seen_headers(&self, Extension(parts): Extension<http::request::Parts>) -> String {
+        let h = &parts.headers;
+        let get = |n: &str| {
+            h.get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        json!({
+            "subject": get("x-mcp-subject"),
+            "scopes": get("x-mcp-scopes"),
+            "key": get("x-upstream-key"),
+            "authorization": get("authorization"),
+            "host": get("host"),
+        })
+        .to_string()
+    }
+
+    #[tool(description = "Something only admins may do")]
+    fn delete_all(&self) -> String {
+        "deleted".into()
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Upstream {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+async fn serve_upstream(listener: TcpListener) -> CancellationToken {
+    let ct = CancellationToken::new();
+    let config = StreamableHttpServerConfig::default().with_cancellation_token(ct.child_token());
+    let service: StreamableHttpService<Upstream, LocalSessionManager> =
+        StreamableHttpService::new(|| Ok(Upstream::new()), Default::default(), config);
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let stop = ct.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    ct
+}
+
+async fn initialize(gw: &TestGateway, token: &str) -> String {
+    let (s, h, v) = gw
+        .mcp(
+            Some(token),
+            None,
+            json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let sid = h["mcp-session-id"].to_str().unwrap().to_string();
+    let (s, _, _) = gw
+        .mcp(
+            Some(token),
+            Some(&sid),
+            json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    sid
+}
+
+#[tokio::test]
+async fn upstream_gets_identity_not_token_and_tools_are_filtered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let upstream_stop = serve_upstream(listener).await;
+    let gw = common::spawn_with(|c| {
+        c.upstream = Some(format!("http://{addr}/mcp"));
+        c.upstream_headers
+            .insert("x-upstream-key".into(), "k-123".into());
+        c.identity_headers.subject = Some("X-MCP-Subject".into());
+        c.identity_headers.scopes = Some("X-MCP-Scopes".into());
+        c.scopes
+            .tools
+            .insert("delete_all".into(), "mcp:admin".into());
+    })
+    .await;
+    let (_, t) = gw.login(Some("mcp:read mcp:write")).await;
+    let sid = initialize(&gw, &t.access).await;
+
+    let (s, _, list) = gw
+        .mcp(
+            Some(&t.access),
+            Some(&sid),
+            json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["seen_headers"],
+        "delete_all needs mcp:admin and is hidden"
+    );
+
+    let res = gw
+        .http
+        .post(gw.resource())
+        .bearer_auth(&t.access)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("mcp-session-id", &sid)
+        .header("x-mcp-subject", "root")
+        .json(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"seen_headers","arguments":{}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v = common::jsonrpc_body(&res.text().await.unwrap());
+    let seen: Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        seen["subject"], "local-user",
+        "the verified user, not what the client claimed"
+    );
+    assert_eq!(seen["scopes"], "mcp:read mcp:write");
+    assert_eq!(seen["key"], "k-123", "the upstream's own credential");
+    assert_eq!(seen["authorization"], "", "no token passthrough (a5)");
+    assert_eq!(seen["host"], addr.to_string());
+
+    let (s, h, _) = gw.call_tool(&t.access, &sid, "delete_all", json!({})).await;
+    assert_eq!(s, 403);
+    assert!(
+        h["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"mcp:admin\"")
+    );
+
+    // The upstream dies: 502 with a JSON-RPC error; it comes back on the same port: works.
+    upstream_stop.cancel();
+    let (s, _, v) = gw
+        .call_tool(&t.access, &sid, "seen_headers", json!({}))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(v["error"]["code"], -32603);
+    let listener = loop {
+        // The old server may still be closing its socket; binding is the readiness signal.
+        if let Ok(l) = TcpListener::bind(addr).await {
+            break l;
+        }
+        tokio::task::yield_now().await;
+    };
+    let _again = serve_upstream(listener).await;
+    let sid = initialize(&gw, &t.access).await;
+    let (s, _, _) = gw
+        .call_tool(&t.access, &sid, "seen_headers", json!({}))
+        .await;
+    assert_eq!(s, 200);
+    gw.stop().await;
+}
