@@ -15,7 +15,7 @@ use crate::proxy::trace::RequestTrace;
 use crate::resource::policy::ScopePolicy;
 use crate::store::{Client, Store, StoreResult};
 use crate::tokens::keys::SigningKey;
-use crate::tokens::verify::{JwksCache, JwksFetcher, Verifier};
+use crate::tokens::verify::{JwksCache, JwksFetcher, Keys, Verifier};
 
 /// Values derived from the config and the bound proxy address.
 #[derive(Debug, Clone)]
@@ -108,6 +108,8 @@ pub struct AppState {
     pub policy: Arc<ScopePolicy>,
     /// Per-source limit on client registration.
     pub register_limiter: Arc<RateLimiter>,
+    /// Per-source limit on failed sign-ins (password guessing).
+    pub login_limiter: Arc<RateLimiter>,
     /// The consent and error page templates.
     pub templates: Arc<minijinja::Environment<'static>>,
     /// Fetches Client ID Metadata Documents, when enabled.
@@ -174,7 +176,7 @@ impl AppState {
             issuers: vec![settings.issuer.clone()],
             audience: settings.resource.clone(),
             leeway: settings.config.leeway_seconds,
-            keys: JwksCache::new(fetch, 300, 5),
+            keys: Keys::Jwks(JwksCache::new(fetch, 300, 5)),
         };
         let policy = ScopePolicy::from_config(&settings.config.scopes);
         let cimd = settings.config.cimd_enabled.then(|| {
@@ -196,6 +198,7 @@ impl AppState {
             verifier: Arc::new(verifier),
             policy: Arc::new(policy),
             register_limiter: Arc::new(register_limiter),
+            login_limiter: Arc::new(RateLimiter::new(10, 60)),
             templates: Arc::new(templates),
             trace,
             sessions: Arc::new(Sessions::default()),

@@ -585,7 +585,14 @@ pub async fn consent_post(
             );
         }
     };
+    // A refused post must not cost the real user their pending request: put it back.
+    let keep = |pending: &PendingAuthorization| {
+        if let Err(e) = state.store.insert_pending(pending.clone(), now) {
+            tracing::warn!(error = %e, "could not keep the pending request");
+        }
+    };
     if !ct_eq(csrf, &pending.csrf_token) {
+        keep(&pending);
         return error_page(
             env,
             StatusCode::FORBIDDEN,
@@ -604,6 +611,7 @@ pub async fn consent_post(
     if login::login_required(&state)
         && login::current_user(&state, &headers, now).as_deref() != Some(sub.as_str())
     {
+        keep(&pending);
         return error_page(
             env,
             StatusCode::FORBIDDEN,
@@ -615,10 +623,23 @@ pub async fn consent_post(
         Some("approve") => {
             let ttl = s.config.remember_consent_seconds;
             if ttl > 0 {
+                // What was approved before for this client still stands: remember the union.
+                let mut scopes = state
+                    .store
+                    .consent(&sub, &pending.client_id, now)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.scopes)
+                    .unwrap_or_default();
+                for s in &pending.scopes {
+                    if !scopes.contains(s) {
+                        scopes.push(s.clone());
+                    }
+                }
                 let consent = Consent {
                     sub,
                     client_id: pending.client_id.clone(),
-                    scopes: pending.scopes.clone(),
+                    scopes,
                     expires_at: now + ttl,
                 };
                 if let Err(e) = state.store.remember_consent(consent) {

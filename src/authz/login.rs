@@ -11,13 +11,16 @@ use std::sync::Mutex;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
 use super::authorize::{error_page, page_headers, proceed, same_origin_post};
 use super::params::Params;
+use super::register::source_ip;
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::{Client, PendingAuthorization};
@@ -173,11 +176,25 @@ fn cookie(state: &AppState, token: &str) -> Option<HeaderValue> {
 /// `POST /login`: check the password, start a session, go on to consent.
 pub async fn login_post(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let env = &state.templates;
     let now = state.clock.now();
+    // Password guessing is bounded per source address.
+    if let Err(retry) = state.login_limiter.check(source_ip(peer, &headers), now) {
+        let mut res = error_page(
+            env,
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            "too many sign-in attempts; wait a minute",
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
     if !same_origin_post(&state, &headers) {
         return error_page(
             env,

@@ -32,6 +32,8 @@ pub struct VerifiedClaims {
     pub client_id: Option<String>,
     #[serde(default)]
     nbf: Option<u64>,
+    #[serde(default)]
+    scp: Option<Value>,
 }
 
 impl VerifiedClaims {
@@ -170,7 +172,15 @@ pub struct Verifier {
     /// Tolerated clock skew, seconds.
     pub leeway: u64,
     /// The key source.
-    pub keys: JwksCache,
+    pub keys: Keys,
+}
+
+/// Where signature keys come from.
+pub enum Keys {
+    /// Asymmetric keys from a JWKS (ours in-process, or an external issuer's over HTTP).
+    Jwks(JwksCache),
+    /// One HMAC secret shared with an existing application (HS256 only).
+    Hmac(DecodingKey),
 }
 
 /// Asymmetric algorithms only: `none` and HS* are never accepted (RFC 8725 §3.1).
@@ -182,20 +192,32 @@ impl Verifier {
     /// Verify `token` at time `now`.
     pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if !is_accepted(header.alg) {
-            return Err(VerifyError::Malformed);
-        }
-        let kid = header.kid.as_deref().ok_or(VerifyError::UnknownKey)?;
-        let key = self.keys.key(kid, now).await?;
-        if key.alg != header.alg {
-            return Err(VerifyError::BadSignature);
-        }
-        let mut validation = Validation::new(key.alg);
+        let cached;
+        let (alg, key) = match &self.keys {
+            Keys::Jwks(cache) => {
+                if !is_accepted(header.alg) {
+                    return Err(VerifyError::Malformed);
+                }
+                let kid = header.kid.as_deref().ok_or(VerifyError::UnknownKey)?;
+                cached = cache.key(kid, now).await?;
+                if cached.alg != header.alg {
+                    return Err(VerifyError::BadSignature);
+                }
+                (cached.alg, &cached.key)
+            }
+            Keys::Hmac(key) => {
+                if header.alg != Algorithm::HS256 {
+                    return Err(VerifyError::Malformed);
+                }
+                (Algorithm::HS256, key)
+            }
+        };
+        let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = decode::<Value>(token, &key.key, &validation).map_err(|e| {
+        let data = decode::<Value>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidSignature => VerifyError::BadSignature,
@@ -210,8 +232,20 @@ impl Verifier {
         if !audience_matches(raw.get("aud"), &self.audience) {
             return Err(VerifyError::WrongAudience);
         }
-        let claims: VerifiedClaims =
+        let mut claims: VerifiedClaims =
             serde_json::from_value(raw).map_err(|_| VerifyError::Malformed)?;
+        // Some issuers (Entra) put scopes in `scp`, as a string or an array.
+        if claims.scope.is_empty() {
+            claims.scope = match claims.scp.take() {
+                Some(Value::String(s)) => s,
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+        }
         if now > claims.exp.saturating_add(self.leeway) {
             return Err(VerifyError::Expired);
         }
@@ -270,7 +304,7 @@ mod tests {
             issuers: vec!["http://127.0.0.1:1".into()],
             audience: "http://127.0.0.1:1/mcp".into(),
             leeway: 5,
-            keys: JwksCache::new(fetch, 300, 10),
+            keys: Keys::Jwks(JwksCache::new(fetch, 300, 10)),
         }
     }
 
