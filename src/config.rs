@@ -61,6 +61,14 @@ pub struct Config {
     pub client_ttl_seconds: u64,
     /// Clients the operator registers in advance (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// Who issues the tokens the resource server accepts.
+    pub auth_mode: AuthMode,
+    /// The external issuer, for `auth_mode = "external"`.
+    pub external: ExternalConfig,
+    /// The shared secret, for `auth_mode = "shared_secret"`.
+    pub shared_secret: SharedSecretConfig,
+    /// Static API keys beside the chosen mode.
+    pub api_keys: ApiKeysConfig,
     /// An existing streamable-HTTP MCP server to protect instead of the built-in one.
     pub upstream: Option<String>,
     /// Headers sent to the upstream on every request (its own credential, say).
@@ -94,6 +102,84 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Who issues the tokens the resource server accepts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// The gateway's own authorization server.
+    #[default]
+    Builtin,
+    /// An external OAuth/OIDC issuer; the built-in authorization endpoints are off.
+    External,
+    /// HS256 JWTs of an existing application; the built-in authorization endpoints are off.
+    SharedSecret,
+}
+
+/// An external issuer (Keycloak, Auth0, Entra, any OIDC provider).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalConfig {
+    /// The issuer URL, exactly as its tokens' `iss` says.
+    pub issuer: String,
+    /// The audience tokens must name (required: an IdP's default audience enables replay).
+    pub audience: String,
+    /// JWKS URI; discovered from the issuer's metadata when absent.
+    pub jwks_uri: Option<String>,
+    /// Further issuers whose tokens are accepted (same keys).
+    pub allowed_issuers: Vec<String>,
+    /// How long fetched keys are trusted before a refetch, seconds.
+    pub jwks_ttl_seconds: u64,
+}
+
+impl Default for ExternalConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_uri: None,
+            allowed_issuers: Vec::new(),
+            jwks_ttl_seconds: 300,
+        }
+    }
+}
+
+/// HS256 tokens of an existing application.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedSecretConfig {
+    /// The `iss` the application puts in its tokens.
+    pub issuer: String,
+    /// The `aud` they must carry.
+    pub audience: String,
+    /// Environment variable holding the secret.
+    pub secret_env: String,
+    /// Or a file holding it (takes precedence).
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for SharedSecretConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            secret_env: "MCP_GATEWAY_SHARED_SECRET".into(),
+            secret_file: None,
+        }
+    }
+}
+
+/// Static API keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeysConfig {
+    /// Accept API keys as bearer tokens.
+    pub enabled: bool,
+    /// TOML file of `[[keys]]` with `name`, `sha256`, `scopes`.
+    pub file: Option<PathBuf>,
+    /// Log a warning once a day per key still in use.
+    pub deprecated: bool,
 }
 
 /// Names of the headers that carry the verified identity to an upstream MCP server; each
@@ -264,6 +350,10 @@ impl Default for Config {
             store: StoreKind::Sqlite,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
+            auth_mode: AuthMode::Builtin,
+            external: ExternalConfig::default(),
+            shared_secret: SharedSecretConfig::default(),
+            api_keys: ApiKeysConfig::default(),
             upstream: None,
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::StoreKind;
+use crate::config::{AuthMode, StoreKind};
 use crate::config::{Config, ConfigError};
 use crate::proxy::Backends;
 use crate::state::{AppState, Settings};
@@ -162,7 +162,7 @@ impl Gateway {
             clock,
             Arc::new(key),
             authz::authorize::templates()?,
-        );
+        )?;
         Ok(Self {
             state,
             listeners,
@@ -238,7 +238,12 @@ impl Gateway {
             serve(listeners.mcp, mcp_router),
             serve(
                 listeners.routes,
-                authz::router(state.clone()).merge(proxy::trace::router(state.clone())),
+                match state.settings.config.auth_mode {
+                    AuthMode::Builtin => authz::router(state.clone()),
+                    // Another issuer authorizes: only the resource's own metadata is ours.
+                    _ => resource::metadata_router(state.clone()),
+                }
+                .merge(proxy::trace::router(state.clone())),
             ),
             serve(listeners.jwks, tokens::jwks::router(state.clone())),
             serve(

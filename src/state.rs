@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use jsonwebtoken::jwk::JwkSet;
 use url::Url;
 
 use crate::authz::cimd::{CimdConfig, CimdError, CimdResolver};
@@ -11,11 +10,13 @@ use crate::authz::login::Sessions;
 use crate::authz::ratelimit::RateLimiter;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::ConfigError;
 use crate::proxy::trace::RequestTrace;
+use crate::resource::api_keys::ApiKeys;
 use crate::resource::policy::ScopePolicy;
 use crate::store::{Client, Store, StoreResult};
 use crate::tokens::keys::SigningKey;
-use crate::tokens::verify::{JwksCache, JwksFetcher, Keys, Verifier};
+use crate::tokens::verify::Verifier;
 
 /// Values derived from the config and the bound proxy address.
 #[derive(Debug, Clone)]
@@ -118,6 +119,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Recent proxied requests, when `debug_trace` is on.
     pub trace: Option<Arc<RequestTrace>>,
+    /// Static API keys, when enabled.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl AppState {
@@ -164,19 +167,23 @@ impl AppState {
         clock: Arc<dyn Clock>,
         keys: Arc<SigningKey>,
         templates: minijinja::Environment<'static>,
-    ) -> Self {
-        // The resource server reads our own key ring through the same JWKS cache it would
-        // use for an external issuer, so rotation and unknown-kid handling are one path.
-        let published = keys.clone();
-        let fetch: JwksFetcher = Arc::new(move || {
-            let set: JwkSet = published.jwks();
-            Box::pin(async move { Ok(set) })
-        });
-        let verifier = Verifier {
-            issuers: vec![settings.issuer.clone()],
-            audience: settings.resource.clone(),
-            leeway: settings.config.leeway_seconds,
-            keys: Keys::Jwks(JwksCache::new(fetch, 300, 5)),
+    ) -> Result<Self, ConfigError> {
+        let verifier = crate::tokens::sources::verifier(&settings, keys.clone())?;
+        let api_keys = match (
+            &settings.config.api_keys.enabled,
+            &settings.config.api_keys.file,
+        ) {
+            (true, Some(file)) => Some(Arc::new(ApiKeys::load(
+                file,
+                settings.config.api_keys.deprecated,
+            )?)),
+            (true, None) => {
+                return Err(ConfigError::Invalid {
+                    key: "api_keys.file",
+                    message: "api_keys.enabled needs a keys file".into(),
+                });
+            }
+            (false, _) => None,
         };
         let policy = ScopePolicy::from_config(&settings.config.scopes);
         let cimd = settings.config.cimd_enabled.then(|| {
@@ -190,7 +197,7 @@ impl AppState {
             .debug_trace
             .then(|| Arc::new(RequestTrace::new(500)));
         let register_limiter = RateLimiter::new(settings.config.register_rate_per_minute, 60);
-        Self {
+        Ok(Self {
             settings: Arc::new(settings),
             store,
             clock,
@@ -203,6 +210,7 @@ impl AppState {
             trace,
             sessions: Arc::new(Sessions::default()),
             cimd,
-        }
+            api_keys,
+        })
     }
 }

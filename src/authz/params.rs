@@ -9,14 +9,20 @@ use std::collections::HashMap;
 pub struct Params(HashMap<String, String>);
 
 impl Params {
-    /// Parse `input`; `Err` names a repeated parameter.
+    /// Parse `input`; `Err` names a repeated parameter or one that is not UTF-8
+    /// (Appendix B of RFC 6749: values are returned exactly, so none may be mangled).
     pub fn parse(input: &[u8]) -> Result<Self, String> {
         let mut map = HashMap::new();
-        for (k, v) in url::form_urlencoded::parse(input) {
+        let text =
+            std::str::from_utf8(input).map_err(|_| "the parameters are not UTF-8".to_string())?;
+        for pair in text.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = decode(k)?;
+            let v = decode(v)?;
             if v.is_empty() {
                 continue;
             }
-            if map.insert(k.to_string(), v.into_owned()).is_some() {
+            if map.insert(k.clone(), v).is_some() {
                 return Err(format!("parameter `{k}` is repeated"));
             }
         }
@@ -33,6 +39,15 @@ impl Params {
         self.get(name)
             .ok_or_else(|| format!("parameter `{name}` is missing"))
     }
+}
+
+/// Decode one form-urlencoded component strictly.
+fn decode(component: &str) -> Result<String, String> {
+    let plus_as_space = component.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "a parameter is not valid UTF-8".to_string())
 }
 
 /// Split a space-delimited scope string, refusing duplicates silently (set semantics).
@@ -58,6 +73,9 @@ mod tests {
         assert_eq!(p.get("b"), None);
         assert_eq!(p.get("c"), Some("x y"));
         assert!(p.require("z").is_err());
+        assert!(Params::parse(b"state=%ff%fe").is_err(), "no lossy decoding");
+        assert!(Params::parse(b"a=\xff").is_err());
+        assert_eq!(Params::parse(b"a=x+y%2B").unwrap().get("a"), Some("x y+"));
     }
 
     #[test]

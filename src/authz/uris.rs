@@ -16,6 +16,10 @@ fn is_loopback(host: Option<Host<&str>>) -> bool {
 
 /// Check a redirect URI offered at registration. `Err` says why it is refused.
 pub fn validate_redirect_uri(raw: &str) -> Result<(), String> {
+    // The URL parser silently drops tabs and newlines; a URI never contains them.
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("a redirect URI must not contain spaces or control characters".into());
+    }
     let url = Url::parse(raw).map_err(|e| format!("`{raw}` is not an absolute URI: {e}"))?;
     if url.fragment().is_some() || raw.contains('#') {
         return Err(format!("`{raw}` must not contain a fragment"));
@@ -56,7 +60,10 @@ pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
     let (Ok(r), Ok(p)) = (Url::parse(registered), Url::parse(presented)) else {
         return false;
     };
-    r.scheme() == "http"
+    // Only the port may differ: the presented URI must already be in the parser's
+    // canonical form (no case games, dot segments or stripped characters).
+    p.as_str() == presented
+        && r.scheme() == "http"
         && p.scheme() == "http"
         && is_loopback(r.host())
         && r.host() == p.host()
@@ -106,6 +113,8 @@ mod tests {
             "data:text/html,x",
             "/relative",
             "http://127.0.0.1.evil.com/cb",
+            "https://app.example/cb\r\nX-Injected: yes",
+            "https://app.example/c b",
         ] {
             assert!(validate_redirect_uri(bad).is_err(), "{bad}");
         }
@@ -134,6 +143,14 @@ mod tests {
         );
         assert!(!redirect_uri_matches(https, "https://APP.example/cb/"));
         assert!(!redirect_uri_matches(https, "https://app.example/cb?x=1"));
+        for tricky in [
+            "HTTP://127.0.0.1:5/callback",
+            "http://127.0.0.1:5/x/../callback",
+            "http://127.0.0.1:5/call\tback",
+            "http://127.0.0.1:5/callback\n",
+        ] {
+            assert!(!redirect_uri_matches(reg, tricky), "{tricky:?}");
+        }
     }
 
     #[test]

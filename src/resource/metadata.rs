@@ -18,8 +18,9 @@ pub struct ProtectedResourceMetadata {
     pub scopes_supported: Vec<String>,
     /// Only the Authorization header (a8).
     pub bearer_methods_supported: Vec<&'static str>,
-    /// Where the signing keys are.
-    pub jwks_uri: String,
+    /// Where the signing keys are, when we sign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
     /// A name for consent screens.
     pub resource_name: &'static str,
 }
@@ -29,10 +30,11 @@ pub async fn protected_resource_get(State(state): State<AppState>) -> impl IntoR
     let s = &state.settings;
     axum::Json(ProtectedResourceMetadata {
         resource: s.resource.clone(),
-        authorization_servers: vec![s.issuer.clone()],
+        authorization_servers: vec![crate::tokens::sources::authorization_server(s)],
         scopes_supported: s.config.scopes.supported.clone(),
         bearer_methods_supported: vec!["header"],
-        jwks_uri: format!("{}/.well-known/jwks.json", s.issuer),
+        jwks_uri: (s.config.auth_mode == crate::config::AuthMode::Builtin)
+            .then(|| format!("{}/.well-known/jwks.json", s.issuer)),
         resource_name: "MCP server behind mcp-oauth-gateway",
     })
 }

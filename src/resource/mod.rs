@@ -3,6 +3,7 @@
 //! which scope it needs (a7); failures get RFC 6750 challenges (a2, a6). The verified
 //! identity travels to the MCP server in request extensions, never the token itself (a5).
 
+pub mod api_keys;
 pub mod error;
 pub mod metadata;
 pub mod policy;
@@ -57,6 +58,11 @@ where
             state.clone(),
             require_bearer,
         ));
+    metadata_router(state).merge(protected)
+}
+
+/// The protected resource metadata routes (RFC 9728 §3.1: root and path-suffixed forms).
+pub fn metadata_router(state: AppState) -> Router {
     Router::new()
         .route(
             "/.well-known/oauth-protected-resource",
@@ -67,7 +73,6 @@ where
             get(metadata::protected_resource_get),
         )
         .with_state(state)
-        .merge(protected)
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -121,6 +126,31 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
     Ok(Some(token))
 }
 
+/// Whether a body is a JSON-RPC 2.0 message or a non-empty batch of them: requests and
+/// notifications with a string `method` and structured `params`, or responses.
+fn is_jsonrpc(body: &Value) -> bool {
+    fn one(m: &Value) -> bool {
+        let Value::Object(o) = m else {
+            return false;
+        };
+        let id_ok = o
+            .get("id")
+            .is_none_or(|id| matches!(id, Value::String(_) | Value::Number(_) | Value::Null));
+        let params_ok = o
+            .get("params")
+            .is_none_or(|p| matches!(p, Value::Object(_) | Value::Array(_)));
+        let shape_ok = match o.get("method") {
+            Some(method) => method.is_string(),
+            None => o.contains_key("id") && (o.contains_key("result") || o.contains_key("error")),
+        };
+        o.get("jsonrpc").and_then(Value::as_str) == Some("2.0") && id_ok && params_ok && shape_ok
+    }
+    match body {
+        Value::Array(items) => !items.is_empty() && items.iter().all(one),
+        single => one(single),
+    }
+}
+
 /// Check `Mcp-Method` / `Mcp-Name` headers against the body: authorizing on headers while
 /// the server executes the body would be a confused deputy.
 fn headers_match_body(headers: &HeaderMap, body: &Value) -> bool {
@@ -144,6 +174,52 @@ fn headers_match_body(headers: &HeaderMap, body: &Value) -> bool {
         return body.pointer(field).and_then(Value::as_str) == Some(name);
     }
     true
+}
+
+enum Refusal {
+    /// The token is not acceptable; the reason is safe to show.
+    Token(String),
+    /// We could not check it.
+    Unavailable,
+}
+
+/// Who a bearer token stands for: an API key (when enabled; keys are not JWTs), or a JWT
+/// that verifies and was not revoked.
+async fn identify(state: &AppState, token: &str, now: u64) -> Result<Identity, Refusal> {
+    let (sub, client_id, scopes) = match &state.api_keys {
+        Some(keys) if !token.contains('.') => {
+            let key = keys
+                .find(token, now)
+                .ok_or_else(|| Refusal::Token("unknown API key".into()))?;
+            (key.name.clone(), None, key.scopes.clone())
+        }
+        _ => {
+            let claims = state
+                .verifier
+                .verify(token, now)
+                .await
+                .map_err(|e| Refusal::Token(e.to_string()))?;
+            if let Some(jti) = &claims.jti {
+                match state.store.is_access_token_revoked(jti) {
+                    Ok(false) => {}
+                    Ok(true) => return Err(Refusal::Token("the token has been revoked".into())),
+                    Err(e) => {
+                        tracing::error!(error = %e, "revocation check failed");
+                        return Err(Refusal::Unavailable);
+                    }
+                }
+            }
+            let scopes = claims.scopes().map(str::to_string).collect();
+            (claims.sub, claims.client_id, scopes)
+        }
+    };
+    let effective = state.policy.effective(scopes.iter().map(String::as_str));
+    Ok(Identity {
+        sub,
+        client_id,
+        scopes,
+        effective,
+    })
 }
 
 /// The bearer layer in front of the MCP service.
@@ -188,43 +264,23 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
         }
     };
     let now = state.clock.now();
-    let claims = match state.verifier.verify(token, now).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(reason = %e, "bearer token refused");
+    let identity = match identify(&state, token, now).await {
+        Ok(identity) => identity,
+        Err(Refusal::Token(why)) => {
+            tracing::debug!(reason = %why, "bearer token refused");
             return refuse(
                 Some(BearerErrorCode::InvalidToken),
-                Some(&e.to_string()),
+                Some(&why),
                 default_scope,
             );
         }
-    };
-    if let Some(jti) = &claims.jti {
-        match state.store.is_access_token_revoked(jti) {
-            Ok(false) => {}
-            Ok(true) => {
-                return refuse(
-                    Some(BearerErrorCode::InvalidToken),
-                    Some("the token has been revoked"),
-                    default_scope,
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "revocation check failed");
-                return jsonrpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    -32603,
-                    "temporarily unavailable",
-                );
-            }
+        Err(Refusal::Unavailable) => {
+            return jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32603,
+                "temporarily unavailable",
+            );
         }
-    }
-    let effective = state.policy.effective(claims.scopes());
-    let identity = Identity {
-        sub: claims.sub.clone(),
-        client_id: claims.client_id.clone(),
-        scopes: claims.scopes().map(str::to_string).collect(),
-        effective,
     };
 
     let mut req = if req.method() == Method::POST {
@@ -246,7 +302,7 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
                 "parse error: body is not JSON",
             );
         };
-        if !matches!(message, Value::Object(_) | Value::Array(_)) {
+        if !is_jsonrpc(&message) {
             return jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 -32600,
@@ -305,6 +361,30 @@ mod tests {
         assert!(bearer_token(&h).is_err());
         h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert!(bearer_token(&h).is_err());
+    }
+
+    #[test]
+    fn jsonrpc_shapes() {
+        for ok in [
+            json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+            json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+            json!({"jsonrpc":"2.0","id":"a","result":{}}),
+            json!([{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}]),
+        ] {
+            assert!(is_jsonrpc(&ok), "{ok}");
+        }
+        for bad in [
+            json!({"jsonrpc":"2.0","id":1,"method":5}),
+            json!({"jsonrpc":"2.0","id":1}),
+            json!({"jsonrpc":"2.0","id":1,"method":"x","params":"s"}),
+            json!({"jsonrpc":"2.0","id":{},"method":"x"}),
+            json!({"jsonrpc":"1.0","id":1,"method":"x"}),
+            json!([]),
+            json!([5]),
+            json!("x"),
+        ] {
+            assert!(!is_jsonrpc(&bad), "{bad}");
+        }
     }
 
     #[test]

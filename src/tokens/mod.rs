@@ -5,4 +5,5 @@
 pub mod issue;
 pub mod jwks;
 pub mod keys;
+pub mod sources;
 pub mod verify;

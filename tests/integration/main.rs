@@ -6,8 +6,10 @@
 mod cimd;
 mod clients;
 mod common;
+mod corpus;
 mod errors;
 mod flow;
+mod modes;
 mod proxy;
 mod restart;
 mod rmcp_client;

@@ -1,0 +1,227 @@
+//! Who issues the tokens the resource server accepts (`auth_mode`):
+//!
+//! - `builtin`: our own authorization server; keys read in-process.
+//! - `external`: an OAuth/OIDC issuer; its JWKS is discovered (RFC 8414, then OIDC
+//!   discovery) or configured, fetched over HTTP, cached, refetched once (rate-limited) on
+//!   an unknown `kid`, kept when the issuer is unreachable. Tokens must name the configured
+//!   audience even when the issuer signed them (ECOSYSTEM #7).
+//! - `shared_secret`: HS256 JWTs of an existing application, the secret read from an
+//!   environment variable or a file, never the config file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::JwkSet;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::keys::SigningKey;
+use super::verify::{JwksCache, JwksFetcher, Keys, Verifier};
+use crate::config::{AuthMode, ConfigError};
+use crate::state::Settings;
+
+/// Largest JWKS or metadata document accepted.
+const MAX_DOC: usize = 1024 * 1024;
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let res = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !res.status().is_success() {
+        return Err(format!("{url}: status {}", res.status()));
+    }
+    let bytes = res.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if bytes.len() > MAX_DOC {
+        return Err(format!("{url}: document too large"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))
+}
+
+/// The well-known URLs of an issuer's metadata, in the order clients try them (b3).
+pub fn discovery_urls(issuer: &str) -> Vec<String> {
+    let issuer = issuer.trim_end_matches('/');
+    let Ok(url) = url::Url::parse(issuer) else {
+        return Vec::new();
+    };
+    let origin = url.origin().ascii_serialization();
+    let path = url.path().trim_end_matches('/');
+    if path.is_empty() {
+        vec![
+            format!("{origin}/.well-known/oauth-authorization-server"),
+            format!("{origin}/.well-known/openid-configuration"),
+        ]
+    } else {
+        vec![
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{origin}/.well-known/openid-configuration{path}"),
+            format!("{issuer}/.well-known/openid-configuration"),
+        ]
+    }
+}
+
+/// Find the issuer's `jwks_uri`; its metadata must name the same issuer.
+async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, String> {
+    let mut last = String::from("no discovery URL");
+    for url in discovery_urls(issuer) {
+        match get_json(client, &url).await {
+            Ok(meta) => {
+                let named = meta
+                    .get("issuer")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
+                    return Err(format!("{url} names issuer `{named}`, not `{issuer}`"));
+                }
+                return meta
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{url} has no jwks_uri"));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A fetcher of an external issuer's JWKS over HTTP; discovery runs on first use, so the
+/// gateway starts even while the issuer is down.
+pub fn http_jwks_fetcher(
+    issuer: String,
+    jwks_uri: Option<String>,
+) -> Result<JwksFetcher, ConfigError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| invalid("external", e.to_string()))?;
+    let uri: Arc<OnceCell<String>> = Arc::new(OnceCell::new());
+    if let Some(u) = jwks_uri {
+        let _ = uri.set(u);
+    }
+    Ok(Arc::new(move || {
+        let (client, uri, issuer) = (client.clone(), uri.clone(), issuer.clone());
+        Box::pin(async move {
+            let jwks_uri = uri
+                .get_or_try_init(|| discover_jwks_uri(&client, &issuer))
+                .await?
+                .clone();
+            let doc = get_json(&client, &jwks_uri).await?;
+            serde_json::from_value::<JwkSet>(doc).map_err(|e| format!("{jwks_uri}: {e}"))
+        })
+    }))
+}
+
+/// The issuer clients are sent to, as protected resource metadata lists it.
+pub fn authorization_server(settings: &Settings) -> String {
+    let c = &settings.config;
+    match c.auth_mode {
+        AuthMode::Builtin => settings.issuer.clone(),
+        AuthMode::External => c.external.issuer.clone(),
+        AuthMode::SharedSecret => c.shared_secret.issuer.clone(),
+    }
+}
+
+/// The verifier for the configured `auth_mode`.
+pub fn verifier(settings: &Settings, keys: Arc<SigningKey>) -> Result<Verifier, ConfigError> {
+    let c = &settings.config;
+    let leeway = c.leeway_seconds;
+    match c.auth_mode {
+        AuthMode::Builtin => {
+            // Our own key ring, read through the same cache an external issuer's keys go
+            // through, so rotation and unknown-kid handling are one path.
+            let fetch: JwksFetcher = Arc::new(move || {
+                let set = keys.jwks();
+                Box::pin(async move { Ok(set) })
+            });
+            Ok(Verifier {
+                issuers: vec![settings.issuer.clone()],
+                audience: settings.resource.clone(),
+                leeway,
+                keys: Keys::Jwks(JwksCache::new(fetch, 300, 5)),
+            })
+        }
+        AuthMode::External => {
+            let e = &c.external;
+            if e.issuer.is_empty() || e.audience.is_empty() {
+                return Err(invalid("external", "issuer and audience are required"));
+            }
+            let mut issuers = vec![e.issuer.clone()];
+            issuers.extend(e.allowed_issuers.iter().cloned());
+            let fetch = http_jwks_fetcher(e.issuer.clone(), e.jwks_uri.clone())?;
+            Ok(Verifier {
+                issuers,
+                audience: e.audience.clone(),
+                leeway,
+                keys: Keys::Jwks(JwksCache::new(fetch, e.jwks_ttl_seconds, 30)),
+            })
+        }
+        AuthMode::SharedSecret => {
+            let s = &c.shared_secret;
+            if s.issuer.is_empty() || s.audience.is_empty() {
+                return Err(invalid("shared_secret", "issuer and audience are required"));
+            }
+            let secret = match &s.secret_file {
+                Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "shared_secret.secret_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?,
+                None => std::env::var(&s.secret_env).map_err(|_| {
+                    invalid(
+                        "shared_secret.secret_env",
+                        format!("environment variable {} is not set", s.secret_env),
+                    )
+                })?,
+            };
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.len() < 32 {
+                return Err(invalid(
+                    "shared_secret",
+                    "the secret must be at least 32 bytes",
+                ));
+            }
+            Ok(Verifier {
+                issuers: vec![s.issuer.clone()],
+                audience: s.audience.clone(),
+                leeway,
+                keys: Keys::Hmac(DecodingKey::from_secret(secret.as_bytes())),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3_discovery_order() {
+        assert_eq!(
+            discovery_urls("https://idp.example"),
+            [
+                "https://idp.example/.well-known/oauth-authorization-server",
+                "https://idp.example/.well-known/openid-configuration"
+            ]
+        );
+        assert_eq!(
+            discovery_urls("https://idp.example/realms/x/"),
+            [
+                "https://idp.example/.well-known/oauth-authorization-server/realms/x",
+                "https://idp.example/.well-known/openid-configuration/realms/x",
+                "https://idp.example/realms/x/.well-known/openid-configuration"
+            ]
+        );
+    }
+}
