@@ -71,6 +71,8 @@ pub struct Config {
     pub api_keys: ApiKeysConfig,
     /// An existing streamable-HTTP MCP server to protect instead of the built-in one.
     pub upstream: Option<String>,
+    /// A stdio MCP server to spawn and protect instead of the built-in one.
+    pub upstream_cmd: Option<String>,
     /// Headers sent to the upstream on every request (its own credential, say).
     pub upstream_headers: BTreeMap<String, String>,
     /// Headers carrying the verified identity to the upstream.
@@ -355,6 +357,7 @@ impl Default for Config {
             shared_secret: SharedSecretConfig::default(),
             api_keys: ApiKeysConfig::default(),
             upstream: None,
+            upstream_cmd: None,
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),
             cimd_enabled: true,
@@ -438,6 +441,16 @@ impl Config {
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(invalid("public_url", "must not have a query or fragment"));
             }
+        }
+        if self.upstream.is_some() && self.upstream_cmd.is_some() {
+            return Err(invalid(
+                "upstream_cmd",
+                "give either upstream or upstream_cmd, not both",
+            ));
+        }
+        if let Some(cmd) = &self.upstream_cmd {
+            crate::mcp::stdio::split_command(cmd)
+                .map_err(|e| invalid("upstream_cmd", &e.to_string()))?;
         }
         if let Some(url) = &self.upstream {
             let parsed = Url::parse(url).map_err(|e| invalid("upstream", &e.to_string()))?;

@@ -214,10 +214,17 @@ impl Gateway {
                 .map_err(std::io::Error::other)?;
                 resource::router(state.clone(), upstream.into_router())
             }
-            None => resource::router(
-                state.clone(),
-                mcp::builtin_service(&state, stop.child_token()),
-            ),
+            None => match &state.settings.config.upstream_cmd {
+                Some(command) => resource::router(
+                    state.clone(),
+                    mcp::stdio_service(&state, command, stop.child_token())
+                        .map_err(std::io::Error::other)?,
+                ),
+                None => resource::router(
+                    state.clone(),
+                    mcp::builtin_service(&state, stop.child_token()),
+                ),
+            },
         };
         let serve = |listener: TcpListener, router: Router| {
             let stop = stop.clone();

@@ -54,6 +54,9 @@ struct Cli {
     /// Protect this streamable-HTTP MCP server instead of the built-in one.
     #[arg(long, env = "MCP_GATEWAY_UPSTREAM")]
     upstream: Option<String>,
+    /// Spawn this stdio MCP server and protect it instead of the built-in one.
+    #[arg(long, env = "MCP_GATEWAY_UPSTREAM_CMD")]
+    upstream_cmd: Option<String>,
     /// Storage backend.
     #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
     store: Option<StoreKind>,
@@ -68,6 +71,8 @@ enum Command {
     /// Read a password from standard input and print its argon2 hash, for a `[[users]]`
     /// entry's `password_hash`.
     HashPassword,
+    /// Serve the built-in demo tools as a stdio MCP server (try `--upstream-cmd` with it).
+    ServeStdio,
 }
 
 fn hash_password_from_stdin() -> ExitCode {
@@ -114,6 +119,9 @@ impl Cli {
             log_format,
             store
         );
+        if let Some(cmd) = self.upstream_cmd {
+            c.upstream_cmd = Some(cmd);
+        }
         if let Some(url) = self.upstream {
             c.upstream = Some(url);
         }
@@ -165,8 +173,21 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Some(Command::HashPassword) = cli.command.take() {
-        return hash_password_from_stdin();
+    match cli.command.take() {
+        Some(Command::HashPassword) => return hash_password_from_stdin(),
+        Some(Command::ServeStdio) => {
+            // Logs must not touch stdout: it carries the protocol.
+            init_tracing(LogFormat::Text);
+            let clock = std::sync::Arc::new(mcp_oauth_gateway::clock::SystemClock);
+            return match mcp_oauth_gateway::mcp::serve_builtin_stdio(clock).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcp-oauth-gateway: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let config = match cli.into_config() {
         Ok(c) => c,

@@ -151,8 +151,15 @@ impl BuiltinServer {
 }
 
 impl BuiltinServer {
-    fn allowed(&self, ctx: &RequestContext<RoleServer>) -> BTreeSet<String> {
-        identity(ctx).map(|i| i.effective).unwrap_or_default()
+    /// Whether this request may use `tool`. Over HTTP the bearer layer put the identity in
+    /// the request; without HTTP (served on stdio, behind another gateway) there is no
+    /// token and the policy is the caller's business.
+    fn may_call(&self, ctx: &RequestContext<RoleServer>, tool: &str) -> bool {
+        if ctx.extensions.get::<http::request::Parts>().is_none() {
+            return true;
+        }
+        let allowed: BTreeSet<String> = identity(ctx).map(|i| i.effective).unwrap_or_default();
+        self.policy.may_call(&allowed, tool)
     }
 }
 
@@ -179,12 +186,11 @@ impl ServerHandler for BuiltinServer {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let allowed = self.allowed(&ctx);
         let tools: Vec<Tool> = self
             .tool_router
             .list_all()
             .into_iter()
-            .filter(|t| self.policy.may_call(&allowed, &t.name))
+            .filter(|t| self.may_call(&ctx, &t.name))
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -198,7 +204,7 @@ impl ServerHandler for BuiltinServer {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !self.policy.may_call(&self.allowed(&ctx), &request.name) {
+        if !self.may_call(&ctx, &request.name) {
             return Err(ErrorData::invalid_request(
                 "the token may not call this tool",
                 None,

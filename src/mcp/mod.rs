@@ -2,6 +2,7 @@
 //! the connector to an existing MCP server ([`upstream`]).
 
 pub mod builtin;
+pub mod stdio;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -12,19 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// The built-in server as a tower service, sessionful for 2025-era clients and stateless for
-/// 2026-07-28 ones. Sessions end when `shutdown` is cancelled, so graceful shutdown is not
-/// held up by open SSE streams.
-pub fn builtin_service(
-    state: &AppState,
-    shutdown: CancellationToken,
-) -> StreamableHttpService<builtin::BuiltinServer, LocalSessionManager> {
-    let notes = builtin::Notes::default();
-    let policy = state.policy.clone();
-    let clock = state.clock.clone();
+/// How our MCP servers are served: the proxy rewrites Host to our listener's address and
+/// the bearer layer checks Origin; sessions end when `shutdown` is cancelled, so graceful
+/// shutdown is not held up by open SSE streams.
+fn http_config(state: &AppState, shutdown: CancellationToken) -> StreamableHttpServerConfig {
     let mcp_ip = state.settings.config.mcp_addr.ip().to_string();
-    // The proxy rewrites Host to our listener's address; the bearer layer checks Origin.
-    let config = StreamableHttpServerConfig::default()
+    StreamableHttpServerConfig::default()
         .with_allowed_hosts([
             "localhost".to_string(),
             "127.0.0.1".into(),
@@ -32,7 +26,18 @@ pub fn builtin_service(
             mcp_ip,
         ])
         .disable_allowed_origins()
-        .with_cancellation_token(shutdown);
+        .with_cancellation_token(shutdown)
+}
+
+/// The built-in server as a tower service, sessionful for 2025-era clients and stateless for
+/// 2026-07-28 ones.
+pub fn builtin_service(
+    state: &AppState,
+    shutdown: CancellationToken,
+) -> StreamableHttpService<builtin::BuiltinServer, LocalSessionManager> {
+    let notes = builtin::Notes::default();
+    let policy = state.policy.clone();
+    let clock = state.clock.clone();
     StreamableHttpService::new(
         move || {
             Ok(builtin::BuiltinServer::new(
@@ -42,6 +47,37 @@ pub fn builtin_service(
             ))
         },
         Arc::new(LocalSessionManager::default()),
-        config,
+        http_config(state, shutdown),
     )
+}
+
+/// Serve the built-in demo server on standard input and output (`serve-stdio`), as a
+/// stdio MCP server for trying `--upstream-cmd` and for tests. Returns when stdin closes.
+pub async fn serve_builtin_stdio(clock: Arc<dyn crate::clock::Clock>) -> std::io::Result<()> {
+    use rmcp::ServiceExt as _;
+    let policy = Arc::new(crate::resource::policy::ScopePolicy::from_config(
+        &crate::config::ScopeConfig::default(),
+    ));
+    let server = builtin::BuiltinServer::new(builtin::Notes::default(), policy, clock);
+    let running = server
+        .serve(rmcp::transport::io::stdio())
+        .await
+        .map_err(std::io::Error::other)?;
+    running.waiting().await.map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// A stdio MCP server (`--upstream-cmd`) served over streamable HTTP.
+pub fn stdio_service(
+    state: &AppState,
+    command: &str,
+    shutdown: CancellationToken,
+) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {
+    let upstream = stdio::StdioUpstream::new(command)?;
+    let policy = state.policy.clone();
+    Ok(StreamableHttpService::new(
+        move || Ok(stdio::StdioBridge::new(upstream.clone(), policy.clone())),
+        Arc::new(LocalSessionManager::default()),
+        http_config(state, shutdown),
+    ))
 }

@@ -188,3 +188,41 @@ async fn upstream_gets_identity_not_token_and_tools_are_filtered() {
     assert_eq!(s, 200);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn stdio_upstream_is_served_over_http_with_the_policy_applied() {
+    // Our own binary serves the demo tools on stdio: a real child process speaking MCP.
+    let cmd = format!("{} serve-stdio", env!("CARGO_BIN_EXE_mcp-oauth-gateway"));
+    let gw = common::spawn_with(move |c| c.upstream_cmd = Some(cmd)).await;
+    let (_, t) = gw.login(Some("mcp:read")).await;
+    let sid = initialize(&gw, &t.access).await;
+    let (s, _, list) = gw
+        .mcp(
+            Some(&t.access),
+            Some(&sid),
+            json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"echo"), "{names:?}");
+    assert!(
+        !names.contains(&"add_note"),
+        "hidden from a read-only token: {names:?}"
+    );
+    let (s, _, v) = gw
+        .call_tool(&t.access, &sid, "echo", json!({"message": "over stdio"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["result"]["content"][0]["text"], "over stdio");
+    let (s, _, _) = gw
+        .call_tool(&t.access, &sid, "add_note", json!({"text": "x"}))
+        .await;
+    assert_eq!(s, 403);
+    gw.stop().await;
+}
