@@ -11,8 +11,10 @@ Stages (default: all):
 
 The script installs what it needs itself: a virtualenv in .venv/ with
 python_tests/requirements.txt (reinstalled only when that file changes), and
-clients/ts/node_modules and clients/inspector/node_modules via `npm ci` (only
-when missing or the lock changed), and Chromium via apt-get when it is missing.
+clients/ts/node_modules, clients/inspector/node_modules and
+clients/thirdparty/node_modules (server-everything and oidc-provider, which the
+flow tests run) via `npm ci` (only when missing or the lock changed), and
+Chromium via apt-get when it is missing.
 It builds once with cargo, streams every child's output, keeps going after a
 failing stage, and ends with one line `N passed, M failed`. The exit code is
 non-zero if any test failed or any stage could not run.
@@ -46,6 +48,7 @@ VENV_STAMP = VENV / ".requirements.sha256"
 ARTIFACTS = ROOT / "test-artifacts"
 CLIENTS_TS = ROOT / "clients" / "ts"
 CLIENTS_INSPECTOR = ROOT / "clients" / "inspector"
+CLIENTS_THIRDPARTY = ROOT / "clients" / "thirdparty"
 CHROMIUM = Path("/usr/bin/chromium")
 STAGES = ("unit", "integration", "flow", "clients", "browser")
 
@@ -246,6 +249,9 @@ def stage_flow(build_ok: bool) -> StageResult:
         return result
     if not ensure_venv(result):
         return result
+    # Third-party servers the flow tests start (server-everything, oidc-provider). A failed
+    # install is reported, and the rest of the flow tests still run.
+    ensure_node_modules(CLIENTS_THIRDPARTY, result)
     ARTIFACTS.mkdir(exist_ok=True)
     junit = ARTIFACTS / "pytest-junit.xml"
     if junit.exists():

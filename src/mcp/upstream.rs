@@ -22,7 +22,7 @@ use url::Url;
 use crate::config::IdentityHeaders;
 use crate::proxy::forward::strip_hop_by_hop;
 use crate::resource::policy::ScopePolicy;
-use crate::resource::{Identity, JsonRpcMethods};
+use crate::resource::{Identity, JsonRpcId, JsonRpcMethods};
 
 /// Largest `tools/list` answer the gateway will buffer to filter.
 const MAX_LIST_BODY: usize = 8 * 1024 * 1024;
@@ -94,8 +94,8 @@ impl Upstream {
     }
 }
 
-fn jsonrpc_failure(status: StatusCode, message: &str) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603, "message": message}});
+fn jsonrpc_failure(status: StatusCode, id: &Value, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": message}});
     (status, axum::Json(body)).into_response()
 }
 
@@ -157,6 +157,10 @@ fn set_header(headers: &mut HeaderMap, name: &Option<String>, value: &str) {
 async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let identity = parts.extensions.get::<Identity>().cloned();
+    let id = parts
+        .extensions
+        .get::<JsonRpcId>()
+        .map_or(Value::Null, |i| i.0.clone());
     let lists_tools = parts
         .extensions
         .get::<JsonRpcMethods>()
@@ -172,7 +176,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         .build()
     {
         Ok(u) => u,
-        Err(_) => return jsonrpc_failure(StatusCode::BAD_REQUEST, "invalid request target"),
+        Err(_) => return jsonrpc_failure(StatusCode::BAD_REQUEST, &id, "invalid request target"),
     };
     parts.version = axum::http::Version::HTTP_11;
     let h = &mut parts.headers;
@@ -214,15 +218,23 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => {
             tracing::warn!(upstream = %up.authority, error = %e, "upstream unreachable");
-            return jsonrpc_failure(StatusCode::BAD_GATEWAY, "upstream MCP server unavailable");
+            return jsonrpc_failure(
+                StatusCode::BAD_GATEWAY,
+                &id,
+                "upstream MCP server unavailable",
+            );
         }
         Err(_) => {
-            return jsonrpc_failure(StatusCode::GATEWAY_TIMEOUT, "upstream MCP server timed out");
+            return jsonrpc_failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                &id,
+                "upstream MCP server timed out",
+            );
         }
     };
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let Some(id) = identity.filter(|_| lists_tools && parts.status.is_success()) else {
+    let Some(who) = identity.filter(|_| lists_tools && parts.status.is_success()) else {
         return Response::from_parts(parts, Body::new(body));
     };
     let is_sse = parts
@@ -233,11 +245,12 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_LIST_BODY).await else {
         return jsonrpc_failure(
             StatusCode::BAD_GATEWAY,
+            &id,
             "upstream tools/list answer unreadable",
         );
     };
     let policy = &up.policy;
-    let filtered = filter_body(&bytes, is_sse, |name| policy.may_call(&id.effective, name));
+    let filtered = filter_body(&bytes, is_sse, |name| policy.may_call(&who.effective, name));
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(filtered))
 }

@@ -31,6 +31,10 @@ pub const MAX_MCP_BODY: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonRpcMethods(pub Vec<String>);
 
+/// The id of a single JSON-RPC request, so errors produced for it can answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonRpcId(pub Value);
+
 /// Who is calling, as established from a verified token. Put in request extensions for the
 /// MCP server; it never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,8 +334,12 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
         .into_iter()
         .filter_map(|m| m.get("method").and_then(Value::as_str).map(str::to_string))
         .collect();
+        let id = message.get("id").cloned();
         let mut req = Request::from_parts(parts, Body::from(bytes));
         req.extensions_mut().insert(JsonRpcMethods(methods));
+        if let Some(id) = id {
+            req.extensions_mut().insert(JsonRpcId(id));
+        }
         req
     } else {
         req
