@@ -44,6 +44,9 @@ pub enum OAuthError {
     /// Too many requests from this source.
     #[error("too many requests; retry after {0} seconds")]
     TooManyRequests(u64),
+    /// Storage is unavailable (a full disk, a read-only database): try again later.
+    #[error("temporarily unavailable; try again shortly")]
+    TemporarilyUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Our fault. The cause is logged, never shown.
     #[error("internal error")]
     ServerError(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -73,6 +76,7 @@ impl OAuthError {
             Self::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Self::InvalidClientMetadata(_) => "invalid_client_metadata",
             Self::TooManyRequests(_) => "slow_down",
+            Self::TemporarilyUnavailable(_) => "temporarily_unavailable",
             Self::ServerError(_) => "server_error",
         }
     }
@@ -82,24 +86,36 @@ impl OAuthError {
         match self {
             Self::InvalidClient { basic: true, .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ServerError(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
 
-    /// Wrap an internal failure.
+    /// Wrap an internal failure; a storage failure is a 503, not a 500.
     pub fn server(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::ServerError(Box::new(e))
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        if boxed.is::<crate::store::StoreError>() {
+            Self::TemporarilyUnavailable(boxed)
+        } else {
+            Self::ServerError(boxed)
+        }
     }
 }
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        if let Self::ServerError(cause) = &self {
-            tracing::error!(error = %cause, "authorization server error");
+        match &self {
+            Self::ServerError(cause) => {
+                tracing::error!(error = %cause, "authorization server error")
+            }
+            Self::TemporarilyUnavailable(cause) => {
+                tracing::error!(error = %cause, "storage unavailable")
+            }
+            _ => {}
         }
         let description = match &self {
-            Self::ServerError(_) => None,
+            Self::ServerError(_) | Self::TemporarilyUnavailable(_) => None,
             other => Some(other.to_string()),
         };
         let body = ErrorBody {
@@ -115,6 +131,9 @@ impl IntoResponse for OAuthError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"mcp-oauth-gateway\""),
             );
+        }
+        if let Self::TemporarilyUnavailable(_) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Self::TooManyRequests(secs) = self
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
@@ -181,6 +200,11 @@ mod tests {
                 OAuthError::server(std::io::Error::other("disk")),
                 "server_error",
                 500,
+            ),
+            (
+                OAuthError::server(crate::store::StoreError::Unavailable("read-only".into())),
+                "temporarily_unavailable",
+                503,
             ),
         ];
         for (err, code, status) in cases {
