@@ -89,6 +89,10 @@ pub struct Config {
     /// How long an approval is remembered per (user, client), so reconnecting clients are
     /// not asked again, seconds (0: ask every time).
     pub remember_consent_seconds: u64,
+    /// Serve `/metrics` through the public proxy too (it is always on the routes listener).
+    pub metrics_public: bool,
+    /// Write security events (target `audit`) as JSON lines to this file as well.
+    pub audit_log: Option<PathBuf>,
     /// Keep a trace of recent proxied requests, served at `/debug/requests`.
     pub debug_trace: bool,
     /// Scopes and the policy that maps MCP methods and tools to them.
@@ -366,6 +370,8 @@ impl Default for Config {
             session_ttl_seconds: 12 * 3600,
             remember_consent_seconds: 30 * 24 * 3600,
             debug_trace: false,
+            metrics_public: false,
+            audit_log: None,
             scopes: ScopeConfig::default(),
         }
     }

@@ -210,6 +210,7 @@ impl Gateway {
                     c.identity_headers.clone(),
                     state.policy.clone(),
                     std::time::Duration::from_secs(c.upstream_timeout_seconds),
+                    state.metrics.clone(),
                 )
                 .map_err(std::io::Error::other)?;
                 resource::router(state.clone(), upstream.into_router())
@@ -250,7 +251,8 @@ impl Gateway {
                     // Another issuer authorizes: only the resource's own metadata is ours.
                     _ => resource::metadata_router(state.clone()),
                 }
-                .merge(proxy::trace::router(state.clone())),
+                .merge(proxy::trace::router(state.clone()))
+                .merge(crate::ops::router(state.clone())),
             ),
             serve(listeners.jwks, tokens::jwks::router(state.clone())),
             serve(

@@ -24,6 +24,8 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod mcp;
+pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod resource;
 pub mod secret;

@@ -57,6 +57,9 @@ struct Cli {
     /// Spawn this stdio MCP server and protect it instead of the built-in one.
     #[arg(long, env = "MCP_GATEWAY_UPSTREAM_CMD")]
     upstream_cmd: Option<String>,
+    /// Also write security events as JSON lines to this file.
+    #[arg(long, env = "MCP_GATEWAY_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     /// Storage backend.
     #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
     store: Option<StoreKind>,
@@ -119,6 +122,9 @@ impl Cli {
             log_format,
             store
         );
+        if let Some(path) = self.audit_log {
+            c.audit_log = Some(path);
+        }
         if let Some(cmd) = self.upstream_cmd {
             c.upstream_cmd = Some(cmd);
         }
@@ -135,17 +141,49 @@ impl Cli {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr (text or JSON, level from `RUST_LOG`); security events (target
+/// `audit`) also go, as JSON lines, to the audit log when one is named.
+fn init_tracing(format: LogFormat, audit_log: Option<&std::path::Path>) -> Result<(), String> {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
+    let main = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let audit = match audit_log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_target("audit", tracing::Level::INFO),
+                    ),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(main.with_filter(filter))
+        .with(audit)
+        .try_init()
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -177,7 +215,7 @@ async fn main() -> ExitCode {
         Some(Command::HashPassword) => return hash_password_from_stdin(),
         Some(Command::ServeStdio) => {
             // Logs must not touch stdout: it carries the protocol.
-            init_tracing(LogFormat::Text);
+            let _ = init_tracing(LogFormat::Text, None);
             let clock = std::sync::Arc::new(mcp_oauth_gateway::clock::SystemClock);
             return match mcp_oauth_gateway::mcp::serve_builtin_stdio(clock).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -196,7 +234,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
+    if let Err(e) = init_tracing(config.log_format, config.audit_log.as_deref()) {
+        eprintln!("mcp-oauth-gateway: {e}");
+        return ExitCode::from(2);
+    }
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => {

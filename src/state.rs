@@ -121,6 +121,8 @@ pub struct AppState {
     pub trace: Option<Arc<RequestTrace>>,
     /// Static API keys, when enabled.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -211,6 +213,7 @@ impl AppState {
             sessions: Arc::new(Sessions::default()),
             cimd,
             api_keys,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 }

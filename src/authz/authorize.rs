@@ -272,7 +272,7 @@ fn approve(state: &AppState, p: &PendingAuthorization, now: u64) -> Result<Strin
         .store
         .insert_code(sha256_b64(&code), record)
         .map_err(|_| "store")?;
-    tracing::info!(client_id = %p.client_id, scopes = %p.scopes.join(" "), "authorization code issued");
+    tracing::info!(target: "audit", event = "code_issued", client_id = %p.client_id, sub = ?p.sub, scopes = %p.scopes.join(" "), "authorization code issued");
     let mut pairs = vec![("code", code.as_str())];
     if let Some(s) = &p.state {
         pairs.push(("state", s));
@@ -646,10 +646,11 @@ pub async fn consent_post(
                     tracing::warn!(error = %e, "could not remember consent");
                 }
             }
+            tracing::info!(target: "audit", event = "consent_granted", client_id = %pending.client_id, sub = ?pending.sub, scopes = %pending.scopes.join(" "), "consent granted");
             approve(&state, &pending, now).ok()
         }
         _ => {
-            tracing::info!(client_id = %pending.client_id, "consent denied");
+            tracing::info!(target: "audit", event = "consent_denied", client_id = %pending.client_id, sub = ?pending.sub, "consent denied");
             error_redirect(
                 &s.issuer,
                 &pending.redirect_uri,

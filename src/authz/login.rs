@@ -274,7 +274,7 @@ pub async fn login_post(
         None => false,
     };
     if !ok {
-        tracing::warn!(client_id = %pending.client_id, "login failed");
+        tracing::warn!(target: "audit", event = "login_failed", client_id = %pending.client_id, "login failed");
         // The same form may be tried again.
         if let Err(e) = state.store.insert_pending(pending.clone(), now) {
             tracing::error!(error = %e, "storing pending authorization failed");
@@ -287,7 +287,7 @@ pub async fn login_post(
             Some("Wrong user or password."),
         );
     }
-    tracing::info!(sub = %username, "user signed in");
+    tracing::info!(target: "audit", event = "login", sub = %username, "user signed in");
     let Some(token) =
         state
             .sessions
@@ -386,7 +386,7 @@ pub async fn consents_revoke_post(
     };
     match state.store.forget_consent(&user, &client_id) {
         Ok(_) => {
-            tracing::info!(sub = %user, %client_id, "consent revoked");
+            tracing::info!(target: "audit", event = "consent_revoked", sub = %user, %client_id, "consent revoked");
             (StatusCode::SEE_OTHER, [(header::LOCATION, CONSENTS_PATH)]).into_response()
         }
         Err(_) => error_page(

@@ -196,7 +196,8 @@ pub async fn register_post(
         .store
         .insert_client(client.clone())
         .map_err(OAuthError::server)?;
-    tracing::info!(client_id = %client.client_id, name = ?client.client_name, "client registered");
+    state.metrics.registered();
+    tracing::info!(target: "audit", event = "client_registered", client_id = %client.client_id, name = ?client.client_name, "client registered");
     let body = RegistrationResponse {
         client_id: client.client_id,
         client_id_issued_at: now,

@@ -37,7 +37,7 @@ pub async fn revoke_post(
                 return Err(not_yours());
             }
             store.revoke_grant(&grant.id).map_err(OAuthError::server)?;
-            tracing::info!(%client_id, "refresh token revoked with its grant");
+            tracing::info!(target: "audit", event = "grant_revoked", %client_id, "refresh token revoked with its grant");
         }
     } else if let Ok(claims) = state.verifier.verify(token, state.clock.now()).await {
         if claims.client_id.as_deref() != Some(client_id) {
@@ -47,7 +47,7 @@ pub async fn revoke_post(
             store
                 .revoke_access_token(jti, claims.exp)
                 .map_err(OAuthError::server)?;
-            tracing::info!(%client_id, "access token revoked");
+            tracing::info!(target: "audit", event = "access_token_revoked", %client_id, "access token revoked");
         }
     }
     Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response())

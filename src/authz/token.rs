@@ -206,7 +206,8 @@ fn authorization_code(
             ));
         }
         CodeRedemption::Replayed { grant_id } => {
-            tracing::warn!(client_id = %client.client_id, "authorization code replayed; revoking its grant");
+            state.metrics.replay("code");
+            tracing::warn!(target: "audit", event = "code_replayed", client_id = %client.client_id, "authorization code replayed; revoking its grant");
             state
                 .store
                 .revoke_grant(&grant_id)
@@ -258,7 +259,7 @@ fn authorization_code(
         )
         .map_err(OAuthError::server)?;
     let (access_token, expires_in) = for_grant(state, &grant, &grant.scopes, now)?;
-    tracing::info!(client_id = %grant.client_id, sub = %grant.sub, "tokens issued for code");
+    tracing::info!(target: "audit", event = "code_redeemed", client_id = %grant.client_id, sub = %grant.sub, scopes = %grant.scopes.join(" "), "tokens issued for code");
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -320,6 +321,7 @@ fn refresh_token(
     {
         RotateOutcome::Rotated(grant) => {
             let (access_token, expires_in) = for_grant(state, &grant, &scopes, now)?;
+            tracing::info!(target: "audit", event = "refreshed", client_id = %grant.client_id, sub = %grant.sub, "tokens refreshed");
             Ok(TokenResponse {
                 access_token,
                 token_type: "Bearer",
@@ -329,7 +331,8 @@ fn refresh_token(
             })
         }
         RotateOutcome::Replay => {
-            tracing::warn!(client_id = %client.client_id, "refresh token replayed; family revoked");
+            state.metrics.replay("refresh_token");
+            tracing::warn!(target: "audit", event = "refresh_replayed", client_id = %client.client_id, "refresh token replayed; family revoked");
             Err(OAuthError::InvalidGrant(
                 "the refresh token was already used; the grant is revoked".into(),
             ))
@@ -373,7 +376,7 @@ fn client_credentials(
         &scopes,
         now,
     )?;
-    tracing::info!(client_id = %client.client_id, "token issued for client credentials");
+    tracing::info!(target: "audit", event = "client_credentials_issued", client_id = %client.client_id, scopes = %scopes.join(" "), "token issued for client credentials");
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -421,6 +424,7 @@ pub fn exchange(
         .store
         .touch_client(&client.client_id, now)
         .map_err(OAuthError::server)?;
+    state.metrics.issued(grant_type);
     Ok(res)
 }
 

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::IdentityHeaders;
+use crate::metrics::Metrics;
 use crate::proxy::forward::strip_hop_by_hop;
 use crate::resource::policy::ScopePolicy;
 use crate::resource::{Identity, JsonRpcId, JsonRpcMethods};
@@ -45,6 +46,7 @@ pub struct Upstream {
     identity: IdentityHeaders,
     policy: Arc<ScopePolicy>,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
@@ -55,6 +57,7 @@ impl Upstream {
         identity: IdentityHeaders,
         policy: Arc<ScopePolicy>,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
         let bad = |message: &str| UpstreamError {
             url: url.to_string(),
@@ -85,6 +88,7 @@ impl Upstream {
             identity,
             policy,
             timeout,
+            metrics,
         })
     }
 
@@ -217,6 +221,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     let res = match sent {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => {
+            up.metrics.upstream_error();
             tracing::warn!(upstream = %up.authority, error = %e, "upstream unreachable");
             return jsonrpc_failure(
                 StatusCode::BAD_GATEWAY,
@@ -225,6 +230,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             );
         }
         Err(_) => {
+            up.metrics.upstream_error();
             return jsonrpc_failure(
                 StatusCode::GATEWAY_TIMEOUT,
                 &id,
@@ -286,6 +292,7 @@ mod tests {
                 IdentityHeaders::default(),
                 p.clone(),
                 Duration::from_secs(1),
+                Arc::new(Metrics::new()),
             )
         };
         assert!(new("http://127.0.0.1:9/mcp").is_ok());

@@ -24,6 +24,8 @@ use crate::state::AppState;
 /// What the proxy needs.
 #[derive(Clone)]
 pub struct ProxyState {
+    metrics_public: bool,
+    metrics: Arc<crate::metrics::Metrics>,
     trace: Option<Arc<RequestTrace>>,
     backends: Backends,
     client: Client<HttpConnector, Body>,
@@ -45,6 +47,8 @@ impl ProxyState {
             "http"
         };
         Self {
+            metrics_public: state.settings.config.metrics_public,
+            metrics: state.metrics.clone(),
             trace: state.trace.clone(),
             backends,
             client,
@@ -61,6 +65,17 @@ pub fn router(state: AppState, backends: Backends) -> Router {
         .fallback(proxy_handler)
         .with_state(ps)
         .layer(cors::layer(state))
+}
+
+/// The request id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A client's request id is kept if it is short and plain.
+fn is_sane_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -111,11 +126,27 @@ pub async fn proxy_handler(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let backend = route(req.uri().path());
+    let mut backend = route(req.uri().path());
+    if req.uri().path() == "/metrics" && ps.metrics_public {
+        backend = Backend::Routes;
+    }
     let addr = ps.backends.addr(backend);
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
+    // Every request gets an id, kept when the client sent a sane one, passed to the
+    // backend, returned to the client, and in the log and the trace.
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_sane_request_id(v))
+        .map(str::to_string)
+        .or_else(|| crate::secret::random_token(12))
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert(REQUEST_ID, v);
+    }
     let traced_headers = match &ps.trace {
         Some(_) if path != TRACE_PATH => Some(redacted_headers(&parts.headers)),
         _ => None,
@@ -168,6 +199,11 @@ pub async fn proxy_handler(
             failure(backend, StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
         }
     };
+    ps.metrics.proxied(
+        backend.name(),
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     if let (Some(trace), Some(request_headers)) = (&ps.trace, traced_headers) {
         trace.record(TraceEntry {
             id: 0,
@@ -182,9 +218,14 @@ pub async fn proxy_handler(
         });
     }
     // The path only: query strings carry codes and state.
+    let mut res = res;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
     tracing::debug!(
         %method,
         path = %path,
+        request_id = %request_id,
         backend = backend.name(),
         status = res.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,

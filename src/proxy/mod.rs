@@ -45,6 +45,8 @@ pub fn route(path: &str) -> Backend {
         | "/login"
         | "/consents"
         | "/consents/revoke"
+        | "/healthz"
+        | "/readyz"
         | trace::TRACE_PATH => Backend::Routes,
         p if p.starts_with("/.well-known/") || p.contains("/.well-known/") => Backend::Routes,
         _ => Backend::Mcp,

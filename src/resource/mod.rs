@@ -181,8 +181,8 @@ fn headers_match_body(headers: &HeaderMap, body: &Value) -> bool {
 }
 
 enum Refusal {
-    /// The token is not acceptable; the reason is safe to show.
-    Token(String),
+    /// The token is not acceptable; the reason is safe to show, the kind is for metrics.
+    Token(&'static str, String),
     /// We could not check it.
     Unavailable,
 }
@@ -194,7 +194,7 @@ async fn identify(state: &AppState, token: &str, now: u64) -> Result<Identity, R
         Some(keys) if !token.contains('.') => {
             let key = keys
                 .find(token, now)
-                .ok_or_else(|| Refusal::Token("unknown API key".into()))?;
+                .ok_or_else(|| Refusal::Token("unknown_api_key", "unknown API key".into()))?;
             (key.name.clone(), None, key.scopes.clone())
         }
         _ => {
@@ -202,11 +202,16 @@ async fn identify(state: &AppState, token: &str, now: u64) -> Result<Identity, R
                 .verifier
                 .verify(token, now)
                 .await
-                .map_err(|e| Refusal::Token(e.to_string()))?;
+                .map_err(|e| Refusal::Token(e.kind(), e.to_string()))?;
             if let Some(jti) = &claims.jti {
                 match state.store.is_access_token_revoked(jti) {
                     Ok(false) => {}
-                    Ok(true) => return Err(Refusal::Token("the token has been revoked".into())),
+                    Ok(true) => {
+                        return Err(Refusal::Token(
+                            "revoked",
+                            "the token has been revoked".into(),
+                        ));
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "revocation check failed");
                         return Err(Refusal::Unavailable);
@@ -268,9 +273,19 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
         }
     };
     let now = state.clock.now();
-    let identity = match identify(&state, token, now).await {
+    let started = std::time::Instant::now();
+    let checked = identify(&state, token, now).await;
+    let outcome = match &checked {
+        Ok(_) => "ok",
+        Err(Refusal::Token(kind, _)) => kind,
+        Err(Refusal::Unavailable) => "unavailable",
+    };
+    state
+        .metrics
+        .validated(outcome, started.elapsed().as_secs_f64());
+    let identity = match checked {
         Ok(identity) => identity,
-        Err(Refusal::Token(why)) => {
+        Err(Refusal::Token(_, why)) => {
             tracing::debug!(reason = %why, "bearer token refused");
             return refuse(
                 Some(BearerErrorCode::InvalidToken),
@@ -321,6 +336,7 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
             );
         }
         if let Some(missing) = state.policy.missing(&message, &identity.effective) {
+            state.metrics.insufficient_scope();
             return refuse(
                 Some(BearerErrorCode::InsufficientScope),
                 Some("the token lacks a scope this request needs"),

@@ -69,10 +69,14 @@ fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        let at = |e: StoreError| StoreError::Unavailable(format!("{}: {e}", path.display()));
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::create_dir_all(dir).map_err(|e| at(err(e)))?;
         }
-        Self::init(Connection::open(path).map_err(err)?)
+        Connection::open(path)
+            .map_err(err)
+            .and_then(Self::init)
+            .map_err(at)
     }
 
     /// A private in-memory database (tests).

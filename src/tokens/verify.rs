@@ -77,6 +77,23 @@ pub enum VerifyError {
     KeysUnavailable,
 }
 
+impl VerifyError {
+    /// A short name for metrics and logs.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
+            Self::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
 /// A future that yields a key set.
 pub type JwksFuture = Pin<Box<dyn Future<Output = Result<JwkSet, String>> + Send>>;
 

@@ -10,6 +10,7 @@ mod corpus;
 mod errors;
 mod flow;
 mod modes;
+mod ops;
 mod proxy;
 mod restart;
 mod rmcp_client;

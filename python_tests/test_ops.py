@@ -1,0 +1,45 @@
+"""Operating the gateway: the audit log tells the story of a grant without a secret in it;
+health, readiness and request ids answer through the public URL."""
+
+import json
+
+from flow import full_flow, refresh
+
+
+def test_audit_log_records_each_step_of_a_grant_and_no_secret(gateway_factory, http, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    gw = gateway_factory("--audit-log", str(audit))
+    tokens = full_flow(http, gw.base, scope="mcp:read")
+    r = refresh(http, gw.base, tokens.client_id, tokens.refresh_token)
+    assert r.status_code == 200, r.text
+    renewed = r.json()
+    replay = refresh(http, gw.base, tokens.client_id, renewed["refresh_token"])
+    assert replay.status_code == 200
+    replay = refresh(http, gw.base, tokens.client_id, tokens.refresh_token)
+    assert replay.status_code == 400
+    gw.stop()
+
+    lines = audit.read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    names = [e["fields"]["event"] for e in events]
+    for expected in ("client_registered", "consent_granted", "code_issued", "code_redeemed",
+                     "refreshed", "refresh_replayed"):
+        assert expected in names, names
+    assert all(e["target"] == "audit" for e in events)
+    story = [e for e in events if e["fields"].get("client_id") == tokens.client_id]
+    assert len(story) >= 6, "every step names the client"
+    text = audit.read_text()
+    for secret in (tokens.access_token, tokens.refresh_token, renewed["refresh_token"],
+                   renewed["access_token"]):
+        assert secret[:16] not in text
+
+
+def test_health_readiness_and_request_ids_through_the_proxy(gateway, http):
+    assert http.get(f"{gateway.base}/healthz").json() == {"status": "ok"}
+    ready = http.get(f"{gateway.base}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["store"] is True
+    r = http.get(f"{gateway.base}/.well-known/oauth-authorization-server",
+                 headers={"x-request-id": "trace-me-42"})
+    assert r.headers["x-request-id"] == "trace-me-42"
+    assert len(http.get(f"{gateway.base}/healthz").headers["x-request-id"]) >= 16
