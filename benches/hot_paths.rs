@@ -67,12 +67,12 @@ fn verifier(key: &Arc<SigningKey>, ttl: u64, min_refetch: u64) -> Verifier {
         let set: JwkSet = published.jwks();
         Box::pin(async move { Ok(set) })
     });
-    Verifier {
-        issuers: vec![ISSUER.into()],
-        audience: RESOURCE.into(),
-        leeway: 10,
-        keys: Keys::Jwks(JwksCache::new(fetch, ttl, min_refetch)),
-    }
+    Verifier::new(
+        vec![ISSUER.into()],
+        RESOURCE.into(),
+        10,
+        Keys::Jwks(JwksCache::new(fetch, ttl, min_refetch)),
+    )
 }
 
 fn bench_verify(c: &mut Criterion) {

@@ -144,12 +144,12 @@ pub fn verifier(settings: &Settings, keys: Arc<SigningKey>) -> Result<Verifier, 
                 let set = keys.jwks();
                 Box::pin(async move { Ok(set) })
             });
-            Ok(Verifier {
-                issuers: vec![settings.issuer.clone()],
-                audience: settings.resource.clone(),
+            Ok(Verifier::new(
+                vec![settings.issuer.clone()],
+                settings.resource.clone(),
                 leeway,
-                keys: Keys::Jwks(JwksCache::new(fetch, 300, 5)),
-            })
+                Keys::Jwks(JwksCache::new(fetch, 300, 5)),
+            ))
         }
         AuthMode::External => {
             let e = &c.external;
@@ -159,12 +159,12 @@ pub fn verifier(settings: &Settings, keys: Arc<SigningKey>) -> Result<Verifier, 
             let mut issuers = vec![e.issuer.clone()];
             issuers.extend(e.allowed_issuers.iter().cloned());
             let fetch = http_jwks_fetcher(e.issuer.clone(), e.jwks_uri.clone())?;
-            Ok(Verifier {
+            Ok(Verifier::new(
                 issuers,
-                audience: e.audience.clone(),
+                e.audience.clone(),
                 leeway,
-                keys: Keys::Jwks(JwksCache::new(fetch, e.jwks_ttl_seconds, 30)),
-            })
+                Keys::Jwks(JwksCache::new(fetch, e.jwks_ttl_seconds, 30)),
+            ))
         }
         AuthMode::SharedSecret => {
             let s = &c.shared_secret;
@@ -192,12 +192,12 @@ pub fn verifier(settings: &Settings, keys: Arc<SigningKey>) -> Result<Verifier, 
                     "the secret must be at least 32 bytes",
                 ));
             }
-            Ok(Verifier {
-                issuers: vec![s.issuer.clone()],
-                audience: s.audience.clone(),
+            Ok(Verifier::new(
+                vec![s.issuer.clone()],
+                s.audience.clone(),
                 leeway,
-                keys: Keys::Hmac(DecodingKey::from_secret(secret.as_bytes())),
-            })
+                Keys::Hmac(DecodingKey::from_secret(secret.as_bytes())),
+            ))
         }
     }
 }

@@ -190,6 +190,51 @@ pub struct Verifier {
     pub leeway: u64,
     /// The key source.
     pub keys: Keys,
+    /// Tokens whose signature already verified: the signature check is most of the cost of
+    /// a request (ES256 ≈ 80 µs), so a token presented again is only re-checked for time.
+    verified: VerifiedCache,
+}
+
+/// SHA-256 of a token -> its claims and until when the entry may be used.
+#[derive(Default)]
+struct VerifiedCache {
+    entries: RwLock<HashMap<[u8; 32], (VerifiedClaims, u64)>>,
+}
+
+/// Entries kept at most; past that, expired ones go, and if none did, all.
+const VERIFIED_MAX: usize = 10_000;
+/// An entry is trusted at most this long, so a key withdrawn from the JWKS stops working
+/// soon even for tokens that were cached.
+const VERIFIED_TTL: u64 = 300;
+
+impl VerifiedCache {
+    fn key(token: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        out
+    }
+
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<VerifiedClaims> {
+        let entries = self.entries.read().ok()?;
+        entries
+            .get(key)
+            .filter(|(_, until)| now < *until)
+            .map(|(claims, _)| claims.clone())
+    }
+
+    fn put(&self, key: [u8; 32], claims: VerifiedClaims, until: u64, now: u64) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= VERIFIED_MAX {
+                entries.retain(|_, (_, u)| *u > now);
+                if entries.len() >= VERIFIED_MAX {
+                    entries.clear();
+                }
+            }
+            entries.insert(key, (claims, until));
+        }
+    }
 }
 
 /// Where signature keys come from.
@@ -206,8 +251,47 @@ fn is_accepted(alg: Algorithm) -> bool {
 }
 
 impl Verifier {
+    /// A verifier for tokens of `issuers` naming `audience`.
+    pub fn new(issuers: Vec<String>, audience: String, leeway: u64, keys: Keys) -> Self {
+        Self {
+            issuers,
+            audience,
+            leeway,
+            keys,
+            verified: VerifiedCache::default(),
+        }
+    }
+
     /// Verify `token` at time `now`.
     pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
+        let cache_key = VerifiedCache::key(token);
+        if let Some(claims) = self.verified.get(&cache_key, now) {
+            self.check_times(&claims, now)?;
+            return Ok(claims);
+        }
+        let claims = self.verify_signed(token, now).await?;
+        let until = claims
+            .exp
+            .saturating_add(self.leeway)
+            .min(now + VERIFIED_TTL);
+        self.verified.put(cache_key, claims.clone(), until, now);
+        Ok(claims)
+    }
+
+    fn check_times(&self, claims: &VerifiedClaims, now: u64) -> Result<(), VerifyError> {
+        if now > claims.exp.saturating_add(self.leeway) {
+            return Err(VerifyError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(self.leeway) < nbf)
+        {
+            return Err(VerifyError::NotYetValid);
+        }
+        Ok(())
+    }
+
+    async fn verify_signed(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         let cached;
         let (alg, key) = match &self.keys {
@@ -263,15 +347,7 @@ impl Verifier {
                 _ => String::new(),
             };
         }
-        if now > claims.exp.saturating_add(self.leeway) {
-            return Err(VerifyError::Expired);
-        }
-        if claims
-            .nbf
-            .is_some_and(|nbf| now.saturating_add(self.leeway) < nbf)
-        {
-            return Err(VerifyError::NotYetValid);
-        }
+        self.check_times(&claims, now)?;
         Ok(claims)
     }
 }
@@ -317,12 +393,12 @@ mod tests {
             };
             Box::pin(async move { Ok(set) })
         });
-        Verifier {
-            issuers: vec!["http://127.0.0.1:1".into()],
-            audience: "http://127.0.0.1:1/mcp".into(),
-            leeway: 5,
-            keys: Keys::Jwks(JwksCache::new(fetch, 300, 10)),
-        }
+        Verifier::new(
+            vec!["http://127.0.0.1:1".into()],
+            "http://127.0.0.1:1/mcp".into(),
+            5,
+            Keys::Jwks(JwksCache::new(fetch, 300, 10)),
+        )
     }
 
     fn setup() -> (Arc<SigningKey>, Verifier, Arc<AtomicUsize>) {
@@ -341,6 +417,23 @@ mod tests {
         assert_eq!(c.scopes().collect::<Vec<_>>(), ["mcp:read"]);
         v.verify(&token, NOW + 1).await.unwrap();
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached_but_still_expire() {
+        let (key, v, _) = setup();
+        let token = sign(&key, &claims()).unwrap();
+        v.verify(&token, NOW).await.unwrap();
+        assert!(
+            v.verified
+                .get(&VerifiedCache::key(&token), NOW + 1)
+                .is_some()
+        );
+        assert_eq!(v.verify(&token, NOW + 66).await, Err(VerifyError::Expired));
+        // A different token with the same claims is verified on its own.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        parts[2] = "AAAA";
+        assert!(v.verify(&parts.join("."), NOW).await.is_err());
     }
 
     #[tokio::test]
