@@ -43,3 +43,32 @@ def test_health_readiness_and_request_ids_through_the_proxy(gateway, http):
                  headers={"x-request-id": "trace-me-42"})
     assert r.headers["x-request-id"] == "trace-me-42"
     assert len(http.get(f"{gateway.base}/healthz").headers["x-request-id"]) >= 16
+
+
+def test_keys_rotate_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
+        gateway_factory, http, tmp_path):
+    import subprocess
+
+    from flow import McpClient, unverified_header
+    from gateway_proc import gateway_binary
+
+    data = tmp_path / "rotating"
+    gw = gateway_factory(data_dir=data)
+    old = full_flow(http, gw.base, scope="mcp:read")
+    old_kid = unverified_header(old.access_token)["kid"]
+    gw.stop()
+
+    out = subprocess.run([str(gateway_binary()), "keys", "rotate", "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert old_kid not in out.stdout
+
+    gw = gateway_factory(data_dir=data)
+    kids = [k["kid"] for k in http.get(f"{gw.base}/.well-known/jwks.json").json()["keys"]]
+    assert len(kids) == 2 and old_kid in kids, kids
+    # The public URL changed with the new ports, so old tokens name another issuer; what
+    # rotation must keep is the old key in the JWKS. New tokens use the new key.
+    new = full_flow(http, gw.base, scope="mcp:read")
+    new_kid = unverified_header(new.access_token)["kid"]
+    assert new_kid != old_kid and new_kid in kids
+    assert McpClient(http, gw.base, new.access_token).initialize().status == 200

@@ -125,7 +125,13 @@ impl Gateway {
     /// data dir unless `store = "memory"`), the system clock, the signing key from the data
     /// dir.
     pub fn new(config: Config, listeners: Listeners) -> Result<Self, GatewayError> {
-        let key = SigningKey::load_or_create(&config.data_dir, config.signing_alg)?;
+        let keep = config.access_token_ttl + config.leeway_seconds;
+        let key = SigningKey::load_ring(
+            &config.data_dir,
+            config.signing_alg,
+            SystemClock.now(),
+            keep,
+        )?;
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir.join(DB_FILE))?),
             StoreKind::Memory => Arc::new(InMemoryStore::new()),

@@ -16,7 +16,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// TOML config file (every key optional; flags override it).
-    #[arg(long, env = "MCP_GATEWAY_CONFIG")]
+    #[arg(long, global = true, env = "MCP_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// Public smart proxy address.
     #[arg(long, env = "MCP_GATEWAY_PROXY_ADDR")]
@@ -34,7 +34,7 @@ struct Cli {
     #[arg(long, env = "MCP_GATEWAY_PUBLIC_URL")]
     public_url: Option<String>,
     /// Where signing keys live.
-    #[arg(long, env = "MCP_GATEWAY_DATA_DIR")]
+    #[arg(long, global = true, env = "MCP_GATEWAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Access token lifetime in seconds.
     #[arg(long, env = "MCP_GATEWAY_ACCESS_TOKEN_TTL")]
@@ -43,7 +43,7 @@ struct Cli {
     #[arg(long, env = "MCP_GATEWAY_REFRESH_GRACE_SECONDS")]
     refresh_grace_seconds: Option<u64>,
     /// Signing algorithm of access tokens.
-    #[arg(long, env = "MCP_GATEWAY_SIGNING_ALG", value_enum)]
+    #[arg(long, global = true, env = "MCP_GATEWAY_SIGNING_ALG", value_enum)]
     signing_alg: Option<SigningAlg>,
     /// Approve every authorization request without a consent page (development only).
     #[arg(long, env = "MCP_GATEWAY_AUTO_APPROVE")]
@@ -76,6 +76,19 @@ enum Command {
     HashPassword,
     /// Serve the built-in demo tools as a stdio MCP server (try `--upstream-cmd` with it).
     ServeStdio,
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// Key operations.
+#[derive(Debug, clap::Subcommand)]
+enum KeysAction {
+    /// Make a new signing key; the old one stays in the JWKS until every token it signed
+    /// has expired. Restart the gateway to start signing with the new key.
+    Rotate,
 }
 
 fn hash_password_from_stdin() -> ExitCode {
@@ -222,6 +235,33 @@ async fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("mcp-oauth-gateway: {e}");
                     ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Keys {
+            action: KeysAction::Rotate,
+        }) => {
+            let config = match cli.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mcp-oauth-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            use mcp_oauth_gateway::clock::Clock as _;
+            let now = mcp_oauth_gateway::clock::SystemClock.now();
+            return match mcp_oauth_gateway::tokens::keys::SigningKey::rotate(
+                &config.data_dir,
+                config.signing_alg,
+                now,
+            ) {
+                Ok(kid) => {
+                    println!("new signing key {kid}; restart the gateway to use it");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-oauth-gateway: {e}");
+                    ExitCode::from(2)
                 }
             };
         }

@@ -54,6 +54,9 @@ pub struct SigningKey {
     pub encoding: EncodingKey,
     /// The public key, with `kid`, `alg` and `use` set.
     pub jwk: Jwk,
+    /// Public halves of retired keys that may still have signed live tokens: published in
+    /// the JWKS until those tokens have expired.
+    pub retired: Vec<Jwk>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -118,16 +121,81 @@ impl SigningKey {
             alg,
             encoding,
             jwk,
+            retired: Vec::new(),
         })
     }
 
     /// The JWKS document that publishes this key.
     pub fn jwks(&self) -> JwkSet {
-        JwkSet {
-            keys: vec![self.jwk.clone()],
+        let mut keys = vec![self.jwk.clone()];
+        keys.extend(self.retired.iter().cloned());
+        JwkSet { keys }
+    }
+
+    /// Load the current key and the retired keys still within `keep` seconds of their
+    /// retirement (the access-token lifetime plus leeway); older retired keys are deleted.
+    pub fn load_ring(dir: &Path, alg: SigningAlg, now: u64, keep: u64) -> Result<Self, KeyError> {
+        let mut key = Self::load_or_create(dir, alg)?;
+        let retired_dir = dir.join(RETIRED_DIR);
+        let Ok(entries) = std::fs::read_dir(&retired_dir) else {
+            return Ok(key);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+                continue;
+            }
+            let retired_at = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            if now >= retired_at.saturating_add(keep) {
+                // Every token it signed has expired: withdraw it.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Ok(pem) = std::fs::read(&path) else {
+                continue;
+            };
+            for candidate in [SigningAlg::ES256, SigningAlg::RS256] {
+                if let Ok(old) = Self::from_pem(&pem, candidate) {
+                    key.retired.push(old.jwk);
+                    break;
+                }
+            }
         }
+        Ok(key)
+    }
+
+    /// Retire the current key (it stays published for `keep` seconds, see
+    /// [`Self::load_ring`]) and make a new one. Returns the new key's kid. Running gateways
+    /// pick the new key up when they restart.
+    pub fn rotate(dir: &Path, alg: SigningAlg, now: u64) -> Result<String, KeyError> {
+        let current = Self::load_or_create(dir, alg)?;
+        let retired_dir = dir.join(RETIRED_DIR);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| KeyError::Io { path, source }
+        };
+        std::fs::create_dir_all(&retired_dir).map_err(io(&retired_dir))?;
+        let target = retired_dir.join(format!("{}.pem", current.kid));
+        std::fs::rename(dir.join(KEY_FILE), &target).map_err(io(&target))?;
+        // The file's modification time records when it was retired.
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now);
+        std::fs::File::options()
+            .write(true)
+            .open(&target)
+            .and_then(|f| f.set_modified(when))
+            .map_err(io(&target))?;
+        let new = Self::load_or_create(dir, alg)?;
+        Ok(new.kid)
     }
 }
+
+/// Folder (in the data dir) of retired keys.
+pub const RETIRED_DIR: &str = "retired-keys";
 
 fn generate_pem(alg: SigningAlg) -> Result<String, KeyError> {
     let der: Vec<u8> = match alg {
@@ -192,6 +260,36 @@ mod tests {
         let err = SigningKey::load_or_create(&dir, SigningAlg::RS256).unwrap_err();
         assert!(matches!(err, KeyError::Unusable { .. }));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_published_until_its_tokens_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SigningKey::load_or_create(dir.path(), SigningAlg::ES256).unwrap();
+        let now = 1_800_000_000;
+        let new_kid = SigningKey::rotate(dir.path(), SigningAlg::ES256, now).unwrap();
+        assert_ne!(new_kid, first.kid);
+        let ring = SigningKey::load_ring(dir.path(), SigningAlg::ES256, now + 100, 3600).unwrap();
+        assert_eq!(ring.kid, new_kid, "new tokens are signed with the new key");
+        let kids: Vec<_> = ring
+            .jwks()
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect();
+        assert_eq!(kids, [new_kid.clone(), first.kid.clone()]);
+        let later = SigningKey::load_ring(dir.path(), SigningAlg::ES256, now + 3600, 3600).unwrap();
+        assert_eq!(
+            later.jwks().keys.len(),
+            1,
+            "withdrawn once its tokens have expired"
+        );
+        assert!(
+            !dir.path()
+                .join(RETIRED_DIR)
+                .join(format!("{}.pem", first.kid))
+                .exists()
+        );
     }
 
     #[test]

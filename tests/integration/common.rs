@@ -41,7 +41,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
 /// A gateway whose state and key live in `dir`, as the binary keeps them.
 pub async fn spawn_persistent(dir: &std::path::Path, public_url: &str) -> TestGateway {
     let store = SqliteStore::open(&dir.join(DB_FILE)).expect("sqlite");
-    let key = SigningKey::load_or_create(dir, SigningAlg::ES256).expect("key");
+    let key = SigningKey::load_ring(dir, SigningAlg::ES256, T0, 3600 + 10).expect("key");
     let url = public_url.to_string();
     spawn_parts(|c| c.public_url = Some(url), Arc::new(store), key).await
 }

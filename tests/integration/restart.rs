@@ -5,8 +5,15 @@ use serde_json::json;
 
 use crate::common::{self, pkce};
 
+fn gw_kid(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("signing-key.kid"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 #[tokio::test]
-async fn clients_grants_and_tokens_survive_a_restart() {
+async fn clients_grants_and_tokens_survive_a_restart_and_a_key_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let public = "http://127.0.0.1:9";
     let gw = common::spawn_persistent(dir.path(), public).await;
@@ -24,8 +31,25 @@ async fn clients_grants_and_tokens_survive_a_restart() {
         .unwrap();
     assert_eq!(res.status(), 200);
     gw.stop().await;
+    // The operator rotates the signing key between the two runs.
+    let old_kid = gw_kid(dir.path());
+    mcp_oauth_gateway::tokens::keys::SigningKey::rotate(
+        dir.path(),
+        mcp_oauth_gateway::config::SigningAlg::ES256,
+        common::T0,
+    )
+    .unwrap();
 
     let gw = common::spawn_persistent(dir.path(), public).await;
+    assert_ne!(
+        gw.state.keys.kid, old_kid,
+        "new tokens are signed with the new key"
+    );
+    assert_eq!(
+        gw.state.keys.jwks().keys.len(),
+        2,
+        "the old key is still published"
+    );
     // The access token issued before still validates (same key, same issuer).
     let sid = gw.mcp_session(&t.access).await;
     let (s, _, v) = gw
