@@ -49,6 +49,13 @@ pub struct Config {
     pub user: String,
     /// Client registrations accepted per source address per minute.
     pub register_rate_per_minute: u32,
+    /// Token requests accepted per source address per minute (0: unlimited).
+    pub token_rate_per_minute: u32,
+    /// Authorization requests accepted per source address per minute (0: unlimited).
+    pub authorize_rate_per_minute: u32,
+    /// Allow a plain-http public URL on a non-loopback host (behind a TLS-terminating load
+    /// balancer, give `public_url = "https://..."` instead).
+    pub insecure_http: bool,
     /// Browser origins allowed on the MCP endpoint besides loopback and the public origin.
     pub allowed_origins: Vec<String>,
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
@@ -351,6 +358,9 @@ impl Default for Config {
             auto_approve: false,
             user: "local-user".to_string(),
             register_rate_per_minute: 60,
+            token_rate_per_minute: 600,
+            authorize_rate_per_minute: 300,
+            insecure_http: false,
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
             store: StoreKind::Sqlite,
@@ -466,6 +476,22 @@ impl Config {
                     "must be an http:// URL of a streamable-HTTP MCP server",
                 ));
             }
+        }
+        // Tokens and codes must not cross a network in clear text (b8).
+        let public_host_is_loopback = match &self.public_url {
+            Some(url) => Url::parse(url).ok().is_some_and(|u| {
+                u.scheme() == "https"
+                    || matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                    || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+                    || u.host_str() == Some("localhost")
+            }),
+            None => self.proxy_addr.ip().is_loopback(),
+        };
+        if !public_host_is_loopback && !self.insecure_http {
+            return Err(invalid(
+                "public_url",
+                "a plain-http public URL on a non-loopback host exposes tokens; use https (public_url = \"https://...\" behind a TLS-terminating proxy) or pass --insecure-http",
+            ));
         }
         if self.access_token_ttl == 0 {
             return Err(invalid("access_token_ttl", "must be at least 1 second"));
@@ -588,6 +614,41 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("files:write")
+        );
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_insecure_http() {
+        let mut c = Config {
+            public_url: Some("http://mcp.example.com".into()),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("insecure-http")
+        );
+        c.insecure_http = true;
+        c.validate().unwrap();
+        for ok in [
+            "https://mcp.example.com",
+            "http://localhost:3002",
+            "http://[::1]:3002",
+        ] {
+            let c = Config {
+                public_url: Some(ok.into()),
+                ..Config::default()
+            };
+            c.validate().unwrap();
+        }
+        let c = Config {
+            proxy_addr: "0.0.0.0:3002".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(
+            c.validate().is_err(),
+            "listening on all interfaces over plain http"
         );
     }
 

@@ -48,6 +48,9 @@ struct Cli {
     /// Approve every authorization request without a consent page (development only).
     #[arg(long, env = "MCP_GATEWAY_AUTO_APPROVE")]
     auto_approve: bool,
+    /// Allow a plain-http public URL on a non-loopback host.
+    #[arg(long, env = "MCP_GATEWAY_INSECURE_HTTP")]
+    insecure_http: bool,
     /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
     #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
     debug_trace: bool,
@@ -149,6 +152,7 @@ impl Cli {
         }
         c.auto_approve |= self.auto_approve;
         c.debug_trace |= self.debug_trace;
+        c.insecure_http |= self.insecure_http;
         c.validate()?;
         Ok(c)
     }

@@ -111,6 +111,10 @@ pub struct AppState {
     pub register_limiter: Arc<RateLimiter>,
     /// Per-source limit on failed sign-ins (password guessing).
     pub login_limiter: Arc<RateLimiter>,
+    /// Per-source limit on the token endpoint.
+    pub token_limiter: Arc<RateLimiter>,
+    /// Per-source limit on the authorization endpoint.
+    pub authorize_limiter: Arc<RateLimiter>,
     /// The consent and error page templates.
     pub templates: Arc<minijinja::Environment<'static>>,
     /// Fetches Client ID Metadata Documents, when enabled.
@@ -199,6 +203,11 @@ impl AppState {
             .debug_trace
             .then(|| Arc::new(RequestTrace::new(500)));
         let register_limiter = RateLimiter::new(settings.config.register_rate_per_minute, 60);
+        let token_limiter = Arc::new(RateLimiter::new(settings.config.token_rate_per_minute, 60));
+        let authorize_limiter = Arc::new(RateLimiter::new(
+            settings.config.authorize_rate_per_minute,
+            60,
+        ));
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -208,6 +217,8 @@ impl AppState {
             policy: Arc::new(policy),
             register_limiter: Arc::new(register_limiter),
             login_limiter: Arc::new(RateLimiter::new(10, 60)),
+            token_limiter,
+            authorize_limiter,
             templates: Arc::new(templates),
             trace,
             sessions: Arc::new(Sessions::default()),

@@ -4,7 +4,9 @@
 //! Client and redirect URI are checked first: if either is wrong the user sees an error
 //! page and is never redirected (b8). Every later error goes back to the redirect URI.
 
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,6 +17,7 @@ use url::Url;
 use super::login;
 use super::params::{Params, split_scopes};
 use super::pkce;
+use super::register::source_ip;
 use super::uris::{canonical_resource, redirect_uri_matches};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::{AppState, ClientLookupError};
@@ -299,12 +302,28 @@ fn error_redirect(
 /// `GET /authorize`.
 pub async fn authorize_get(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let env = &state.templates;
     let s = &state.settings;
     let now = state.clock.now();
+    if let Err(retry) = state
+        .authorize_limiter
+        .check(source_ip(peer, &headers), now)
+    {
+        let mut res = error_page(
+            env,
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            "too many authorization requests; wait a minute",
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
     let params = Params::parse(query.unwrap_or_default().as_bytes());
     let client = match params.as_ref().ok().and_then(|p| p.get("client_id")) {
         Some(id) => match state.lookup_client(id, now).await {

@@ -4,7 +4,9 @@
 //! `Cache-Control: no-store`.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -13,6 +15,7 @@ use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::params::{Params, split_scopes};
 use super::pkce;
+use super::register::source_ip;
 use super::uris::canonical_resource;
 use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
@@ -453,9 +456,14 @@ pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthErro
 /// `POST /token`.
 pub async fn token_post(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
+    state
+        .token_limiter
+        .check(source_ip(peer, &headers), state.clock.now())
+        .map_err(OAuthError::TooManyRequests)?;
     let params = form_params(&headers, &body)?;
     let req = TokenRequest::from_params(&params)?;
     let client = authenticated_client(&state, presented(&headers, &params)?).await?;

@@ -649,3 +649,59 @@ async fn consent_post_from_our_own_page_with_null_origin_is_accepted() {
     assert!(query_param(res.headers()["location"].to_str().unwrap(), "code").is_some());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn token_and_authorize_are_rate_limited_per_source() {
+    let gw = common::spawn_with(|c| {
+        c.token_rate_per_minute = 2;
+        c.authorize_rate_per_minute = 2;
+    })
+    .await;
+    for _ in 0..2 {
+        let (s, _, _) = gw.token(&[("grant_type", "client_credentials")]).await;
+        assert_eq!(s, 400);
+    }
+    let res = gw
+        .http
+        .post(gw.url("/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "slow_down");
+    for _ in 0..2 {
+        assert_eq!(
+            gw.http
+                .get(gw.url("/authorize"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+    }
+    assert_eq!(
+        gw.http
+            .get(gw.url("/authorize"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    gw.clock.advance(60);
+    assert_eq!(
+        gw.http
+            .get(gw.url("/authorize"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400,
+        "a new minute"
+    );
+    gw.stop().await;
+}
