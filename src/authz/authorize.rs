@@ -523,9 +523,21 @@ fn consent_page(
     }
 }
 
+/// The refusal for a form post that did not come from our own pages, if it did not.
+pub(crate) fn cross_site_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    (!same_origin_post(state, headers)).then(|| {
+        error_page(
+            &state.templates,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "cross-site form submission refused",
+        )
+    })
+}
+
 /// Whether a form post comes from our own page: browsers send `Sec-Fetch-Site` and `Origin`
 /// on POST; a cross-site value means a forged submission.
-pub(crate) fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
+fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
     // Fetch metadata is set by the browser and cannot be forged by a page. A same-origin
     // post may still carry `Origin: null` (privacy settings), so this answer is final.
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -564,13 +576,8 @@ pub async fn consent_post(
     let env = &state.templates;
     let s = &state.settings;
     let now = state.clock.now();
-    if !same_origin_post(&state, &headers) {
-        return error_page(
-            env,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "cross-site form submission refused",
-        );
+    if let Some(refused) = cross_site_refusal(&state, &headers) {
+        return refused;
     }
     let params = match Params::parse(&body) {
         Ok(p) => p,

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
-use super::authorize::{error_page, page_headers, proceed, same_origin_post};
+use super::authorize::{cross_site_refusal, error_page, page_headers, proceed};
 use super::params::Params;
 use super::register::source_ip;
 use crate::secret::{ct_eq, random_token, sha256_b64};
@@ -195,13 +195,8 @@ pub async fn login_post(
         }
         return res;
     }
-    if !same_origin_post(&state, &headers) {
-        return error_page(
-            env,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "cross-site form submission refused",
-        );
+    if let Some(refused) = cross_site_refusal(&state, &headers) {
+        return refused;
     }
     let Ok(params) = Params::parse(&body) else {
         return error_page(
@@ -357,13 +352,8 @@ pub async fn consents_revoke_post(
 ) -> Response {
     let env = &state.templates;
     let now = state.clock.now();
-    if !same_origin_post(&state, &headers) {
-        return error_page(
-            env,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "cross-site form submission refused",
-        );
+    if let Some(refused) = cross_site_refusal(&state, &headers) {
+        return refused;
     }
     let Some(user) = current_user(&state, &headers, now) else {
         return error_page(
