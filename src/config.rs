@@ -144,6 +144,12 @@ pub struct ExternalConfig {
     pub allowed_issuers: Vec<String>,
     /// How long fetched keys are trusted before a refetch, seconds.
     pub jwks_ttl_seconds: u64,
+    /// RFC 7662 introspection endpoint, for opaque (non-JWT) access tokens.
+    pub introspection_endpoint: Option<String>,
+    /// Our client id at the introspection endpoint.
+    pub introspection_client_id: Option<String>,
+    /// Environment variable holding our client secret there.
+    pub introspection_secret_env: String,
 }
 
 impl Default for ExternalConfig {
@@ -154,6 +160,9 @@ impl Default for ExternalConfig {
             jwks_uri: None,
             allowed_issuers: Vec::new(),
             jwks_ttl_seconds: 300,
+            introspection_endpoint: None,
+            introspection_client_id: None,
+            introspection_secret_env: "MCP_GATEWAY_INTROSPECTION_SECRET".into(),
         }
     }
 }

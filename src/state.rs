@@ -127,6 +127,8 @@ pub struct AppState {
     pub api_keys: Option<Arc<ApiKeys>>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Introspection of an external issuer's opaque tokens, when configured.
+    pub introspector: Option<Arc<crate::tokens::sources::Introspector>>,
 }
 
 impl AppState {
@@ -203,6 +205,12 @@ impl AppState {
             .debug_trace
             .then(|| Arc::new(RequestTrace::new(500)));
         let register_limiter = RateLimiter::new(settings.config.register_rate_per_minute, 60);
+        let introspector = match settings.config.auth_mode {
+            crate::config::AuthMode::External => {
+                crate::tokens::sources::Introspector::from_config(&settings)?.map(Arc::new)
+            }
+            _ => None,
+        };
         let token_limiter = Arc::new(RateLimiter::new(settings.config.token_rate_per_minute, 60));
         let authorize_limiter = Arc::new(RateLimiter::new(
             settings.config.authorize_rate_per_minute,
@@ -225,6 +233,7 @@ impl AppState {
             cimd,
             api_keys,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            introspector,
         })
     }
 }

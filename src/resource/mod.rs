@@ -197,6 +197,16 @@ async fn identify(state: &AppState, token: &str, now: u64) -> Result<Identity, R
                 .ok_or_else(|| Refusal::Token("unknown_api_key", "unknown API key".into()))?;
             (key.name.clone(), None, key.scopes.clone())
         }
+        // An external issuer's opaque token: ask the issuer (RFC 7662).
+        _ if state.introspector.is_some() && token.split('.').count() != 3 => {
+            let introspector = state.introspector.as_ref().ok_or(Refusal::Unavailable)?;
+            let claims = introspector
+                .introspect(token, now)
+                .await
+                .map_err(|why| Refusal::Token("inactive", why))?;
+            let scopes = claims.scopes().map(str::to_string).collect();
+            (claims.sub, claims.client_id, scopes)
+        }
         _ => {
             let claims = state
                 .verifier

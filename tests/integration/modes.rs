@@ -264,3 +264,54 @@ async fn api_keys_beside_oauth() {
     assert_eq!(status(&gw, &t.access).await, 200);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn external_opaque_tokens_are_introspected_and_cached() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/introspect", listener.local_addr().unwrap());
+    let app = Router::new().route(
+        "/introspect",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                assert!(headers.get("authorization").is_some(), "the gateway authenticates");
+                let answer = if body.contains("token=good-opaque") {
+                    json!({"active": true, "sub": "opaque-user", "scope": "mcp:read",
+                           "aud": "https://mcp.example.com/mcp", "exp": T0 + 600, "client_id": "app"})
+                } else if body.contains("token=other-aud") {
+                    json!({"active": true, "sub": "x", "aud": "https://elsewhere", "exp": T0 + 600})
+                } else {
+                    json!({"active": false})
+                };
+                axum::Json(answer)
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let ep = endpoint.clone();
+    let gw = common::spawn_with(move |c| {
+        c.auth_mode = AuthMode::External;
+        c.external.issuer = "https://idp.example.com".into();
+        c.external.audience = "https://mcp.example.com/mcp".into();
+        c.external.introspection_endpoint = Some(ep);
+        c.external.introspection_client_id = Some("gateway".into());
+    })
+    .await;
+    assert_eq!(status(&gw, "good-opaque").await, 200);
+    assert_eq!(status(&gw, "good-opaque").await, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the answer is cached");
+    assert_eq!(
+        status(&gw, "other-aud").await,
+        401,
+        "another audience is refused"
+    );
+    assert_eq!(status(&gw, "revoked-opaque").await, 401);
+    gw.clock.advance(61);
+    assert_eq!(status(&gw, "good-opaque").await, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 4, "asked again after a minute");
+    gw.stop().await;
+}
