@@ -72,6 +72,8 @@ trap 'exit 130' INT TERM
 cat >"$WORK/gateway.toml" <<'EOF'
 # Benchmark config: registration is not rate-limited, so /register can be measured.
 register_rate_per_minute = 0
+token_rate_per_minute = 0
+authorize_rate_per_minute = 0
 EOF
 
 RUST_LOG=${RUST_LOG:-info} "${GW_PIN[@]}" "$BIN" \

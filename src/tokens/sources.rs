@@ -202,30 +202,6 @@ pub fn verifier(settings: &Settings, keys: Arc<SigningKey>) -> Result<Verifier, 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn b3_discovery_order() {
-        assert_eq!(
-            discovery_urls("https://idp.example"),
-            [
-                "https://idp.example/.well-known/oauth-authorization-server",
-                "https://idp.example/.well-known/openid-configuration"
-            ]
-        );
-        assert_eq!(
-            discovery_urls("https://idp.example/realms/x/"),
-            [
-                "https://idp.example/.well-known/oauth-authorization-server/realms/x",
-                "https://idp.example/.well-known/openid-configuration/realms/x",
-                "https://idp.example/realms/x/.well-known/openid-configuration"
-            ]
-        );
-    }
-}
-
 /// An RFC 7662 introspection client for opaque tokens of an external issuer. Answers are
 /// cached by the token's hash no longer than the token lives (and at most a minute), so a
 /// revocation at the issuer takes effect soon.
@@ -341,4 +317,28 @@ fn json_claims(body: &Value) -> Value {
             .unwrap_or(Value::String("unknown".into()));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3_discovery_order() {
+        assert_eq!(
+            discovery_urls("https://idp.example"),
+            [
+                "https://idp.example/.well-known/oauth-authorization-server",
+                "https://idp.example/.well-known/openid-configuration"
+            ]
+        );
+        assert_eq!(
+            discovery_urls("https://idp.example/realms/x/"),
+            [
+                "https://idp.example/.well-known/oauth-authorization-server/realms/x",
+                "https://idp.example/.well-known/openid-configuration/realms/x",
+                "https://idp.example/realms/x/.well-known/openid-configuration"
+            ]
+        );
+    }
 }
