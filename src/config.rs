@@ -80,6 +80,8 @@ pub struct Config {
     pub upstream: Option<String>,
     /// A stdio MCP server to spawn and protect instead of the built-in one.
     pub upstream_cmd: Option<String>,
+    /// One child per MCP session instead of one shared by all.
+    pub upstream_cmd_per_session: bool,
     /// Headers sent to the upstream on every request (its own credential, say).
     pub upstream_headers: BTreeMap<String, String>,
     /// Headers carrying the verified identity to the upstream.
@@ -381,6 +383,7 @@ impl Default for Config {
             api_keys: ApiKeysConfig::default(),
             upstream: None,
             upstream_cmd: None,
+            upstream_cmd_per_session: false,
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),
             cimd_enabled: true,

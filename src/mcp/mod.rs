@@ -73,10 +73,21 @@ pub fn stdio_service(
     command: &str,
     shutdown: CancellationToken,
 ) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {
-    let upstream = stdio::StdioUpstream::new(command)?;
+    let shared = stdio::StdioUpstream::new(command)?;
+    let per_session = state.settings.config.upstream_cmd_per_session;
+    let command = command.to_string();
     let policy = state.policy.clone();
     Ok(StreamableHttpService::new(
-        move || Ok(stdio::StdioBridge::new(upstream.clone(), policy.clone())),
+        move || {
+            // Per session: the child lives as long as the session's bridge, and is killed
+            // with it when the session ends.
+            let upstream = if per_session {
+                stdio::StdioUpstream::new(&command).map_err(std::io::Error::other)?
+            } else {
+                shared.clone()
+            };
+            Ok(stdio::StdioBridge::new(upstream, policy.clone()))
+        },
         Arc::new(LocalSessionManager::default()),
         http_config(state, shutdown),
     ))

@@ -226,3 +226,34 @@ async fn stdio_upstream_is_served_over_http_with_the_policy_applied() {
     assert_eq!(s, 403);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn stdio_children_can_be_one_per_session() {
+    let cmd = format!("{} serve-stdio", env!("CARGO_BIN_EXE_mcp-oauth-gateway"));
+    for per_session in [false, true] {
+        let cmd = cmd.clone();
+        let gw = common::spawn_with(move |c| {
+            c.upstream_cmd = Some(cmd);
+            c.upstream_cmd_per_session = per_session;
+        })
+        .await;
+        let (_, t) = gw.login(Some("mcp:write")).await;
+        let a = initialize(&gw, &t.access).await;
+        let b = initialize(&gw, &t.access).await;
+        let (s, _, _) = gw
+            .call_tool(&t.access, &a, "add_note", json!({"text": "from a"}))
+            .await;
+        assert_eq!(s, 200);
+        let (_, _, v) = gw.call_tool(&t.access, &b, "list_notes", json!({})).await;
+        let notes = v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if per_session {
+            assert_eq!(notes, "no notes", "session b has its own child");
+        } else {
+            assert_eq!(notes, "from a", "one child serves both sessions");
+        }
+        gw.stop().await;
+    }
+}
