@@ -226,6 +226,16 @@ pub(crate) fn error_page(
     (status, page_headers(), Html(html)).into_response()
 }
 
+/// The page for a storage failure: not the user's fault, try again.
+pub(crate) fn unavailable_page(env: &Environment<'static>) -> Response {
+    error_page(
+        env,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "try again shortly",
+    )
+}
+
 /// Headers for our HTML pages: never cached, never framed (clickjacking), no referrer.
 pub(crate) fn page_headers() -> [(header::HeaderName, HeaderValue); 4] {
     [
@@ -339,12 +349,7 @@ pub async fn authorize_get(
             }
             Err(ClientLookupError::Store(e)) => {
                 tracing::error!(error = %e, "client lookup failed");
-                return error_page(
-                    env,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "try again shortly",
-                );
+                return unavailable_page(env);
             }
         },
         None => None,
@@ -415,12 +420,7 @@ pub(crate) fn proceed(
     let env = &state.templates;
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "storing pending authorization failed");
-        error_page(
-            env,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "try again shortly",
-        )
+        unavailable_page(env)
     };
     let Some(sub) = user else {
         if let Err(e) = state.store.insert_pending(pending.clone(), now) {
@@ -603,12 +603,7 @@ pub async fn consent_post(
         }
         Err(e) => {
             tracing::error!(error = %e, "pending lookup failed");
-            return error_page(
-                env,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "try again shortly",
-            );
+            return unavailable_page(env);
         }
     };
     // A refused post must not cost the real user their pending request: put it back.

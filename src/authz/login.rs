@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
-use super::authorize::{cross_site_refusal, error_page, page_headers, proceed};
+use super::authorize::{cross_site_refusal, error_page, page_headers, proceed, unavailable_page};
 use super::params::Params;
 use super::register::source_ip;
 use crate::secret::{ct_eq, random_token, sha256_b64};
@@ -226,12 +226,7 @@ pub async fn login_post(
         }
         Err(e) => {
             tracing::error!(error = %e, "pending lookup failed");
-            return error_page(
-                env,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "try again shortly",
-            );
+            return unavailable_page(env);
         }
     };
     let client = match state.lookup_client(&pending.client_id, now).await {
@@ -318,12 +313,7 @@ pub async fn consents_get(State(state): State<AppState>, headers: HeaderMap) -> 
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "consent lookup failed");
-            return error_page(
-                env,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "try again shortly",
-            );
+            return unavailable_page(env);
         }
     };
     let rows: Vec<_> = consents
@@ -379,12 +369,7 @@ pub async fn consents_revoke_post(
             tracing::info!(target: "audit", event = "consent_revoked", sub = %user, %client_id, "consent revoked");
             (StatusCode::SEE_OTHER, [(header::LOCATION, CONSENTS_PATH)]).into_response()
         }
-        Err(_) => error_page(
-            env,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "try again shortly",
-        ),
+        Err(_) => unavailable_page(env),
     }
 }
 
