@@ -23,6 +23,8 @@ struct Inner {
     consents: HashMap<(String, String), super::Consent>,
     /// Revoked access token jti -> its exp.
     revoked_jti: HashMap<String, u64>,
+    /// When expired entries were last swept.
+    last_purge: u64,
     /// Grants revoked before they were stored (a code replay racing its first redemption).
     revoked_early: std::collections::HashSet<String>,
 }
@@ -47,8 +49,16 @@ impl InMemoryStore {
 }
 
 impl Inner {
-    /// Forget what can no longer matter. Called on writes, so the maps stay bounded by
-    /// what is live.
+    /// Sweep at most once a minute: a sweep scans every map, and reads check expiry
+    /// themselves.
+    fn purge_now_and_then(&mut self, now: u64) {
+        if now >= self.last_purge.saturating_add(60) || now < self.last_purge {
+            self.last_purge = now;
+            self.purge(now);
+        }
+    }
+
+    /// Forget what can no longer matter, so the maps stay bounded by what is live.
     fn purge(&mut self, now: u64) {
         self.pending.retain(|_, p| p.expires_at > now);
         self.codes.retain(|_, c| c.expires_at > now);
@@ -105,7 +115,7 @@ impl Store for InMemoryStore {
 
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
         let mut inner = self.lock()?;
-        inner.purge(now);
+        inner.purge_now_and_then(now);
         inner.pending.insert(pending.id.clone(), pending);
         Ok(())
     }
@@ -153,7 +163,7 @@ impl Store for InMemoryStore {
 
     fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
         let mut inner = self.lock()?;
-        inner.purge(now);
+        inner.purge_now_and_then(now);
         if let Some((grant_id, _)) = inner.used_codes.get(code_hash) {
             return Ok(CodeRedemption::Replayed {
                 grant_id: grant_id.clone(),

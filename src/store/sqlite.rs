@@ -41,12 +41,18 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
+/// Seconds between sweeps of expired rows.
+const PURGE_EVERY: u64 = 60;
+
 /// File name of the database in the data dir.
 pub const DB_FILE: &str = "gateway.db";
 
 /// The SQLite [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// When expired rows were last swept; sweeping is a scan, so it runs at most once a
+    /// minute, and every read checks expiry itself.
+    last_purge: std::sync::atomic::AtomicU64,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -109,7 +115,18 @@ impl SqliteStore {
         tx.commit().map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            last_purge: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn purge_now_and_then(&self, tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        let last = self.last_purge.load(Ordering::Relaxed);
+        if now >= last.saturating_add(PURGE_EVERY) || now < last {
+            self.last_purge.store(now, Ordering::Relaxed);
+            purge(tx, now)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
@@ -253,7 +270,7 @@ impl Store for SqliteStore {
 
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
         self.tx(|tx| {
-            purge(tx, now)?;
+            self.purge_now_and_then(tx, now)?;
             tx.execute(
                 "INSERT OR REPLACE INTO pending (id, data, expires_at) VALUES (?1, ?2, ?3)",
                 params![pending.id, to_json(&pending)?, int(pending.expires_at)],
@@ -342,7 +359,7 @@ impl Store for SqliteStore {
 
     fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
         self.tx(|tx| {
-            purge(tx, now)?;
+            self.purge_now_and_then(tx, now)?;
             let used: Option<String> = tx
                 .query_row(
                     "SELECT grant_id FROM used_codes WHERE hash = ?1",
@@ -362,8 +379,9 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(err)?;
-            let Some(code) = data.map(|d| from_json::<AuthCode>(&d)).transpose()? else {
-                return Ok(CodeRedemption::Unknown);
+            let code = match data.map(|d| from_json::<AuthCode>(&d)).transpose()? {
+                Some(code) if code.expires_at > now => code,
+                _ => return Ok(CodeRedemption::Unknown),
             };
             tx.execute(
                 "INSERT INTO used_codes (hash, grant_id, until) VALUES (?1, ?2, ?3)",
