@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse,
-    ListPromptsResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RunningService};
 use rmcp::transport::TokioChildProcess;
@@ -200,6 +201,39 @@ impl ServerHandler for StdioBridge {
                 .enable_prompts()
                 .build(),
         )
+    }
+
+    /// Answer with the child's own name, version and instructions (starting it if need be),
+    /// advertising only the features the child has and the bridge forwards.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let mut result = self.negotiate_initialize(&request)?;
+        let child = self
+            .upstream
+            .with_child(|p| async move { Ok(p.peer_info()) })
+            .await?;
+        if let Some(child) = child {
+            if let Some(info) = child.server_info.clone() {
+                result.server_info = info;
+            }
+            result.instructions = child.instructions.clone();
+            let theirs = &child.capabilities;
+            let ours = &mut result.capabilities;
+            if theirs.tools.is_none() {
+                ours.tools = None;
+            }
+            if theirs.resources.is_none() {
+                ours.resources = None;
+            }
+            if theirs.prompts.is_none() {
+                ours.prompts = None;
+            }
+        }
+        Ok(result)
     }
 
     async fn list_tools(

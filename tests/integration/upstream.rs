@@ -195,6 +195,25 @@ async fn stdio_upstream_is_served_over_http_with_the_policy_applied() {
     let cmd = format!("{} serve-stdio", env!("CARGO_BIN_EXE_mcp-oauth-gateway"));
     let gw = common::spawn_with(move |c| c.upstream_cmd = Some(cmd)).await;
     let (_, t) = gw.login(Some("mcp:read")).await;
+    let (s, _, init) = gw
+        .mcp(
+            Some(&t.access),
+            None,
+            json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        init["result"]["serverInfo"]["name"], "mcp-oauth-gateway",
+        "the child's own name: {init}"
+    );
+    assert!(
+        init["result"]["instructions"]
+            .as_str()
+            .unwrap_or("")
+            .contains("echo")
+    );
     let sid = initialize(&gw, &t.access).await;
     let (s, _, list) = gw
         .mcp(
