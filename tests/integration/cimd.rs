@@ -383,14 +383,8 @@ async fn b7_cimd_client_completes_the_code_flow() {
     let docs = spawn_docs().await;
     let gw = crate::common::spawn_with(|c| c.cimd_allow_loopback_http = true).await;
     let meta: Value = gw
-        .http
-        .get(gw.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(gw.url("/.well-known/oauth-authorization-server"))
+        .await;
     assert_eq!(meta["client_id_metadata_document_supported"], true);
     let client_id = docs.url("/good");
     let p = crate::common::pkce();

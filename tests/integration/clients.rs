@@ -314,14 +314,8 @@ async fn introspection_answers_as_rfc7662_says() {
         .unwrap();
     assert_eq!(res.status(), 401);
     let meta: Value = gw
-        .http
-        .get(gw.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(gw.url("/.well-known/oauth-authorization-server"))
+        .await;
     assert_eq!(meta["introspection_endpoint"], gw.url("/introspect"));
     assert!(
         meta["grant_types_supported"]

@@ -97,6 +97,16 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The value of the hidden input `name` in a page's form.
+pub fn form_field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in {html}"))
+        + marker.len();
+    html[start..start + html[start..].find('"').expect("quote")].to_string()
+}
+
 /// Parse a JSON-RPC answer that came as JSON or as SSE `data:` lines.
 pub fn jsonrpc_body(text: &str) -> Value {
     if let Ok(v) = serde_json::from_str(text) {
@@ -119,6 +129,29 @@ pub struct Tokens {
 impl TestGateway {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// GET a URL; its status.
+    pub async fn get_status(&self, url: impl reqwest::IntoUrl) -> u16 {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("get")
+            .status()
+            .as_u16()
+    }
+
+    /// GET a URL; its JSON body.
+    pub async fn get_json(&self, url: impl reqwest::IntoUrl) -> Value {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
     }
 
     pub fn resource(&self) -> String {
@@ -173,11 +206,7 @@ impl TestGateway {
         }
         assert_eq!(res.status(), 200, "consent page");
         let html = res.text().await.expect("html");
-        let field = |name: &str| {
-            let marker = format!("name=\"{name}\" value=\"");
-            let start = html.find(&marker).expect(name) + marker.len();
-            html[start..start + html[start..].find('"').expect("quote")].to_string()
-        };
+        let field = |name: &str| form_field(&html, name);
         let res = self
             .http
             .post(self.url("/consent"))

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{self, REDIRECT, T0, pkce, query_param};
+use crate::common::{self, REDIRECT, T0, form_field, pkce, query_param};
 
 fn bearer_error(headers: &reqwest::header::HeaderMap) -> String {
     headers["www-authenticate"].to_str().unwrap().to_string()
@@ -192,7 +192,7 @@ async fn b8_unknown_client_or_redirect_shows_a_page_and_never_redirects() {
     let other_port = gw
         .authorize_url(&client_id, &p, None)
         .replace("7777", "45678");
-    assert_eq!(gw.http.get(&other_port).send().await.unwrap().status(), 200);
+    assert_eq!(gw.get_status(&other_port).await, 200);
     gw.stop().await;
 }
 
@@ -257,11 +257,7 @@ async fn consent_deny_replay_and_forgery() {
         .text()
         .await
         .unwrap();
-    let field = |name: &str| {
-        let marker = format!("name=\"{name}\" value=\"");
-        let start = html.find(&marker).unwrap() + marker.len();
-        html[start..start + html[start..].find('"').unwrap()].to_string()
-    };
+    let field = |name: &str| form_field(&html, name);
     let (rid, csrf) = (field("request_id"), field("csrf_token"));
     let post = |form: Vec<(&'static str, String)>, origin: Option<&'static str>| {
         let mut req = gw.http.post(gw.url("/consent")).form(&form);
@@ -616,11 +612,7 @@ async fn consent_post_from_our_own_page_with_null_origin_is_accepted() {
         .unwrap();
     assert_eq!(page.headers()["referrer-policy"], "same-origin");
     let html = page.text().await.unwrap();
-    let field = |name: &str| {
-        let marker = format!("name=\"{name}\" value=\"");
-        let start = html.find(&marker).unwrap() + marker.len();
-        html[start..start + html[start..].find('"').unwrap()].to_string()
-    };
+    let field = |name: &str| form_field(&html, name);
     let form = [
         ("request_id", field("request_id")),
         ("csrf_token", field("csrf_token")),
@@ -673,33 +665,12 @@ async fn token_and_authorize_are_rate_limited_per_source() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "slow_down");
     for _ in 0..2 {
-        assert_eq!(
-            gw.http
-                .get(gw.url("/authorize"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            400
-        );
+        assert_eq!(gw.get_status(gw.url("/authorize")).await, 400);
     }
-    assert_eq!(
-        gw.http
-            .get(gw.url("/authorize"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(gw.get_status(gw.url("/authorize")).await, 429);
     gw.clock.advance(60);
     assert_eq!(
-        gw.http
-            .get(gw.url("/authorize"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status(gw.url("/authorize")).await,
         400,
         "a new minute"
     );

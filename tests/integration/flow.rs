@@ -29,15 +29,7 @@ async fn the_whole_flow_through_the_proxy() {
         prm_url.clone(),
         gw.url("/.well-known/oauth-protected-resource"),
     ] {
-        let prm: Value = gw
-            .http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let prm: Value = gw.get_json(&url).await;
         assert_eq!(prm["resource"], gw.resource());
         assert_eq!(prm["authorization_servers"], json!([gw.base]));
         assert_eq!(prm["bearer_methods_supported"], json!(["header"]));
@@ -54,15 +46,7 @@ async fn the_whole_flow_through_the_proxy() {
         "/.well-known/oauth-authorization-server",
         "/.well-known/openid-configuration",
     ] {
-        let meta: Value = gw
-            .http
-            .get(gw.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = gw.get_json(gw.url(path)).await;
         assert_eq!(meta["issuer"], gw.base);
         assert_eq!(meta["code_challenge_methods_supported"], json!(["S256"]));
         assert_eq!(
@@ -83,15 +67,7 @@ async fn the_whole_flow_through_the_proxy() {
             );
         }
     }
-    let jwks: Value = gw
-        .http
-        .get(gw.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = gw.get_json(gw.url("/.well-known/jwks.json")).await;
     assert_eq!(jwks["keys"][0]["kid"], gw.state.keys.kid);
 
     // 4-6. Register, consent, code with state and iss, token.

@@ -82,23 +82,13 @@ async fn a4_external_issuer_tokens_for_our_audience_pass_others_fail() {
 
     // Discovery points clients at the external issuer; our own AS is off.
     let prm: Value = gw
-        .http
-        .get(gw.url("/.well-known/oauth-protected-resource/mcp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(gw.url("/.well-known/oauth-protected-resource/mcp"))
+        .await;
     assert_eq!(prm["authorization_servers"], json!([issuer]));
     assert!(prm.get("jwks_uri").is_none());
     assert_eq!(
-        gw.http
-            .get(gw.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status(gw.url("/.well-known/oauth-authorization-server"))
+            .await,
         404
     );
     assert_eq!(
@@ -206,15 +196,7 @@ async fn shared_secret_mode_accepts_the_applications_hs256_tokens() {
         status(&gw, &gw.mint(claims("https://app.example.com", "mcp"))).await,
         401
     );
-    assert_eq!(
-        gw.http
-            .get(gw.url("/authorize"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(gw.get_status(gw.url("/authorize")).await, 404);
     gw.stop().await;
 }
 

@@ -17,15 +17,7 @@ fn counter(text: &str, series: &str) -> u64 {
 #[tokio::test]
 async fn health_readiness_metrics_and_request_ids() {
     let gw = common::spawn().await;
-    let health: Value = gw
-        .http
-        .get(gw.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = gw.get_json(gw.url("/healthz")).await;
     assert_eq!(health["status"], "ok");
     let ready = gw.http.get(gw.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -150,14 +142,6 @@ async fn health_readiness_metrics_and_request_ids() {
     gw.stop().await;
 
     let open = common::spawn_with(|c| c.metrics_public = true).await;
-    assert_eq!(
-        open.http
-            .get(open.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(open.get_status(open.url("/metrics")).await, 200);
     open.stop().await;
 }

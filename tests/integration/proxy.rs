@@ -195,15 +195,7 @@ async fn debug_trace_records_routes_and_redacts_credentials() {
         )
         .await;
     assert_ne!(s, 401);
-    let trace: Value = gw
-        .http
-        .get(gw.url("/debug/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trace: Value = gw.get_json(gw.url("/debug/requests")).await;
     let entries = trace["requests"].as_array().unwrap();
     let find = |path: &str| {
         entries
@@ -228,14 +220,8 @@ async fn debug_trace_records_routes_and_redacts_credentials() {
     );
     let last = entries.last().unwrap()["id"].as_u64().unwrap();
     let newer: Value = gw
-        .http
-        .get(gw.url(&format!("/debug/requests?since={last}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(gw.url(&format!("/debug/requests?since={last}")))
+        .await;
     assert_eq!(newer["requests"], json!([]));
     gw.stop().await;
 }

@@ -4,16 +4,7 @@ use mcp_oauth_gateway::authz::login::hash_password;
 use mcp_oauth_gateway::config::UserConfig;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 
-use crate::common::{self, TestGateway, jwt_claims, pkce, query_param};
-
-fn field(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("{name} in {html}"))
-        + marker.len();
-    html[start..start + html[start..].find('"').unwrap()].to_string()
-}
+use crate::common::{self, TestGateway, form_field, jwt_claims, pkce, query_param};
 
 async fn users_gateway() -> TestGateway {
     let alice = hash_password("wonderland").unwrap();
@@ -50,8 +41,8 @@ async fn sign_in(
         .http
         .post(gw.url("/login"))
         .form(&[
-            ("request_id", field(&html, "request_id")),
-            ("csrf_token", field(&html, "csrf_token")),
+            ("request_id", form_field(&html, "request_id")),
+            ("csrf_token", form_field(&html, "csrf_token")),
             ("username", user.into()),
             ("password", password.into()),
         ])
@@ -85,8 +76,8 @@ async fn users_sign_in_before_consent_and_become_the_subject() {
     let cookie = cookie.expect("a session cookie");
     assert!(html.contains("Approve") && html.contains("alice"));
     let form = [
-        ("request_id", field(&html, "request_id")),
-        ("csrf_token", field(&html, "csrf_token")),
+        ("request_id", form_field(&html, "request_id")),
+        ("csrf_token", form_field(&html, "csrf_token")),
         ("decision", "approve".to_string()),
     ];
     // The approval needs the session that signed in.
@@ -100,8 +91,8 @@ async fn users_sign_in_before_consent_and_become_the_subject() {
     assert_eq!(res.status(), 403);
     let html = sign_in(&gw, &url, "alice", "wonderland").await.2;
     let form = [
-        ("request_id", field(&html, "request_id")),
-        ("csrf_token", field(&html, "csrf_token")),
+        ("request_id", form_field(&html, "request_id")),
+        ("csrf_token", form_field(&html, "csrf_token")),
         ("decision", "approve".to_string()),
     ];
     let res = gw
@@ -161,15 +152,7 @@ async fn users_sign_in_before_consent_and_become_the_subject() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "the consent page again");
-    assert_eq!(
-        gw.http
-            .get(gw.url("/consents"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(gw.get_status(gw.url("/consents")).await, 401);
     gw.stop().await;
 }
 
@@ -195,8 +178,8 @@ async fn a_user_grants_only_the_scopes_they_hold() {
         .post(gw.url("/consent"))
         .header(COOKIE, cookie.unwrap())
         .form(&[
-            ("request_id", field(&html, "request_id")),
-            ("csrf_token", field(&html, "csrf_token")),
+            ("request_id", form_field(&html, "request_id")),
+            ("csrf_token", form_field(&html, "csrf_token")),
             ("decision", "approve".to_string()),
         ])
         .send()
