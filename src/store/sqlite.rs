@@ -133,6 +133,13 @@ impl SqliteStore {
         self.conn.lock().map_err(|_| err("store lock poisoned"))
     }
 
+    /// Run a single read; no transaction (each statement is atomic on its own), so the
+    /// per-request revocation check costs one indexed lookup.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let conn = self.lock()?;
+        f(&conn)
+    }
+
     /// Run `f` in one transaction.
     fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.lock()?;
@@ -154,7 +161,7 @@ fn purge(tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
     .map_err(err)
 }
 
-fn get_grant(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<Grant>> {
+fn get_grant(tx: &Connection, id: &str) -> StoreResult<Option<Grant>> {
     let data: Option<String> = tx
         .query_row("SELECT data FROM grants WHERE id = ?1", [id], |r| r.get(0))
         .optional()
@@ -162,7 +169,7 @@ fn get_grant(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<Grant>> {
     data.map(|d| from_json(&d)).transpose()
 }
 
-fn get_refresh(tx: &Transaction<'_>, hash: &str) -> StoreResult<Option<RefreshToken>> {
+fn get_refresh(tx: &Connection, hash: &str) -> StoreResult<Option<RefreshToken>> {
     let data: Option<String> = tx
         .query_row("SELECT data FROM refresh WHERE hash = ?1", [hash], |r| {
             r.get(0)
@@ -229,7 +236,7 @@ impl Store for SqliteStore {
     }
 
     fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let row: Option<(String, i64)> = tx
                 .query_row(
                     "SELECT data, last_used FROM clients WHERE client_id = ?1",
@@ -306,7 +313,7 @@ impl Store for SqliteStore {
     }
 
     fn consent(&self, sub: &str, client_id: &str, now: u64) -> StoreResult<Option<Consent>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let data: Option<String> = tx
                 .query_row(
                     "SELECT data FROM consents WHERE sub = ?1 AND client_id = ?2 AND expires_at > ?3",
@@ -320,7 +327,7 @@ impl Store for SqliteStore {
     }
 
     fn consents(&self, sub: &str, now: u64) -> StoreResult<Vec<Consent>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx
                 .prepare("SELECT data FROM consents WHERE sub = ?1 AND expires_at > ?2 ORDER BY client_id")
                 .map_err(err)?;
@@ -408,7 +415,7 @@ impl Store for SqliteStore {
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
-        self.tx(|tx| get_grant(tx, grant_id))
+        self.read(|tx| get_grant(tx, grant_id))
     }
 
     fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
@@ -435,7 +442,7 @@ impl Store for SqliteStore {
     }
 
     fn refresh(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
-        self.tx(|tx| get_refresh(tx, token_hash))
+        self.read(|tx| get_refresh(tx, token_hash))
     }
 
     fn rotate_refresh(
@@ -495,15 +502,14 @@ impl Store for SqliteStore {
     }
 
     fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool> {
-        self.tx(|tx| {
-            tx.query_row(
-                "SELECT 1 FROM revoked_jti WHERE jti = ?1",
-                [jti],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(err)
+        // Runs on every MCP request: keep the statement prepared.
+        self.read(|conn| {
+            conn.prepare_cached("SELECT 1 FROM revoked_jti WHERE jti = ?1")
+                .map_err(err)?
+                .query_row([jti], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(err)
         })
     }
 }
