@@ -13,6 +13,7 @@ use crate::state::AppState;
 
 /// The proxy's CORS layer.
 pub fn layer(state: AppState) -> CorsLayer {
+    let metrics_public = state.settings.config.metrics_public;
     let mcp_headers = |names: &[&'static str]| -> Vec<HeaderName> {
         names.iter().map(|n| HeaderName::from_static(n)).collect()
     };
@@ -28,7 +29,8 @@ pub fn layer(state: AppState) -> CorsLayer {
     expose.extend(mcp_headers(&["mcp-session-id", "mcp-protocol-version"]));
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(
-            move |origin: &HeaderValue, parts: &Parts| match route(parts.uri.path()) {
+            move |origin: &HeaderValue, parts: &Parts| match route(parts.uri.path(), metrics_public)
+            {
                 Backend::Mcp => origin.to_str().is_ok_and(|o| origin_allowed(&state, o)),
                 Backend::Routes | Backend::Jwks => true,
             },

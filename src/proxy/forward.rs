@@ -126,10 +126,7 @@ pub async fn proxy_handler(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let mut backend = route(req.uri().path());
-    if req.uri().path() == "/metrics" && ps.metrics_public {
-        backend = Backend::Routes;
-    }
+    let backend = route(req.uri().path(), ps.metrics_public);
     let addr = ps.backends.addr(backend);
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();

@@ -32,9 +32,10 @@ impl Backend {
     }
 }
 
-/// The route table.
-pub fn route(path: &str) -> Backend {
+/// The route table. `/metrics` reaches the routes server only when `metrics_public`.
+pub fn route(path: &str, metrics_public: bool) -> Backend {
     match path {
+        "/metrics" if metrics_public => Backend::Routes,
         "/jwks.json" | "/.well-known/jwks.json" => Backend::Jwks,
         "/register"
         | "/authorize"
@@ -92,12 +93,14 @@ mod tests {
             "/revoke",
             "/consent",
         ] {
-            assert_eq!(route(p), Backend::Routes, "{p}");
+            assert_eq!(route(p, false), Backend::Routes, "{p}");
         }
-        assert_eq!(route("/.well-known/jwks.json"), Backend::Jwks);
-        assert_eq!(route("/jwks.json"), Backend::Jwks);
+        assert_eq!(route("/.well-known/jwks.json", false), Backend::Jwks);
+        assert_eq!(route("/jwks.json", false), Backend::Jwks);
         for p in ["/mcp", "/mcp/", "/", "/tokens", "/register/x"] {
-            assert_eq!(route(p), Backend::Mcp, "{p}");
+            assert_eq!(route(p, false), Backend::Mcp, "{p}");
         }
+        assert_eq!(route("/metrics", false), Backend::Mcp);
+        assert_eq!(route("/metrics", true), Backend::Routes);
     }
 }
