@@ -19,7 +19,9 @@
 //! - [`store`]: storage traits and their in-memory implementation.
 //! - [`gateway`]: takes four bound listeners and a shutdown future, runs everything.
 
+pub mod admin;
 pub mod authz;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod gateway;

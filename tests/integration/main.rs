@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod cimd;
+mod client_cli;
 mod clients;
 mod common;
 mod corpus;
@@ -14,5 +16,7 @@ mod ops;
 mod proxy;
 mod restart;
 mod rmcp_client;
+mod soak;
+mod tls;
 mod upstream;
 mod users;

@@ -1,0 +1,1 @@
+//! The operator's page (`/admin` on the routes listener).

@@ -1,0 +1,1 @@
+//! The client side: `mcp-oauth-gateway client URL ...`.
