@@ -56,6 +56,10 @@ pub struct Config {
     /// Allow a plain-http public URL on a non-loopback host (behind a TLS-terminating load
     /// balancer, give `public_url = "https://..."` instead).
     pub insecure_http: bool,
+    /// PEM certificate chain for TLS on the public listener (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the public listener (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
     /// Browser origins allowed on the MCP endpoint besides loopback and the public origin.
     pub allowed_origins: Vec<String>,
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
@@ -372,6 +376,8 @@ impl Default for Config {
             token_rate_per_minute: 600,
             authorize_rate_per_minute: 300,
             insecure_http: false,
+            tls_cert: None,
+            tls_key: None,
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
             store: StoreKind::Sqlite,
@@ -489,16 +495,35 @@ impl Config {
                 ));
             }
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert",
+                "give both tls_cert and tls_key, or neither",
+            ));
+        }
+        let tls = self.tls_cert.is_some();
+        if tls
+            && self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("http:"))
+        {
+            return Err(invalid(
+                "public_url",
+                "the public listener speaks TLS: the public URL must be https",
+            ));
+        }
         // Tokens and codes must not cross a network in clear text (b8).
-        let public_host_is_loopback = match &self.public_url {
-            Some(url) => Url::parse(url).ok().is_some_and(|u| {
-                u.scheme() == "https"
-                    || matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-                    || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
-                    || u.host_str() == Some("localhost")
-            }),
-            None => self.proxy_addr.ip().is_loopback(),
-        };
+        let public_host_is_loopback = tls
+            || match &self.public_url {
+                Some(url) => Url::parse(url).ok().is_some_and(|u| {
+                    u.scheme() == "https"
+                        || matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                        || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+                        || u.host_str() == Some("localhost")
+                }),
+                None => self.proxy_addr.ip().is_loopback(),
+            };
         if !public_host_is_loopback && !self.insecure_http {
             return Err(invalid(
                 "public_url",
@@ -627,6 +652,25 @@ mod tests {
                 .to_string()
                 .contains("files:write")
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_an_https_public_url() {
+        let one = Config {
+            tls_cert: Some("cert.pem".into()),
+            ..Config::default()
+        };
+        assert!(one.validate().unwrap_err().to_string().contains("tls_key"));
+        let mut c = Config {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            public_url: Some("http://localhost:3002".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("https"));
+        c.public_url = None;
+        c.proxy_addr = "0.0.0.0:443".parse().unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub enum GatewayError {
     /// A template failed to compile (a bug).
     #[error("template: {0}")]
     Template(#[from] minijinja::Error),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Reading a bound address failed.
     #[error("listener address: {0}")]
     Io(#[from] std::io::Error),
@@ -118,6 +121,7 @@ pub struct Gateway {
     state: AppState,
     listeners: Listeners,
     addrs: Addrs,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Gateway {
@@ -153,10 +157,15 @@ impl Gateway {
         config.mcp_addr = addrs.mcp;
         config.routes_addr = addrs.routes;
         config.jwks_addr = addrs.jwks;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", addrs.proxy));
+            .unwrap_or_else(|| format!("{scheme}://{}", addrs.proxy));
         let public = Url::parse(&public).map_err(|e| ConfigError::Invalid {
             key: "public_url",
             message: e.to_string(),
@@ -173,6 +182,7 @@ impl Gateway {
             state,
             listeners,
             addrs,
+            tls,
         })
     }
 
@@ -195,6 +205,7 @@ impl Gateway {
             state,
             listeners,
             addrs,
+            tls,
         } = self;
         let stop = CancellationToken::new();
         let trigger = stop.clone();
@@ -261,10 +272,26 @@ impl Gateway {
                 .merge(crate::ops::router(state.clone())),
             ),
             serve(listeners.jwks, tokens::jwks::router(state.clone())),
-            serve(
-                listeners.proxy,
-                proxy::forward::router(state.clone(), backends),
-            ),
+            match tls {
+                None => serve(
+                    listeners.proxy,
+                    proxy::forward::router(state.clone(), backends),
+                ),
+                Some(acceptor) => {
+                    let router = proxy::forward::router(state.clone(), backends);
+                    // `tap_io` only to get the listener's `SocketAddr` as connect info.
+                    let listener =
+                        crate::tls::TlsListener::new(listeners.proxy, acceptor)?.tap_io(|_| {});
+                    tokio::spawn(
+                        axum::serve(
+                            listener,
+                            router.into_make_service_with_connect_info::<SocketAddr>(),
+                        )
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .into_future(),
+                    )
+                }
+            },
         ];
         tracing::info!(
             proxy = %addrs.proxy,

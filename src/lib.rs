@@ -33,6 +33,7 @@ pub mod resource;
 pub mod secret;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 
 pub use config::Config;

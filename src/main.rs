@@ -51,6 +51,12 @@ struct Cli {
     /// Allow a plain-http public URL on a non-loopback host.
     #[arg(long, env = "MCP_GATEWAY_INSECURE_HTTP")]
     insecure_http: bool,
+    /// Serve the public listener over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "MCP_GATEWAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "MCP_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
     #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
     debug_trace: bool,
@@ -140,6 +146,12 @@ impl Cli {
         );
         if let Some(path) = self.audit_log {
             c.audit_log = Some(path);
+        }
+        if let Some(path) = self.tls_cert {
+            c.tls_cert = Some(path);
+        }
+        if let Some(path) = self.tls_key {
+            c.tls_key = Some(path);
         }
         if let Some(cmd) = self.upstream_cmd {
             c.upstream_cmd = Some(cmd);

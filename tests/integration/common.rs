@@ -53,18 +53,20 @@ async fn spawn_parts(
 ) -> TestGateway {
     let mut config = Config::for_test(std::env::temp_dir().join("mog-unused"));
     adjust(&mut config);
+    let config_tls = config.tls_cert.is_some();
     let listeners = Listeners::bind(&config).await.expect("bind port 0");
     let clock = Arc::new(FixedClock::new(T0));
     let gateway =
         Gateway::with_parts(config, listeners, store, clock.clone(), key).expect("gateway");
     let addrs = gateway.addrs();
+    let scheme = if config_tls { "https" } else { "http" };
     let state = gateway.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(gateway.run(async move {
         let _ = rx.await;
     }));
     TestGateway {
-        base: format!("http://{}", addrs.proxy),
+        base: format!("{scheme}://{}", addrs.proxy),
         state,
         clock,
         http: reqwest::Client::builder()
@@ -127,6 +129,12 @@ pub struct Tokens {
 }
 
 impl TestGateway {
+    /// Use `http` for every request the helpers make (a client that trusts a test CA, say).
+    pub fn with_http(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
