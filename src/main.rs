@@ -294,6 +294,12 @@ async fn main() -> ExitCode {
         eprintln!("mcp-oauth-gateway: {e}");
         return ExitCode::from(2);
     }
+    // Every proxied connection holds two sockets (client side, backend side): lift the soft
+    // descriptor limit to the hard one so a busy gateway does not run out at 1,024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => {

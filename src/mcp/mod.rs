@@ -29,6 +29,18 @@ fn http_config(state: &AppState, shutdown: CancellationToken) -> StreamableHttpS
         .with_cancellation_token(shutdown)
 }
 
+/// How long a finished response stays replayable for a client that lost its stream
+/// (`Last-Event-ID`). Our tools answer at once, so a short window is enough; every response
+/// is held this long, so the window bounds memory under load (rmcp's default is 60 s).
+const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sessions kept in memory, with the replay window above.
+fn session_manager() -> Arc<LocalSessionManager> {
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.completed_cache_ttl = RESUME_WINDOW;
+    Arc::new(manager)
+}
+
 /// The built-in server as a tower service, sessionful for 2025-era clients and stateless for
 /// 2026-07-28 ones.
 pub fn builtin_service(
@@ -46,7 +58,7 @@ pub fn builtin_service(
                 clock.clone(),
             ))
         },
-        Arc::new(LocalSessionManager::default()),
+        session_manager(),
         http_config(state, shutdown),
     )
 }
@@ -88,7 +100,7 @@ pub fn stdio_service(
             };
             Ok(stdio::StdioBridge::new(upstream, policy.clone()))
         },
-        Arc::new(LocalSessionManager::default()),
+        session_manager(),
         http_config(state, shutdown),
     ))
 }
