@@ -85,6 +85,9 @@ enum Command {
     HashPassword,
     /// Serve the built-in demo tools as a stdio MCP server (try `--upstream-cmd` with it).
     ServeStdio,
+    /// Talk to an MCP server as an OAuth client: discover, register, authorize, then list
+    /// tools or call one.
+    Client(Box<mcp_oauth_gateway::client::ClientArgs>),
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -242,6 +245,7 @@ async fn main() -> ExitCode {
     let mut cli = Cli::parse();
     match cli.command.take() {
         Some(Command::HashPassword) => return hash_password_from_stdin(),
+        Some(Command::Client(args)) => return mcp_oauth_gateway::client::run(*args).await,
         Some(Command::ServeStdio) => {
             // Logs must not touch stdout: it carries the protocol.
             let _ = init_tracing(LogFormat::Text, None);
