@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Run the project's tests: python3 run_tests.py [unit|integration|flow|clients|browser|all]
+"""Run the project's tests:
+python3 run_tests.py [unit|integration|flow|clients|conformance|browser|soak|fuzz|all]
 
 Stages (default: all):
   unit         cargo test --lib --bins
   integration  cargo test --test integration
   flow         pytest python_tests (against the built gateway binary)
   clients      node clients/ts/run.mjs (when clients/ts/package.json exists)
+  conformance  node clients/conformance/run.mjs: the MCP conformance suite's auth
+               scenarios against `mcp-oauth-gateway client`
   browser      node clients/inspector/run.mjs: the MCP Inspector's web UI in headless
-               Chromium (Debian's /usr/bin/chromium, installed with apt-get when missing)
+               Chromium (Debian's /usr/bin/chromium, installed with apt-get when missing),
+               then node clients/admin-browser/run.mjs: a grant revoked on /admin
+  soak         cargo test --test integration soak -- --ignored: 1,000 connections
+               through the proxy for SOAK_SECONDS (default 30) after a warm-up
+  fuzz         cargo fuzz (installed with `cargo install` when missing) builds the targets
+               in fuzz/ and runs each for FUZZ_SECONDS (default 20)
 
 The script installs what it needs itself: a virtualenv in .venv/ with
 python_tests/requirements.txt (reinstalled only when that file changes), and
-clients/ts/node_modules, clients/inspector/node_modules and
-clients/thirdparty/node_modules (server-everything and oidc-provider, which the
-flow tests run) via `npm ci` (only when missing or the lock changed), and
-Chromium via apt-get when it is missing.
+node_modules in clients/ts, clients/inspector, clients/admin-browser,
+clients/conformance and clients/thirdparty (server-everything and oidc-provider,
+which the flow tests run) via `npm ci` (only when missing or the lock changed),
+Chromium via apt-get when it is missing, and cargo-fuzz via `cargo install`.
 It builds once with cargo, streams every child's output, keeps going after a
 failing stage, and ends with one line `N passed, M failed`. The exit code is
 non-zero if any test failed or any stage could not run.
@@ -49,8 +57,12 @@ ARTIFACTS = ROOT / "test-artifacts"
 CLIENTS_TS = ROOT / "clients" / "ts"
 CLIENTS_INSPECTOR = ROOT / "clients" / "inspector"
 CLIENTS_THIRDPARTY = ROOT / "clients" / "thirdparty"
+CLIENTS_CONFORMANCE = ROOT / "clients" / "conformance"
+CLIENTS_ADMIN = ROOT / "clients" / "admin-browser"
+FUZZ = ROOT / "fuzz"
+CARGO_FUZZ_VERSION = "0.13.2"
 CHROMIUM = Path("/usr/bin/chromium")
-STAGES = ("unit", "integration", "flow", "clients", "browser")
+STAGES = ("unit", "integration", "flow", "clients", "conformance", "browser", "soak", "fuzz")
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CARGO_RESULT_RE = re.compile(
@@ -395,6 +407,72 @@ def stage_browser(build_ok: bool) -> StageResult:
     env["GATEWAY_BIN"] = str(binary)
     code, out = run(["node", str(script.relative_to(ROOT))], env=env, timeout=min(600.0, stage_timeout()))
     count_plain_result(out, code, result, "clients/inspector/run.mjs")
+    # The operator's page, revoked from a real browser.
+    admin = CLIENTS_ADMIN / "run.mjs"
+    if not admin.exists():
+        result.error("clients/admin-browser/run.mjs is missing")
+        return result
+    if not ensure_node_modules(CLIENTS_ADMIN, result):
+        return result
+    code, out = run(["node", str(admin.relative_to(ROOT))], env=env, timeout=min(600.0, stage_timeout()))
+    count_plain_result(out, code, result, "clients/admin-browser/run.mjs")
+    return result
+
+
+def stage_conformance(build_ok: bool) -> StageResult:
+    result = StageResult("conformance")
+    banner("conformance: node clients/conformance/run.mjs (client --suite auth)")
+    binary = gateway_bin()
+    if not binary.exists():
+        result.error(f"gateway binary {binary} does not exist"
+                     + ("" if build_ok else " (the build failed)"))
+        return result
+    if not ensure_node_modules(CLIENTS_CONFORMANCE, result):
+        return result
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = base_env()
+    env["GATEWAY_BIN"] = str(binary)
+    code, out = run(["node", "clients/conformance/run.mjs"], env=env,
+                    timeout=min(600.0, stage_timeout()))
+    count_plain_result(out, code, result, "clients/conformance/run.mjs")
+    return result
+
+
+def ensure_cargo_fuzz(result: StageResult) -> bool:
+    code, _ = run(["cargo", "fuzz", "--version"])
+    if code == 0:
+        return True
+    code, _ = run(["cargo", "install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION])
+    if code != 0:
+        result.error(f"`cargo install cargo-fuzz` exited {code}")
+        return False
+    return True
+
+
+def stage_fuzz() -> StageResult:
+    """Each target runs for a bounded time; a crash or a failed invariant fails it."""
+    result = StageResult("fuzz")
+    banner("fuzz: cargo fuzz (stable toolchain, no sanitizer)")
+    if not ensure_cargo_fuzz(result):
+        return result
+    code, out = run(["cargo", "fuzz", "list"], cwd=FUZZ)
+    targets = [t.strip() for t in out.splitlines() if t.strip() and not t.startswith("$")]
+    if code != 0 or not targets:
+        result.error("`cargo fuzz list` found no targets")
+        return result
+    code, _ = run(["cargo", "fuzz", "build", "-s", "none", "--dev"], cwd=FUZZ)
+    if code != 0:
+        result.error(f"`cargo fuzz build` exited {code}")
+        return result
+    seconds = os.environ.get("FUZZ_SECONDS", "20")
+    for target in targets:
+        code, _ = run(["cargo", "fuzz", "run", "-s", "none", "--dev", target, "--",
+                       f"-max_total_time={seconds}"], cwd=FUZZ)
+        if code == 0:
+            result.passed += 1
+        else:
+            result.failed += 1
+            log(f"[run_tests] fuzz target {target} failed (see fuzz/artifacts/{target}/)")
     return result
 
 
@@ -438,8 +516,20 @@ def main(argv: list[str]) -> int:
             results.append(stage_flow(build_ok))
         elif stage == "clients":
             results.append(stage_clients(build_ok))
+        elif stage == "conformance":
+            results.append(stage_conformance(build_ok))
         elif stage == "browser":
             results.append(stage_browser(build_ok))
+        elif stage == "soak":
+            if build_ok:
+                results.append(stage_cargo(
+                    "soak", ["test", "--test", "integration", "soak", "--", "--ignored"]))
+            else:
+                r = StageResult("soak")
+                r.error("skipped: the build failed")
+                results.append(r)
+        elif stage == "fuzz":
+            results.append(stage_fuzz())
 
     banner("summary")
     passed = failed = 0
