@@ -53,6 +53,11 @@ pub struct Config {
     pub token_rate_per_minute: u32,
     /// Authorization requests accepted per source address per minute (0: unlimited).
     pub authorize_rate_per_minute: u32,
+    /// Authorization requests awaiting consent plus codes not yet redeemed, at most, for all
+    /// clients together; past it `/authorize` answers `temporarily_unavailable` (0: no cap).
+    pub max_pending_authorizations: usize,
+    /// The same cap for each client (0: no cap).
+    pub max_pending_per_client: usize,
     /// Allow a plain-http public URL on a non-loopback host (behind a TLS-terminating load
     /// balancer, give `public_url = "https://..."` instead).
     pub insecure_http: bool,
@@ -235,6 +240,11 @@ pub struct UserConfig {
     /// Scopes the user may grant (default: all offered).
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// May sign in to the operator's page (`/admin`) and revoke clients and grants there.
+    /// Once any user is an admin, the page asks everyone to sign in, also on loopback; an
+    /// admin needs a `password_hash`.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// A pre-registered client.
@@ -375,6 +385,8 @@ impl Default for Config {
             register_rate_per_minute: 60,
             token_rate_per_minute: 600,
             authorize_rate_per_minute: 300,
+            max_pending_authorizations: 10_000,
+            max_pending_per_client: 100,
             insecure_http: false,
             tls_cert: None,
             tls_key: None,
@@ -596,6 +608,15 @@ impl Config {
                     ),
                 });
             }
+            if u.admin && u.password_hash.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "users",
+                    message: format!(
+                        "user `{}`: an admin needs a password_hash to sign in to /admin",
+                        u.name
+                    ),
+                });
+            }
         }
         let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);
         let referenced = s
@@ -628,6 +649,16 @@ mod tests {
     }
 
     #[test]
+    fn users_may_be_marked_admin() {
+        let c: Config = toml::from_str(
+            "[[users]]\nname = \"ops\"\npassword_hash = \"$argon2id$x\"\nadmin = true\n[[users]]\nname = \"bob\"",
+        )
+        .unwrap();
+        assert!(c.users[0].admin);
+        assert!(!c.users[1].admin, "not an admin unless said");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("proxy_adr = \"127.0.0.1:1\"").unwrap_err();
         assert!(err.to_string().contains("proxy_adr"));
@@ -651,6 +682,17 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("files:write")
+        );
+    }
+
+    #[test]
+    fn an_admin_without_a_password_is_refused() {
+        let c: Config = toml::from_str("[[users]]\nname = \"ops\"\nadmin = true").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("password_hash")
         );
     }
 

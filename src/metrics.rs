@@ -1,12 +1,15 @@
 //! Prometheus metrics (OpenMetrics text) for operators: traffic per backend, proxy latency,
 //! token validations by outcome, issuance by grant, replays, registrations, upstream
-//! errors. Labels are fixed vocabularies (backend names, outcomes, grant types, status
-//! codes): no label can carry a token or anything a client chose.
+//! errors, key and introspection cache lookups, live clients and grants, authorization
+//! requests refused over the pending cap. Labels are fixed vocabularies (backend names,
+//! outcomes, grant types, status codes, cache names): no label can carry a token or
+//! anything a client chose.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +34,37 @@ struct GrantLabel {
     grant: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+    outcome: &'static str,
+}
+
+/// Hit and miss counters of one cache, handed to the cache itself so the hot path counts
+/// without a lookup. The default counts into counters no registry shows (tests, benches).
+#[derive(Clone, Debug, Default)]
+pub struct CacheCounters {
+    hits: Counter,
+    misses: Counter,
+}
+
+impl CacheCounters {
+    /// The cache answered.
+    pub fn hit(&self) {
+        self.hits.inc();
+    }
+
+    /// The cache could not answer (the source was asked, or would have been).
+    pub fn miss(&self) {
+        self.misses.inc();
+    }
+
+    /// Hits and misses so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~13 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -48,6 +82,10 @@ pub struct Metrics {
     replays: Family<OutcomeLabel, Counter>,
     registrations: Counter,
     upstream_errors: Counter,
+    cache_lookups: Family<CacheLabels, Counter>,
+    live_clients: Gauge,
+    live_grants: Gauge,
+    over_pending_limit: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +115,10 @@ impl Metrics {
         let replays = Family::<OutcomeLabel, Counter>::default();
         let registrations = Counter::default();
         let upstream_errors = Counter::default();
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        let live_clients = Gauge::default();
+        let live_grants = Gauge::default();
+        let over_pending_limit = Counter::default();
         registry.register(
             "proxy_requests",
             "Requests through the public proxy, by backend and status",
@@ -117,7 +159,31 @@ impl Metrics {
             "Upstream MCP server unreachable or timed out",
             upstream_errors.clone(),
         );
+        registry.register(
+            "cache_lookups",
+            "Lookups in the signing-key (jwks) and introspection caches, by outcome",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "live_clients",
+            "Clients registered or pinned in the config (as of the last scrape)",
+            live_clients.clone(),
+        );
+        registry.register(
+            "live_grants",
+            "Grants neither revoked nor expired (as of the last scrape)",
+            live_grants.clone(),
+        );
+        registry.register(
+            "authorizations_over_pending_limit",
+            "Authorization requests refused because too many were pending",
+            over_pending_limit.clone(),
+        );
         Self {
+            cache_lookups,
+            live_clients,
+            live_grants,
+            over_pending_limit,
             registry,
             requests,
             proxy_latency,
@@ -179,6 +245,31 @@ impl Metrics {
         self.upstream_errors.inc();
     }
 
+    /// The counters a cache named `cache` (`jwks`, `introspection`) counts into.
+    pub fn cache_counters(&self, cache: &'static str) -> CacheCounters {
+        let counter = |outcome| {
+            self.cache_lookups
+                .get_or_create(&CacheLabels { cache, outcome })
+                .clone()
+        };
+        CacheCounters {
+            hits: counter("hit"),
+            misses: counter("miss"),
+        }
+    }
+
+    /// Set the live clients and grants gauges.
+    pub fn set_live(&self, clients: usize, grants: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.live_clients.set(gauge(clients));
+        self.live_grants.set(gauge(grants));
+    }
+
+    /// An authorization request was refused: too many pending.
+    pub fn over_pending_limit(&self) {
+        self.over_pending_limit.inc();
+    }
+
     /// The OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -209,5 +300,31 @@ mod tests {
         assert!(text.contains("mcp_gateway_tokens_issued_total{grant=\"authorization_code\"} 1"));
         assert!(text.contains("mcp_gateway_replays_detected_total{outcome=\"refresh_token\"} 1"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn cache_counters_and_gauges_render() {
+        let m = Metrics::new();
+        let jwks = m.cache_counters("jwks");
+        jwks.hit();
+        jwks.hit();
+        jwks.miss();
+        m.cache_counters("introspection").miss();
+        m.set_live(3, 2);
+        m.over_pending_limit();
+        let text = m.render();
+        for line in [
+            "mcp_gateway_cache_lookups_total{cache=\"jwks\",outcome=\"hit\"} 2",
+            "mcp_gateway_cache_lookups_total{cache=\"jwks\",outcome=\"miss\"} 1",
+            "mcp_gateway_cache_lookups_total{cache=\"introspection\",outcome=\"miss\"} 1",
+            "mcp_gateway_live_clients 3",
+            "mcp_gateway_live_grants 2",
+            "mcp_gateway_authorizations_over_pending_limit_total 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert_eq!(jwks.counts(), (2, 1));
+        m.set_live(0, 0);
+        assert!(m.render().contains("mcp_gateway_live_grants 0"));
     }
 }

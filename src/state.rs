@@ -129,9 +129,22 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Introspection of an external issuer's opaque tokens, when configured.
     pub introspector: Option<Arc<crate::tokens::sources::Introspector>>,
+    /// The last security events, for the operator's page.
+    pub events: Arc<crate::admin::events::SecurityEvents>,
+    /// The operator's page's per-process secret (binds its CSRF tokens).
+    pub admin_key: Arc<crate::admin::AdminKey>,
 }
 
 impl AppState {
+    /// The caps on authorization requests and codes waiting at once.
+    pub fn pending_limits(&self) -> crate::store::PendingLimits {
+        let c = &self.settings.config;
+        crate::store::PendingLimits {
+            total: c.max_pending_authorizations,
+            per_client: c.max_pending_per_client,
+        }
+    }
+
     /// A client by id: pinned in the config, else registered.
     pub fn client(&self, client_id: &str) -> StoreResult<Option<Client>> {
         match self.settings.pinned_clients.get(client_id) {
@@ -176,7 +189,9 @@ impl AppState {
         keys: Arc<SigningKey>,
         templates: minijinja::Environment<'static>,
     ) -> Result<Self, ConfigError> {
-        let verifier = crate::tokens::sources::verifier(&settings, keys.clone())?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let mut verifier = crate::tokens::sources::verifier(&settings, keys.clone())?;
+        verifier.count_key_lookups(metrics.cache_counters("jwks"));
         let api_keys = match (
             &settings.config.api_keys.enabled,
             &settings.config.api_keys.file,
@@ -207,7 +222,10 @@ impl AppState {
         let register_limiter = RateLimiter::new(settings.config.register_rate_per_minute, 60);
         let introspector = match settings.config.auth_mode {
             crate::config::AuthMode::External => {
-                crate::tokens::sources::Introspector::from_config(&settings)?.map(Arc::new)
+                crate::tokens::sources::Introspector::from_config(&settings)?.map(|mut i| {
+                    i.count_into(metrics.cache_counters("introspection"));
+                    Arc::new(i)
+                })
             }
             _ => None,
         };
@@ -232,8 +250,15 @@ impl AppState {
             sessions: Arc::new(Sessions::default()),
             cimd,
             api_keys,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             introspector,
+            events: Arc::new(crate::admin::events::SecurityEvents::default()),
+            admin_key: Arc::new(crate::admin::AdminKey::generate().ok_or_else(|| {
+                ConfigError::Invalid {
+                    key: "admin",
+                    message: "the random source failed".into(),
+                }
+            })?),
         })
     }
 }

@@ -1,1 +1,771 @@
-//! The operator's page (`/admin` on the routes listener).
+//! The operator's page (`/admin` on the routes listener, and through the proxy): the
+//! registered clients, the live grants of each user, the last security events, and a
+//! Revoke button on every client and grant. Server-rendered, no JavaScript.
+//!
+//! Who may see it:
+//!
+//! - With no admin user configured, only a request from this machine: the connection's
+//!   peer, every `X-Forwarded-For` hop and the `Host` name must all be loopback (or the
+//!   public host). A remote client behind our proxy (which appends its address) is refused,
+//!   so is one behind another proxy on this host that says where the client is, and so is a
+//!   page that rebinds its own DNS name to 127.0.0.1.
+//! - With admin users (`admin = true` in `[[users]]`), everyone signs in with an admin's
+//!   password first, from anywhere, loopback included. Sessions are the login page's
+//!   ([`crate::authz::login::Sessions`]).
+//!
+//! The Revoke forms post a CSRF token: an HMAC, under a per-process random key, of the
+//! admin's session (or, loopback-only, of a random cookie set with the page), compared in
+//! constant time. Cross-site posts (`Origin`, `Sec-Fetch-Site`) are refused as on the
+//! consent page. Revoking a grant revokes its refresh tokens and denies its access tokens,
+//! so the client's next MCP request is a 401, and forgets the user's remembered approval
+//! of that client, so the user is asked again; revoking a client deletes it and revokes all
+//! its grants. Each revocation is a security event.
+
+pub mod events;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use aws_lc_rs::hmac;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use minijinja::context;
+
+use crate::authz::authorize::{cross_site_refusal, error_page, page_headers, unavailable_page};
+use crate::authz::login;
+use crate::authz::params::Params;
+use crate::authz::register::source_ip;
+use crate::secret::{ct_eq, random_token};
+use crate::state::AppState;
+use crate::store::{Client, Grant};
+use events::{RequestMeta, audit};
+
+/// The page.
+pub const ADMIN_PATH: &str = "/admin";
+/// Where its sign-in form posts.
+pub const LOGIN_PATH: &str = "/admin/login";
+/// Where a grant's Revoke button posts.
+pub const REVOKE_GRANT_PATH: &str = "/admin/grants/revoke";
+/// Where a client's Revoke button posts.
+pub const REVOKE_CLIENT_PATH: &str = "/admin/clients/revoke";
+/// Where a signed-in admin's Sign out button posts.
+pub const LOGOUT_PATH: &str = "/admin/logout";
+/// The cookie a loopback-only page (and the sign-in form) binds its CSRF token to.
+pub const CSRF_COOKIE: &str = "mog_admin_csrf";
+
+/// Rows shown per table; the page says how many more there are.
+const MAX_ROWS: usize = 500;
+
+/// The per-process key of the CSRF tokens. A restart invalidates open pages, nothing else.
+pub struct AdminKey(hmac::Key);
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey([redacted])")
+    }
+}
+
+impl AdminKey {
+    /// A fresh random key; `None` if the random source fails.
+    pub fn generate() -> Option<Self> {
+        hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+            .ok()
+            .map(Self)
+    }
+
+    /// The CSRF token for a form bound to `binding`.
+    fn token(&self, binding: &Binding) -> String {
+        let (kind, value) = match binding {
+            Binding::Session(v) => ("session", v),
+            Binding::Cookie(v) => ("cookie", v),
+        };
+        let mut ctx = hmac::Context::with_key(&self.0);
+        for part in [
+            b"mog-admin-csrf".as_slice(),
+            kind.as_bytes(),
+            value.as_bytes(),
+        ] {
+            ctx.update(part);
+            ctx.update(&[0]);
+        }
+        URL_SAFE_NO_PAD.encode(ctx.sign())
+    }
+}
+
+/// What a form's CSRF token is bound to.
+enum Binding {
+    /// The admin's session cookie.
+    Session(String),
+    /// The page's own random cookie (loopback-only, or the sign-in form).
+    Cookie(String),
+}
+
+/// Who is looking at the page.
+enum Viewer {
+    /// Anyone on this machine (no admin user configured).
+    Loopback,
+    /// A signed-in admin, and the session they signed in with.
+    Admin {
+        /// The admin's name.
+        name: String,
+        /// Their session cookie.
+        session: String,
+    },
+}
+
+impl Viewer {
+    fn name(&self) -> &str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::Admin { name, .. } => name,
+        }
+    }
+}
+
+/// Why the page is not shown.
+enum Refused {
+    /// Loopback-only, and the request is not from loopback.
+    Remote,
+    /// An admin must sign in; the message says why the current sign-in does not do.
+    SignIn(Option<&'static str>),
+}
+
+/// Whether any user may sign in as an admin (then everyone must).
+pub fn admins_configured(state: &AppState) -> bool {
+    state.settings.config.users.iter().any(|u| u.admin)
+}
+
+fn is_admin(state: &AppState, name: &str) -> bool {
+    state
+        .settings
+        .config
+        .users
+        .iter()
+        .any(|u| u.name == name && u.admin && u.password_hash.is_some())
+}
+
+/// Whether a `Host` value names this machine: a loopback address, `localhost`, or the
+/// public host (a request through our proxy keeps the name the client used).
+fn host_is_local(state: &AppState, host: &str) -> bool {
+    let Ok(url) = url::Url::parse(&format!("http://{host}/")) else {
+        return false;
+    };
+    let public = url::Url::parse(&state.settings.issuer).ok();
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || public
+                    .as_ref()
+                    .and_then(|p| p.host_str())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(d))
+        }
+        None => false,
+    }
+}
+
+/// Whether a request comes from this machine: the peer, every forwarded hop and the host
+/// name are all loopback. Stricter than [`source_ip`] (which trusts the last hop): a proxy
+/// on this host in front of ours makes the peer loopback, but it names the real client in
+/// `X-Forwarded-For`, and that must count.
+pub fn from_loopback(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    if !peer.ip().is_loopback() {
+        return false;
+    }
+    let hops_local = |name: &str| {
+        headers.get_all(name).iter().all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').all(|hop| {
+                    hop.trim()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+                })
+            })
+        })
+    };
+    // `Forwarded` (RFC 7239) is not parsed: its presence means another proxy we cannot
+    // vouch for.
+    if !hops_local("x-forwarded-for")
+        || !hops_local("x-real-ip")
+        || headers.contains_key("forwarded")
+    {
+        return false;
+    }
+    ["x-forwarded-host", header::HOST.as_str()]
+        .into_iter()
+        .flat_map(|name| headers.get_all(name).iter())
+        .all(|v| v.to_str().is_ok_and(|h| host_is_local(state, h)))
+}
+
+fn viewer(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    now: u64,
+) -> Result<Viewer, Refused> {
+    if !admins_configured(state) {
+        return if from_loopback(state, peer, headers) {
+            Ok(Viewer::Loopback)
+        } else {
+            Err(Refused::Remote)
+        };
+    }
+    let Some(session) = login::cookie_value(headers, login::SESSION_COOKIE) else {
+        return Err(Refused::SignIn(None));
+    };
+    match state.sessions.user(session, now) {
+        Some(name) if is_admin(state, &name) => Ok(Viewer::Admin {
+            name,
+            session: session.to_string(),
+        }),
+        Some(_) => Err(Refused::SignIn(Some(
+            "You are signed in as a user who is not an admin.",
+        ))),
+        None => Err(Refused::SignIn(None)),
+    }
+}
+
+/// The page's CSRF cookie if the browser sent a well-formed one.
+fn csrf_cookie(headers: &HeaderMap) -> Option<&str> {
+    login::cookie_value(headers, CSRF_COOKIE).filter(|v| {
+        v.len() == 43
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// The CSRF cookie to bind a form to: the browser's, or a new one to set.
+fn csrf_cookie_or_new(headers: &HeaderMap) -> Option<(String, bool)> {
+    match csrf_cookie(headers) {
+        Some(v) => Some((v.to_string(), false)),
+        None => random_token(32).map(|v| (v, true)),
+    }
+}
+
+fn set_csrf_cookie(state: &AppState, res: &mut Response, value: &str) {
+    let secure = if state.settings.issuer.starts_with("https:") {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={value}; Path={ADMIN_PATH}; HttpOnly; SameSite=Strict{secure}"
+    )) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn see_other(location: &'static str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+    )
+        .into_response()
+}
+
+fn server_error(state: &AppState) -> Response {
+    error_page(
+        &state.templates,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "try again",
+    )
+}
+
+fn remote_refusal(state: &AppState) -> Response {
+    error_page(
+        &state.templates,
+        StatusCode::FORBIDDEN,
+        "access_denied",
+        "The operator's page answers only requests from this machine. To use it from \
+         elsewhere, make a user an admin (admin = true in [[users]], with a password) and \
+         sign in.",
+    )
+}
+
+/// The sign-in form (the login page's template), its CSRF token bound to the page cookie.
+fn login_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    username: &str,
+    error: Option<&str>,
+) -> Response {
+    let Some((cookie, new)) = csrf_cookie_or_new(headers) else {
+        return server_error(state);
+    };
+    let csrf_token = state.admin_key.token(&Binding::Cookie(cookie.clone()));
+    let html = state.templates.get_template("login.html").and_then(|t| {
+        t.render(context! {
+            client_name => "the operator's page",
+            error,
+            username,
+            action => LOGIN_PATH,
+            request_id => "",
+            csrf_token,
+        })
+    });
+    let mut res = match html {
+        Ok(html) => (StatusCode::UNAUTHORIZED, page_headers(), Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin login template failed");
+            return server_error(state);
+        }
+    };
+    if new {
+        set_csrf_cookie(state, &mut res, &cookie);
+    }
+    res
+}
+
+/// A time for people: RFC 3339 in UTC, or a dash when unknown.
+fn when(t: u64) -> String {
+    i64::try_from(t)
+        .ok()
+        .filter(|t| *t > 0)
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "—".into())
+}
+
+/// Everything the page shows.
+struct PageData {
+    clients: Vec<Client>,
+    grants: Vec<Grant>,
+}
+
+fn page_data(state: &AppState, now: u64) -> Result<PageData, crate::store::StoreError> {
+    let mut clients = state.store.clients()?;
+    let mut pinned: Vec<Client> = state.settings.pinned_clients.values().cloned().collect();
+    pinned.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    clients.splice(0..0, pinned);
+    Ok(PageData {
+        clients,
+        grants: state.store.live_grants(now)?,
+    })
+}
+
+fn render_page(state: &AppState, viewer: &Viewer, csrf_token: &str, now: u64) -> Response {
+    let data = match page_data(state, now) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "admin page: store unavailable");
+            return unavailable_page(&state.templates);
+        }
+    };
+    let names: HashMap<&str, &str> = data
+        .clients
+        .iter()
+        .filter_map(|c| Some((c.client_id.as_str(), c.client_name.as_deref()?)))
+        .collect();
+    let mut per_client: HashMap<&str, usize> = HashMap::new();
+    for g in &data.grants {
+        *per_client.entry(g.client_id.as_str()).or_default() += 1;
+    }
+    let clients: Vec<_> = data
+        .clients
+        .iter()
+        .take(MAX_ROWS)
+        .map(|c| {
+            context! {
+                id => &c.client_id,
+                name => &c.client_name,
+                redirect_uris => &c.redirect_uris,
+                auth_method => &c.token_endpoint_auth_method,
+                created => if c.pinned { "config".to_string() } else { when(c.created_at) },
+                last_used => if c.pinned { "—".to_string() } else { when(c.last_used_at) },
+                pinned => c.pinned,
+                grants => per_client.get(c.client_id.as_str()).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    let grants: Vec<_> = data
+        .grants
+        .iter()
+        .take(MAX_ROWS)
+        .map(|g| {
+            context! {
+                id => &g.id,
+                sub => &g.sub,
+                client_id => &g.client_id,
+                client_name => names.get(g.client_id.as_str()).copied(),
+                scopes => g.scopes.join(" "),
+                created => when(g.created_at),
+                expires => when(g.expires_at),
+            }
+        })
+        .collect();
+    let events: Vec<_> = state
+        .events
+        .recent()
+        .into_iter()
+        .map(|e| {
+            context! {
+                at => when(e.at),
+                event => e.event,
+                client_id => e.client_id,
+                sub => e.sub,
+                source => e.source.map(|s| s.to_string()),
+                request_id => e.request_id,
+            }
+        })
+        .collect();
+    let html = state.templates.get_template("admin.html").and_then(|t| {
+        t.render(context! {
+            viewer => viewer.name(),
+            signed_in => matches!(viewer, Viewer::Admin { .. }),
+            csrf_token,
+            revoke_grant_action => REVOKE_GRANT_PATH,
+            revoke_client_action => REVOKE_CLIENT_PATH,
+            logout_action => LOGOUT_PATH,
+            clients,
+            clients_total => data.clients.len(),
+            grants,
+            grants_total => data.grants.len(),
+            events,
+            max_rows => MAX_ROWS,
+        })
+    });
+    match html {
+        Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin template failed");
+            server_error(state)
+        }
+    }
+}
+
+/// `GET /admin`: the page, the sign-in form, or a refusal.
+pub async fn admin_get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let now = state.clock.now();
+    match viewer(&state, peer, &headers, now) {
+        Err(Refused::Remote) => remote_refusal(&state),
+        Err(Refused::SignIn(why)) => login_form(&state, &headers, "", why),
+        Ok(viewer) => {
+            // The page's forms are bound to the admin's session, or (loopback-only) to the
+            // page's own cookie, made now if the browser has none.
+            let (binding, new_cookie) = match &viewer {
+                Viewer::Admin { session, .. } => (Binding::Session(session.clone()), None),
+                Viewer::Loopback => match csrf_cookie_or_new(&headers) {
+                    Some((cookie, new)) => (Binding::Cookie(cookie.clone()), new.then_some(cookie)),
+                    None => return server_error(&state),
+                },
+            };
+            let token = state.admin_key.token(&binding);
+            let mut res = render_page(&state, &viewer, &token, now);
+            if let Some(cookie) = new_cookie {
+                set_csrf_cookie(&state, &mut res, &cookie);
+            }
+            res
+        }
+    }
+}
+
+/// `POST /admin/login`: an admin signs in; on success, back to the page with a session.
+pub async fn login_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let env = &state.templates;
+    let now = state.clock.now();
+    if let Err(retry) = state.login_limiter.check(source_ip(peer, &headers), now) {
+        let mut res = error_page(
+            env,
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            "too many sign-in attempts; wait a minute",
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
+    if let Some(refused) = cross_site_refusal(&state, &headers) {
+        return refused;
+    }
+    if !admins_configured(&state) {
+        return see_other(ADMIN_PATH);
+    }
+    let Ok(params) = Params::parse(&body) else {
+        return error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form is malformed",
+        );
+    };
+    let csrf_ok = match (csrf_cookie(&headers), params.get("csrf_token")) {
+        (Some(cookie), Some(sent)) => ct_eq(
+            sent,
+            &state.admin_key.token(&Binding::Cookie(cookie.to_string())),
+        ),
+        _ => false,
+    };
+    if !csrf_ok {
+        return error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the form's security token does not match; reload the page",
+        );
+    }
+    let username = params.get("username").unwrap_or_default().to_string();
+    let password = params.get("password").unwrap_or_default().to_string();
+    let user = state
+        .settings
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == username)
+        .cloned();
+    // Verify even for unknown users and non-admins, so timing does not tell them apart.
+    let hash = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| state.settings.dummy_password_hash.clone());
+    let verified = tokio::task::spawn_blocking(move || login::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    let ok = verified
+        && user
+            .as_ref()
+            .is_some_and(|u| u.admin && u.password_hash.is_some());
+    if !ok {
+        audit!(state, &meta, warn, "admin_login_failed", client: None, sub: None;
+            "operator sign-in failed");
+        return login_form(
+            &state,
+            &headers,
+            &username,
+            Some("Wrong user or password, or not an admin."),
+        );
+    }
+    let Some(token) =
+        state
+            .sessions
+            .create(&username, now, state.settings.config.session_ttl_seconds)
+    else {
+        return server_error(&state);
+    };
+    audit!(state, &meta, info, "admin_login", client: None, sub: Some(&username);
+        sub = %username, "operator signed in");
+    let mut res = see_other(ADMIN_PATH);
+    if let Some(v) = login::cookie(&state, &token) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// `POST /admin/logout`: end the admin's session.
+pub async fn logout_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = state.clock.now();
+    let viewer = match authorized_post(&state, peer, &headers, &body, now) {
+        Ok((viewer, _)) => viewer,
+        Err(res) => return *res,
+    };
+    let Viewer::Admin { name, session } = viewer else {
+        return see_other(ADMIN_PATH);
+    };
+    state.sessions.end(&session);
+    audit!(state, &meta, info, "admin_logout", client: None, sub: Some(&name);
+        sub = %name, "operator signed out");
+    let mut res = see_other(ADMIN_PATH);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
+        login::SESSION_COOKIE
+    )) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// Check a Revoke post: same-site, a viewer allowed to see the page, a matching CSRF
+/// token. The refusal is the response to send.
+fn authorized_post(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: u64,
+) -> Result<(Viewer, Params), Box<Response>> {
+    let env = &state.templates;
+    if let Some(refused) = cross_site_refusal(state, headers) {
+        return Err(Box::new(refused));
+    }
+    let viewer = match viewer(state, peer, headers, now) {
+        Ok(v) => v,
+        Err(Refused::Remote) => return Err(Box::new(remote_refusal(state))),
+        Err(Refused::SignIn(_)) => {
+            return Err(Box::new(error_page(
+                env,
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "sign in as an admin first",
+            )));
+        }
+    };
+    let params = Params::parse(body).map_err(|d| {
+        Box::new(error_page(
+            env,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &d,
+        ))
+    })?;
+    let binding = match &viewer {
+        Viewer::Admin { session, .. } => Some(Binding::Session(session.clone())),
+        Viewer::Loopback => csrf_cookie(headers).map(|c| Binding::Cookie(c.to_string())),
+    };
+    let csrf_ok = match (binding, params.get("csrf_token")) {
+        (Some(b), Some(sent)) => ct_eq(sent, &state.admin_key.token(&b)),
+        _ => false,
+    };
+    if !csrf_ok {
+        return Err(Box::new(error_page(
+            env,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the form's security token does not match; reload the page",
+        )));
+    }
+    Ok((viewer, params))
+}
+
+fn missing(state: &AppState, what: &str) -> Response {
+    error_page(
+        &state.templates,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &format!("{what} is missing"),
+    )
+}
+
+/// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens).
+pub async fn revoke_grant_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = state.clock.now();
+    let (viewer, params) = match authorized_post(&state, peer, &headers, &body, now) {
+        Ok(ok) => ok,
+        Err(res) => return *res,
+    };
+    let Some(grant_id) = params.get("grant_id") else {
+        return missing(&state, "grant_id");
+    };
+    let grant = match state.store.grant(grant_id) {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            return error_page(
+                &state.templates,
+                StatusCode::NOT_FOUND,
+                "invalid_request",
+                "no such grant",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admin: grant lookup failed");
+            return unavailable_page(&state.templates);
+        }
+    };
+    // The user is asked again: a remembered approval would let the client back in without.
+    let revoked = state
+        .store
+        .revoke_grant(&grant.id)
+        .and_then(|()| state.store.forget_consent(&grant.sub, &grant.client_id));
+    if let Err(e) = revoked {
+        tracing::error!(error = %e, "admin: revoking a grant failed");
+        return unavailable_page(&state.templates);
+    }
+    audit!(state, &meta, info, "admin_grant_revoked", client: Some(&grant.client_id), sub: Some(&grant.sub);
+        client_id = %grant.client_id, sub = %grant.sub, by = %viewer.name(), "grant revoked by an operator");
+    see_other(ADMIN_PATH)
+}
+
+/// `POST /admin/clients/revoke`: delete a client and revoke all its grants.
+pub async fn revoke_client_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = state.clock.now();
+    let (viewer, params) = match authorized_post(&state, peer, &headers, &body, now) {
+        Ok(ok) => ok,
+        Err(res) => return *res,
+    };
+    let Some(client_id) = params.get("client_id") else {
+        return missing(&state, "client_id");
+    };
+    let revoked = match state.store.revoke_client(client_id) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "admin: revoking a client failed");
+            return unavailable_page(&state.templates);
+        }
+    };
+    let pinned = state.settings.pinned_clients.contains_key(client_id);
+    if !revoked.deleted && revoked.grants == 0 && !pinned {
+        return error_page(
+            &state.templates,
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "no such client, and no grants of it",
+        );
+    }
+    audit!(state, &meta, info, "admin_client_revoked", client: Some(client_id), sub: None;
+        %client_id, grants = revoked.grants, deleted = revoked.deleted, by = %viewer.name(),
+        "client revoked by an operator");
+    see_other(ADMIN_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens_depend_on_key_kind_and_binding() {
+        let k = AdminKey::generate().unwrap();
+        let other = AdminKey::generate().unwrap();
+        let s = Binding::Session("abc".into());
+        let t = k.token(&s);
+        assert_eq!(t, k.token(&Binding::Session("abc".into())));
+        assert_ne!(t, k.token(&Binding::Cookie("abc".into())), "kinds differ");
+        assert_ne!(t, k.token(&Binding::Session("abd".into())));
+        assert_ne!(t, other.token(&s), "per-process keys differ");
+        assert!(!format!("{k:?}").contains(&t));
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_a_dash() {
+        assert_eq!(when(0), "—");
+        assert_eq!(when(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
+}

@@ -3,6 +3,10 @@
 //!
 //! Client and redirect URI are checked first: if either is wrong the user sees an error
 //! page and is never redirected (b8). Every later error goes back to the redirect URI.
+//!
+//! A new request is stored only under the caps on pending requests and unredeemed codes
+//! (`max_pending_authorizations`, `max_pending_per_client`); past them the client is told
+//! `temporarily_unavailable` (RFC 6749 §4.1.2.1) and nothing already waiting is dropped.
 
 use std::net::SocketAddr;
 
@@ -19,9 +23,10 @@ use super::params::{Params, split_scopes};
 use super::pkce;
 use super::register::source_ip;
 use super::uris::{canonical_resource, redirect_uri_matches};
+use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::{AppState, ClientLookupError};
-use crate::store::{AuthCode, Client, Consent, PendingAuthorization};
+use crate::store::{Admission, AuthCode, Client, Consent, PendingAuthorization, StoreResult};
 
 /// Path the consent form posts to.
 pub const CONSENT_PATH: &str = "/consent";
@@ -33,6 +38,7 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
     env.add_template("error.html", include_str!("templates/error.html"))?;
     env.add_template("login.html", include_str!("templates/login.html"))?;
     env.add_template("consents.html", include_str!("templates/consents.html"))?;
+    env.add_template("admin.html", include_str!("templates/admin.html"))?;
     Ok(env)
 }
 
@@ -219,9 +225,10 @@ pub(crate) fn error_page(
     error: &str,
     description: &str,
 ) -> Response {
+    let request_id = crate::ops::current_request_id();
     let html = env
         .get_template("error.html")
-        .and_then(|t| t.render(context! { error, description }))
+        .and_then(|t| t.render(context! { error, description, request_id }))
         .unwrap_or_else(|_| format!("{error}: {description}"));
     (status, page_headers(), Html(html)).into_response()
 }
@@ -264,10 +271,35 @@ fn scope_words(scope: &str) -> &'static str {
     }
 }
 
+/// Why an approved request got no code.
+enum ApproveError {
+    /// Too many requests and codes wait (only for a new request).
+    Full(Admission),
+    /// Our fault (random source, store, an unusable redirect URI).
+    Failed,
+}
+
+/// Whether a request is new (from `/authorize`: the pending caps apply) or continues one
+/// already admitted (after sign-in or consent: it only changes form, and is never refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// A new authorization request.
+    New,
+    /// One already admitted.
+    Admitted,
+}
+
 /// Issue a code for an approved request and build the success redirect.
-fn approve(state: &AppState, p: &PendingAuthorization, now: u64) -> Result<String, &'static str> {
-    let code = random_token(32).ok_or("rng")?;
-    let grant_id = random_token(16).ok_or("rng")?;
+fn approve(
+    state: &AppState,
+    p: &PendingAuthorization,
+    now: u64,
+    meta: &RequestMeta,
+    arrival: Arrival,
+) -> Result<String, ApproveError> {
+    let failed = |_| ApproveError::Failed;
+    let code = random_token(32).ok_or(ApproveError::Failed)?;
+    let grant_id = random_token(16).ok_or(ApproveError::Failed)?;
     let record = AuthCode {
         grant_id,
         client_id: p.client_id.clone(),
@@ -281,17 +313,75 @@ fn approve(state: &AppState, p: &PendingAuthorization, now: u64) -> Result<Strin
             .unwrap_or_else(|| state.settings.config.user.clone()),
         expires_at: now + state.settings.config.code_ttl,
     };
-    state
-        .store
-        .insert_code(sha256_b64(&code), record)
-        .map_err(|_| "store")?;
-    tracing::info!(target: "audit", event = "code_issued", client_id = %p.client_id, sub = ?p.sub, scopes = %p.scopes.join(" "), "authorization code issued");
+    let hash = sha256_b64(&code);
+    match arrival {
+        Arrival::New => {
+            match state
+                .store
+                .admit_code(hash, record, now, state.pending_limits())
+                .map_err(failed)?
+            {
+                Admission::Admitted => {}
+                full => return Err(ApproveError::Full(full)),
+            }
+        }
+        Arrival::Admitted => state.store.insert_code(hash, record).map_err(failed)?,
+    }
+    audit!(state, meta, info, "code_issued", client: Some(&p.client_id), sub: p.sub.as_deref();
+        client_id = %p.client_id, sub = ?p.sub, scopes = %p.scopes.join(" "), "authorization code issued");
     let mut pairs = vec![("code", code.as_str())];
     if let Some(s) = &p.state {
         pairs.push(("state", s));
     }
     pairs.push(("iss", &state.settings.issuer));
-    redirect_with(&p.redirect_uri, &pairs).ok_or("redirect")
+    redirect_with(&p.redirect_uri, &pairs).ok_or(ApproveError::Failed)
+}
+
+/// Store a request awaiting the user: under the pending caps when it is new.
+fn keep_pending(
+    state: &AppState,
+    pending: &PendingAuthorization,
+    now: u64,
+    arrival: Arrival,
+) -> StoreResult<Admission> {
+    match arrival {
+        Arrival::New => state
+            .store
+            .admit_pending(pending.clone(), now, state.pending_limits()),
+        Arrival::Admitted => state
+            .store
+            .insert_pending(pending.clone(), now)
+            .map(|()| Admission::Admitted),
+    }
+}
+
+/// The answer when too many authorization requests wait: RFC 6749 §4.1.2.1
+/// `temporarily_unavailable` at the (validated) redirect URI; nothing is stored, nothing
+/// already waiting is dropped.
+fn over_pending_limit(state: &AppState, p: &PendingAuthorization, full: Admission) -> Response {
+    state.metrics.over_pending_limit();
+    let which = if full == Admission::ClientFull {
+        "client"
+    } else {
+        "total"
+    };
+    tracing::warn!(client_id = %p.client_id, limit = which, "authorization request refused: too many pending");
+    let description = "too many authorization requests are waiting; try again later";
+    match error_redirect(
+        &state.settings.issuer,
+        &p.redirect_uri,
+        p.state.as_deref(),
+        "temporarily_unavailable",
+        description,
+    ) {
+        Some(loc) => found(&loc),
+        None => error_page(
+            &state.templates,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            description,
+        ),
+    }
 }
 
 fn error_redirect(
@@ -313,6 +403,7 @@ fn error_redirect(
 pub async fn authorize_get(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -404,7 +495,7 @@ pub async fn authorize_get(
         sub: None,
     };
     let user = login::current_user(&state, &headers, now);
-    proceed(&state, pending, &req.client, user, now)
+    proceed(&state, pending, &req.client, user, now, &meta, Arrival::New)
 }
 
 /// Go on with a validated request: ask who the user is, or skip the consent page when
@@ -416,6 +507,8 @@ pub(crate) fn proceed(
     client: &Client,
     user: Option<String>,
     now: u64,
+    meta: &RequestMeta,
+    arrival: Arrival,
 ) -> Response {
     let env = &state.templates;
     let unavailable = |e: &dyn std::fmt::Display| {
@@ -423,10 +516,11 @@ pub(crate) fn proceed(
         unavailable_page(env)
     };
     let Some(sub) = user else {
-        if let Err(e) = state.store.insert_pending(pending.clone(), now) {
-            return unavailable(&e);
-        }
-        return login::login_page(state, &pending, client, "", None);
+        return match keep_pending(state, &pending, now, arrival) {
+            Ok(Admission::Admitted) => login::login_page(state, &pending, client, "", None),
+            Ok(full) => over_pending_limit(state, &pending, full),
+            Err(e) => unavailable(&e),
+        };
     };
     if let Some(allowed) = login::user_scopes(state, &sub) {
         pending.scopes.retain(|s| allowed.contains(s));
@@ -452,9 +546,10 @@ pub(crate) fn proceed(
         .flatten()
         .is_some_and(|c| pending.scopes.iter().all(|s| c.scopes.contains(s)));
     if state.settings.config.auto_approve || remembered {
-        return match approve(state, &pending, now) {
+        return match approve(state, &pending, now, meta, arrival) {
             Ok(loc) => found(&loc),
-            Err(_) => error_page(
+            Err(ApproveError::Full(full)) => over_pending_limit(state, &pending, full),
+            Err(ApproveError::Failed) => error_page(
                 env,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -462,10 +557,11 @@ pub(crate) fn proceed(
             ),
         };
     }
-    if let Err(e) = state.store.insert_pending(pending.clone(), now) {
-        return unavailable(&e);
+    match keep_pending(state, &pending, now, arrival) {
+        Ok(Admission::Admitted) => consent_page(state, &pending, client, &sub),
+        Ok(full) => over_pending_limit(state, &pending, full),
+        Err(e) => unavailable(&e),
     }
-    consent_page(state, &pending, client, &sub)
 }
 
 fn consent_page(
@@ -570,6 +666,7 @@ fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
 /// `POST /consent`: the user's decision on a pending request. Each request id works once.
 pub async fn consent_post(
     State(state): State<AppState>,
+    meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -667,11 +764,13 @@ pub async fn consent_post(
                     tracing::warn!(error = %e, "could not remember consent");
                 }
             }
-            tracing::info!(target: "audit", event = "consent_granted", client_id = %pending.client_id, sub = ?pending.sub, scopes = %pending.scopes.join(" "), "consent granted");
-            approve(&state, &pending, now).ok()
+            audit!(state, &meta, info, "consent_granted", client: Some(&pending.client_id), sub: pending.sub.as_deref();
+                client_id = %pending.client_id, sub = ?pending.sub, scopes = %pending.scopes.join(" "), "consent granted");
+            approve(&state, &pending, now, &meta, Arrival::Admitted).ok()
         }
         _ => {
-            tracing::info!(target: "audit", event = "consent_denied", client_id = %pending.client_id, sub = ?pending.sub, "consent denied");
+            audit!(state, &meta, info, "consent_denied", client: Some(&pending.client_id), sub: pending.sub.as_deref();
+                client_id = %pending.client_id, sub = ?pending.sub, "consent denied");
             error_redirect(
                 &s.issuer,
                 &pending.redirect_uri,

@@ -1,5 +1,7 @@
 //! The authorization server's errors: RFC 6749 §5.2 codes plus those of RFC 7591 §3.2.2
-//! and RFC 8707 §2, each rendered as the standard JSON body with `Cache-Control: no-store`.
+//! and RFC 8707 §2, each rendered as the standard JSON body with `Cache-Control: no-store`,
+//! plus a `request_id` member (the `X-Request-Id` the proxy set; RFC 6749 §5.2 lets
+//! responses carry more members) so a user's report can be matched with the logs.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +62,9 @@ pub struct ErrorBody {
     /// Description.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
+    /// The request id, when the request had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl OAuthError {
@@ -121,6 +126,7 @@ impl IntoResponse for OAuthError {
         let body = ErrorBody {
             error: self.error_code(),
             error_description: description,
+            request_id: crate::ops::current_request_id(),
         };
         let mut res = (self.status(), axum::Json(body)).into_response();
         let h = res.headers_mut();
@@ -211,6 +217,23 @@ mod tests {
             assert_eq!(err.error_code(), code);
             assert_eq!(err.status().as_u16(), status, "{code}");
         }
+    }
+
+    #[tokio::test]
+    async fn bodies_name_the_request_id_when_there_is_one() {
+        let body = |res: Response| async {
+            let bytes = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let res = crate::ops::with_request_id(Some("rid-7".into()), async {
+            OAuthError::InvalidGrant("x".into()).into_response()
+        })
+        .await;
+        let v = body(res).await;
+        assert_eq!(v["error"], "invalid_grant");
+        assert_eq!(v["request_id"], "rid-7");
+        let v = body(OAuthError::InvalidGrant("x".into()).into_response()).await;
+        assert!(v.get("request_id").is_none(), "no id, no member: {v}");
     }
 
     #[test]

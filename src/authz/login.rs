@@ -18,9 +18,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
-use super::authorize::{cross_site_refusal, error_page, page_headers, proceed, unavailable_page};
+use super::authorize::{
+    Arrival, cross_site_refusal, error_page, page_headers, proceed, unavailable_page,
+};
 use super::params::Params;
 use super::register::source_ip;
+use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::{Client, PendingAuthorization};
@@ -51,6 +54,13 @@ impl Sessions {
         Some(token)
     }
 
+    /// End a session (signing out).
+    pub fn end(&self, token: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(&sha256_b64(token));
+        }
+    }
+
     /// The user of a live session.
     pub fn user(&self, token: &str, now: u64) -> Option<String> {
         let map = self.inner.lock().ok()?;
@@ -71,7 +81,8 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn verify_password(hash: &str, password: &str) -> bool {
+/// Whether `password` matches an argon2 `hash` (false for anything unparsable).
+pub(crate) fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| {
         Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
@@ -85,15 +96,20 @@ pub fn login_required(state: &AppState) -> bool {
     users.len() > 1 || users.iter().any(|u| u.password_hash.is_some())
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of the cookie `name`, if the request carries it.
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie_value(headers, SESSION_COOKIE)
 }
 
 /// The signed-in user, or the only user when no login is needed.
@@ -160,7 +176,8 @@ pub fn login_page(
     }
 }
 
-fn cookie(state: &AppState, token: &str) -> Option<HeaderValue> {
+/// The `Set-Cookie` value that starts a session.
+pub(crate) fn cookie(state: &AppState, token: &str) -> Option<HeaderValue> {
     let secure = if state.settings.issuer.starts_with("https:") {
         "; Secure"
     } else {
@@ -177,6 +194,7 @@ fn cookie(state: &AppState, token: &str) -> Option<HeaderValue> {
 pub async fn login_post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -264,7 +282,8 @@ pub async fn login_post(
         None => false,
     };
     if !ok {
-        tracing::warn!(target: "audit", event = "login_failed", client_id = %pending.client_id, "login failed");
+        audit!(state, &meta, warn, "login_failed", client: Some(&pending.client_id), sub: None;
+            client_id = %pending.client_id, "login failed");
         // The same form may be tried again.
         if let Err(e) = state.store.insert_pending(pending.clone(), now) {
             tracing::error!(error = %e, "storing pending authorization failed");
@@ -277,7 +296,8 @@ pub async fn login_post(
             Some("Wrong user or password."),
         );
     }
-    tracing::info!(target: "audit", event = "login", sub = %username, "user signed in");
+    audit!(state, &meta, info, "login", client: Some(&pending.client_id), sub: Some(&username);
+        sub = %username, "user signed in");
     let Some(token) =
         state
             .sessions
@@ -290,7 +310,15 @@ pub async fn login_post(
             "try again",
         );
     };
-    let mut res = proceed(&state, pending, &client, Some(username), now);
+    let mut res = proceed(
+        &state,
+        pending,
+        &client,
+        Some(username),
+        now,
+        &meta,
+        Arrival::Admitted,
+    );
     if let Some(v) = cookie(&state, &token) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -337,6 +365,7 @@ pub async fn consents_get(State(state): State<AppState>, headers: HeaderMap) -> 
 /// `POST /consents/revoke`: forget a remembered consent; the client will ask again.
 pub async fn consents_revoke_post(
     State(state): State<AppState>,
+    meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -366,7 +395,8 @@ pub async fn consents_revoke_post(
     };
     match state.store.forget_consent(&user, &client_id) {
         Ok(_) => {
-            tracing::info!(target: "audit", event = "consent_revoked", sub = %user, %client_id, "consent revoked");
+            audit!(state, &meta, info, "consent_revoked", client: Some(&client_id), sub: Some(&user);
+                sub = %user, %client_id, "consent revoked");
             (StatusCode::SEE_OTHER, [(header::LOCATION, CONSENTS_PATH)]).into_response()
         }
         Err(_) => unavailable_page(env),

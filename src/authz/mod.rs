@@ -11,6 +11,10 @@
 //! | 6, 8. token, refresh | [`token::token_post`] |
 //! | revocation | [`revoke::revoke_post`] |
 //! | introspection | [`introspect::introspect_post`] |
+//! | the operator's page | [`crate::admin::admin_get`] and its forms |
+//!
+//! Every answer is given with its request id in scope ([`crate::ops::request_id_scope`]),
+//! so error bodies can name it.
 
 pub mod authorize;
 pub mod cimd;
@@ -29,8 +33,10 @@ pub mod uris;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 
+use crate::admin;
 use crate::resource::metadata::protected_resource_get;
 use crate::state::AppState;
 
@@ -73,6 +79,12 @@ pub fn router(state: AppState) -> Router {
         .route("/token", post(token::token_post))
         .route("/revoke", post(revoke::revoke_post))
         .route("/introspect", post(introspect::introspect_post))
+        .route(admin::ADMIN_PATH, get(admin::admin_get))
+        .route(admin::LOGIN_PATH, post(admin::login_post))
+        .route(admin::REVOKE_GRANT_PATH, post(admin::revoke_grant_post))
+        .route(admin::REVOKE_CLIENT_PATH, post(admin::revoke_client_post))
+        .route(admin::LOGOUT_PATH, post(admin::logout_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(crate::ops::request_id_scope))
         .with_state(state)
 }

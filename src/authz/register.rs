@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::OAuthError;
 use super::params::split_scopes;
 use super::uris::validate_redirect_uri;
+use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::Client;
@@ -146,6 +147,7 @@ pub fn register_client(
 pub async fn register_post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -197,7 +199,8 @@ pub async fn register_post(
         .insert_client(client.clone())
         .map_err(OAuthError::server)?;
     state.metrics.registered();
-    tracing::info!(target: "audit", event = "client_registered", client_id = %client.client_id, name = ?client.client_name, "client registered");
+    audit!(state, &meta, info, "client_registered", client: Some(&client.client_id), sub: None;
+        client_id = %client.client_id, name = ?client.client_name, "client registered");
     let body = RegistrationResponse {
         client_id: client.client_id,
         client_id_issued_at: now,

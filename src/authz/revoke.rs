@@ -10,12 +10,14 @@ use axum::response::{IntoResponse, Response};
 use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::token::form_params;
+use crate::admin::events::{RequestMeta, audit};
 use crate::secret::sha256_b64;
 use crate::state::AppState;
 
 /// `POST /revoke`.
 pub async fn revoke_post(
     State(state): State<AppState>,
+    meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -37,7 +39,8 @@ pub async fn revoke_post(
                 return Err(not_yours());
             }
             store.revoke_grant(&grant.id).map_err(OAuthError::server)?;
-            tracing::info!(target: "audit", event = "grant_revoked", %client_id, "refresh token revoked with its grant");
+            audit!(state, &meta, info, "grant_revoked", client: Some(client_id), sub: Some(&grant.sub);
+                %client_id, "refresh token revoked with its grant");
         }
     } else if let Ok(claims) = state.verifier.verify(token, state.clock.now()).await {
         if claims.client_id.as_deref() != Some(client_id) {
@@ -47,7 +50,8 @@ pub async fn revoke_post(
             store
                 .revoke_access_token(jti, claims.exp)
                 .map_err(OAuthError::server)?;
-            tracing::info!(target: "audit", event = "access_token_revoked", %client_id, "access token revoked");
+            audit!(state, &meta, info, "access_token_revoked", client: Some(client_id), sub: Some(&claims.sub);
+                %client_id, "access token revoked");
         }
     }
     Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response())

@@ -17,6 +17,7 @@ use super::params::{Params, split_scopes};
 use super::pkce;
 use super::register::source_ip;
 use super::uris::canonical_resource;
+use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::{Client, CodeRedemption, Grant, RefreshToken, RotateOutcome};
@@ -191,6 +192,7 @@ fn authorization_code(
     client: &Client,
     (code, redirect_uri, code_verifier, resource): (String, String, String, Option<String>),
     now: u64,
+    meta: &RequestMeta,
 ) -> Result<TokenResponse, OAuthError> {
     if !pkce::is_well_formed(&code_verifier) {
         return Err(OAuthError::InvalidRequest(
@@ -210,7 +212,8 @@ fn authorization_code(
         }
         CodeRedemption::Replayed { grant_id } => {
             state.metrics.replay("code");
-            tracing::warn!(target: "audit", event = "code_replayed", client_id = %client.client_id, "authorization code replayed; revoking its grant");
+            audit!(state, meta, warn, "code_replayed", client: Some(&client.client_id), sub: None;
+                client_id = %client.client_id, "authorization code replayed; revoking its grant");
             state
                 .store
                 .revoke_grant(&grant_id)
@@ -244,6 +247,7 @@ fn authorization_code(
         resource: code.resource,
         expires_at: now + state.settings.config.refresh_token_ttl,
         revoked: false,
+        created_at: now,
     };
     state
         .store
@@ -262,7 +266,8 @@ fn authorization_code(
         )
         .map_err(OAuthError::server)?;
     let (access_token, expires_in) = for_grant(state, &grant, &grant.scopes, now)?;
-    tracing::info!(target: "audit", event = "code_redeemed", client_id = %grant.client_id, sub = %grant.sub, scopes = %grant.scopes.join(" "), "tokens issued for code");
+    audit!(state, meta, info, "code_redeemed", client: Some(&grant.client_id), sub: Some(&grant.sub);
+        client_id = %grant.client_id, sub = %grant.sub, scopes = %grant.scopes.join(" "), "tokens issued for code");
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -277,6 +282,7 @@ fn refresh_token(
     client: &Client,
     (refresh_token, scope, resource): (String, Option<String>, Option<String>),
     now: u64,
+    meta: &RequestMeta,
 ) -> Result<TokenResponse, OAuthError> {
     let invalid =
         || OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked".into());
@@ -324,7 +330,8 @@ fn refresh_token(
     {
         RotateOutcome::Rotated(grant) => {
             let (access_token, expires_in) = for_grant(state, &grant, &scopes, now)?;
-            tracing::info!(target: "audit", event = "refreshed", client_id = %grant.client_id, sub = %grant.sub, "tokens refreshed");
+            audit!(state, meta, info, "refreshed", client: Some(&grant.client_id), sub: Some(&grant.sub);
+                client_id = %grant.client_id, sub = %grant.sub, "tokens refreshed");
             Ok(TokenResponse {
                 access_token,
                 token_type: "Bearer",
@@ -335,7 +342,8 @@ fn refresh_token(
         }
         RotateOutcome::Replay => {
             state.metrics.replay("refresh_token");
-            tracing::warn!(target: "audit", event = "refresh_replayed", client_id = %client.client_id, "refresh token replayed; family revoked");
+            audit!(state, meta, warn, "refresh_replayed", client: Some(&client.client_id), sub: None;
+                client_id = %client.client_id, "refresh token replayed; family revoked");
             Err(OAuthError::InvalidGrant(
                 "the refresh token was already used; the grant is revoked".into(),
             ))
@@ -349,6 +357,7 @@ fn client_credentials(
     client: &Client,
     (scope, resource): (Option<String>, Option<String>),
     now: u64,
+    meta: &RequestMeta,
 ) -> Result<TokenResponse, OAuthError> {
     if !client.is_confidential() {
         return Err(OAuthError::UnauthorizedClient(
@@ -379,7 +388,8 @@ fn client_credentials(
         &scopes,
         now,
     )?;
-    tracing::info!(target: "audit", event = "client_credentials_issued", client_id = %client.client_id, scopes = %scopes.join(" "), "token issued for client credentials");
+    audit!(state, meta, info, "client_credentials_issued", client: Some(&client.client_id), sub: Some(&client.client_id);
+        client_id = %client.client_id, scopes = %scopes.join(" "), "token issued for client credentials");
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -389,12 +399,14 @@ fn client_credentials(
     })
 }
 
-/// Run a token request for an authenticated client at time `now`.
+/// Run a token request for an authenticated client at time `now`; `meta` is where it came
+/// from, for the security events it causes.
 pub fn exchange(
     state: &AppState,
     client: &Client,
     req: TokenRequest,
     now: u64,
+    meta: &RequestMeta,
 ) -> Result<TokenResponse, OAuthError> {
     let grant_type = req.grant_type();
     if !client.grant_types.iter().any(|g| g == grant_type) {
@@ -413,14 +425,15 @@ pub fn exchange(
             client,
             (code, redirect_uri, code_verifier, resource),
             now,
+            meta,
         ),
         TokenRequest::RefreshToken {
             refresh_token: t,
             scope,
             resource,
-        } => refresh_token(state, client, (t, scope, resource), now),
+        } => refresh_token(state, client, (t, scope, resource), now, meta),
         TokenRequest::ClientCredentials { scope, resource } => {
-            client_credentials(state, client, (scope, resource), now)
+            client_credentials(state, client, (scope, resource), now, meta)
         }
     }?;
     state
@@ -457,6 +470,7 @@ pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthErro
 pub async fn token_post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -468,7 +482,7 @@ pub async fn token_post(
     let req = TokenRequest::from_params(&params)?;
     let client = authenticated_client(&state, presented(&headers, &params)?).await?;
     let now = state.clock.now();
-    let res = exchange(&state, &client, req, now)?;
+    let res = exchange(&state, &client, req, now, &meta)?;
     Ok((
         [
             (header::CACHE_CONTROL, "no-store"),

@@ -71,7 +71,7 @@ pub fn router(state: AppState, backends: Backends) -> Router {
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// A client's request id is kept if it is short and plain.
-fn is_sane_request_id(v: &str) -> bool {
+pub(crate) fn is_sane_request_id(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128
         && v.bytes()
@@ -109,12 +109,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-fn failure(backend: Backend, status: StatusCode, message: &str) -> Response {
+fn failure(backend: Backend, status: StatusCode, message: &str, request_id: &str) -> Response {
     let body = match backend {
-        Backend::Mcp => {
-            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603, "message": message}})
-        }
-        _ => json!({"error": "temporarily_unavailable", "error_description": message}),
+        Backend::Mcp => json!({"jsonrpc": "2.0", "id": null, "error": {
+            "code": -32603, "message": message, "data": {"request_id": request_id}}}),
+        _ => json!({"error": "temporarily_unavailable", "error_description": message,
+                    "request_id": request_id}),
     };
     (status, axum::Json(body)).into_response()
 }
@@ -189,11 +189,21 @@ pub async fn proxy_handler(
         }
         Ok(Err(e)) => {
             tracing::warn!(backend = backend.name(), error = %e, "backend unreachable");
-            failure(backend, StatusCode::BAD_GATEWAY, "upstream unavailable")
+            failure(
+                backend,
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable",
+                &request_id,
+            )
         }
         Err(_) => {
             tracing::warn!(backend = backend.name(), "backend timed out");
-            failure(backend, StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+            failure(
+                backend,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream timed out",
+                &request_id,
+            )
         }
     };
     ps.metrics.proxied(
@@ -234,6 +244,29 @@ pub async fn proxy_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn body_json(res: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_proxys_own_errors_carry_the_request_id() {
+        let res = failure(Backend::Mcp, StatusCode::BAD_GATEWAY, "down", "req-1");
+        assert_eq!(res.status(), 502);
+        let v = body_json(res).await;
+        assert_eq!(v["error"]["code"], -32603);
+        assert_eq!(v["error"]["data"]["request_id"], "req-1");
+        let res = failure(
+            Backend::Routes,
+            StatusCode::GATEWAY_TIMEOUT,
+            "slow",
+            "req-2",
+        );
+        let v = body_json(res).await;
+        assert_eq!(v["error"], "temporarily_unavailable");
+        assert_eq!(v["request_id"], "req-2");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_including_connection_listed_ones() {

@@ -49,6 +49,7 @@ pub fn route(path: &str, metrics_public: bool) -> Backend {
         | "/healthz"
         | "/readyz"
         | trace::TRACE_PATH => Backend::Routes,
+        p if p == "/admin" || p.starts_with("/admin/") => Backend::Routes,
         p if p.starts_with("/.well-known/") || p.contains("/.well-known/") => Backend::Routes,
         _ => Backend::Mcp,
     }
@@ -92,12 +93,21 @@ mod tests {
             "/token",
             "/revoke",
             "/consent",
+            "/admin",
+            "/admin/grants/revoke",
         ] {
             assert_eq!(route(p, false), Backend::Routes, "{p}");
         }
         assert_eq!(route("/.well-known/jwks.json", false), Backend::Jwks);
         assert_eq!(route("/jwks.json", false), Backend::Jwks);
-        for p in ["/mcp", "/mcp/", "/", "/tokens", "/register/x"] {
+        for p in [
+            "/mcp",
+            "/mcp/",
+            "/",
+            "/tokens",
+            "/register/x",
+            "/administrator",
+        ] {
             assert_eq!(route(p, false), Backend::Mcp, "{p}");
         }
         assert_eq!(route("/metrics", false), Backend::Mcp);

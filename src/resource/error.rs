@@ -1,10 +1,21 @@
 //! RFC 6750 §3 bearer errors with the MCP additions: every 401 and 403 carries
 //! `resource_metadata` (RFC 9728 §5.1) and a `scope` (a2, a3, a7). The JSON body is a
-//! JSON-RPC error so MCP clients can show it.
+//! JSON-RPC error so MCP clients can show it; its `data.request_id` names the request (the
+//! `X-Request-Id` the proxy set) for matching a user's report with the logs.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// A JSON-RPC 2.0 error body answering no particular request, with the request id (when
+/// there is one) in `data`.
+pub fn jsonrpc_error_body(code: i64, message: &str) -> Value {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(id) = crate::ops::current_request_id() {
+        error["data"] = json!({ "request_id": id });
+    }
+    json!({"jsonrpc": "2.0", "id": null, "error": error})
+}
 
 /// The RFC 6750 error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +107,7 @@ impl IntoResponse for BearerError {
             StatusCode::BAD_REQUEST => -32600,
             _ => -32001,
         };
-        let body = json!({
-            "jsonrpc": "2.0",
-            "id": null,
-            "error": {"code": code, "message": message},
-        });
+        let body = jsonrpc_error_body(code, &message);
         let mut res = (status, axum::Json(body)).into_response();
         if let Ok(v) = HeaderValue::from_str(&self.challenge()) {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -156,6 +163,24 @@ mod tests {
         assert!(c.starts_with("Bearer error=\"insufficient_scope\""));
         assert!(c.contains("scope=\"mcp:write\""));
         assert!(c.contains("resource_metadata="));
+    }
+
+    #[tokio::test]
+    async fn bodies_name_the_request_id_in_data() {
+        let res = crate::ops::with_request_id(Some("rid-3".into()), async {
+            err(Some(BearerErrorCode::InvalidToken)).into_response()
+        })
+        .await;
+        assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
+        let bytes = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], -32001);
+        assert_eq!(v["error"]["data"]["request_id"], "rid-3");
+        assert!(
+            jsonrpc_error_body(-32600, "x")["error"]
+                .get("data")
+                .is_none()
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tower::Service;
 
 use crate::state::AppState;
@@ -49,7 +49,8 @@ pub struct Identity {
     pub effective: BTreeSet<String>,
 }
 
-/// The resource server router: `/mcp` behind the bearer layer, plus its metadata.
+/// The resource server router: `/mcp` behind the bearer layer, plus its metadata. Every
+/// answer is given with its request id in scope, so error bodies can name it.
 pub fn router<S>(state: AppState, mcp: S) -> Router
 where
     S: Service<Request, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -62,7 +63,9 @@ where
             state.clone(),
             require_bearer,
         ));
-    metadata_router(state).merge(protected)
+    metadata_router(state)
+        .merge(protected)
+        .layer(middleware::from_fn(crate::ops::request_id_scope))
 }
 
 /// The protected resource metadata routes (RFC 9728 §3.1: root and path-suffixed forms).
@@ -80,8 +83,7 @@ pub fn metadata_router(state: AppState) -> Router {
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(error::jsonrpc_error_body(code, message))).into_response()
 }
 
 /// Whether a browser origin may call the MCP endpoint (DNS-rebinding defence): loopback
@@ -380,6 +382,7 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use serde_json::json;
 
     #[test]
     fn a10_bearer_scheme_is_case_insensitive() {

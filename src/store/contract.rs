@@ -15,6 +15,7 @@ fn grant(id: &str) -> Grant {
         resource: "r".into(),
         expires_at: 10_000,
         revoked: false,
+        created_at: 50,
     }
 }
 
@@ -159,6 +160,175 @@ fn concurrent_redemptions_yield_exactly_one_fresh(s: Arc<dyn Store>) {
     assert_eq!(fresh, 1);
 }
 
+fn client(id: &str, created_at: u64) -> Client {
+    Client {
+        client_id: id.into(),
+        client_name: Some(format!("name of {id}")),
+        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+        token_endpoint_auth_method: "none".into(),
+        created_at,
+        last_used_at: created_at,
+        ..Client::default()
+    }
+}
+
+fn pending(id: &str, client_id: &str, expires_at: u64) -> PendingAuthorization {
+    PendingAuthorization {
+        id: id.into(),
+        csrf_token: "t".into(),
+        client_id: client_id.into(),
+        redirect_uri: "x".into(),
+        state: None,
+        scopes: vec![],
+        resource: "r".into(),
+        code_challenge: "c".into(),
+        expires_at,
+        sub: None,
+    }
+}
+
+fn clients_are_listed_and_revoking_one_revokes_its_grants(s: &dyn Store) {
+    s.insert_client(client("old", 10)).unwrap();
+    s.insert_client(client("new", 20)).unwrap();
+    let ids: Vec<_> = s
+        .clients()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.client_id)
+        .collect();
+    assert_eq!(ids, ["new", "old"], "newest first");
+
+    let mine = |id: &str| Grant {
+        client_id: "old".into(),
+        ..grant(id)
+    };
+    s.insert_grant(mine("g1")).unwrap();
+    s.insert_grant(mine("g2")).unwrap();
+    s.insert_grant(grant("other")).unwrap();
+    s.add_access_token("g1", "jti-g1", 5000).unwrap();
+    s.insert_refresh("r1".into(), rt("g1")).unwrap();
+    s.remember_consent(Consent {
+        sub: "u".into(),
+        client_id: "old".into(),
+        scopes: vec![],
+        expires_at: 1000,
+    })
+    .unwrap();
+    s.insert_pending(pending("p-old", "old", 500), 100).unwrap();
+
+    let r = s.revoke_client("old").unwrap();
+    assert_eq!(
+        r,
+        ClientRevocation {
+            deleted: true,
+            grants: 2
+        }
+    );
+    assert!(s.client("old").unwrap().is_none());
+    assert!(s.grant("g1").unwrap().unwrap().revoked);
+    assert!(s.grant("g2").unwrap().unwrap().revoked);
+    assert!(
+        !s.grant("other").unwrap().unwrap().revoked,
+        "other clients keep theirs"
+    );
+    assert!(s.is_access_token_revoked("jti-g1").unwrap());
+    assert!(s.refresh("r1").unwrap().is_none());
+    assert!(s.consent("u", "old", 100).unwrap().is_none());
+    assert!(s.take_pending("p-old").unwrap().is_none());
+    // Again: nothing left to delete or revoke; an unstored client's grants are still found.
+    assert_eq!(s.revoke_client("old").unwrap(), ClientRevocation::default());
+    assert_eq!(
+        s.revoke_client("c").unwrap(),
+        ClientRevocation {
+            deleted: false,
+            grants: 1
+        }
+    );
+}
+
+fn live_grants_are_listed_and_counted(s: &dyn Store) {
+    s.insert_client(client("c", 1)).unwrap();
+    let g = |id: &str, sub: &str, created_at: u64, expires_at: u64| Grant {
+        sub: sub.into(),
+        created_at,
+        expires_at,
+        ..grant(id)
+    };
+    s.insert_grant(g("b-late", "bob", 30, 10_000)).unwrap();
+    s.insert_grant(g("b-early", "bob", 20, 10_000)).unwrap();
+    s.insert_grant(g("alice", "alice", 40, 10_000)).unwrap();
+    s.insert_grant(g("expired", "alice", 10, 100)).unwrap();
+    s.insert_grant(g("revoked", "alice", 10, 10_000)).unwrap();
+    s.revoke_grant("revoked").unwrap();
+    let live = s.live_grants(100).unwrap();
+    let ids: Vec<_> = live.iter().map(|g| g.id.as_str()).collect();
+    assert_eq!(ids, ["alice", "b-early", "b-late"]);
+    assert_eq!(live[0].created_at, 40);
+    assert_eq!(
+        s.live_counts(100).unwrap(),
+        LiveCounts {
+            clients: 1,
+            grants: 3
+        }
+    );
+    s.revoke_grant("alice").unwrap();
+    assert_eq!(s.live_counts(100).unwrap().grants, 2);
+    assert_eq!(s.live_counts(10_000).unwrap().grants, 0, "all expired");
+}
+
+fn pending_requests_and_codes_are_capped(s: &dyn Store) {
+    let limits = PendingLimits {
+        total: 3,
+        per_client: 2,
+    };
+    let admit = |id: &str, client: &str| s.admit_pending(pending(id, client, 500), 100, limits);
+    assert_eq!(admit("a1", "a").unwrap(), Admission::Admitted);
+    let code_a = AuthCode {
+        client_id: "a".into(),
+        expires_at: 400,
+        ..code("g")
+    };
+    assert_eq!(
+        s.admit_code("ha".into(), code_a.clone(), 100, limits)
+            .unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(admit("a2", "a").unwrap(), Admission::ClientFull);
+    assert_eq!(
+        s.admit_code("ha2".into(), code_a, 100, limits).unwrap(),
+        Admission::ClientFull
+    );
+    assert_eq!(admit("b1", "b").unwrap(), Admission::Admitted);
+    assert_eq!(admit("c1", "c").unwrap(), Admission::Full);
+    // Refusals store nothing and lose nothing.
+    assert!(s.take_pending("a2").unwrap().is_none());
+    assert!(s.take_pending("c1").unwrap().is_none());
+    assert!(matches!(
+        s.redeem_code("ha2", 100).unwrap(),
+        CodeRedemption::Unknown
+    ));
+    assert!(
+        s.take_pending("a1").unwrap().is_some(),
+        "admitted requests stay"
+    );
+    // a1 was answered: room for one more of a's.
+    assert_eq!(admit("a3", "a").unwrap(), Admission::Admitted);
+    // Expired entries do not count.
+    assert_eq!(
+        s.admit_pending(pending("late", "a", 900), 600, limits)
+            .unwrap(),
+        Admission::Admitted
+    );
+    // Re-inserting a request that was taken is never refused.
+    s.insert_pending(pending("again", "a", 900), 600).unwrap();
+    // No limits: always admitted.
+    assert_eq!(
+        s.admit_pending(pending("free", "a", 900), 600, PendingLimits::default())
+            .unwrap(),
+        Admission::Admitted
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory { $( #[test] fn $name() { super::$name(&super::InMemoryStore::new()); } )* }
@@ -171,7 +341,10 @@ contract!(
     b9_rotation_grace_and_replay_revokes_family,
     b9_reuse_after_grace_is_replay,
     revoking_before_storing_still_revokes,
-    clients_and_pending_round_trip
+    clients_and_pending_round_trip,
+    clients_are_listed_and_revoking_one_revokes_its_grants,
+    live_grants_are_listed_and_counted,
+    pending_requests_and_codes_are_capped
 );
 
 #[test]
@@ -203,6 +376,57 @@ fn sqlite_state_survives_reopening() {
         RotateOutcome::Rotated(_)
     ));
     assert!(s.is_access_token_revoked("j").unwrap());
+}
+
+/// A database written by the previous schema (version 3) is migrated in place: its grants,
+/// pending requests and codes are found by client and liveness afterwards.
+#[test]
+fn sqlite_migrates_version_3_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for m in &super::sqlite::MIGRATIONS[..3] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        // Grants stored before `created_at` existed.
+        let mut live = serde_json::to_value(grant("live")).unwrap();
+        live.as_object_mut().unwrap().remove("created_at");
+        let mut revoked = serde_json::to_value(grant("revoked")).unwrap();
+        revoked["revoked"] = true.into();
+        for (id, data) in [("live", live), ("revoked", revoked)] {
+            conn.execute(
+                "INSERT INTO grants (id, data) VALUES (?1, ?2)",
+                rusqlite::params![id, data.to_string()],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO pending (id, data, expires_at) VALUES ('p', ?1, 500)",
+            [serde_json::to_string(&pending("p", "c", 500)).unwrap()],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let live = s.live_grants(100).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].id.as_str(), live[0].created_at), ("live", 0));
+    assert_eq!(s.live_counts(100).unwrap().grants, 1);
+    let one = PendingLimits {
+        total: 0,
+        per_client: 1,
+    };
+    assert_eq!(
+        s.admit_pending(pending("q", "c", 500), 100, one).unwrap(),
+        Admission::ClientFull,
+        "the migrated pending request counts for its client"
+    );
+    assert_eq!(
+        s.revoke_client("c").unwrap().grants,
+        1,
+        "the migrated grant is found by client"
+    );
 }
 
 fn unused_clients_expire_but_pinned_and_used_ones_stay(s: &dyn Store) {

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    AuthCode, Client, CodeRedemption, Grant, PendingAuthorization, RefreshToken, RotateOutcome,
-    Rotation, RotationDecision, Store, StoreError, StoreResult, decide_rotation,
+    Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Grant, LiveCounts,
+    PendingAuthorization, PendingLimits, RefreshToken, RotateOutcome, Rotation, RotationDecision,
+    Store, StoreError, StoreResult, decide_rotation, sort_clients, sort_grants,
 };
 
 #[derive(Default)]
@@ -70,6 +71,22 @@ impl Inner {
         self.grant_tokens.retain(|_, tokens| !tokens.is_empty());
     }
 
+    /// Whether one more request of `client_id` may wait: pending requests and unredeemed
+    /// codes still live at `now`, counted together.
+    fn admission(&self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
+        let live_pending = self.pending.values().filter(|p| p.expires_at > now);
+        let live_codes = self.codes.values().filter(|c| c.expires_at > now);
+        let (mut total, mut client) = (0, 0);
+        for id in live_pending
+            .map(|p| &p.client_id)
+            .chain(live_codes.map(|c| &c.client_id))
+        {
+            total += 1;
+            client += usize::from(id == client_id);
+        }
+        limits.admit(total, client)
+    }
+
     fn revoke_grant(&mut self, grant_id: &str) {
         match self.grants.get_mut(grant_id) {
             Some(g) => g.revoked = true,
@@ -111,6 +128,48 @@ impl Store for InMemoryStore {
             .clients
             .retain(|_, c| c.pinned || c.last_used_at.max(c.created_at) >= unused_before);
         Ok(before - inner.clients.len())
+    }
+
+    fn clients(&self) -> StoreResult<Vec<Client>> {
+        let mut out: Vec<Client> = self.lock()?.clients.values().cloned().collect();
+        sort_clients(&mut out);
+        Ok(out)
+    }
+
+    fn revoke_client(&self, client_id: &str) -> StoreResult<ClientRevocation> {
+        let mut inner = self.lock()?;
+        let live: Vec<String> = inner
+            .grants
+            .values()
+            .filter(|g| g.client_id == client_id && !g.revoked)
+            .map(|g| g.id.clone())
+            .collect();
+        for id in &live {
+            inner.revoke_grant(id);
+        }
+        let deleted = inner.clients.remove(client_id).is_some();
+        inner.consents.retain(|(_, c), _| c != client_id);
+        inner.pending.retain(|_, p| p.client_id != client_id);
+        inner.codes.retain(|_, c| c.client_id != client_id);
+        Ok(ClientRevocation {
+            deleted,
+            grants: live.len(),
+        })
+    }
+
+    fn admit_pending(
+        &self,
+        pending: PendingAuthorization,
+        now: u64,
+        limits: PendingLimits,
+    ) -> StoreResult<Admission> {
+        let mut inner = self.lock()?;
+        inner.purge_now_and_then(now);
+        let admission = inner.admission(&pending.client_id, now, limits);
+        if admission == Admission::Admitted {
+            inner.pending.insert(pending.id.clone(), pending);
+        }
+        Ok(admission)
     }
 
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
@@ -161,6 +220,22 @@ impl Store for InMemoryStore {
         Ok(())
     }
 
+    fn admit_code(
+        &self,
+        code_hash: String,
+        code: AuthCode,
+        now: u64,
+        limits: PendingLimits,
+    ) -> StoreResult<Admission> {
+        let mut inner = self.lock()?;
+        inner.purge_now_and_then(now);
+        let admission = inner.admission(&code.client_id, now, limits);
+        if admission == Admission::Admitted {
+            inner.codes.insert(code_hash, code);
+        }
+        Ok(admission)
+    }
+
     fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
@@ -209,6 +284,30 @@ impl Store for InMemoryStore {
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
         self.lock()?.revoke_grant(grant_id);
         Ok(())
+    }
+
+    fn live_grants(&self, now: u64) -> StoreResult<Vec<Grant>> {
+        let mut out: Vec<Grant> = self
+            .lock()?
+            .grants
+            .values()
+            .filter(|g| !g.revoked && g.expires_at > now)
+            .cloned()
+            .collect();
+        sort_grants(&mut out);
+        Ok(out)
+    }
+
+    fn live_counts(&self, now: u64) -> StoreResult<LiveCounts> {
+        let inner = self.lock()?;
+        Ok(LiveCounts {
+            clients: inner.clients.len(),
+            grants: inner
+                .grants
+                .values()
+                .filter(|g| !g.revoked && g.expires_at > now)
+                .count(),
+        })
     }
 
     fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()> {

@@ -142,6 +142,10 @@ pub struct Grant {
     pub expires_at: u64,
     /// Revoked grants issue nothing and their tokens are refused.
     pub revoked: bool,
+    /// When the code that started it was redeemed (0 for grants stored before this was
+    /// recorded).
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 /// A refresh token, stored under the hash of its value.
@@ -208,6 +212,68 @@ pub fn decide_rotation(
     }
 }
 
+/// Caps on what waits for someone: authorization requests awaiting the user's decision plus
+/// codes awaiting redemption, counted together. 0 means no cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingLimits {
+    /// For all clients together.
+    pub total: usize,
+    /// For one client.
+    pub per_client: usize,
+}
+
+impl PendingLimits {
+    /// Whether one more may be admitted when `total` and `client` already wait.
+    pub fn admit(&self, total: usize, client: usize) -> Admission {
+        if self.total > 0 && total >= self.total {
+            Admission::Full
+        } else if self.per_client > 0 && client >= self.per_client {
+            Admission::ClientFull
+        } else {
+            Admission::Admitted
+        }
+    }
+}
+
+/// Whether a new authorization request (or code) was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored.
+    Admitted,
+    /// Not stored: this client has too many waiting.
+    ClientFull,
+    /// Not stored: too many wait altogether.
+    Full,
+}
+
+/// How much live state the store holds, for the operator's gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveCounts {
+    /// Registered clients (pinned ones live in the config, not here).
+    pub clients: usize,
+    /// Grants neither revoked nor expired.
+    pub grants: usize,
+}
+
+/// What revoking a client did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientRevocation {
+    /// Whether a registered client was deleted.
+    pub deleted: bool,
+    /// How many of its grants were revoked (not counting those revoked before).
+    pub grants: usize,
+}
+
+/// The order [`Store::live_grants`] returns: by subject, then oldest first.
+pub(crate) fn sort_grants(grants: &mut [Grant]) {
+    grants.sort_by(|a, b| (&a.sub, a.created_at, &a.id).cmp(&(&b.sub, b.created_at, &b.id)));
+}
+
+/// The order [`Store::clients`] returns: newest first.
+pub(crate) fn sort_clients(clients: &mut [Client]) {
+    clients.sort_by(|a, b| (b.created_at, &a.client_id).cmp(&(a.created_at, &b.client_id)));
+}
+
 /// A storage failure (never the client's fault).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -230,9 +296,24 @@ pub trait Store: Send + Sync + 'static {
     fn touch_client(&self, client_id: &str, now: u64) -> StoreResult<()>;
     /// Forget clients (not pinned) unused since `unused_before`; returns how many.
     fn purge_unused_clients(&self, unused_before: u64) -> StoreResult<usize>;
+    /// Every registered client, newest first.
+    fn clients(&self) -> StoreResult<Vec<Client>>;
+    /// Delete a client and revoke every grant it holds (their refresh tokens stop working
+    /// and their access tokens are denied); its remembered consents, pending requests and
+    /// unredeemed codes go too. Grants are revoked even when no such client is stored (a
+    /// pinned or metadata-document client).
+    fn revoke_client(&self, client_id: &str) -> StoreResult<ClientRevocation>;
 
     /// Save a request awaiting consent.
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()>;
+    /// Save a new request awaiting consent unless `limits` are reached; the count and the
+    /// insert are one atomic step.
+    fn admit_pending(
+        &self,
+        pending: PendingAuthorization,
+        now: u64,
+        limits: PendingLimits,
+    ) -> StoreResult<Admission>;
     /// Remove and return a pending request (each consent form works once).
     fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>>;
 
@@ -247,6 +328,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Save a code under the hash of its value.
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;
+    /// Save a code for a new authorization request unless `limits` are reached (counted
+    /// with pending requests, as [`Store::admit_pending`]).
+    fn admit_code(
+        &self,
+        code_hash: String,
+        code: AuthCode,
+        now: u64,
+        limits: PendingLimits,
+    ) -> StoreResult<Admission>;
     /// Atomically use up a code; remembers used codes until they would have expired.
     fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption>;
 
@@ -258,6 +348,10 @@ pub trait Store: Send + Sync + 'static {
     fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()>;
     /// Revoke a grant: its refresh tokens stop working and its access tokens are denied.
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()>;
+    /// Grants neither revoked nor expired at `now`, by subject, then oldest first.
+    fn live_grants(&self, now: u64) -> StoreResult<Vec<Grant>>;
+    /// Registered clients and live grants, counted.
+    fn live_counts(&self, now: u64) -> StoreResult<LiveCounts>;
 
     /// Save a refresh token under the hash of its value.
     fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()>;

@@ -11,12 +11,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AuthCode, Client, CodeRedemption, Consent, Grant, PendingAuthorization, RefreshToken,
-    RotateOutcome, Rotation, RotationDecision, Store, StoreError, StoreResult, decide_rotation,
+    Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Consent, Grant, LiveCounts,
+    PendingAuthorization, PendingLimits, RefreshToken, RotateOutcome, Rotation, RotationDecision,
+    Store, StoreError, StoreResult, decide_rotation, sort_clients, sort_grants,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE clients (client_id TEXT PRIMARY KEY, data TEXT NOT NULL);
     CREATE TABLE pending (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);
@@ -38,6 +39,26 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE consents (sub TEXT NOT NULL, client_id TEXT NOT NULL, data TEXT NOT NULL,
                            expires_at INTEGER NOT NULL, PRIMARY KEY (sub, client_id));
+"#,
+    // The operator's page and the pending caps: grants by client and liveness (0 once
+    // revoked, else the expiry), pending requests and codes by client.
+    r#"
+    ALTER TABLE grants ADD COLUMN client_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE grants ADD COLUMN live_until INTEGER NOT NULL DEFAULT 0;
+    UPDATE grants SET
+        client_id = coalesce(json_extract(data, '$.client_id'), ''),
+        live_until = CASE WHEN json_extract(data, '$.revoked') THEN 0
+                          ELSE coalesce(json_extract(data, '$.expires_at'), 0) END;
+    CREATE INDEX grants_client ON grants (client_id);
+    CREATE INDEX grants_live ON grants (live_until);
+    ALTER TABLE pending ADD COLUMN client_id TEXT NOT NULL DEFAULT '';
+    UPDATE pending SET client_id = coalesce(json_extract(data, '$.client_id'), '');
+    CREATE INDEX pending_expiry ON pending (expires_at);
+    CREATE INDEX pending_client ON pending (client_id, expires_at);
+    ALTER TABLE codes ADD COLUMN client_id TEXT NOT NULL DEFAULT '';
+    UPDATE codes SET client_id = coalesce(json_extract(data, '$.client_id'), '');
+    CREATE INDEX codes_expiry ON codes (expires_at);
+    CREATE INDEX codes_client ON codes (client_id, expires_at);
 "#,
 ];
 
@@ -188,12 +209,56 @@ fn put_refresh(tx: &Transaction<'_>, hash: &str, token: &RefreshToken) -> StoreR
     Ok(())
 }
 
+/// Pending requests and unredeemed codes live at `now`: all, and `client_id`'s.
+fn waiting(tx: &Transaction<'_>, client_id: &str, now: u64) -> StoreResult<(usize, usize)> {
+    let (total, client): (i64, i64) = tx
+        .query_row(
+            "SELECT (SELECT count(*) FROM pending WHERE expires_at > ?1)
+                  + (SELECT count(*) FROM codes WHERE expires_at > ?1),
+                    (SELECT count(*) FROM pending WHERE client_id = ?2 AND expires_at > ?1)
+                  + (SELECT count(*) FROM codes WHERE client_id = ?2 AND expires_at > ?1)",
+            params![int(now), client_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(err)?;
+    let count = |n: i64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok((count(total), count(client)))
+}
+
+fn put_pending(tx: &Transaction<'_>, pending: &PendingAuthorization) -> StoreResult<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO pending (id, data, expires_at, client_id) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            pending.id,
+            to_json(pending)?,
+            int(pending.expires_at),
+            pending.client_id
+        ],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+fn put_code(tx: &Transaction<'_>, code_hash: &str, code: &AuthCode) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO codes (hash, data, expires_at, client_id) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            code_hash,
+            to_json(code)?,
+            int(code.expires_at),
+            code.client_id
+        ],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
 fn revoke_grant(tx: &Transaction<'_>, grant_id: &str) -> StoreResult<()> {
     match get_grant(tx, grant_id)? {
         Some(mut g) => {
             g.revoked = true;
             tx.execute(
-                "UPDATE grants SET data = ?2 WHERE id = ?1",
+                "UPDATE grants SET data = ?2, live_until = 0 WHERE id = ?1",
                 params![grant_id, to_json(&g)?],
             )
             .map_err(err)?;
@@ -275,15 +340,79 @@ impl Store for SqliteStore {
         })
     }
 
+    fn clients(&self) -> StoreResult<Vec<Client>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT data, last_used FROM clients")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (data, last_used) = row.map_err(err)?;
+                let mut c: Client = from_json(&data)?;
+                c.last_used_at = u64::try_from(last_used).unwrap_or(0);
+                out.push(c);
+            }
+            sort_clients(&mut out);
+            Ok(out)
+        })
+    }
+
+    fn revoke_client(&self, client_id: &str) -> StoreResult<ClientRevocation> {
+        self.tx(|tx| {
+            let live: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT id FROM grants WHERE client_id = ?1 AND live_until > 0")
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map([client_id], |r| r.get::<_, String>(0))
+                    .map_err(err)?;
+                rows.collect::<Result<_, _>>().map_err(err)?
+            };
+            for id in &live {
+                revoke_grant(tx, id)?;
+            }
+            let deleted = tx
+                .execute("DELETE FROM clients WHERE client_id = ?1", [client_id])
+                .map_err(err)?
+                > 0;
+            for table in ["consents", "pending", "codes"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE client_id = ?1"),
+                    [client_id],
+                )
+                .map_err(err)?;
+            }
+            Ok(ClientRevocation {
+                deleted,
+                grants: live.len(),
+            })
+        })
+    }
+
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
         self.tx(|tx| {
             self.purge_now_and_then(tx, now)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO pending (id, data, expires_at) VALUES (?1, ?2, ?3)",
-                params![pending.id, to_json(&pending)?, int(pending.expires_at)],
-            )
-            .map_err(err)?;
-            Ok(())
+            put_pending(tx, &pending)
+        })
+    }
+
+    fn admit_pending(
+        &self,
+        pending: PendingAuthorization,
+        now: u64,
+        limits: PendingLimits,
+    ) -> StoreResult<Admission> {
+        self.tx(|tx| {
+            self.purge_now_and_then(tx, now)?;
+            let (total, client) = waiting(tx, &pending.client_id, now)?;
+            let admission = limits.admit(total, client);
+            if admission == Admission::Admitted {
+                put_pending(tx, &pending)?;
+            }
+            Ok(admission)
         })
     }
 
@@ -354,13 +483,24 @@ impl Store for SqliteStore {
     }
 
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()> {
+        self.tx(|tx| put_code(tx, &code_hash, &code))
+    }
+
+    fn admit_code(
+        &self,
+        code_hash: String,
+        code: AuthCode,
+        now: u64,
+        limits: PendingLimits,
+    ) -> StoreResult<Admission> {
         self.tx(|tx| {
-            tx.execute(
-                "INSERT INTO codes (hash, data, expires_at) VALUES (?1, ?2, ?3)",
-                params![code_hash, to_json(&code)?, int(code.expires_at)],
-            )
-            .map_err(err)?;
-            Ok(())
+            self.purge_now_and_then(tx, now)?;
+            let (total, client) = waiting(tx, &code.client_id, now)?;
+            let admission = limits.admit(total, client);
+            if admission == Admission::Admitted {
+                put_code(tx, &code_hash, &code)?;
+            }
+            Ok(admission)
         })
     }
 
@@ -405,9 +545,10 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM revoked_early WHERE grant_id = ?1", [&grant.id])
                 .map_err(err)?;
             grant.revoked |= early > 0;
+            let live_until = if grant.revoked { 0 } else { grant.expires_at };
             tx.execute(
-                "INSERT OR REPLACE INTO grants (id, data) VALUES (?1, ?2)",
-                params![grant.id, to_json(&grant)?],
+                "INSERT OR REPLACE INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
+                params![grant.id, to_json(&grant)?, grant.client_id, int(live_until)],
             )
             .map_err(err)?;
             Ok(())
@@ -435,6 +576,41 @@ impl Store for SqliteStore {
 
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
         self.tx(|tx| revoke_grant(tx, grant_id))
+    }
+
+    fn live_grants(&self, now: u64) -> StoreResult<Vec<Grant>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT data FROM grants WHERE live_until > ?1")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([int(now)], |r| r.get::<_, String>(0))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(from_json::<Grant>(&row.map_err(err)?)?);
+            }
+            sort_grants(&mut out);
+            Ok(out)
+        })
+    }
+
+    fn live_counts(&self, now: u64) -> StoreResult<LiveCounts> {
+        self.read(|conn| {
+            let (clients, grants): (i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM clients),
+                            (SELECT count(*) FROM grants WHERE live_until > ?1)",
+                    [int(now)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(err)?;
+            let count = |n: i64| usize::try_from(n).unwrap_or(usize::MAX);
+            Ok(LiveCounts {
+                clients: count(clients),
+                grants: count(grants),
+            })
+        })
     }
 
     fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()> {

@@ -213,6 +213,8 @@ pub struct Introspector {
     client: reqwest::Client,
     cache:
         std::sync::RwLock<std::collections::HashMap<String, (super::verify::VerifiedClaims, u64)>>,
+    /// Hits (a cached answer was used) and misses (the issuer was asked), for `/metrics`.
+    counters: crate::metrics::CacheCounters,
 }
 
 impl Introspector {
@@ -241,7 +243,13 @@ impl Introspector {
             audience: e.audience.clone(),
             client,
             cache: std::sync::RwLock::new(std::collections::HashMap::new()),
+            counters: crate::metrics::CacheCounters::default(),
         }))
+    }
+
+    /// Count cache lookups into `counters`.
+    pub fn count_into(&mut self, counters: crate::metrics::CacheCounters) {
+        self.counters = counters;
     }
 
     /// What the issuer says about `token`; `Err` with a client-safe reason when inactive.
@@ -254,8 +262,10 @@ impl Introspector {
         if let Some((claims, until)) = self.cache.read().ok().and_then(|c| c.get(&key).cloned())
             && now < until
         {
+            self.counters.hit();
             return Ok(claims);
         }
+        self.counters.miss();
         let res = self
             .client
             .post(&self.endpoint)
@@ -322,6 +332,54 @@ fn json_claims(body: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An introspection endpoint on port 0 that calls every token active; counts its calls.
+    async fn issuer(calls: Arc<std::sync::atomic::AtomicUsize>) -> String {
+        let app = axum::Router::new().route(
+            "/introspect",
+            axum::routing::post(move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    axum::Json(serde_json::json!({
+                        "active": true, "sub": "u", "aud": "https://rs.example/mcp",
+                        "exp": 2_000_000_000u64, "scope": "mcp:read"
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/introspect")
+    }
+
+    #[tokio::test]
+    async fn introspection_cache_counts_hits_and_misses() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut introspector = Introspector {
+            endpoint: issuer(calls.clone()).await,
+            client_id: "rs".into(),
+            secret: "s".into(),
+            audience: "https://rs.example/mcp".into(),
+            client: reqwest::Client::new(),
+            cache: std::sync::RwLock::new(std::collections::HashMap::new()),
+            counters: crate::metrics::CacheCounters::default(),
+        };
+        let counters = crate::metrics::CacheCounters::default();
+        introspector.count_into(counters.clone());
+        let now = 1_800_000_000;
+        introspector.introspect("opaque-1", now).await.unwrap();
+        assert_eq!(counters.counts(), (0, 1));
+        introspector.introspect("opaque-1", now + 1).await.unwrap();
+        assert_eq!(
+            counters.counts(),
+            (1, 1),
+            "the second answer comes from the cache"
+        );
+        introspector.introspect("opaque-2", now + 1).await.unwrap();
+        assert_eq!(counters.counts(), (1, 2));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn b3_discovery_order() {

@@ -12,6 +12,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::metrics::CacheCounters;
+
 /// Claims of a verified access token, as the rest of the gateway sees them.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct VerifiedClaims {
@@ -120,6 +122,9 @@ pub struct JwksCache {
     ttl: u64,
     min_refetch: u64,
     inner: RwLock<CacheInner>,
+    /// Hits (a cached key answered) and misses (the source was asked, or an unknown `kid`
+    /// could not be looked for yet), for `/metrics`.
+    counters: CacheCounters,
 }
 
 impl JwksCache {
@@ -130,7 +135,13 @@ impl JwksCache {
             ttl,
             min_refetch,
             inner: RwLock::new(CacheInner::default()),
+            counters: CacheCounters::default(),
         }
+    }
+
+    /// Count lookups into `counters`.
+    pub fn count_into(&mut self, counters: CacheCounters) {
+        self.counters = counters;
     }
 
     fn lookup(&self, kid: &str) -> (Option<CachedKey>, Option<u64>) {
@@ -145,9 +156,15 @@ impl JwksCache {
         let fresh = fetched_at.is_some_and(|t| now < t.saturating_add(self.ttl));
         let may_refetch = fetched_at.is_none_or(|t| now >= t.saturating_add(self.min_refetch));
         match cached {
-            Some(key) if fresh || !may_refetch => return Ok(key),
-            None if !may_refetch => return Err(VerifyError::UnknownKey),
-            _ => {}
+            Some(key) if fresh || !may_refetch => {
+                self.counters.hit();
+                return Ok(key);
+            }
+            None if !may_refetch => {
+                self.counters.miss();
+                return Err(VerifyError::UnknownKey);
+            }
+            _ => self.counters.miss(),
         }
         match (self.fetch)().await {
             Ok(set) => {
@@ -259,6 +276,14 @@ impl Verifier {
             leeway,
             keys,
             verified: VerifiedCache::default(),
+        }
+    }
+
+    /// Count the key cache's hits and misses into `counters` (no effect with an HMAC key,
+    /// which is not cached).
+    pub fn count_key_lookups(&mut self, counters: CacheCounters) {
+        if let Keys::Jwks(cache) = &mut self.keys {
+            cache.count_into(counters);
         }
     }
 
@@ -512,6 +537,35 @@ mod tests {
         .unwrap();
         assert_eq!(v.verify(&hs, NOW).await, Err(VerifyError::Malformed));
         assert_eq!(v.verify("a.b.c", NOW).await, Err(VerifyError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn key_cache_counts_hits_and_misses() {
+        let key = Arc::new(SigningKey::generate(SigningAlg::ES256).unwrap());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let mut v = verifier(vec![key.clone()], fetches.clone());
+        let counters = CacheCounters::default();
+        v.count_key_lookups(counters.clone());
+        v.verify(&sign(&key, &claims()).unwrap(), NOW)
+            .await
+            .unwrap();
+        assert_eq!(counters.counts(), (0, 1), "the first lookup fetches");
+        let mut other = claims();
+        other.jti = "j2".into();
+        v.verify(&sign(&key, &other).unwrap(), NOW + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            counters.counts(),
+            (1, 1),
+            "a second token finds the key cached"
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        let stranger = SigningKey::generate(SigningAlg::ES256).unwrap();
+        let _ = v
+            .verify(&sign(&stranger, &claims()).unwrap(), NOW + 2)
+            .await;
+        assert_eq!(counters.counts(), (1, 2), "an unknown kid is a miss");
     }
 
     #[tokio::test]

@@ -15,11 +15,13 @@ async fn users_gateway() -> TestGateway {
                 name: "alice".into(),
                 password_hash: Some(alice),
                 scopes: None,
+                admin: false,
             },
             UserConfig {
                 name: "bob".into(),
                 password_hash: Some(bob),
                 scopes: Some(vec!["mcp:read".into()]),
+                admin: false,
             },
         ]
     })

@@ -1,0 +1,222 @@
+//! Recent security events for the operator's page: a bounded ring in memory, fed by the
+//! same call sites that write the `audit` log target. Each call site is one [`audit!`]
+//! statement that records the event here and emits its tracing event unchanged.
+//!
+//! An event holds names only: what happened, the client, the user, the source address and
+//! the request id. Never a token, code, secret or verifier: the call sites have no such
+//! field to give.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+
+use crate::authz::register::source_ip;
+
+/// How many events the page shows.
+pub const CAPACITY: usize = 200;
+
+/// Longest client id or user name kept (a metadata-document client id is a URL).
+const MAX_NAME: usize = 200;
+
+/// Where a request came from, for the events it causes: the source address (as the rate
+/// limits see it: `X-Forwarded-For` trusted only from our loopback proxy) and the request id
+/// the proxy set. Extracting it never fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// The client's address, when the connection's peer is known.
+    pub source: Option<IpAddr>,
+    /// `X-Request-Id`, when present and plain.
+    pub request_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| source_ip(*peer, &parts.headers));
+        Ok(Self {
+            source,
+            request_id: crate::ops::request_id_of(&parts.headers),
+        })
+    }
+}
+
+/// One security event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecurityEvent {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// What happened: the `event` field of the audit log line.
+    pub event: &'static str,
+    /// The client concerned.
+    pub client_id: Option<String>,
+    /// The user concerned.
+    pub sub: Option<String>,
+    /// Where the request came from.
+    pub source: Option<IpAddr>,
+    /// The request that caused it.
+    pub request_id: Option<String>,
+}
+
+/// The last [`CAPACITY`] events; older ones fall out.
+#[derive(Debug)]
+pub struct SecurityEvents {
+    capacity: usize,
+    ring: Mutex<VecDeque<SecurityEvent>>,
+}
+
+impl Default for SecurityEvents {
+    fn default() -> Self {
+        Self::new(CAPACITY)
+    }
+}
+
+fn bounded(name: Option<&str>) -> Option<String> {
+    name.map(|n| n.chars().take(MAX_NAME).collect())
+}
+
+impl SecurityEvents {
+    /// A ring keeping `capacity` events.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ring: Mutex::new(VecDeque::with_capacity(capacity)),
+        }
+    }
+
+    /// Keep an event, dropping the oldest when full.
+    pub fn record(
+        &self,
+        at: u64,
+        event: &'static str,
+        client_id: Option<&str>,
+        sub: Option<&str>,
+        meta: &RequestMeta,
+    ) {
+        let e = SecurityEvent {
+            at,
+            event,
+            client_id: bounded(client_id),
+            sub: bounded(sub),
+            source: meta.source,
+            request_id: meta.request_id.clone(),
+        };
+        if let Ok(mut ring) = self.ring.lock() {
+            while ring.len() >= self.capacity.max(1) {
+                ring.pop_front();
+            }
+            ring.push_back(e);
+        }
+    }
+
+    /// The events kept, newest first.
+    pub fn recent(&self) -> Vec<SecurityEvent> {
+        self.ring
+            .lock()
+            .map(|ring| ring.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Record a security event in the state's ring and emit it on the `audit` log target, in
+/// one statement:
+///
+/// ```ignore
+/// audit!(state, &meta, info, "code_issued", client: Some(id), sub: None;
+///        client_id = %id, "authorization code issued");
+/// ```
+///
+/// `client:` and `sub:` (each an `Option<&str>`) go to the ring; the fields after `;` are
+/// the tracing event's, after `event = "<name>"`, exactly as written.
+macro_rules! audit {
+    ($state:expr, $meta:expr, $level:ident, $event:literal, client: $client:expr, sub: $sub:expr; $($fields:tt)+) => {{
+        $state
+            .events
+            .record($state.clock.now(), $event, $client, $sub, $meta);
+        ::tracing::$level!(target: "audit", event = $event, $($fields)+);
+    }};
+}
+pub(crate) use audit;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderValue, Request};
+
+    #[test]
+    fn the_ring_keeps_the_newest_events() {
+        let ring = SecurityEvents::new(3);
+        let meta = RequestMeta {
+            source: Some("192.0.2.1".parse().unwrap()),
+            request_id: Some("r1".into()),
+        };
+        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            ring.record(i as u64, "login", Some(name), None, &meta);
+        }
+        let got: Vec<_> = ring
+            .recent()
+            .into_iter()
+            .map(|e| e.client_id.unwrap())
+            .collect();
+        assert_eq!(got, ["d", "c", "b"], "newest first, oldest dropped");
+        assert_eq!(ring.recent()[0].request_id.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn long_names_are_cut() {
+        let ring = SecurityEvents::new(1);
+        let long = "x".repeat(1000);
+        ring.record(
+            0,
+            "login",
+            Some(&long),
+            Some(&long),
+            &RequestMeta::default(),
+        );
+        let e = &ring.recent()[0];
+        assert_eq!(e.client_id.as_ref().unwrap().len(), MAX_NAME);
+        assert_eq!(e.sub.as_ref().unwrap().len(), MAX_NAME);
+    }
+
+    #[tokio::test]
+    async fn meta_uses_the_forwarded_address_only_from_loopback() {
+        let meta = |peer: &str| {
+            let mut req = Request::builder()
+                .header("x-forwarded-for", "203.0.113.7")
+                .header("x-request-id", "rid-1")
+                .body(())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            req.into_parts().0
+        };
+        let mut parts = meta("127.0.0.1:9");
+        let m = RequestMeta::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(m.source, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(m.request_id.as_deref(), Some("rid-1"));
+        let mut parts = meta("198.51.100.2:9");
+        let m = RequestMeta::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(m.source, Some("198.51.100.2".parse().unwrap()));
+        let mut parts = Request::builder()
+            .header("x-request-id", HeaderValue::from_static("bad id<"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let m = RequestMeta::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(m, RequestMeta::default(), "no peer, no odd request id");
+    }
+}
