@@ -40,9 +40,11 @@ STEP_BACKENDS = {"1": "mcp", "2": "routes", "3": "routes", "4": "routes", "5a": 
 
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.")
 CODE_RE = re.compile(r"(?<![A-Za-z_])code=([^&\s\"'<>]*)")
+# `request_id` as a form field is the pending consent's id (a capability); in a JSON error
+# body it is the X-Request-Id, which is meant to be quoted in bug reports.
 SECRET_FIELD_RE = re.compile(
-    r"(access_token|refresh_token|code_verifier|csrf_token|request_id|client_secret)"
-    r"(?:\"?\s*[:=]\s*\"?)([^\"&\s,]*)")
+    r"(access_token|refresh_token|code_verifier|csrf_token|client_secret)"
+    r"(?:\"?\s*[:=]\s*\"?)([^\"&\s,]*)|(request_id)=([^&\s,]*)")
 BEARER_RE = re.compile(r"(?i)authorization:\s*bearer\s+(\S+)")
 TRACE_LINE_RE = re.compile(r"^proxy trace #(\d+): (\S+) (\S+) -> backend=(\S+) \((\S+)\) "
                            r"status=(\d+) in ([0-9.]+) ms$", re.M)
@@ -74,7 +76,8 @@ def assert_no_secrets(out: str, known_secrets=()) -> None:
     for m in CODE_RE.finditer(out):
         assert len(m.group(1)) <= 8, f"a full code= value is printed: {m.group(0)[:14]}..."
     for m in SECRET_FIELD_RE.finditer(out):
-        assert len(m.group(2)) <= 8, f"{m.group(1)} printed in full: {m.group(0)[:30]}..."
+        name, value = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        assert len(value) <= 8, f"{name} printed in full: {m.group(0)[:30]}..."
     for m in BEARER_RE.finditer(out):
         assert len(m.group(1)) <= 8, f"a bearer token is printed: {m.group(0)[:30]}..."
     for secret in known_secrets:

@@ -61,6 +61,9 @@ pub struct Config {
     /// Allow a plain-http public URL on a non-loopback host (behind a TLS-terminating load
     /// balancer, give `public_url = "https://..."` instead).
     pub insecure_http: bool,
+    /// Make a new signing key when the current one is this old, seconds (0: never). The
+    /// old key stays in the JWKS until every token it signed has expired.
+    pub key_rotation_seconds: u64,
     /// PEM certificate chain for TLS on the public listener (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS on the public listener (with `tls_cert`).
@@ -388,6 +391,7 @@ impl Default for Config {
             max_pending_authorizations: 10_000,
             max_pending_per_client: 100,
             insecure_http: false,
+            key_rotation_seconds: 30 * 24 * 3600,
             tls_cert: None,
             tls_key: None,
             allowed_origins: Vec::new(),

@@ -21,7 +21,7 @@ use crate::state::{AppState, Settings};
 use crate::store::memory::InMemoryStore;
 use crate::store::sqlite::{DB_FILE, SqliteStore};
 use crate::store::{Store, StoreError};
-use crate::tokens::keys::{KeyError, SigningKey};
+use crate::tokens::keys::{KeyError, KeyRing};
 use crate::{authz, mcp, proxy, resource, tokens};
 
 /// A listener that could not be bound.
@@ -130,7 +130,7 @@ impl Gateway {
     /// dir.
     pub fn new(config: Config, listeners: Listeners) -> Result<Self, GatewayError> {
         let keep = config.access_token_ttl + config.leeway_seconds;
-        let key = SigningKey::load_ring(
+        let key = KeyRing::open(
             &config.data_dir,
             config.signing_alg,
             SystemClock.now(),
@@ -143,13 +143,14 @@ impl Gateway {
         Self::with_parts(config, listeners, store, Arc::new(SystemClock), key)
     }
 
-    /// Build a gateway from explicit parts (tests inject a clock, a store, a key).
+    /// Build a gateway from explicit parts (tests inject a clock, a store, a key or a
+    /// key ring).
     pub fn with_parts(
         mut config: Config,
         listeners: Listeners,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        key: SigningKey,
+        key: impl Into<KeyRing>,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let addrs = listeners.addrs()?;
@@ -175,7 +176,7 @@ impl Gateway {
             settings,
             store,
             clock,
-            Arc::new(key),
+            Arc::new(key.into()),
             authz::authorize::templates()?,
         )?;
         Ok(Self {
@@ -293,6 +294,7 @@ impl Gateway {
                 }
             },
         ];
+        tokio::spawn(maintain_keys(state.clone(), stop.clone()));
         tracing::info!(
             proxy = %addrs.proxy,
             mcp = %addrs.mcp,
@@ -312,5 +314,33 @@ impl Gateway {
         }
         tracing::info!("stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Once a minute: rotate the signing key when it is due, pick up a rotation made by the
+/// CLI, withdraw retired keys whose tokens have expired.
+async fn maintain_keys(state: AppState, stop: CancellationToken) {
+    let interval = state.settings.config.key_rotation_seconds;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        rotate_if_due(&state, interval);
+    }
+}
+
+/// One round of [`maintain_keys`]; an audit event when the signing key changed.
+pub fn rotate_if_due(state: &AppState, interval: u64) {
+    let now = state.clock.now();
+    match state.keys.maintain(now, interval) {
+        Ok(Some(kid)) => {
+            let meta = crate::admin::events::RequestMeta::default();
+            crate::admin::events::audit!(state, &meta, info, "key_rotated",
+                client: None, sub: None; kid = %kid);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "signing key maintenance failed"),
     }
 }

@@ -57,6 +57,9 @@ struct Cli {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "MCP_GATEWAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Rotate the signing key when it is this many seconds old (0: never).
+    #[arg(long, env = "MCP_GATEWAY_KEY_ROTATION_SECONDS")]
+    key_rotation_seconds: Option<u64>,
     /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
     #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
     debug_trace: bool,
@@ -145,7 +148,8 @@ impl Cli {
             refresh_grace_seconds,
             signing_alg,
             log_format,
-            store
+            store,
+            key_rotation_seconds
         );
         if let Some(path) = self.audit_log {
             c.audit_log = Some(path);
@@ -276,7 +280,9 @@ async fn main() -> ExitCode {
                 now,
             ) {
                 Ok(kid) => {
-                    println!("new signing key {kid}; restart the gateway to use it");
+                    println!(
+                        "new signing key {kid}; a running gateway signs with it within a minute"
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -93,7 +93,7 @@ async fn readyz_get(State(state): State<AppState>) -> Response {
         "checks": {
             "listeners": true,
             "store": store,
-            "signing_key": state.keys.kid.clone(),
+            "signing_key": state.keys.current().kid.clone(),
             "upstream": upstream,
         }
     });

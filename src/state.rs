@@ -15,7 +15,7 @@ use crate::proxy::trace::RequestTrace;
 use crate::resource::api_keys::ApiKeys;
 use crate::resource::policy::ScopePolicy;
 use crate::store::{Client, Store, StoreResult};
-use crate::tokens::keys::SigningKey;
+use crate::tokens::keys::KeyRing;
 use crate::tokens::verify::Verifier;
 
 /// Values derived from the config and the bound proxy address.
@@ -102,7 +102,7 @@ pub struct AppState {
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// The key that signs access tokens.
-    pub keys: Arc<SigningKey>,
+    pub keys: Arc<KeyRing>,
     /// Verifies bearer tokens on the resource server.
     pub verifier: Arc<Verifier>,
     /// Method and tool scope policy.
@@ -186,7 +186,7 @@ impl AppState {
         settings: Settings,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        keys: Arc<SigningKey>,
+        keys: Arc<KeyRing>,
         templates: minijinja::Environment<'static>,
     ) -> Result<Self, ConfigError> {
         let metrics = Arc::new(crate::metrics::Metrics::new());

@@ -60,6 +60,6 @@ pub async fn authorization_server_get(State(state): State<AppState>) -> impl Int
         authorization_response_iss_parameter_supported: true,
         client_id_metadata_document_supported: state.cimd.is_some(),
         subject_types_supported: ["public"],
-        id_token_signing_alg_values_supported: vec![format!("{:?}", state.keys.alg)],
+        id_token_signing_alg_values_supported: vec![format!("{:?}", state.keys.current().alg)],
     })
 }

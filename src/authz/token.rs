@@ -152,7 +152,7 @@ fn mint(
         scope: scopes.join(" "),
         client_id: client_id.to_string(),
     };
-    let jwt = sign(&state.keys, &claims).map_err(OAuthError::server)?;
+    let jwt = sign(&state.keys.current(), &claims).map_err(OAuthError::server)?;
     if let Some(grant_id) = grant_id {
         state
             .store

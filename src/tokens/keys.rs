@@ -171,7 +171,7 @@ impl SigningKey {
 
     /// Retire the current key (it stays published for `keep` seconds, see
     /// [`Self::load_ring`]) and make a new one. Returns the new key's kid. Running gateways
-    /// pick the new key up when they restart.
+    /// pick the new key up within a minute ([`KeyRing::maintain`]).
     pub fn rotate(dir: &Path, alg: SigningAlg, now: u64) -> Result<String, KeyError> {
         let current = Self::load_or_create(dir, alg)?;
         let retired_dir = dir.join(RETIRED_DIR);
@@ -190,12 +190,108 @@ impl SigningKey {
             .and_then(|f| f.set_modified(when))
             .map_err(io(&target))?;
         let new = Self::load_or_create(dir, alg)?;
+        // And the new key's records when it was made, for the rotation interval.
+        let key_file = dir.join(KEY_FILE);
+        std::fs::File::options()
+            .write(true)
+            .open(&key_file)
+            .and_then(|f| f.set_modified(when))
+            .map_err(io(&key_file))?;
         Ok(new.kid)
     }
 }
 
 /// Folder (in the data dir) of retired keys.
 pub const RETIRED_DIR: &str = "retired-keys";
+
+/// The keys a running gateway signs with and publishes: the current key and the retired
+/// ones still published. Kept in the data dir, re-read by [`KeyRing::maintain`] so a
+/// `keys rotate` run beside a live gateway takes effect without a restart.
+pub struct KeyRing {
+    current: std::sync::RwLock<std::sync::Arc<SigningKey>>,
+    source: Option<RingSource>,
+}
+
+struct RingSource {
+    dir: PathBuf,
+    alg: SigningAlg,
+    /// How long a retired key stays published: token lifetime plus leeway.
+    keep: u64,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("kid", &self.current().kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<SigningKey> for KeyRing {
+    /// A ring of one key that never changes (tests, in-memory setups).
+    fn from(key: SigningKey) -> Self {
+        Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(key)),
+            source: None,
+        }
+    }
+}
+
+impl KeyRing {
+    /// The ring kept in `dir` (see [`SigningKey::load_ring`]).
+    pub fn open(dir: &Path, alg: SigningAlg, now: u64, keep: u64) -> Result<Self, KeyError> {
+        let key = SigningKey::load_ring(dir, alg, now, keep)?;
+        Ok(Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(key)),
+            source: Some(RingSource {
+                dir: dir.to_path_buf(),
+                alg,
+                keep,
+            }),
+        })
+    }
+
+    /// The key new tokens are signed with.
+    pub fn current(&self) -> std::sync::Arc<SigningKey> {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The published key set.
+    pub fn jwks(&self) -> JwkSet {
+        self.current().jwks()
+    }
+
+    /// Rotate when the current key is `interval` seconds old (0: never), then re-read the
+    /// ring from the data dir: a rotation made by the CLI is picked up and retired keys
+    /// whose tokens have all expired are withdrawn. Returns the new current kid when it
+    /// changed (rotated here or by the CLI). A ring without a data dir never changes.
+    pub fn maintain(&self, now: u64, interval: u64) -> Result<Option<String>, KeyError> {
+        let Some(src) = &self.source else {
+            return Ok(None);
+        };
+        let created = std::fs::metadata(src.dir.join(KEY_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now, |d| d.as_secs());
+        if interval > 0 && now >= created.saturating_add(interval) {
+            SigningKey::rotate(&src.dir, src.alg, now)?;
+        }
+        let fresh = SigningKey::load_ring(&src.dir, src.alg, now, src.keep)?;
+        let current = self.current();
+        let new_kid = (current.kid != fresh.kid).then(|| fresh.kid.clone());
+        if new_kid.is_some() || current.retired.len() != fresh.retired.len() {
+            match self.current.write() {
+                Ok(mut k) => *k = std::sync::Arc::new(fresh),
+                Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(fresh),
+            }
+        }
+        Ok(new_kid)
+    }
+}
 
 fn generate_pem(alg: SigningAlg) -> Result<String, KeyError> {
     let der: Vec<u8> = match alg {
@@ -290,6 +386,23 @@ mod tests {
                 .join(format!("{}.pem", first.kid))
                 .exists()
         );
+    }
+
+    #[test]
+    fn a_running_ring_picks_up_a_rotation_made_by_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        let ring = KeyRing::open(dir.path(), SigningAlg::ES256, now, 3600).unwrap();
+        let first = ring.current().kid.clone();
+        assert_eq!(ring.maintain(now, 0).unwrap(), None, "nothing changed");
+        let new_kid = SigningKey::rotate(dir.path(), SigningAlg::ES256, now).unwrap();
+        assert_eq!(ring.maintain(now + 1, 0).unwrap(), Some(new_kid.clone()));
+        assert_eq!(ring.current().kid, new_kid);
+        assert_eq!(ring.jwks().keys.len(), 2);
+        assert_ne!(first, new_kid);
+        // A ring of one fixed key never changes.
+        let fixed = KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap());
+        assert_eq!(fixed.maintain(now + 10_000_000, 1).unwrap(), None);
     }
 
     #[test]

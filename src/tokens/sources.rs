@@ -16,7 +16,7 @@ use jsonwebtoken::jwk::JwkSet;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::keys::SigningKey;
+use super::keys::KeyRing;
 use super::verify::{JwksCache, JwksFetcher, Keys, Verifier};
 use crate::config::{AuthMode, ConfigError};
 use crate::state::Settings;
@@ -133,7 +133,7 @@ pub fn authorization_server(settings: &Settings) -> String {
 }
 
 /// The verifier for the configured `auth_mode`.
-pub fn verifier(settings: &Settings, keys: Arc<SigningKey>) -> Result<Verifier, ConfigError> {
+pub fn verifier(settings: &Settings, keys: Arc<KeyRing>) -> Result<Verifier, ConfigError> {
     let c = &settings.config;
     let leeway = c.leeway_seconds;
     match c.auth_mode {

@@ -9,7 +9,7 @@ use mcp_oauth_gateway::state::AppState;
 use mcp_oauth_gateway::store::Store;
 use mcp_oauth_gateway::store::memory::InMemoryStore;
 use mcp_oauth_gateway::store::sqlite::{DB_FILE, SqliteStore};
-use mcp_oauth_gateway::tokens::keys::SigningKey;
+use mcp_oauth_gateway::tokens::keys::{KeyRing, SigningKey};
 use mcp_oauth_gateway::{Config, Gateway, Listeners};
 use reqwest::header::{HeaderMap, LOCATION};
 use serde_json::{Value, json};
@@ -46,10 +46,22 @@ pub async fn spawn_persistent(dir: &std::path::Path, public_url: &str) -> TestGa
     spawn_parts(|c| c.public_url = Some(url), Arc::new(store), key).await
 }
 
+/// A gateway whose key ring lives in `dir` and rotates as the binary's does (its
+/// background rotation is off: tests call `rotate_if_due` with the clock they set).
+pub async fn spawn_with_ring(dir: &std::path::Path) -> TestGateway {
+    let ring = KeyRing::open(dir, SigningAlg::ES256, T0, 3600 + 10).expect("ring");
+    spawn_parts(
+        |c| c.key_rotation_seconds = 0,
+        Arc::new(InMemoryStore::new()),
+        ring,
+    )
+    .await
+}
+
 async fn spawn_parts(
     adjust: impl FnOnce(&mut Config),
     store: Arc<dyn Store>,
-    key: SigningKey,
+    key: impl Into<KeyRing>,
 ) -> TestGateway {
     let mut config = Config::for_test(std::env::temp_dir().join("mog-unused"));
     adjust(&mut config);
@@ -360,7 +372,7 @@ impl TestGateway {
 
     /// Sign arbitrary claims with the gateway's own key.
     pub fn mint(&self, claims: Value) -> String {
-        let key = &self.state.keys;
+        let key = self.state.keys.current();
         let mut header = jsonwebtoken::Header::new(key.alg);
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, &claims, &key.encoding).expect("sign")
@@ -397,6 +409,15 @@ pub fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("payload");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
+        .expect("b64");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// Decode a JWT's header without verifying it.
+pub fn jwt_header(token: &str) -> Value {
+    let header = token.split('.').next().expect("header");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
         .expect("b64");
     serde_json::from_slice(&bytes).expect("json")
 }

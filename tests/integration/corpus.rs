@@ -534,7 +534,7 @@ async fn bad_input_corpus() {
     let keep_sid = gw.mcp_session(&keep.access).await;
 
     // ---- Tokens for the resource server. ----
-    let key = &gw.state.keys;
+    let key = gw.state.keys.current();
     let kid = key.kid.clone();
     let claims = |change: &[(&str, Value)]| {
         let mut c = gw.claims();

@@ -68,7 +68,7 @@ async fn the_whole_flow_through_the_proxy() {
         }
     }
     let jwks: Value = gw.get_json(gw.url("/.well-known/jwks.json")).await;
-    assert_eq!(jwks["keys"][0]["kid"], gw.state.keys.kid);
+    assert_eq!(jwks["keys"][0]["kid"], gw.state.keys.current().kid);
 
     // 4-6. Register, consent, code with state and iss, token.
     let client_id = gw.register().await;

@@ -42,7 +42,8 @@ async fn clients_grants_and_tokens_survive_a_restart_and_a_key_rotation() {
 
     let gw = common::spawn_persistent(dir.path(), public).await;
     assert_ne!(
-        gw.state.keys.kid, old_kid,
+        gw.state.keys.current().kid,
+        old_kid,
         "new tokens are signed with the new key"
     );
     assert_eq!(
@@ -74,4 +75,67 @@ async fn clients_grants_and_tokens_survive_a_restart_and_a_key_rotation() {
         .await;
     assert_eq!(s, 401);
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn b_signing_keys_rotate_on_their_interval_without_a_restart() {
+    use mcp_oauth_gateway::gateway::rotate_if_due;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::spawn_with_ring(dir.path()).await;
+    // The key was made at the test's T0.
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("signing-key.pem"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(common::T0))
+        .unwrap();
+    let (client_id, t) = gw.login(None).await;
+    let old_kid = gw.state.keys.current().kid.clone();
+    assert_eq!(common::jwt_header(&t.access)["kid"], old_kid.as_str());
+
+    rotate_if_due(&gw.state, 600);
+    assert_eq!(gw.state.keys.current().kid, old_kid, "not due yet");
+    gw.clock.advance(600);
+    rotate_if_due(&gw.state, 600);
+    let new_kid = gw.state.keys.current().kid.clone();
+    assert_ne!(new_kid, old_kid, "due: a new key signs");
+    let jwks = gw.get_json(gw.url("/.well-known/jwks.json")).await;
+    let kids: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kids, [new_kid.clone(), old_kid.clone()], "both published");
+    assert!(
+        gw.state
+            .events
+            .recent()
+            .iter()
+            .any(|e| e.event == "key_rotated"),
+        "the rotation is an audit event"
+    );
+
+    // The token signed before still works; the refreshed one carries the new kid and works.
+    let sid = gw.mcp_session(&t.access).await;
+    let (s, _, v) = gw
+        .call_tool(&t.access, &sid, "echo", json!({"message": "old key"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, body) = gw.refresh(&client_id, &t.refresh).await;
+    assert_eq!(s, 200, "{body}");
+    let fresh = body["access_token"].as_str().unwrap();
+    assert_eq!(common::jwt_header(fresh)["kid"], new_kid.as_str());
+    let sid = gw.mcp_session(fresh).await;
+    let (s, _, v) = gw
+        .call_tool(fresh, &sid, "echo", json!({"message": "new key"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // Once every token the old key signed has expired, it leaves the JWKS.
+    gw.clock.advance(3600 + 10);
+    rotate_if_due(&gw.state, 0);
+    let jwks = gw.get_json(gw.url("/.well-known/jwks.json")).await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"][0]["kid"], new_kid.as_str());
 }
