@@ -523,7 +523,8 @@ def main(argv: list[str]) -> int:
         elif stage == "soak":
             if build_ok:
                 results.append(stage_cargo(
-                    "soak", ["test", "--test", "integration", "soak", "--", "--ignored"]))
+                    "soak", ["test", "--test", "integration", "soak", "--", "--ignored",
+                             "--nocapture"]))
             else:
                 r = StageResult("soak")
                 r.error("skipped: the build failed")
