@@ -505,6 +505,9 @@ def test_store_unwritable_database_answers_503_on_writes_and_serves_reads(gatewa
         r = register(http, gw.base)
         _json_error(r, 503)
         assert r.headers.get("retry-after", "").isdigit(), r.headers
+        ready = http.get(f"{gw.base}/readyz")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["checks"]["store"] is False
         _json_error(token_request(http, gw.base, _code_form(gw.base, pub, code2, pkce2.verifier)),
                     503)
         _json_error(refresh(http, gw.base, pub, t.refresh_token), 503)
@@ -527,6 +530,7 @@ def test_store_unwritable_database_answers_503_on_writes_and_serves_reads(gatewa
     # Writable again: the gateway recovers without a restart, and nothing was half-written:
     # the refresh token and the code refused during the fault still work.
     assert register(http, gw.base).status_code == 201
+    assert http.get(f"{gw.base}/readyz").status_code == 200
     tokens_from(token_request(http, gw.base, _code_form(gw.base, pub, code2, pkce2.verifier)),
                 pub)
     assert _mcp_status(http, gw.base, t.access_token) == 200

@@ -39,6 +39,7 @@ def test_health_readiness_and_request_ids_through_the_proxy(gateway, http):
     ready = http.get(f"{gateway.base}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["store"] is True
+    assert ready.json()["checks"]["listeners"] is True
     r = http.get(f"{gateway.base}/.well-known/oauth-authorization-server",
                  headers={"x-request-id": "trace-me-42"})
     assert r.headers["x-request-id"] == "trace-me-42"

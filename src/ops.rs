@@ -81,17 +81,41 @@ async fn upstream_reachable(url: &str) -> bool {
     )
 }
 
+/// Whether a listener accepts a TCP connection (a wildcard address is tried on loopback).
+async fn accepts(addr: std::net::SocketAddr) -> bool {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
 async fn readyz_get(State(state): State<AppState>) -> Response {
-    let store = state.store.client("readyz-probe").is_ok();
+    let c = &state.settings.config;
+    // This answer comes from the routes listener; the other three are dialled.
+    let (proxy, mcp, jwks) = tokio::join!(
+        accepts(c.proxy_addr),
+        accepts(c.mcp_addr),
+        accepts(c.jwks_addr)
+    );
+    let listeners = proxy && mcp && jwks;
+    let store = state.store.client("readyz-probe").is_ok()
+        && state.store.probe_write(state.clock.now()).is_ok();
     let upstream = match &state.settings.config.upstream {
         Some(url) => Some(upstream_reachable(url).await),
         None => None,
     };
-    let ready = store && upstream.unwrap_or(true);
+    let ready = listeners && store && upstream.unwrap_or(true);
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
-            "listeners": true,
+            "listeners": listeners,
             "store": store,
             "signing_key": state.keys.current().kid.clone(),
             "upstream": upstream,
@@ -127,6 +151,20 @@ async fn metrics_get(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_listener_that_is_gone_does_not_accept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(accepts(addr).await);
+        let wildcard = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+        assert!(
+            accepts(wildcard).await,
+            "a wildcard bind is dialled on loopback"
+        );
+        drop(listener);
+        assert!(!accepts(addr).await);
+    }
     use axum::http::HeaderValue;
 
     #[tokio::test]

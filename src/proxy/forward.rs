@@ -64,7 +64,36 @@ pub fn router(state: AppState, backends: Backends) -> Router {
     Router::new()
         .fallback(proxy_handler)
         .with_state(ps)
+        .layer(axum::middleware::from_fn(size_limits))
         .layer(cors::layer(state))
+}
+
+/// Longest request target accepted (authorization URLs carry a few parameters; 8 KiB is the
+/// common floor servers support, RFC 9110 §4.1).
+pub const MAX_URI: usize = 8 * 1024;
+/// Most header bytes accepted (names and values): room for a JWT, cookies and tracing
+/// headers, not for a memory exhaustion attempt.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// 414 and 431 (RFC 9110 §15.5.15, RFC 6585 §5) before anything else looks at the request.
+async fn size_limits(req: Request, next: axum::middleware::Next) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI {
+        return (StatusCode::URI_TOO_LONG, "request target too long").into_response();
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// The request id header.

@@ -352,6 +352,10 @@ pub trait Store: Send + Sync + 'static {
     fn live_grants(&self, now: u64) -> StoreResult<Vec<Grant>>;
     /// Registered clients and live grants, counted.
     fn live_counts(&self, now: u64) -> StoreResult<LiveCounts>;
+    /// Write something small and commit it: whether writes reach storage (`/readyz`).
+    fn probe_write(&self, _now: u64) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// Save a refresh token under the hash of its value.
     fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()>;

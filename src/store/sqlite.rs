@@ -60,6 +60,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX codes_expiry ON codes (expires_at);
     CREATE INDEX codes_client ON codes (client_id, expires_at);
 "#,
+    // One row that /readyz rewrites, to learn that a write really reaches the file.
+    r#"
+    CREATE TABLE readiness (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
+"#,
 ];
 
 /// Seconds between sweeps of expired rows.
@@ -592,6 +596,18 @@ impl Store for SqliteStore {
             }
             sort_grants(&mut out);
             Ok(out)
+        })
+    }
+
+    fn probe_write(&self, now: u64) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO readiness (id, at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                [int(now)],
+            )
+            .map(|_| ())
+            .map_err(err)
         })
     }
 

@@ -23,6 +23,7 @@ async fn health_readiness_metrics_and_request_ids() {
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["store"], true);
+    assert_eq!(ready["checks"]["listeners"], true);
     assert_eq!(ready["checks"]["signing_key"], gw.state.keys.current().kid);
 
     // A flow with each outcome.

@@ -225,3 +225,35 @@ async fn debug_trace_records_routes_and_redacts_credentials() {
     assert_eq!(newer["requests"], json!([]));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn overlong_targets_and_headers_get_414_and_431_before_any_backend() {
+    let gw = common::spawn().await;
+    let long = format!("{}?state={}", gw.url("/authorize"), "a".repeat(9 * 1024));
+    assert_eq!(gw.get_status(&long).await, 414);
+    // Just under the cap, the request reaches the authorization server (which refuses it
+    // for its own reasons, with its own page).
+    let fits = format!("{}?state={}", gw.url("/authorize"), "a".repeat(7 * 1024));
+    assert_eq!(gw.get_status(&fits).await, 400);
+    let res = gw
+        .http
+        .get(gw.url("/healthz"))
+        .header("x-padding", "b".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+    let res = gw
+        .http
+        .get(gw.url("/healthz"))
+        .header("x-padding", "b".repeat(8 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let metrics = gw.state.metrics.render();
+    assert!(
+        !metrics.contains("status=\"414\"") && !metrics.contains("status=\"431\""),
+        "refused before the forwarder counted anything"
+    );
+}
