@@ -38,7 +38,6 @@ use minijinja::context;
 use crate::authz::authorize::{cross_site_refusal, error_page, page_headers, unavailable_page};
 use crate::authz::login;
 use crate::authz::params::Params;
-use crate::authz::register::source_ip;
 use crate::secret::{ct_eq, random_token};
 use crate::state::AppState;
 use crate::store::{Client, Grant};
@@ -485,17 +484,8 @@ pub async fn login_post(
 ) -> Response {
     let env = &state.templates;
     let now = state.clock.now();
-    if let Err(retry) = state.login_limiter.check(source_ip(peer, &headers), now) {
-        let mut res = error_page(
-            env,
-            StatusCode::TOO_MANY_REQUESTS,
-            "slow_down",
-            "too many sign-in attempts; wait a minute",
-        );
-        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return res;
+    if let Some(throttled) = login::sign_in_throttled(&state, peer, &headers, now) {
+        return throttled;
     }
     if let Some(refused) = cross_site_refusal(&state, &headers) {
         return refused;
@@ -527,22 +517,13 @@ pub async fn login_post(
         );
     }
     let username = params.get("username").unwrap_or_default().to_string();
-    let password = params.get("password").unwrap_or_default().to_string();
-    let user = state
-        .settings
-        .config
-        .users
-        .iter()
-        .find(|u| u.name == username)
-        .cloned();
-    // Verify even for unknown users and non-admins, so timing does not tell them apart.
-    let hash = user
-        .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .unwrap_or_else(|| state.settings.dummy_password_hash.clone());
-    let verified = tokio::task::spawn_blocking(move || login::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+    // Verified even for unknown users and non-admins, so timing does not tell them apart.
+    let (user, verified) = login::check_password(
+        &state,
+        &username,
+        params.get("password").unwrap_or_default(),
+    )
+    .await;
     let ok = verified
         && user
             .as_ref()

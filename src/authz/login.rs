@@ -190,6 +190,55 @@ pub(crate) fn cookie(state: &AppState, token: &str) -> Option<HeaderValue> {
     .ok()
 }
 
+/// The 429 page for a source that has tried to sign in too often, or `None`.
+pub(crate) fn sign_in_throttled(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    now: u64,
+) -> Option<Response> {
+    let retry = state
+        .login_limiter
+        .check(source_ip(peer, headers), now)
+        .err()?;
+    let mut res = error_page(
+        &state.templates,
+        StatusCode::TOO_MANY_REQUESTS,
+        "slow_down",
+        "too many sign-in attempts; wait a minute",
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(res)
+}
+
+/// The configured user named `username`, and whether `password` matches their hash. An
+/// unknown user, or one without a hash, is checked against a fixed hash all the same, so
+/// timing does not tell names apart.
+pub(crate) async fn check_password(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> (Option<crate::config::UserConfig>, bool) {
+    let user = state
+        .settings
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == username)
+        .cloned();
+    let hash = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| state.settings.dummy_password_hash.clone());
+    let password = password.to_string();
+    let verified = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    (user, verified)
+}
+
 /// `POST /login`: check the password, start a session, go on to consent.
 pub async fn login_post(
     State(state): State<AppState>,
@@ -201,17 +250,8 @@ pub async fn login_post(
     let env = &state.templates;
     let now = state.clock.now();
     // Password guessing is bounded per source address.
-    if let Err(retry) = state.login_limiter.check(source_ip(peer, &headers), now) {
-        let mut res = error_page(
-            env,
-            StatusCode::TOO_MANY_REQUESTS,
-            "slow_down",
-            "too many sign-in attempts; wait a minute",
-        );
-        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return res;
+    if let Some(throttled) = sign_in_throttled(&state, peer, &headers, now) {
+        return throttled;
     }
     if let Some(refused) = cross_site_refusal(&state, &headers) {
         return refused;
@@ -259,23 +299,8 @@ pub async fn login_post(
         }
     };
     let username = params.get("username").unwrap_or_default().to_string();
-    let password = params.get("password").unwrap_or_default().to_string();
-    let user = state
-        .settings
-        .config
-        .users
-        .iter()
-        .find(|u| u.name == username)
-        .cloned();
-    // Verify even for unknown users, against a fixed hash, so timing does not reveal names.
-    let hash = user
-        .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .unwrap_or_else(|| state.settings.dummy_password_hash.clone());
-    let pw = password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &pw))
-        .await
-        .unwrap_or(false);
+    let password = params.get("password").unwrap_or_default();
+    let (user, ok) = check_password(&state, &username, password).await;
     let ok = match &user {
         Some(u) if u.password_hash.is_none() => password.is_empty(),
         Some(_) => ok,
