@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     backend: &'static str,
+    route: &'static str,
     status: u16,
 }
 
@@ -197,9 +198,13 @@ impl Metrics {
     }
 
     /// A proxied request finished its response head.
-    pub fn proxied(&self, backend: &'static str, status: u16, seconds: f64) {
+    pub fn proxied(&self, backend: &'static str, route: &'static str, status: u16, seconds: f64) {
         self.requests
-            .get_or_create(&RequestLabels { backend, status })
+            .get_or_create(&RequestLabels {
+                backend,
+                route,
+                status,
+            })
             .inc();
         self.proxy_latency
             .get_or_create(&BackendLabel { backend })
@@ -287,13 +292,15 @@ mod tests {
     #[test]
     fn counters_render_with_fixed_labels() {
         let m = Metrics::new();
-        m.proxied("mcp", 200, 0.001);
+        m.proxied("mcp", "mcp", 200, 0.001);
         m.validated("expired", 0.00001);
         m.issued("authorization_code");
         m.replay("refresh_token");
         let text = m.render();
         assert!(
-            text.contains("mcp_gateway_proxy_requests_total{backend=\"mcp\",status=\"200\"} 1"),
+            text.contains(
+                "mcp_gateway_proxy_requests_total{backend=\"mcp\",route=\"mcp\",status=\"200\"} 1"
+            ),
             "{text}"
         );
         assert!(text.contains("mcp_gateway_token_validations_total{outcome=\"expired\"} 1"));

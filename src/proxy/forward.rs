@@ -237,6 +237,7 @@ pub async fn proxy_handler(
     };
     ps.metrics.proxied(
         backend.name(),
+        super::route_name(&path),
         res.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );

@@ -55,6 +55,31 @@ pub fn route(path: &str, metrics_public: bool) -> Backend {
     }
 }
 
+/// The route a path took, for metrics: a fixed vocabulary, so no label carries what a
+/// client put in its URL.
+pub fn route_name(path: &str) -> &'static str {
+    match path {
+        "/mcp" | "/mcp/" => "mcp",
+        "/register" => "register",
+        "/authorize" => "authorize",
+        "/consent" => "consent",
+        "/login" => "login",
+        "/token" => "token",
+        "/revoke" => "revoke",
+        "/introspect" => "introspect",
+        "/consents" | "/consents/revoke" => "consents",
+        "/jwks.json" | "/.well-known/jwks.json" => "jwks",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        trace::TRACE_PATH => "debug",
+        p if p == "/admin" || p.starts_with("/admin/") => "admin",
+        p if p.contains("/.well-known/oauth-protected-resource") => "resource_metadata",
+        p if p.contains("/.well-known/") => "authorization_server_metadata",
+        _ => "other",
+    }
+}
+
 /// The backends' addresses.
 #[derive(Debug, Clone, Copy)]
 pub struct Backends {
@@ -112,5 +137,21 @@ mod tests {
         }
         assert_eq!(route("/metrics", false), Backend::Mcp);
         assert_eq!(route("/metrics", true), Backend::Routes);
+    }
+
+    #[test]
+    fn route_names_are_a_fixed_vocabulary() {
+        assert_eq!(route_name("/mcp"), "mcp");
+        assert_eq!(route_name("/token"), "token");
+        assert_eq!(route_name("/admin/grants/revoke"), "admin");
+        assert_eq!(
+            route_name("/.well-known/oauth-protected-resource/mcp"),
+            "resource_metadata"
+        );
+        assert_eq!(
+            route_name("/.well-known/openid-configuration"),
+            "authorization_server_metadata"
+        );
+        assert_eq!(route_name("/eyJhbGciOi.secret"), "other");
     }
 }

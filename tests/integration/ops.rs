@@ -112,8 +112,8 @@ async fn health_readiness_metrics_and_request_ids() {
     assert!(
         counter(
             &text,
-            "mcp_gateway_proxy_requests_total{backend=\"routes\",status=\"200\"}"
-        ) >= 3
+            "mcp_gateway_proxy_requests_total{backend=\"routes\",route=\"token\",status=\"200\"}"
+        ) >= 1
     );
     assert!(
         !text.contains(&t.access) && !text.contains(&client_id),
