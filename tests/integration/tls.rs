@@ -120,41 +120,40 @@ async fn b8_a_client_that_never_finishes_its_handshake_does_not_stall_others() {
     gw.stop().await;
 }
 
+/// Build (not run) a gateway with these TLS files; the error when it refuses.
+async fn build_with_tls(cert: PathBuf, key: PathBuf) -> Option<GatewayError> {
+    let mut config = Config::for_test(std::env::temp_dir().join("mog-unused"));
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    let listeners = Listeners::bind(&config).await.unwrap();
+    Gateway::with_parts(
+        config,
+        listeners,
+        Arc::new(InMemoryStore::new()),
+        Arc::new(FixedClock::new(T0)),
+        SigningKey::generate(SigningAlg::ES256).unwrap(),
+    )
+    .err()
+}
+
 #[tokio::test]
 async fn b8_a_key_that_does_not_match_the_certificate_stops_the_start() {
     let cert = test_cert();
     let other = test_cert();
-    let mut config = Config::for_test(std::env::temp_dir().join("mog-unused"));
-    config.tls_cert = Some(cert.cert.clone());
-    config.tls_key = Some(other.key.clone());
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let key = SigningKey::generate(SigningAlg::ES256).unwrap();
-    let result = Gateway::with_parts(
-        config,
-        listeners,
-        Arc::new(InMemoryStore::new()),
-        Arc::new(FixedClock::new(T0)),
-        key,
+    assert!(
+        build_with_tls(cert.cert.clone(), cert.key.clone())
+            .await
+            .is_none(),
+        "the matching pair starts"
     );
-    let Err(GatewayError::Tls(e)) = result else {
+    let Some(GatewayError::Tls(e)) = build_with_tls(cert.cert.clone(), other.key.clone()).await
+    else {
         panic!("started with a mismatched key");
     };
     assert!(e.to_string().contains("TLS"), "{e}");
-
     // A missing file is named in the message.
-    let mut config = Config::for_test(std::env::temp_dir().join("mog-unused"));
-    config.tls_cert = Some(PathBuf::from("/nonexistent/cert.pem"));
-    config.tls_key = Some(cert.key.clone());
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let key = SigningKey::generate(SigningAlg::ES256).unwrap();
-    let result = Gateway::with_parts(
-        config,
-        listeners,
-        Arc::new(InMemoryStore::new()),
-        Arc::new(FixedClock::new(T0)),
-        key,
-    );
-    let Err(e) = result else {
+    let missing = PathBuf::from("/nonexistent/cert.pem");
+    let Some(e) = build_with_tls(missing, cert.key.clone()).await else {
         panic!("started without a certificate");
     };
     assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
