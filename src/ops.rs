@@ -151,6 +151,7 @@ async fn metrics_get(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[tokio::test]
     async fn a_listener_that_is_gone_does_not_accept() {
@@ -165,7 +166,6 @@ mod tests {
         drop(listener);
         assert!(!accepts(addr).await);
     }
-    use axum::http::HeaderValue;
 
     #[tokio::test]
     async fn the_request_id_is_in_scope_only_inside() {

@@ -94,7 +94,12 @@ impl SigningKey {
             alg,
             message,
         })?;
-        write_private(&dir.join(KID_FILE), format!("{}\n", key.kid).as_bytes()).map_err(io)?;
+        // Rewritten only when it changed: the ring is re-read every minute.
+        let kid_file = dir.join(KID_FILE);
+        let kid_line = format!("{}\n", key.kid);
+        if std::fs::read_to_string(&kid_file).ok().as_deref() != Some(kid_line.as_str()) {
+            write_private(&kid_file, kid_line.as_bytes()).map_err(io)?;
+        }
         Ok(key)
     }
 
@@ -394,7 +399,17 @@ mod tests {
         let now = 1_800_000_000;
         let ring = KeyRing::open(dir.path(), SigningAlg::ES256, now, 3600).unwrap();
         let first = ring.current().kid.clone();
+        let kid_file = dir.path().join(KID_FILE);
+        let marked = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&kid_file)
+            .unwrap()
+            .set_modified(marked)
+            .unwrap();
         assert_eq!(ring.maintain(now, 0).unwrap(), None, "nothing changed");
+        let mtime = std::fs::metadata(&kid_file).unwrap().modified().unwrap();
+        assert_eq!(mtime, marked, "an unchanged ring writes nothing");
         let new_kid = SigningKey::rotate(dir.path(), SigningAlg::ES256, now).unwrap();
         assert_eq!(ring.maintain(now + 1, 0).unwrap(), Some(new_kid.clone()));
         assert_eq!(ring.current().kid, new_kid);
