@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use super::trace::{RequestTrace, TRACE_PATH, TraceEntry, redacted_headers};
-use super::{Backend, Backends, cors, route};
+use super::{Backend, Backends, backend_for, cors, route_name};
 use crate::state::AppState;
 
 /// What the proxy needs.
@@ -155,7 +155,8 @@ pub async fn proxy_handler(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let backend = route(req.uri().path(), ps.metrics_public);
+    let route = route_name(req.uri().path());
+    let backend = backend_for(route, ps.metrics_public);
     let addr = ps.backends.addr(backend);
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -237,7 +238,7 @@ pub async fn proxy_handler(
     };
     ps.metrics.proxied(
         backend.name(),
-        super::route_name(&path),
+        route,
         res.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );

@@ -32,31 +32,24 @@ impl Backend {
     }
 }
 
-/// The route table. `/metrics` reaches the routes server only when `metrics_public`.
+/// The route table: where a path goes. `/metrics` reaches the routes server only when
+/// `metrics_public`; what has no name of its own is the MCP server's.
 pub fn route(path: &str, metrics_public: bool) -> Backend {
-    match path {
-        "/metrics" if metrics_public => Backend::Routes,
-        "/jwks.json" | "/.well-known/jwks.json" => Backend::Jwks,
-        "/register"
-        | "/authorize"
-        | "/token"
-        | "/revoke"
-        | "/introspect"
-        | "/consent"
-        | "/login"
-        | "/consents"
-        | "/consents/revoke"
-        | "/healthz"
-        | "/readyz"
-        | trace::TRACE_PATH => Backend::Routes,
-        p if p == "/admin" || p.starts_with("/admin/") => Backend::Routes,
-        p if p.starts_with("/.well-known/") || p.contains("/.well-known/") => Backend::Routes,
-        _ => Backend::Mcp,
+    backend_for(route_name(path), metrics_public)
+}
+
+/// Where the route named `name` ([`route_name`]) goes.
+pub fn backend_for(name: &str, metrics_public: bool) -> Backend {
+    match name {
+        "jwks" => Backend::Jwks,
+        "mcp" | "other" => Backend::Mcp,
+        "metrics" if !metrics_public => Backend::Mcp,
+        _ => Backend::Routes,
     }
 }
 
-/// The route a path took, for metrics: a fixed vocabulary, so no label carries what a
-/// client put in its URL.
+/// The route a path takes, by name: the one table [`route`] reads, and a metrics label
+/// from a fixed vocabulary, so no label carries what a client put in its URL.
 pub fn route_name(path: &str) -> &'static str {
     match path {
         "/mcp" | "/mcp/" => "mcp",
