@@ -15,26 +15,17 @@
 //        CHROMIUM_BIN the browser). Screenshots go to <repo>/test-artifacts/admin-*.png.
 // Prints "1 passed, 0 failed" (exit 0) or "0 passed, 1 failed" plus the reason (exit 1).
 
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '../..');
-const GATEWAY_BIN = process.env.GATEWAY_BIN
-  ? path.resolve(REPO, process.env.GATEWAY_BIN)
-  : path.join(REPO, 'target/debug/mcp-oauth-gateway');
+import { CheckError, Gateway, REPO, check, withDeadline } from '../harness.mjs';
+
 const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const ARTIFACTS = path.join(REPO, 'test-artifacts');
-const READY_RE = /listening proxy=(\S+) mcp=(\S+) routes=(\S+) jwks=(\S+)/;
-// eslint-disable-next-line no-control-regex
-const ANSI_RE = /\x1b\[[0-9;?]*[A-Za-z]/g;
 // Never contacted: with --auto-approve the code arrives in the Location header.
 const REDIRECT_URI = 'http://127.0.0.1:9/callback';
 
@@ -46,89 +37,7 @@ const EXIT_MS = 10_000;
 
 const log = (...args) => console.error('[admin-e2e]', ...args);
 
-class CheckError extends Error {}
-function check(cond, message) {
-  if (!cond) throw new CheckError(message);
-}
-
-async function withDeadline(ms, what, work) {
-  let timer;
-  const expired = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([work, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 const b64url = (buf) => buf.toString('base64url');
-
-// ---------------------------------------------------------------------------
-
-class Gateway {
-  constructor() {
-    this.dataDir = mkdtempSync(path.join(tmpdir(), 'mcp-gw-admin-'));
-    this.output = [];
-    this.child = null;
-  }
-
-  start() {
-    const args = [
-      '--proxy-addr', '127.0.0.1:0',
-      '--mcp-addr', '127.0.0.1:0',
-      '--routes-addr', '127.0.0.1:0',
-      '--jwks-addr', '127.0.0.1:0',
-      '--data-dir', this.dataDir,
-      '--auto-approve',
-    ];
-    log(`starting ${GATEWAY_BIN} ${args.join(' ')}`);
-    const child = spawn(GATEWAY_BIN, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NO_COLOR: '1' },
-    });
-    this.child = child;
-    return new Promise((resolve, reject) => {
-      let done = false;
-      child.once('error', (e) => {
-        if (!done) { done = true; reject(new Error(`cannot start gateway: ${e.message}`)); }
-      });
-      child.once('exit', (code, sig) => {
-        if (!done) { done = true; reject(new Error(`gateway exited (${code ?? sig}) before it was ready`)); }
-      });
-      for (const [stream, label] of [[child.stdout, 'stdout'], [child.stderr, 'stderr']]) {
-        createInterface({ input: stream }).on('line', (raw) => {
-          const line = raw.replace(ANSI_RE, '');
-          this.output.push(`[gateway ${label}] ${line}`);
-          if (this.output.length > 400) this.output.shift();
-          const m = label === 'stderr' && !done ? READY_RE.exec(line) : null;
-          if (m) {
-            done = true;
-            this.addrs = { proxy: m[1], mcp: m[2], routes: m[3], jwks: m[4] };
-            resolve(this.addrs);
-          }
-        });
-      }
-    });
-  }
-
-  /** SIGTERM to the one process we started, by its PID; SIGKILL if it does not exit. */
-  async stop() {
-    const child = this.child;
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      try {
-        await withDeadline(EXIT_MS, 'gateway exit', exited);
-      } catch {
-        log('the gateway ignored SIGTERM; sending SIGKILL to its PID');
-        child.kill('SIGKILL');
-      }
-    }
-    rmSync(this.dataDir, { recursive: true, force: true });
-  }
-}
 
 // ---------------------------------------------------------------------------
 
@@ -240,7 +149,7 @@ async function driveAdmin(page, adminBase, flow, trace) {
 
 async function main() {
   mkdirSync(ARTIFACTS, { recursive: true });
-  const gateway = new Gateway();
+  const gateway = new Gateway({ label: 'admin', extraArgs: ['--auto-approve'], log });
   const profileDir = mkdtempSync(path.join(tmpdir(), 'admin-e2e-chromium-'));
   const browserLog = [];
   const trace = [];
@@ -250,7 +159,7 @@ async function main() {
 
   try {
     await withDeadline(TEST_MS, 'admin e2e test', (async () => {
-      const addrs = await withDeadline(GATEWAY_READY_MS, 'gateway readiness', gateway.start());
+      const addrs = await gateway.start(GATEWAY_READY_MS);
       const base = `http://${addrs.proxy}`;
       log(`gateway ready at ${base} (routes ${addrs.routes})`);
 
@@ -305,7 +214,7 @@ async function main() {
   }
   try { if (context) await context.close(); } catch { /* browser gone */ }
   rmSync(profileDir, { recursive: true, force: true });
-  await gateway.stop();
+  await gateway.stop(EXIT_MS);
 
   if (failure) {
     console.error(`---- steps done: ${trace.join(' -> ') || '(none)'}`);

@@ -23,17 +23,12 @@ import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
+import { ANSI_RE, CheckError, Gateway, REPO, check, deadline, withDeadline } from '../harness.mjs';
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '../..');
-const GATEWAY_BIN = process.env.GATEWAY_BIN
-  ? path.resolve(REPO, process.env.GATEWAY_BIN)
-  : path.join(REPO, 'target/debug/mcp-oauth-gateway');
 const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const INSPECTOR_BIN = path.join(HERE, 'node_modules/@modelcontextprotocol/inspector/cli/build/cli.js');
 const ARTIFACTS = path.join(REPO, 'test-artifacts');
-const READY_RE = /listening proxy=(\S+) mcp=(\S+) routes=(\S+) jwks=(\S+)/;
-// eslint-disable-next-line no-control-regex
-const ANSI_RE = /\x1b\[[0-9;?]*[A-Za-z]/g;
 
 // Deadlines: each only fails the test when exceeded, none is a wait by itself.
 const GATEWAY_READY_MS = 30_000;
@@ -43,28 +38,6 @@ const TEST_MS = 150_000; // the whole test
 const EXIT_MS = 10_000; // a child to exit after SIGTERM
 
 const log = (...args) => console.error('[inspector-e2e]', ...args);
-
-class CheckError extends Error {}
-function check(cond, message) {
-  if (!cond) throw new CheckError(message);
-}
-
-function deadline(ms, what) {
-  let timer;
-  const promise = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  return { promise, cancel: () => clearTimeout(timer) };
-}
-
-async function withDeadline(ms, what, work) {
-  const d = deadline(ms, what);
-  try {
-    return await Promise.race([work, d.promise]);
-  } finally {
-    d.cancel();
-  }
-}
 
 /** A free loopback TCP port: bind port 0, read it, close. Never 3001-3004. */
 async function freePort(taken) {
@@ -153,54 +126,6 @@ async function stopGroup(child, name) {
 }
 
 // ---------------------------------------------------------------------------
-
-class Gateway {
-  constructor() {
-    this.dataDir = mkdtempSync(path.join(tmpdir(), 'mcp-gw-inspector-'));
-    this.output = [];
-    this.child = null;
-  }
-
-  start() {
-    const args = [
-      '--proxy-addr', '127.0.0.1:0',
-      '--mcp-addr', '127.0.0.1:0',
-      '--routes-addr', '127.0.0.1:0',
-      '--jwks-addr', '127.0.0.1:0',
-      '--data-dir', this.dataDir,
-    ];
-    log(`starting ${GATEWAY_BIN} ${args.join(' ')}`);
-    const child = spawn(GATEWAY_BIN, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-      env: { ...process.env, NO_COLOR: '1' },
-    });
-    this.child = child;
-    return new Promise((resolve, reject) => {
-      let done = false;
-      child.once('error', (e) => {
-        if (!done) { done = true; reject(new Error(`cannot start gateway: ${e.message}`)); }
-      });
-      child.once('exit', (code, sig) => {
-        if (!done) { done = true; reject(new Error(`gateway exited (${code ?? sig}) before it was ready`)); }
-      });
-      collect(child, 'gateway', this.output, (label, line) => {
-        if (done || label !== 'stderr') return;
-        const m = READY_RE.exec(line);
-        if (m) {
-          done = true;
-          this.proxyAddr = m[1];
-          resolve(`http://${m[1]}`);
-        }
-      });
-    });
-  }
-
-  async stop() {
-    await stopGroup(this.child, 'gateway');
-    rmSync(this.dataDir, { recursive: true, force: true });
-  }
-}
 
 class Inspector {
   constructor(clientPort, serverPort) {
@@ -338,7 +263,7 @@ async function driveInspector(page, inspector, base, trace) {
 
 async function main() {
   mkdirSync(ARTIFACTS, { recursive: true });
-  const gateway = new Gateway();
+  const gateway = new Gateway({ label: 'inspector', log });
   let inspector = null;
   let context = null;
   const profileDir = mkdtempSync(path.join(tmpdir(), 'inspector-e2e-chromium-'));
@@ -350,7 +275,7 @@ async function main() {
 
   try {
     await withDeadline(TEST_MS, 'inspector e2e test', (async () => {
-      const base = await withDeadline(GATEWAY_READY_MS, 'gateway readiness', gateway.start());
+      const base = `http://${(await gateway.start(GATEWAY_READY_MS)).proxy}`;
       log(`gateway ready at ${base}`);
 
       const taken = new Set();
@@ -404,7 +329,7 @@ async function main() {
   try { if (context) await context.close(); } catch { /* browser gone */ }
   rmSync(profileDir, { recursive: true, force: true });
   if (inspector) await inspector.stop();
-  await gateway.stop();
+  await gateway.stop(EXIT_MS);
 
   if (failure) {
     console.error(`---- steps done: ${trace.join(' -> ') || '(none)'}`);

@@ -8,143 +8,20 @@
 // Usage: node clients/ts/run.mjs   (GATEWAY_BIN overrides the binary path)
 // Prints "1 passed, 0 failed" and exits 0 on success, "0 passed, 1 failed" and exits 1 otherwise.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const GATEWAY_BIN = process.env.GATEWAY_BIN
-  ? path.resolve(process.env.GATEWAY_BIN)
-  : path.resolve(HERE, '../../target/debug/mcp-oauth-gateway');
+import { CheckError, Gateway, check, withDeadline } from '../harness.mjs';
+
 const READY_TIMEOUT_MS = Number(process.env.READY_TIMEOUT_MS ?? 30_000); // only used to fail the test, never to wait
 const TEST_TIMEOUT_MS = 60_000; // overall deadline for the OAuth + MCP part
 const EXIT_TIMEOUT_MS = 10_000; // deadline for the gateway to exit after SIGTERM
-const READY_RE = /listening proxy=(\S+) mcp=(\S+) routes=(\S+) jwks=(\S+)/;
 
 const log = (...args) => console.error('[ts-e2e]', ...args);
-
-class CheckError extends Error {}
-function check(cond, message) {
-  if (!cond) throw new CheckError(message);
-}
-
-/** Rejects after `ms` with `what` timed out; the timer is cleared by `cancel`. Never used as a wait. */
-function deadline(ms, what) {
-  let timer;
-  const promise = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  return { promise, cancel: () => clearTimeout(timer) };
-}
-
-async function withDeadline(ms, what, work) {
-  const d = deadline(ms, what);
-  try {
-    return await Promise.race([work, d.promise]);
-  } finally {
-    d.cancel();
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Gateway process
-// ---------------------------------------------------------------------------
-
-class Gateway {
-  constructor() {
-    this.dataDir = mkdtempSync(path.join(tmpdir(), 'mcp-gw-ts-e2e-'));
-    this.output = []; // stdout + stderr lines, printed on failure
-    this.exitInfo = null;
-    this.child = null;
-  }
-
-  /** Spawns the binary and resolves with the four addresses once the readiness line appears on stderr. */
-  start() {
-    const args = [
-      '--proxy-addr', '127.0.0.1:0',
-      '--mcp-addr', '127.0.0.1:0',
-      '--routes-addr', '127.0.0.1:0',
-      '--jwks-addr', '127.0.0.1:0',
-      '--data-dir', this.dataDir,
-    ];
-    log(`starting ${GATEWAY_BIN} ${args.join(' ')}`);
-    const child = spawn(GATEWAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child = child;
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal };
-        resolve(this.exitInfo);
-      });
-    });
-    createInterface({ input: child.stdout }).on('line', (line) => this.output.push(`stdout: ${line}`));
-
-    const ready = new Promise((resolve, reject) => {
-      let settled = false;
-      const stderr = createInterface({ input: child.stderr });
-      stderr.on('line', (line) => {
-        this.output.push(`stderr: ${line}`);
-        const m = !settled && READY_RE.exec(line);
-        if (m) {
-          settled = true;
-          resolve({ proxy: m[1], mcp: m[2], routes: m[3], jwks: m[4] });
-        }
-      });
-      child.once('error', (err) => {
-        if (!settled) {
-          settled = true;
-          reject(new Error(`cannot start gateway ${GATEWAY_BIN}: ${err.message}`));
-        }
-      });
-      child.once('exit', (code, signal) => {
-        if (!settled) {
-          settled = true;
-          reject(new Error(`gateway exited before it was ready (code=${code}, signal=${signal})`));
-        }
-      });
-    });
-    return withDeadline(READY_TIMEOUT_MS, 'waiting for the gateway readiness line', ready);
-  }
-
-  /** SIGTERM to the child's own PID, then wait for it to exit. Returns its exit info. */
-  async stop() {
-    const child = this.child;
-    if (!child || child.pid === undefined) return null;
-    if (this.exitInfo === null) {
-      log(`sending SIGTERM to gateway pid ${child.pid}`);
-      try {
-        process.kill(child.pid, 'SIGTERM');
-      } catch (err) {
-        log(`SIGTERM failed: ${err.message}`);
-      }
-      try {
-        await withDeadline(EXIT_TIMEOUT_MS, 'waiting for the gateway to exit after SIGTERM', this.exited);
-      } catch (err) {
-        log(`${err.message}; sending SIGKILL to pid ${child.pid}`);
-        try {
-          process.kill(child.pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-        await this.exited;
-        return { ...this.exitInfo, timedOut: true };
-      }
-    }
-    return this.exitInfo;
-  }
-
-  cleanup() {
-    rmSync(this.dataDir, { recursive: true, force: true });
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Loopback redirect target (what a native MCP client would listen on)
@@ -461,17 +338,17 @@ async function runTest(base) {
 }
 
 async function main() {
-  const gateway = new Gateway();
+  const gateway = new Gateway({ label: 'ts-e2e', log });
   let error;
   try {
-    const addrs = await gateway.start();
+    const addrs = await gateway.start(READY_TIMEOUT_MS);
     log(`gateway ready: ${JSON.stringify(addrs)}`);
     const base = `http://${addrs.proxy}`;
     await withDeadline(TEST_TIMEOUT_MS, 'the OAuth + MCP flow', runTest(base));
   } catch (err) {
     error = err;
   } finally {
-    const exit = await gateway.stop();
+    const exit = await gateway.stop(EXIT_TIMEOUT_MS);
     if (!error && exit && (exit.timedOut || exit.code !== 0)) {
       error = new Error(`gateway did not exit 0 after SIGTERM: ${JSON.stringify(exit)}`);
     }
@@ -480,7 +357,6 @@ async function main() {
       for (const line of gateway.output.slice(-200)) console.error(line);
       console.error('----------------------');
     }
-    gateway.cleanup();
   }
   if (error) {
     console.error(error instanceof CheckError ? `FAIL: ${error.message}` : `FAIL: ${error.stack ?? error}`);
