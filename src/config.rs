@@ -38,13 +38,22 @@ pub struct Config {
     pub code_ttl: u64,
     /// How long a consent page stays answerable, seconds.
     pub consent_ttl: u64,
-    /// Clock skew tolerated on `exp`/`nbf`, seconds.
+    /// Clock skew tolerated on `exp`/`nbf` of tokens from other issuers (external IdP,
+    /// shared secret), seconds. The gateway's own tokens get none: one clock signs and checks.
     pub leeway_seconds: u64,
     /// `ES256` (default) or `RS256`.
     pub signing_alg: SigningAlg,
     /// Approve every authorization request without showing the consent page.
-    /// For development only; off by default.
+    /// For development only; off by default. Off loopback it needs `allow_anonymous_consent`.
     pub auto_approve: bool,
+    /// Let anyone who reaches a public (non-loopback) gateway approve consent as the local
+    /// user, without signing in. Off by default: a public gateway then needs `[[users]]`
+    /// with passwords. Logged as a warning at every start when it takes effect.
+    pub allow_anonymous_consent: bool,
+    /// Initial access tokens (RFC 7591 §3): a registration that presents one as a bearer
+    /// token may ask for `client_credentials`. Without one, dynamic registration only
+    /// creates clients that need a person's consent.
+    pub initial_access_tokens: Vec<InitialAccessToken>,
     /// The `sub` of the one local user who approves consent.
     pub user: String,
     /// Client registrations accepted per source address per minute.
@@ -73,6 +82,14 @@ pub struct Config {
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
     /// streams) are not cut by it.
     pub upstream_timeout_seconds: u64,
+    /// A connection whose request headers are not complete this long after it opened (or
+    /// after the previous response) is closed, seconds.
+    pub header_read_timeout_seconds: u64,
+    /// An idle keep-alive connection is closed after this long, seconds.
+    pub idle_timeout_seconds: u64,
+    /// Open connections accepted from one source address at a time on the public listener
+    /// (0: no cap); past it new connections are closed at once.
+    pub max_connections_per_source: usize,
     /// Where clients, grants and tokens are kept.
     pub store: StoreKind,
     /// Registered clients that obtain no token for this long are forgotten, seconds
@@ -94,6 +111,9 @@ pub struct Config {
     pub upstream_cmd: Option<String>,
     /// One child per MCP session instead of one shared by all.
     pub upstream_cmd_per_session: bool,
+    /// The environment of `upstream_cmd` children: they get PATH, HOME, LANG, TZ and what
+    /// this names, never the gateway's own environment.
+    pub upstream_env: UpstreamEnv,
     /// Headers sent to the upstream on every request (its own credential, say).
     pub upstream_headers: BTreeMap<String, String>,
     /// Headers carrying the verified identity to the upstream.
@@ -231,6 +251,31 @@ pub struct IdentityHeaders {
     pub client_id: Option<String>,
 }
 
+/// The environment given to `upstream_cmd` children besides PATH, HOME, LANG and TZ.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamEnv {
+    /// Variables passed through from the gateway's environment when set there.
+    pub pass: Vec<String>,
+    /// Variables set to these values.
+    pub set: BTreeMap<String, String>,
+}
+
+/// An initial access token (RFC 7591 §3) the operator hands to whoever may register
+/// clients that obtain tokens without a person (`client_credentials`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitialAccessToken {
+    /// Who holds it; named in audit events.
+    pub name: String,
+    /// SHA-256 of the token, base64url without padding (as for client secrets).
+    pub sha256: String,
+    /// Scopes a client registered with it may obtain at most (space separated; default:
+    /// all offered).
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
 /// A user who can sign in and approve consent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -274,6 +319,10 @@ pub struct ClientConfig {
     /// `client_secret_basic` (default with a secret) or `client_secret_post`.
     #[serde(default)]
     pub token_endpoint_auth_method: Option<String>,
+    /// A resource server that may introspect any token (RFC 7662); other clients may
+    /// introspect only their own. Needs a secret.
+    #[serde(default)]
+    pub introspect: bool,
 }
 
 impl ClientConfig {
@@ -384,6 +433,8 @@ impl Default for Config {
             leeway_seconds: 10,
             signing_alg: SigningAlg::ES256,
             auto_approve: false,
+            allow_anonymous_consent: false,
+            initial_access_tokens: Vec::new(),
             user: "local-user".to_string(),
             register_rate_per_minute: 60,
             token_rate_per_minute: 600,
@@ -396,6 +447,9 @@ impl Default for Config {
             tls_key: None,
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
+            max_connections_per_source: 512,
             store: StoreKind::Sqlite,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
@@ -406,6 +460,7 @@ impl Default for Config {
             upstream: None,
             upstream_cmd: None,
             upstream_cmd_per_session: false,
+            upstream_env: UpstreamEnv::default(),
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),
             cimd_enabled: true,
@@ -477,6 +532,43 @@ impl Config {
         }
     }
 
+    /// Whether the public URL's host is a loopback address (or `localhost`): the gateway
+    /// is reachable only from this machine. Without a public URL, the proxy's address says.
+    pub fn public_host_is_loopback(&self) -> bool {
+        let url_host_is_loopback = |u: &Url| match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        match &self.public_url {
+            Some(url) => Url::parse(url).is_ok_and(|u| url_host_is_loopback(&u)),
+            None => self.proxy_addr.ip().is_loopback(),
+        }
+    }
+
+    /// Whether a person must sign in before approving consent: there are users and every
+    /// one of them has a password.
+    pub fn sign_in_required(&self) -> bool {
+        !self.users.is_empty() && self.users.iter().all(|u| u.password_hash.is_some())
+    }
+
+    /// Conditions that are allowed but that the operator should hear about at every start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.auth_mode == AuthMode::Builtin
+            && self.allow_anonymous_consent
+            && !self.public_host_is_loopback()
+            && (self.auto_approve || !self.sign_in_required())
+        {
+            out.push(
+                "allow_anonymous_consent = true on a public URL: anyone who reaches this gateway can approve consent and get tokens"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Check values that types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| ConfigError::Invalid {
@@ -546,6 +638,40 @@ impl Config {
                 "a plain-http public URL on a non-loopback host exposes tokens; use https (public_url = \"https://...\" behind a TLS-terminating proxy) or pass --insecure-http",
             ));
         }
+        if self.auth_mode == AuthMode::Builtin
+            && !self.allow_anonymous_consent
+            && !self.public_host_is_loopback()
+        {
+            if self.auto_approve {
+                return Err(invalid(
+                    "auto_approve",
+                    "auto_approve on a public (non-loopback) URL lets anyone get tokens; turn it off, or set allow_anonymous_consent = true if that is really meant",
+                ));
+            }
+            if !self.sign_in_required() {
+                return Err(invalid(
+                    "users",
+                    "on a public (non-loopback) URL anyone could approve consent without signing in; add [[users]] with a password_hash (mcp-oauth-gateway hash-password), or set allow_anonymous_consent = true",
+                ));
+            }
+        }
+        if self.header_read_timeout_seconds == 0 {
+            return Err(invalid(
+                "header_read_timeout_seconds",
+                "must be at least 1 second",
+            ));
+        }
+        for t in &self.initial_access_tokens {
+            if t.name.is_empty() || t.sha256.len() != 43 {
+                return Err(ConfigError::Invalid {
+                    key: "initial_access_tokens",
+                    message: format!(
+                        "token `{}`: needs a name and the base64url SHA-256 of the token (43 characters) as sha256",
+                        t.name
+                    ),
+                });
+            }
+        }
         if self.access_token_ttl == 0 {
             return Err(invalid("access_token_ttl", "must be at least 1 second"));
         }
@@ -586,6 +712,12 @@ impl Config {
                 return Err(bad(format!(
                     "token_endpoint_auth_method `{m}` is not supported"
                 )));
+            }
+            if c.introspect && c.secret_sha256.is_none() {
+                return Err(bad(
+                    "introspect = true needs a secret_sha256: a resource server must authenticate"
+                        .into(),
+                ));
             }
             if c.secret_sha256.as_ref().is_some_and(|h| h.len() != 43) {
                 return Err(bad(
@@ -716,6 +848,7 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("https"));
         c.public_url = None;
         c.proxy_addr = "0.0.0.0:443".parse().unwrap();
+        c.allow_anonymous_consent = true;
         c.validate().unwrap();
     }
 
@@ -732,6 +865,7 @@ mod tests {
                 .contains("insecure-http")
         );
         c.insecure_http = true;
+        c.allow_anonymous_consent = true;
         c.validate().unwrap();
         for ok in [
             "https://mcp.example.com",
@@ -740,6 +874,7 @@ mod tests {
         ] {
             let c = Config {
                 public_url: Some(ok.into()),
+                allow_anonymous_consent: true,
                 ..Config::default()
             };
             c.validate().unwrap();
@@ -761,5 +896,58 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_public_url_needs_users_with_passwords_or_an_explicit_opt_in() {
+        let public = |extra: &str| {
+            toml::from_str::<Config>(&format!(
+                "public_url = \"https://mcp.example.com\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let err = public("").validate().unwrap_err().to_string();
+        assert!(
+            err.contains("[[users]]") && err.contains("allow_anonymous_consent"),
+            "{err}"
+        );
+        assert!(
+            public("[[users]]\nname = \"bob\"").validate().is_err(),
+            "a user without a password signs in with a name alone"
+        );
+        public("[[users]]\nname = \"bob\"\npassword_hash = \"$argon2id$x\"")
+            .validate()
+            .unwrap();
+        let opted_in = public("allow_anonymous_consent = true");
+        opted_in.validate().unwrap();
+        assert_eq!(opted_in.warnings().len(), 1, "the opt-in is announced");
+        let err = public(
+            "auto_approve = true\n[[users]]\nname = \"bob\"\npassword_hash = \"$argon2id$x\"",
+        )
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auto_approve"), "{err}");
+        assert!(
+            Config::default().warnings().is_empty(),
+            "loopback is not public"
+        );
+        let external = public("auth_mode = \"external\"");
+        external.validate().unwrap();
+    }
+
+    #[test]
+    fn introspecting_clients_need_a_secret_and_access_tokens_a_hash() {
+        let c: Config =
+            toml::from_str("[[clients]]\nclient_id = \"rs\"\nintrospect = true").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("introspect"));
+        let c: Config =
+            toml::from_str("[[initial_access_tokens]]\nname = \"ci\"\nsha256 = \"short\"").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("initial_access_tokens")
+        );
     }
 }

@@ -51,6 +51,9 @@ struct Cli {
     /// Allow a plain-http public URL on a non-loopback host.
     #[arg(long, env = "MCP_GATEWAY_INSECURE_HTTP")]
     insecure_http: bool,
+    /// On a public URL, let anyone approve consent without signing in (not recommended).
+    #[arg(long, env = "MCP_GATEWAY_ALLOW_ANONYMOUS_CONSENT")]
+    allow_anonymous_consent: bool,
     /// Serve the public listener over TLS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "MCP_GATEWAY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -172,6 +175,7 @@ impl Cli {
         c.auto_approve |= self.auto_approve;
         c.debug_trace |= self.debug_trace;
         c.insecure_http |= self.insecure_http;
+        c.allow_anonymous_consent |= self.allow_anonymous_consent;
         c.validate()?;
         Ok(c)
     }
@@ -303,6 +307,9 @@ async fn main() -> ExitCode {
     if let Err(e) = init_tracing(config.log_format, config.audit_log.as_deref()) {
         eprintln!("mcp-oauth-gateway: {e}");
         return ExitCode::from(2);
+    }
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
     // Every proxied connection holds two sockets (client side, backend side): lift the soft
     // descriptor limit to the hard one so a busy gateway does not run out at 1,024.

@@ -255,6 +255,7 @@ async fn client_credentials_for_a_preregistered_confidential_client() {
             grant_types: Some(vec!["client_credentials".into()]),
             scope: Some("mcp:read".into()),
             token_endpoint_auth_method: None,
+            introspect: false,
         }]
     })
     .await;

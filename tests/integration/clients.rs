@@ -192,6 +192,7 @@ async fn pre_registered_clients_from_config() {
                 grant_types: Some(vec!["client_credentials".into()]),
                 scope: Some("mcp:read".into()),
                 token_endpoint_auth_method: None,
+                introspect: false,
             },
             ClientConfig {
                 client_id: "claude".into(),
@@ -201,6 +202,7 @@ async fn pre_registered_clients_from_config() {
                 grant_types: None,
                 scope: None,
                 token_endpoint_auth_method: None,
+                introspect: false,
             },
         ]
     })
