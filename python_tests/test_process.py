@@ -49,3 +49,39 @@ def test_b2_signing_key_and_kid_persist_across_restart(gateway_factory, tmp_path
     with http_client() as http:
         k2 = http.get(f"{second.base}/.well-known/jwks.json").json()["keys"]
     assert [k["kid"] for k in k2] == [k["kid"] for k in k1]
+
+
+def _exit_of(tmp_path, *args):
+    gw = Gateway(tmp_path / "data", extra_args=list(args))
+    gw.spawn()
+    try:
+        code = gw.wait_exit()
+    finally:
+        gw.stop()
+    return code, gw.log_lines()
+
+
+def test_public_url_without_sign_in_refuses_to_start_with_one_line(tmp_path):
+    # Anyone reaching a public gateway would approve consent as the local user.
+    code, lines = _exit_of(tmp_path, "--public-url", "https://mcp.example.com")
+    assert code == 2, lines
+    errors = [line for line in lines if "mcp-oauth-gateway:" in line]
+    assert len(errors) == 1, lines
+    assert "[[users]]" in errors[0] and "allow_anonymous_consent" in errors[0], errors
+
+
+def test_auto_approve_off_loopback_refuses_to_start(tmp_path):
+    code, lines = _exit_of(tmp_path, "--public-url", "https://mcp.example.com",
+                           "--auto-approve")
+    assert code == 2, lines
+    assert any("auto_approve" in line for line in lines), lines
+
+
+def test_anonymous_consent_opt_in_starts_and_warns(tmp_path):
+    gw = Gateway(tmp_path / "data", extra_args=[
+        "--public-url", "https://mcp.example.com", "--allow-anonymous-consent"]).start()
+    try:
+        assert any("WARN" in line and "allow_anonymous_consent" in line
+                   for line in gw.log_lines()), gw.log_tail()
+    finally:
+        assert gw.stop() == 0, gw.log_tail()
