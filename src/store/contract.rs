@@ -82,9 +82,10 @@ fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
         rotated(s, "r1", "r3", 110, 30),
         RotateOutcome::Rotated(_)
     ));
-    assert!(
-        s.refresh("r2").unwrap().is_none(),
-        "the unused successor is dropped"
+    assert_eq!(
+        s.refresh("r2").unwrap().unwrap().rotated,
+        Some(Rotation::superseded(110)),
+        "the unused successor is superseded"
     );
     // r3 used -> r4; now r1 is a replay and revokes everything.
     assert!(matches!(
@@ -95,6 +96,80 @@ fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
     assert!(s.grant("g").unwrap().unwrap().revoked);
     assert!(s.is_access_token_revoked("jti-1").unwrap());
     assert_eq!(rotated(s, "r4", "r6", 113, 30), RotateOutcome::Invalid);
+}
+
+/// A retry of the predecessor inside the grace window must not fork the family: the
+/// superseded successor is dead, and whoever presents it afterwards revokes everything.
+fn b9_a_retry_never_forks_the_family(s: &dyn Store) {
+    s.insert_grant(grant("g")).unwrap();
+    s.add_access_token("g", "jti-1", 5000).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    // The client rotates r1 -> r2; someone else (a thief, or a lost response) uses r1 again
+    // inside the window: r2 is superseded by r3.
+    assert!(matches!(
+        rotated(s, "r1", "r2", 100, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert!(matches!(
+        rotated(s, "r1", "r3", 101, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    s.add_access_token("g", "jti-3", 5000).unwrap();
+    // The holder of r2 comes back: a replay, not an unknown token. The family is revoked, so
+    // the other chain (r3) dies with it and no one is left holding a live token.
+    assert_eq!(rotated(s, "r2", "r4", 102, 30), RotateOutcome::Replay);
+    assert!(s.grant("g").unwrap().unwrap().revoked);
+    assert!(s.is_access_token_revoked("jti-1").unwrap());
+    assert!(s.is_access_token_revoked("jti-3").unwrap());
+    assert_eq!(rotated(s, "r3", "r5", 103, 30), RotateOutcome::Invalid);
+    assert_eq!(rotated(s, "r4", "r6", 103, 30), RotateOutcome::Invalid);
+}
+
+/// A superseded successor stays dead even after the live chain moved on, and presenting it
+/// then is a replay as well.
+fn b9_a_superseded_token_is_a_replay_later_too(s: &dyn Store) {
+    s.insert_grant(grant("g")).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    rotated(s, "r1", "r2", 100, 30);
+    rotated(s, "r1", "r3", 101, 30);
+    assert!(matches!(
+        rotated(s, "r3", "r4", 102, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(rotated(s, "r2", "r5", 500, 30), RotateOutcome::Replay);
+    assert!(s.grant("g").unwrap().unwrap().revoked);
+    assert_eq!(rotated(s, "r4", "r6", 501, 30), RotateOutcome::Invalid);
+}
+
+/// Twenty concurrent uses of one token inside the window: however they interleave, exactly
+/// one of the successors that were handed out is live (neither rotated nor superseded).
+fn concurrent_rotations_leave_one_live_successor(s: Arc<dyn Store>) {
+    s.insert_grant(grant("g")).unwrap();
+    s.insert_refresh("r0".into(), rt("g")).unwrap();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let new = format!("n{i}");
+                (rotated(&*s, "r0", &new, 100, 30), new)
+            })
+        })
+        .collect();
+    let issued: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|(r, _)| matches!(r, RotateOutcome::Rotated(_)))
+        .map(|(_, new)| new)
+        .collect();
+    assert_eq!(issued.len(), 20, "every retry inside the window succeeds");
+    let live: Vec<_> = issued
+        .iter()
+        .filter(|h| s.refresh(h).unwrap().unwrap().rotated.is_none())
+        .collect();
+    assert_eq!(live.len(), 1, "one chain: {live:?}");
+    let dead = issued.iter().find(|h| *h != live[0]).unwrap();
+    assert_eq!(rotated(&*s, dead, "x", 101, 30), RotateOutcome::Replay);
+    assert_eq!(rotated(&*s, live[0], "y", 101, 30), RotateOutcome::Invalid);
 }
 
 fn b9_reuse_after_grace_is_replay(s: &dyn Store) {
@@ -340,6 +415,8 @@ contract!(
     codes_are_single_use_and_replays_are_reported,
     b9_rotation_grace_and_replay_revokes_family,
     b9_reuse_after_grace_is_replay,
+    b9_a_retry_never_forks_the_family,
+    b9_a_superseded_token_is_a_replay_later_too,
     revoking_before_storing_still_revokes,
     clients_and_pending_round_trip,
     clients_are_listed_and_revoking_one_revokes_its_grants,
@@ -357,6 +434,18 @@ fn concurrency_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).unwrap();
     concurrent_redemptions_yield_exactly_one_fresh(Arc::new(store));
+}
+
+#[test]
+fn concurrent_rotations_memory() {
+    concurrent_rotations_leave_one_live_successor(Arc::new(InMemoryStore::new()));
+}
+
+#[test]
+fn concurrent_rotations_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+    concurrent_rotations_leave_one_live_successor(Arc::new(store));
 }
 
 #[test]

@@ -347,7 +347,9 @@ impl Store for InMemoryStore {
                 return Ok(RotateOutcome::Replay);
             }
             RotationDecision::Retry { drop_successor } => {
-                inner.refresh.remove(&drop_successor);
+                if let Some(s) = inner.refresh.get_mut(&drop_successor) {
+                    s.rotated = Some(Rotation::superseded(now));
+                }
             }
             RotationDecision::Rotate => {}
         }
@@ -355,6 +357,7 @@ impl Store for InMemoryStore {
             t.rotated = Some(Rotation {
                 at: first_at,
                 successor: new_hash.clone(),
+                superseded: false,
             });
         }
         inner.refresh.insert(new_hash, new_token);

@@ -664,8 +664,13 @@ impl Store for SqliteStore {
                     return Ok(RotateOutcome::Replay);
                 }
                 RotationDecision::Retry { drop_successor } => {
-                    tx.execute("DELETE FROM refresh WHERE hash = ?1", [drop_successor])
-                        .map_err(err)?;
+                    if let Some(dead) = get_refresh(tx, &drop_successor)? {
+                        let dead = RefreshToken {
+                            rotated: Some(Rotation::superseded(now)),
+                            ..dead
+                        };
+                        put_refresh(tx, &drop_successor, &dead)?;
+                    }
                 }
                 RotationDecision::Rotate => {}
             }
@@ -673,6 +678,7 @@ impl Store for SqliteStore {
                 rotated: Some(Rotation {
                     at: first_at,
                     successor: new_hash.clone(),
+                    superseded: false,
                 }),
                 ..old
             };
