@@ -448,6 +448,41 @@ fn concurrent_rotations_sqlite() {
     concurrent_rotations_leave_one_live_successor(Arc::new(store));
 }
 
+/// Issue 12: the database and its WAL and shared-memory files are 0600 in a 0700 data dir,
+/// whatever the umask, and files left more open by an older gateway are tightened.
+#[cfg(unix)]
+#[test]
+fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = data.join("gateway.db");
+    let files = ["gateway.db", "gateway.db-wal", "gateway.db-shm"].map(|f| data.join(f));
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_grant(grant("g")).unwrap();
+        assert_eq!(mode(&data), 0o700, "the data dir");
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    }
+    // Opened again after someone loosened them: tightened again.
+    for f in files.iter().filter(|f| f.exists()) {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    s.insert_grant(grant("g2")).unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert!(s.grant("g").unwrap().is_some(), "the data is kept");
+}
+
 #[test]
 fn sqlite_state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();

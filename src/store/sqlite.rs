@@ -99,15 +99,32 @@ fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
 
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    ///
+    /// The database holds client secret hashes, refresh token hashes and who granted what,
+    /// so on Unix its directory is made 0700 and the file is created 0600 before SQLite
+    /// opens it (an existing one is tightened to 0600); SQLite gives the `-wal` and `-shm`
+    /// files the database file's mode.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let at = |e: StoreError| StoreError::Unavailable(format!("{}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| at(err(e)))?;
+            make_private_dir(dir);
         }
-        Connection::open(path)
+        make_private_file(path).map_err(|e| at(err(e)))?;
+        let store = Connection::open(path)
             .map_err(err)
             .and_then(Self::init)
-            .map_err(at)
+            .map_err(at)?;
+        // Left behind 0644 by an older gateway: SQLite keeps an existing file's mode.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                restrict(&side, 0o600).map_err(|e| at(err(e)))?;
+            }
+        }
+        Ok(store)
     }
 
     /// A private in-memory database (tests).
@@ -173,6 +190,54 @@ impl SqliteStore {
         tx.commit().map_err(err)?;
         Ok(out)
     }
+}
+
+/// Set `path`'s permission bits (Unix; elsewhere nothing to do).
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+/// Make the data dir 0700. A shared dir (sticky bit, like `/tmp`) is never narrowed, and
+/// one we may write in but not chmod (a volume owned by another user) is left as it is; both
+/// with a warning: the files in it are 0600 regardless.
+fn make_private_dir(dir: &Path) {
+    if dir.as_os_str().is_empty() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let sticky = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o1000 != 0);
+        if sticky {
+            tracing::warn!(dir = %dir.display(), "the data dir is a shared (sticky) directory; use a private one");
+            return;
+        }
+    }
+    if let Err(e) = restrict(dir, 0o700) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not make the data dir private (0700)");
+    }
+}
+
+/// Create the database file with mode 0600 if it does not exist, else make it 0600.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    drop(options.open(path)?);
+    restrict(path, 0o600)
 }
 
 fn purge(tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
