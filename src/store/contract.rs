@@ -351,12 +351,22 @@ fn live_grants_are_listed_and_counted(s: &dyn Store) {
     assert_eq!(s.live_counts(10_000).unwrap().grants, 0, "all expired");
 }
 
-fn pending_requests_and_codes_are_capped(s: &dyn Store) {
+/// Issue 12: the caps bound what waits but never refuse a new request: the oldest waiting
+/// request gives way (the client's own when its cap is reached, pending consent requests
+/// before unredeemed codes), so strangers cannot lock a client out.
+fn pending_requests_evict_the_oldest_at_the_caps(s: &dyn Store) {
     let limits = PendingLimits {
-        total: 3,
+        total: 4,
         per_client: 2,
     };
     let admit = |id: &str, client: &str| s.admit_pending(pending(id, client, 500), 100, limits);
+    let waiting = |id: &str| {
+        let p = s.take_pending(id).unwrap();
+        if let Some(p) = &p {
+            s.insert_pending(p.clone(), 100).unwrap();
+        }
+        p.is_some()
+    };
     assert_eq!(admit("a1", "a").unwrap(), Admission::Admitted);
     let code_a = AuthCode {
         client_id: "a".into(),
@@ -364,44 +374,91 @@ fn pending_requests_and_codes_are_capped(s: &dyn Store) {
         ..code("g")
     };
     assert_eq!(
-        s.admit_code("ha".into(), code_a.clone(), 100, limits)
-            .unwrap(),
+        s.admit_code("ha".into(), code_a, 100, limits).unwrap(),
         Admission::Admitted
     );
-    assert_eq!(admit("a2", "a").unwrap(), Admission::ClientFull);
-    assert_eq!(
-        s.admit_code("ha2".into(), code_a, 100, limits).unwrap(),
-        Admission::ClientFull
-    );
-    assert_eq!(admit("b1", "b").unwrap(), Admission::Admitted);
-    assert_eq!(admit("c1", "c").unwrap(), Admission::Full);
-    // Refusals store nothing and lose nothing.
-    assert!(s.take_pending("a2").unwrap().is_none());
-    assert!(s.take_pending("c1").unwrap().is_none());
-    assert!(matches!(
-        s.redeem_code("ha2", 100).unwrap(),
-        CodeRedemption::Unknown
-    ));
+    // A third for a: its oldest pending request gives way (not the older code), and the new
+    // one is stored.
+    assert_eq!(admit("a2", "a").unwrap(), Admission::EvictedForClient);
     assert!(
-        s.take_pending("a1").unwrap().is_some(),
-        "admitted requests stay"
+        !waiting("a1"),
+        "the oldest pending request of a was evicted"
     );
-    // a1 was answered: room for one more of a's.
-    assert_eq!(admit("a3", "a").unwrap(), Admission::Admitted);
-    // Expired entries do not count.
+    assert!(waiting("a2"));
+    // Other clients are untouched by a's cap.
+    assert_eq!(admit("b1", "b").unwrap(), Admission::Admitted);
+    assert_eq!(admit("b2", "b").unwrap(), Admission::Admitted);
+    assert!(waiting("b1") && waiting("b2"));
+    // The total (ha, a2, b1, b2): a new client's request evicts the oldest pending one of
+    // anyone. Same expiry: arrival order decides, and a2 came first (`waiting` re-inserts,
+    // which counts as arriving again, but a2's check ran before b1 arrived).
+    assert_eq!(admit("c1", "c").unwrap(), Admission::EvictedForTotal);
+    assert!(
+        !waiting("a2"),
+        "the oldest pending request of anyone gave way"
+    );
+    assert!(waiting("b1") && waiting("b2") && waiting("c1"));
+    assert!(
+        matches!(s.redeem_code("ha", 100).unwrap(), CodeRedemption::Fresh(_)),
+        "codes wait while pending requests can give way"
+    );
+    // Expired entries neither count nor are evicted.
     assert_eq!(
         s.admit_pending(pending("late", "a", 900), 600, limits)
             .unwrap(),
         Admission::Admitted
     );
-    // Re-inserting a request that was taken is never refused.
-    s.insert_pending(pending("again", "a", 900), 600).unwrap();
-    // No limits: always admitted.
+    // No limits: never evicts.
     assert_eq!(
         s.admit_pending(pending("free", "a", 900), 600, PendingLimits::default())
             .unwrap(),
         Admission::Admitted
     );
+    assert!(waiting("late") && waiting("free"));
+}
+
+/// When only codes wait, the oldest code gives way (the cap still bounds memory), and a
+/// new code always gets in.
+fn codes_give_way_when_nothing_else_waits(s: &dyn Store) {
+    let limits = PendingLimits {
+        total: 0,
+        per_client: 2,
+    };
+    let code_d = |exp: u64| AuthCode {
+        client_id: "d".into(),
+        expires_at: exp,
+        ..code("g")
+    };
+    for (hash, exp) in [("hd1", 300), ("hd2", 400)] {
+        assert_eq!(
+            s.admit_code(hash.into(), code_d(exp), 100, limits).unwrap(),
+            Admission::Admitted
+        );
+    }
+    assert_eq!(
+        s.admit_code("hd3".into(), code_d(400), 100, limits)
+            .unwrap(),
+        Admission::EvictedForClient
+    );
+    assert_eq!(s.redeem_code("hd1", 100).unwrap(), CodeRedemption::Unknown);
+    for hash in ["hd2", "hd3"] {
+        assert!(matches!(
+            s.redeem_code(hash, 100).unwrap(),
+            CodeRedemption::Fresh(_)
+        ));
+    }
+    // A pending request over the cap evicts a code when the client has nothing pending.
+    s.admit_code("hd4".into(), code_d(400), 100, limits)
+        .unwrap();
+    s.admit_code("hd5".into(), code_d(400), 100, limits)
+        .unwrap();
+    assert_eq!(
+        s.admit_pending(pending("pd", "d", 500), 100, limits)
+            .unwrap(),
+        Admission::EvictedForClient
+    );
+    assert_eq!(s.redeem_code("hd4", 100).unwrap(), CodeRedemption::Unknown);
+    assert!(s.take_pending("pd").unwrap().is_some());
 }
 
 macro_rules! contract {
@@ -421,7 +478,8 @@ contract!(
     clients_and_pending_round_trip,
     clients_are_listed_and_revoking_one_revokes_its_grants,
     live_grants_are_listed_and_counted,
-    pending_requests_and_codes_are_capped
+    pending_requests_evict_the_oldest_at_the_caps,
+    codes_give_way_when_nothing_else_waits
 );
 
 #[test]
@@ -543,9 +601,10 @@ fn sqlite_migrates_version_3_databases() {
     };
     assert_eq!(
         s.admit_pending(pending("q", "c", 500), 100, one).unwrap(),
-        Admission::ClientFull,
+        Admission::EvictedForClient,
         "the migrated pending request counts for its client"
     );
+    assert!(s.take_pending("p").unwrap().is_none(), "and gives way");
     assert_eq!(
         s.revoke_client("c").unwrap().grants,
         1,

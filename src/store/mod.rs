@@ -235,7 +235,9 @@ pub fn decide_rotation(
 }
 
 /// Caps on what waits for someone: authorization requests awaiting the user's decision plus
-/// codes awaiting redemption, counted together. 0 means no cap.
+/// codes awaiting redemption, counted together. 0 means no cap. A cap bounds memory but never
+/// refuses a new request: the oldest waiting one gives way (so strangers sending abandoned
+/// requests cannot lock a client out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PendingLimits {
     /// For all clients together.
@@ -245,27 +247,31 @@ pub struct PendingLimits {
 }
 
 impl PendingLimits {
-    /// Whether one more may be admitted when `total` and `client` already wait.
+    /// Whether one more fits when `total` and `client` already wait, or which cap makes the
+    /// oldest waiting request give way. The client's cap comes first: evicting one of the
+    /// client's own requests makes room under the total too.
     pub fn admit(&self, total: usize, client: usize) -> Admission {
-        if self.total > 0 && total >= self.total {
-            Admission::Full
-        } else if self.per_client > 0 && client >= self.per_client {
-            Admission::ClientFull
+        if self.per_client > 0 && client >= self.per_client {
+            Admission::EvictedForClient
+        } else if self.total > 0 && total >= self.total {
+            Admission::EvictedForTotal
         } else {
             Admission::Admitted
         }
     }
 }
 
-/// Whether a new authorization request (or code) was stored.
+/// How a new authorization request (or code) was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Stored.
+    /// Stored; there was room.
     Admitted,
-    /// Not stored: this client has too many waiting.
-    ClientFull,
-    /// Not stored: too many wait altogether.
-    Full,
+    /// Stored after evicting this client's oldest waiting request (a pending one if it has
+    /// any, else its oldest unredeemed code): it had `per_client` waiting.
+    EvictedForClient,
+    /// Stored after evicting the oldest waiting request of any client (pending ones first):
+    /// `total` waited altogether.
+    EvictedForTotal,
 }
 
 /// How much live state the store holds, for the operator's gauges.
@@ -328,8 +334,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Save a request awaiting consent.
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()>;
-    /// Save a new request awaiting consent unless `limits` are reached; the count and the
-    /// insert are one atomic step.
+    /// Save a new request awaiting consent; when `limits` are reached, first evict the
+    /// oldest waiting request (see [`Admission`]). Counting, evicting and inserting are one
+    /// atomic step.
     fn admit_pending(
         &self,
         pending: PendingAuthorization,
@@ -350,8 +357,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Save a code under the hash of its value.
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;
-    /// Save a code for a new authorization request unless `limits` are reached (counted
-    /// with pending requests, as [`Store::admit_pending`]).
+    /// Save a code for a new authorization request, evicting the oldest waiting request
+    /// when `limits` are reached (counted with pending requests, as [`Store::admit_pending`]).
     fn admit_code(
         &self,
         code_hash: String,

@@ -294,6 +294,52 @@ fn waiting(tx: &Transaction<'_>, client_id: &str, now: u64) -> StoreResult<(usiz
     Ok((count(total), count(client)))
 }
 
+/// Count what waits and, while a cap is reached, evict the oldest live pending request (of
+/// `client_id` when its cap is the one reached), else the oldest live code. Returns the
+/// first verdict: whether anything had to give way.
+fn make_room(
+    tx: &Transaction<'_>,
+    client_id: &str,
+    now: u64,
+    limits: PendingLimits,
+) -> StoreResult<Admission> {
+    let verdict = |tx: &Transaction<'_>| -> StoreResult<Admission> {
+        let (total, client) = waiting(tx, client_id, now)?;
+        Ok(limits.admit(total, client))
+    };
+    let first = verdict(tx)?;
+    let mut current = first;
+    while current != Admission::Admitted {
+        let only = (current == Admission::EvictedForClient).then_some(client_id);
+        if !evict_oldest(tx, only, now)? {
+            break;
+        }
+        current = verdict(tx)?;
+    }
+    Ok(first)
+}
+
+/// Delete the oldest live pending request (of `only`, when given; arrival order breaks
+/// ties), else the oldest live code; whether there was one.
+fn evict_oldest(tx: &Transaction<'_>, only: Option<&str>, now: u64) -> StoreResult<bool> {
+    for table in ["pending", "codes"] {
+        let deleted = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rowid = (SELECT rowid FROM {table}
+                     WHERE expires_at > ?1 AND (?2 IS NULL OR client_id = ?2)
+                     ORDER BY expires_at, rowid LIMIT 1)"
+                ),
+                params![int(now), only],
+            )
+            .map_err(err)?;
+        if deleted > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn put_pending(tx: &Transaction<'_>, pending: &PendingAuthorization) -> StoreResult<()> {
     tx.execute(
         "INSERT OR REPLACE INTO pending (id, data, expires_at, client_id) VALUES (?1, ?2, ?3, ?4)",
@@ -476,11 +522,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Admission> {
         self.tx(|tx| {
             self.purge_now_and_then(tx, now)?;
-            let (total, client) = waiting(tx, &pending.client_id, now)?;
-            let admission = limits.admit(total, client);
-            if admission == Admission::Admitted {
-                put_pending(tx, &pending)?;
-            }
+            let admission = make_room(tx, &pending.client_id, now, limits)?;
+            put_pending(tx, &pending)?;
             Ok(admission)
         })
     }
@@ -564,11 +607,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Admission> {
         self.tx(|tx| {
             self.purge_now_and_then(tx, now)?;
-            let (total, client) = waiting(tx, &code.client_id, now)?;
-            let admission = limits.admit(total, client);
-            if admission == Admission::Admitted {
-                put_code(tx, &code_hash, &code)?;
-            }
+            let admission = make_room(tx, &code.client_id, now, limits)?;
+            put_code(tx, &code_hash, &code)?;
             Ok(admission)
         })
     }
