@@ -13,7 +13,8 @@ import subprocess
 import httpx
 
 from flow import (REDIRECT_URI, McpClient, authorize_params, full_flow, get_authorize,
-                  location_query, parse_forms, pkce_s256, refresh, register_client_id)
+                  location_query, parse_consent_form, parse_forms, pkce_s256, post_consent,
+                  refresh, register_client_id)
 from gateway_proc import gateway_binary
 
 
@@ -128,17 +129,23 @@ def test_error_bodies_carry_the_request_id(gateway, http):
     assert r.json()["error"]["data"]["request_id"] == "py-rid-2"
 
 
-def test_pending_authorizations_are_capped(gateway_factory, http, tmp_path):
+def test_pending_authorizations_are_capped_and_the_oldest_gives_way(gateway_factory, http,
+                                                                     tmp_path):
+    """Issue 12: the cap bounds what waits, but a new request always gets through; the
+    oldest waiting one is evicted and its consent page says it expired."""
     cfg = tmp_path / "cap.toml"
     cfg.write_text("max_pending_per_client = 1\n")
     gw = gateway_factory("--config", str(cfg))
     client_id = register_client_id(http, gw.base)
     first = get_authorize(http, gw.base, authorize_params(client_id, pkce_s256(), base=gw.base))
     assert first.status_code == 200
-    over = get_authorize(http, gw.base, authorize_params(client_id, pkce_s256(), base=gw.base))
-    assert over.status_code == 302
-    target, q = location_query(over)
-    assert target == REDIRECT_URI
-    assert q["error"] == "temporarily_unavailable" and "code" not in q
+    second = get_authorize(http, gw.base, authorize_params(client_id, pkce_s256(), base=gw.base))
+    assert second.status_code == 200, second.text[:300]
+    stale = post_consent(http, gw.base, parse_consent_form(first.text), "approve")
+    assert stale.status_code == 400 and "expired" in stale.text
+    ok = post_consent(http, gw.base, parse_consent_form(second.text), "approve")
+    assert ok.status_code == 302
+    target, q = location_query(ok)
+    assert target == REDIRECT_URI and "code" in q
     metrics = httpx.get(f"http://{gw.routes_addr}/metrics").text
     assert "mcp_gateway_authorizations_over_pending_limit_total 1" in metrics

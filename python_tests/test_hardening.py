@@ -408,9 +408,10 @@ def test_b1_fifty_concurrent_redemptions_of_one_code_yield_one_token_then_revoke
 
 def test_b9_twenty_concurrent_refreshes_leave_exactly_one_current_token(gateway, http):
     """Default grace window (60 s). Each use of the rotated-out R0 while its successor is
-    unused is a retry (`decide_rotation`): it succeeds and drops the unused successor. So
-    under a burst every request that succeeds rotates within the same family, nothing is
-    revoked, and at the end exactly one refresh token is current."""
+    unused is a retry (`decide_rotation`): it succeeds and supersedes the unused successor.
+    So under a burst every request that succeeds rotates within the same family, nothing is
+    revoked, and at the end exactly one refresh token is current; presenting a superseded
+    one afterwards is a replay that revokes the family."""
     conf, secret = _register_confidential(http, gateway.base)  # for introspection
     pub = _register_public(http, gateway.base)
     pkce, code = _authorize(http, gateway.base, pub, scope="mcp:read")
@@ -444,12 +445,15 @@ def test_b9_twenty_concurrent_refreshes_leave_exactly_one_current_token(gateway,
     nxt = tokens_from(refresh(http, gateway.base, pub, active[0]), pub)
     assert _mcp_status(http, gateway.base, nxt.access_token) == 200
     assert _introspect(http, gateway.base, nxt.refresh_token, conf, secret)["active"] is True
-    # The 19 dropped siblings are dead. They were deleted, not rotated out, so presenting one
-    # is an unknown token (invalid_grant) and not a replay: the family lives on.
+    # The 19 superseded siblings are dead, and presenting one is a replay (issue 12: at most
+    # one chain is ever live, so whoever held a sibling lost a race to someone else): the
+    # whole family is revoked, the current chain included.
     dropped = [rt for rt in new_refresh if rt != active[0]]
     assert len(dropped) == 19
     _json_error(refresh(http, gateway.base, pub, dropped[0]), 400, "invalid_grant")
-    tokens_from(refresh(http, gateway.base, pub, nxt.refresh_token), pub)
+    _json_error(refresh(http, gateway.base, pub, nxt.refresh_token), 400, "invalid_grant")
+    assert _mcp_status(http, gateway.base, nxt.access_token) == 401
+    assert _introspect(http, gateway.base, nxt.refresh_token, conf, secret)["active"] is False
 
 
 def test_b6_fifty_concurrent_registrations_under_the_default_rate_limit(gateway):

@@ -50,7 +50,7 @@ def test_b9_refresh_token_bound_to_client(gateway, http):
     assert r.json()["error"] in ("invalid_grant", "invalid_client")
 
 
-def test_b9_reuse_within_grace_window_works_and_kills_unused_successor(gateway, http):
+def test_b9_reuse_within_grace_window_works_and_supersedes_unused_successor(gateway, http):
     t1 = full_flow(http, gateway.base)
     r1 = t1.refresh_token
     t2 = tokens_from(refresh(http, gateway.base, t1.client_id, r1), t1.client_id)
@@ -61,8 +61,12 @@ def test_b9_reuse_within_grace_window_works_and_kills_unused_successor(gateway, 
     # R2' keeps rotating normally ...
     t3 = tokens_from(refresh(http, gateway.base, t1.client_id, t2b.refresh_token), t1.client_id)
     assert _works(http, gateway.base, t3.access_token)
-    # ... while the superseded R2 is dead.
+    # ... while the superseded R2 is dead, and presenting it is a replay (issue 12): the
+    # family is revoked, so the two chains cannot both live on.
     _invalid_grant(refresh(http, gateway.base, t1.client_id, t2.refresh_token))
+    _invalid_grant(refresh(http, gateway.base, t1.client_id, t3.refresh_token))
+    for t in (t2, t2b, t3):
+        assert not _works(http, gateway.base, t.access_token)
 
 
 def test_b9_reuse_after_successor_used_revokes_family(gateway, http):

@@ -63,9 +63,10 @@ pub struct Config {
     /// Authorization requests accepted per source address per minute (0: unlimited).
     pub authorize_rate_per_minute: u32,
     /// Authorization requests awaiting consent plus codes not yet redeemed, at most, for all
-    /// clients together; past it `/authorize` answers `temporarily_unavailable` (0: no cap).
+    /// clients together; past it a new `/authorize` request evicts the oldest waiting one
+    /// (pending requests before codes), so the cap bounds memory but never refuses (0: no cap).
     pub max_pending_authorizations: usize,
-    /// The same cap for each client (0: no cap).
+    /// The same cap for each client, evicting that client's oldest (0: no cap).
     pub max_pending_per_client: usize,
     /// Allow a plain-http public URL on a non-loopback host (behind a TLS-terminating load
     /// balancer, give `public_url = "https://..."` instead).

@@ -1,7 +1,7 @@
 //! Prometheus metrics (OpenMetrics text) for operators: traffic per backend, proxy latency,
 //! token validations by outcome, issuance by grant, replays, registrations, upstream
 //! errors, key and introspection cache lookups, live clients and grants, authorization
-//! requests refused over the pending cap. Labels are fixed vocabularies (backend names,
+//! requests arriving over the pending cap. Labels are fixed vocabularies (backend names,
 //! outcomes, grant types, status codes, cache names): no label can carry a token or
 //! anything a client chose.
 
@@ -177,7 +177,7 @@ impl Metrics {
         );
         registry.register(
             "authorizations_over_pending_limit",
-            "Authorization requests refused because too many were pending",
+            "Authorization requests that arrived over a pending cap (each evicted the oldest waiting one)",
             over_pending_limit.clone(),
         );
         Self {
@@ -270,7 +270,7 @@ impl Metrics {
         self.live_grants.set(gauge(grants));
     }
 
-    /// An authorization request was refused: too many pending.
+    /// An authorization request arrived over a pending cap; the oldest waiting one gave way.
     pub fn over_pending_limit(&self) {
         self.over_pending_limit.inc();
     }

@@ -4,9 +4,10 @@
 //! Client and redirect URI are checked first: if either is wrong the user sees an error
 //! page and is never redirected (b8). Every later error goes back to the redirect URI.
 //!
-//! A new request is stored only under the caps on pending requests and unredeemed codes
-//! (`max_pending_authorizations`, `max_pending_per_client`); past them the client is told
-//! `temporarily_unavailable` (RFC 6749 §4.1.2.1) and nothing already waiting is dropped.
+//! Pending requests and unredeemed codes are capped (`max_pending_authorizations`,
+//! `max_pending_per_client`), but a new request is never refused: at a cap the oldest
+//! waiting request gives way (the client's own at its cap; pending requests before codes),
+//! and its consent page then says it expired. Abandoned requests cannot lock a client out.
 
 use std::net::SocketAddr;
 
@@ -273,14 +274,13 @@ fn scope_words(scope: &str) -> &'static str {
 
 /// Why an approved request got no code.
 enum ApproveError {
-    /// Too many requests and codes wait (only for a new request).
-    Full(Admission),
     /// Our fault (random source, store, an unusable redirect URI).
     Failed,
 }
 
-/// Whether a request is new (from `/authorize`: the pending caps apply) or continues one
-/// already admitted (after sign-in or consent: it only changes form, and is never refused).
+/// Whether a request is new (from `/authorize`: the pending caps apply, and may evict the
+/// oldest waiting request) or continues one already admitted (after sign-in or consent: it
+/// only changes form, and evicts nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Arrival {
     /// A new authorization request.
@@ -316,14 +316,11 @@ fn approve(
     let hash = sha256_b64(&code);
     match arrival {
         Arrival::New => {
-            match state
+            let admission = state
                 .store
                 .admit_code(hash, record, now, state.pending_limits())
-                .map_err(failed)?
-            {
-                Admission::Admitted => {}
-                full => return Err(ApproveError::Full(full)),
-            }
+                .map_err(failed)?;
+            note_eviction(state, p, admission);
         }
         Arrival::Admitted => state.store.insert_code(hash, record).map_err(failed)?,
     }
@@ -337,51 +334,37 @@ fn approve(
     redirect_with(&p.redirect_uri, &pairs).ok_or(ApproveError::Failed)
 }
 
-/// Store a request awaiting the user: under the pending caps when it is new.
+/// Store a request awaiting the user: under the pending caps when it is new (the oldest
+/// waiting request gives way when a cap is reached).
 fn keep_pending(
     state: &AppState,
     pending: &PendingAuthorization,
     now: u64,
     arrival: Arrival,
-) -> StoreResult<Admission> {
+) -> StoreResult<()> {
     match arrival {
-        Arrival::New => state
-            .store
-            .admit_pending(pending.clone(), now, state.pending_limits()),
-        Arrival::Admitted => state
-            .store
-            .insert_pending(pending.clone(), now)
-            .map(|()| Admission::Admitted),
+        Arrival::New => {
+            let admission =
+                state
+                    .store
+                    .admit_pending(pending.clone(), now, state.pending_limits())?;
+            note_eviction(state, pending, admission);
+            Ok(())
+        }
+        Arrival::Admitted => state.store.insert_pending(pending.clone(), now),
     }
 }
 
-/// The answer when too many authorization requests wait: RFC 6749 §4.1.2.1
-/// `temporarily_unavailable` at the (validated) redirect URI; nothing is stored, nothing
-/// already waiting is dropped.
-fn over_pending_limit(state: &AppState, p: &PendingAuthorization, full: Admission) -> Response {
-    state.metrics.over_pending_limit();
-    let which = if full == Admission::ClientFull {
-        "client"
-    } else {
-        "total"
+/// A new request arrived over a pending cap and the oldest waiting one was evicted to make
+/// room (its consent page now says it expired): count it and say which cap.
+fn note_eviction(state: &AppState, p: &PendingAuthorization, admission: Admission) {
+    let which = match admission {
+        Admission::Admitted => return,
+        Admission::EvictedForClient => "client",
+        Admission::EvictedForTotal => "total",
     };
-    tracing::warn!(client_id = %p.client_id, limit = which, "authorization request refused: too many pending");
-    let description = "too many authorization requests are waiting; try again later";
-    match error_redirect(
-        &state.settings.issuer,
-        &p.redirect_uri,
-        p.state.as_deref(),
-        "temporarily_unavailable",
-        description,
-    ) {
-        Some(loc) => found(&loc),
-        None => error_page(
-            &state.templates,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            description,
-        ),
-    }
+    state.metrics.over_pending_limit();
+    tracing::warn!(client_id = %p.client_id, limit = which, "too many authorization requests pending: the oldest was evicted");
 }
 
 fn error_redirect(
@@ -517,8 +500,7 @@ pub(crate) fn proceed(
     };
     let Some(sub) = user else {
         return match keep_pending(state, &pending, now, arrival) {
-            Ok(Admission::Admitted) => login::login_page(state, &pending, client, "", None),
-            Ok(full) => over_pending_limit(state, &pending, full),
+            Ok(()) => login::login_page(state, &pending, client, "", None),
             Err(e) => unavailable(&e),
         };
     };
@@ -548,7 +530,6 @@ pub(crate) fn proceed(
     if state.settings.config.auto_approve || remembered {
         return match approve(state, &pending, now, meta, arrival) {
             Ok(loc) => found(&loc),
-            Err(ApproveError::Full(full)) => over_pending_limit(state, &pending, full),
             Err(ApproveError::Failed) => error_page(
                 env,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -558,8 +539,7 @@ pub(crate) fn proceed(
         };
     }
     match keep_pending(state, &pending, now, arrival) {
-        Ok(Admission::Admitted) => consent_page(state, &pending, client, &sub),
-        Ok(full) => over_pending_limit(state, &pending, full),
+        Ok(()) => consent_page(state, &pending, client, &sub),
         Err(e) => unavailable(&e),
     }
 }

@@ -82,9 +82,10 @@ fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
         rotated(s, "r1", "r3", 110, 30),
         RotateOutcome::Rotated(_)
     ));
-    assert!(
-        s.refresh("r2").unwrap().is_none(),
-        "the unused successor is dropped"
+    assert_eq!(
+        s.refresh("r2").unwrap().unwrap().rotated,
+        Some(Rotation::superseded(110)),
+        "the unused successor is superseded"
     );
     // r3 used -> r4; now r1 is a replay and revokes everything.
     assert!(matches!(
@@ -95,6 +96,80 @@ fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
     assert!(s.grant("g").unwrap().unwrap().revoked);
     assert!(s.is_access_token_revoked("jti-1").unwrap());
     assert_eq!(rotated(s, "r4", "r6", 113, 30), RotateOutcome::Invalid);
+}
+
+/// A retry of the predecessor inside the grace window must not fork the family: the
+/// superseded successor is dead, and whoever presents it afterwards revokes everything.
+fn b9_a_retry_never_forks_the_family(s: &dyn Store) {
+    s.insert_grant(grant("g")).unwrap();
+    s.add_access_token("g", "jti-1", 5000).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    // The client rotates r1 -> r2; someone else (a thief, or a lost response) uses r1 again
+    // inside the window: r2 is superseded by r3.
+    assert!(matches!(
+        rotated(s, "r1", "r2", 100, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert!(matches!(
+        rotated(s, "r1", "r3", 101, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    s.add_access_token("g", "jti-3", 5000).unwrap();
+    // The holder of r2 comes back: a replay, not an unknown token. The family is revoked, so
+    // the other chain (r3) dies with it and no one is left holding a live token.
+    assert_eq!(rotated(s, "r2", "r4", 102, 30), RotateOutcome::Replay);
+    assert!(s.grant("g").unwrap().unwrap().revoked);
+    assert!(s.is_access_token_revoked("jti-1").unwrap());
+    assert!(s.is_access_token_revoked("jti-3").unwrap());
+    assert_eq!(rotated(s, "r3", "r5", 103, 30), RotateOutcome::Invalid);
+    assert_eq!(rotated(s, "r4", "r6", 103, 30), RotateOutcome::Invalid);
+}
+
+/// A superseded successor stays dead even after the live chain moved on, and presenting it
+/// then is a replay as well.
+fn b9_a_superseded_token_is_a_replay_later_too(s: &dyn Store) {
+    s.insert_grant(grant("g")).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    rotated(s, "r1", "r2", 100, 30);
+    rotated(s, "r1", "r3", 101, 30);
+    assert!(matches!(
+        rotated(s, "r3", "r4", 102, 30),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(rotated(s, "r2", "r5", 500, 30), RotateOutcome::Replay);
+    assert!(s.grant("g").unwrap().unwrap().revoked);
+    assert_eq!(rotated(s, "r4", "r6", 501, 30), RotateOutcome::Invalid);
+}
+
+/// Twenty concurrent uses of one token inside the window: however they interleave, exactly
+/// one of the successors that were handed out is live (neither rotated nor superseded).
+fn concurrent_rotations_leave_one_live_successor(s: Arc<dyn Store>) {
+    s.insert_grant(grant("g")).unwrap();
+    s.insert_refresh("r0".into(), rt("g")).unwrap();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let new = format!("n{i}");
+                (rotated(&*s, "r0", &new, 100, 30), new)
+            })
+        })
+        .collect();
+    let issued: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|(r, _)| matches!(r, RotateOutcome::Rotated(_)))
+        .map(|(_, new)| new)
+        .collect();
+    assert_eq!(issued.len(), 20, "every retry inside the window succeeds");
+    let live: Vec<_> = issued
+        .iter()
+        .filter(|h| s.refresh(h).unwrap().unwrap().rotated.is_none())
+        .collect();
+    assert_eq!(live.len(), 1, "one chain: {live:?}");
+    let dead = issued.iter().find(|h| *h != live[0]).unwrap();
+    assert_eq!(rotated(&*s, dead, "x", 101, 30), RotateOutcome::Replay);
+    assert_eq!(rotated(&*s, live[0], "y", 101, 30), RotateOutcome::Invalid);
 }
 
 fn b9_reuse_after_grace_is_replay(s: &dyn Store) {
@@ -276,12 +351,22 @@ fn live_grants_are_listed_and_counted(s: &dyn Store) {
     assert_eq!(s.live_counts(10_000).unwrap().grants, 0, "all expired");
 }
 
-fn pending_requests_and_codes_are_capped(s: &dyn Store) {
+/// Issue 12: the caps bound what waits but never refuse a new request: the oldest waiting
+/// request gives way (the client's own when its cap is reached, pending consent requests
+/// before unredeemed codes), so strangers cannot lock a client out.
+fn pending_requests_evict_the_oldest_at_the_caps(s: &dyn Store) {
     let limits = PendingLimits {
-        total: 3,
+        total: 4,
         per_client: 2,
     };
     let admit = |id: &str, client: &str| s.admit_pending(pending(id, client, 500), 100, limits);
+    let waiting = |id: &str| {
+        let p = s.take_pending(id).unwrap();
+        if let Some(p) = &p {
+            s.insert_pending(p.clone(), 100).unwrap();
+        }
+        p.is_some()
+    };
     assert_eq!(admit("a1", "a").unwrap(), Admission::Admitted);
     let code_a = AuthCode {
         client_id: "a".into(),
@@ -289,44 +374,91 @@ fn pending_requests_and_codes_are_capped(s: &dyn Store) {
         ..code("g")
     };
     assert_eq!(
-        s.admit_code("ha".into(), code_a.clone(), 100, limits)
-            .unwrap(),
+        s.admit_code("ha".into(), code_a, 100, limits).unwrap(),
         Admission::Admitted
     );
-    assert_eq!(admit("a2", "a").unwrap(), Admission::ClientFull);
-    assert_eq!(
-        s.admit_code("ha2".into(), code_a, 100, limits).unwrap(),
-        Admission::ClientFull
-    );
-    assert_eq!(admit("b1", "b").unwrap(), Admission::Admitted);
-    assert_eq!(admit("c1", "c").unwrap(), Admission::Full);
-    // Refusals store nothing and lose nothing.
-    assert!(s.take_pending("a2").unwrap().is_none());
-    assert!(s.take_pending("c1").unwrap().is_none());
-    assert!(matches!(
-        s.redeem_code("ha2", 100).unwrap(),
-        CodeRedemption::Unknown
-    ));
+    // A third for a: its oldest pending request gives way (not the older code), and the new
+    // one is stored.
+    assert_eq!(admit("a2", "a").unwrap(), Admission::EvictedForClient);
     assert!(
-        s.take_pending("a1").unwrap().is_some(),
-        "admitted requests stay"
+        !waiting("a1"),
+        "the oldest pending request of a was evicted"
     );
-    // a1 was answered: room for one more of a's.
-    assert_eq!(admit("a3", "a").unwrap(), Admission::Admitted);
-    // Expired entries do not count.
+    assert!(waiting("a2"));
+    // Other clients are untouched by a's cap.
+    assert_eq!(admit("b1", "b").unwrap(), Admission::Admitted);
+    assert_eq!(admit("b2", "b").unwrap(), Admission::Admitted);
+    assert!(waiting("b1") && waiting("b2"));
+    // The total (ha, a2, b1, b2): a new client's request evicts the oldest pending one of
+    // anyone. Same expiry: arrival order decides, and a2 came first (`waiting` re-inserts,
+    // which counts as arriving again, but a2's check ran before b1 arrived).
+    assert_eq!(admit("c1", "c").unwrap(), Admission::EvictedForTotal);
+    assert!(
+        !waiting("a2"),
+        "the oldest pending request of anyone gave way"
+    );
+    assert!(waiting("b1") && waiting("b2") && waiting("c1"));
+    assert!(
+        matches!(s.redeem_code("ha", 100).unwrap(), CodeRedemption::Fresh(_)),
+        "codes wait while pending requests can give way"
+    );
+    // Expired entries neither count nor are evicted.
     assert_eq!(
         s.admit_pending(pending("late", "a", 900), 600, limits)
             .unwrap(),
         Admission::Admitted
     );
-    // Re-inserting a request that was taken is never refused.
-    s.insert_pending(pending("again", "a", 900), 600).unwrap();
-    // No limits: always admitted.
+    // No limits: never evicts.
     assert_eq!(
         s.admit_pending(pending("free", "a", 900), 600, PendingLimits::default())
             .unwrap(),
         Admission::Admitted
     );
+    assert!(waiting("late") && waiting("free"));
+}
+
+/// When only codes wait, the oldest code gives way (the cap still bounds memory), and a
+/// new code always gets in.
+fn codes_give_way_when_nothing_else_waits(s: &dyn Store) {
+    let limits = PendingLimits {
+        total: 0,
+        per_client: 2,
+    };
+    let code_d = |exp: u64| AuthCode {
+        client_id: "d".into(),
+        expires_at: exp,
+        ..code("g")
+    };
+    for (hash, exp) in [("hd1", 300), ("hd2", 400)] {
+        assert_eq!(
+            s.admit_code(hash.into(), code_d(exp), 100, limits).unwrap(),
+            Admission::Admitted
+        );
+    }
+    assert_eq!(
+        s.admit_code("hd3".into(), code_d(400), 100, limits)
+            .unwrap(),
+        Admission::EvictedForClient
+    );
+    assert_eq!(s.redeem_code("hd1", 100).unwrap(), CodeRedemption::Unknown);
+    for hash in ["hd2", "hd3"] {
+        assert!(matches!(
+            s.redeem_code(hash, 100).unwrap(),
+            CodeRedemption::Fresh(_)
+        ));
+    }
+    // A pending request over the cap evicts a code when the client has nothing pending.
+    s.admit_code("hd4".into(), code_d(400), 100, limits)
+        .unwrap();
+    s.admit_code("hd5".into(), code_d(400), 100, limits)
+        .unwrap();
+    assert_eq!(
+        s.admit_pending(pending("pd", "d", 500), 100, limits)
+            .unwrap(),
+        Admission::EvictedForClient
+    );
+    assert_eq!(s.redeem_code("hd4", 100).unwrap(), CodeRedemption::Unknown);
+    assert!(s.take_pending("pd").unwrap().is_some());
 }
 
 macro_rules! contract {
@@ -340,11 +472,14 @@ contract!(
     codes_are_single_use_and_replays_are_reported,
     b9_rotation_grace_and_replay_revokes_family,
     b9_reuse_after_grace_is_replay,
+    b9_a_retry_never_forks_the_family,
+    b9_a_superseded_token_is_a_replay_later_too,
     revoking_before_storing_still_revokes,
     clients_and_pending_round_trip,
     clients_are_listed_and_revoking_one_revokes_its_grants,
     live_grants_are_listed_and_counted,
-    pending_requests_and_codes_are_capped
+    pending_requests_evict_the_oldest_at_the_caps,
+    codes_give_way_when_nothing_else_waits
 );
 
 #[test]
@@ -357,6 +492,53 @@ fn concurrency_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).unwrap();
     concurrent_redemptions_yield_exactly_one_fresh(Arc::new(store));
+}
+
+#[test]
+fn concurrent_rotations_memory() {
+    concurrent_rotations_leave_one_live_successor(Arc::new(InMemoryStore::new()));
+}
+
+#[test]
+fn concurrent_rotations_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+    concurrent_rotations_leave_one_live_successor(Arc::new(store));
+}
+
+/// Issue 12: the database and its WAL and shared-memory files are 0600 in a 0700 data dir,
+/// whatever the umask, and files left more open by an older gateway are tightened.
+#[cfg(unix)]
+#[test]
+fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = data.join("gateway.db");
+    let files = ["gateway.db", "gateway.db-wal", "gateway.db-shm"].map(|f| data.join(f));
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_grant(grant("g")).unwrap();
+        assert_eq!(mode(&data), 0o700, "the data dir");
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    }
+    // Opened again after someone loosened them: tightened again.
+    for f in files.iter().filter(|f| f.exists()) {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    s.insert_grant(grant("g2")).unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert!(s.grant("g").unwrap().is_some(), "the data is kept");
 }
 
 #[test]
@@ -419,9 +601,10 @@ fn sqlite_migrates_version_3_databases() {
     };
     assert_eq!(
         s.admit_pending(pending("q", "c", 500), 100, one).unwrap(),
-        Admission::ClientFull,
+        Admission::EvictedForClient,
         "the migrated pending request counts for its client"
     );
+    assert!(s.take_pending("p").unwrap().is_none(), "and gives way");
     assert_eq!(
         s.revoke_client("c").unwrap().grants,
         1,

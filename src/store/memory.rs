@@ -12,7 +12,10 @@ use super::{
 #[derive(Default)]
 struct Inner {
     clients: HashMap<String, Client>,
-    pending: HashMap<String, PendingAuthorization>,
+    /// Request id -> (arrival order, request).
+    pending: HashMap<String, (u64, PendingAuthorization)>,
+    /// The next arrival number: the oldest request is evicted first.
+    next_seq: u64,
     codes: HashMap<String, AuthCode>,
     /// Used code hash -> (grant id, when to forget it).
     used_codes: HashMap<String, (String, u64)>,
@@ -61,7 +64,7 @@ impl Inner {
 
     /// Forget what can no longer matter, so the maps stay bounded by what is live.
     fn purge(&mut self, now: u64) {
-        self.pending.retain(|_, p| p.expires_at > now);
+        self.pending.retain(|_, (_, p)| p.expires_at > now);
         self.codes.retain(|_, c| c.expires_at > now);
         self.used_codes.retain(|_, (_, until)| *until > now);
         self.revoked_jti.retain(|_, exp| *exp > now);
@@ -74,7 +77,11 @@ impl Inner {
     /// Whether one more request of `client_id` may wait: pending requests and unredeemed
     /// codes still live at `now`, counted together.
     fn admission(&self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
-        let live_pending = self.pending.values().filter(|p| p.expires_at > now);
+        let live_pending = self
+            .pending
+            .values()
+            .map(|(_, p)| p)
+            .filter(|p| p.expires_at > now);
         let live_codes = self.codes.values().filter(|c| c.expires_at > now);
         let (mut total, mut client) = (0, 0);
         for id in live_pending
@@ -85,6 +92,51 @@ impl Inner {
             client += usize::from(id == client_id);
         }
         limits.admit(total, client)
+    }
+
+    /// Count what waits and, while a cap is reached, evict the oldest live pending request
+    /// (of `client_id` when its cap is the one reached), else the oldest live code. Returns
+    /// the first verdict: whether anything had to give way.
+    fn make_room(&mut self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
+        let first = self.admission(client_id, now, limits);
+        let mut verdict = first;
+        while verdict != Admission::Admitted {
+            let only = (verdict == Admission::EvictedForClient).then_some(client_id);
+            if !self.evict_oldest(only, now) {
+                break;
+            }
+            verdict = self.admission(client_id, now, limits);
+        }
+        first
+    }
+
+    /// Drop the oldest live pending request (of `only`, when given), else the oldest live
+    /// code; whether there was one.
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> bool {
+        let ours = |c: &str| only.is_none_or(|o| o == c);
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|(_, (_, p))| p.expires_at > now && ours(&p.client_id))
+            .min_by_key(|(_, (seq, p))| (p.expires_at, *seq))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.pending.remove(&id);
+            return true;
+        }
+        let oldest = self
+            .codes
+            .iter()
+            .filter(|(_, c)| c.expires_at > now && ours(&c.client_id))
+            .min_by(|a, b| (a.1.expires_at, a.0).cmp(&(b.1.expires_at, b.0)))
+            .map(|(hash, _)| hash.clone());
+        oldest.is_some_and(|hash| self.codes.remove(&hash).is_some())
+    }
+
+    fn insert_pending(&mut self, pending: PendingAuthorization) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.insert(pending.id.clone(), (seq, pending));
     }
 
     fn revoke_grant(&mut self, grant_id: &str) {
@@ -149,7 +201,7 @@ impl Store for InMemoryStore {
         }
         let deleted = inner.clients.remove(client_id).is_some();
         inner.consents.retain(|(_, c), _| c != client_id);
-        inner.pending.retain(|_, p| p.client_id != client_id);
+        inner.pending.retain(|_, (_, p)| p.client_id != client_id);
         inner.codes.retain(|_, c| c.client_id != client_id);
         Ok(ClientRevocation {
             deleted,
@@ -165,22 +217,20 @@ impl Store for InMemoryStore {
     ) -> StoreResult<Admission> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
-        let admission = inner.admission(&pending.client_id, now, limits);
-        if admission == Admission::Admitted {
-            inner.pending.insert(pending.id.clone(), pending);
-        }
+        let admission = inner.make_room(&pending.client_id, now, limits);
+        inner.insert_pending(pending);
         Ok(admission)
     }
 
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
-        inner.pending.insert(pending.id.clone(), pending);
+        inner.insert_pending(pending);
         Ok(())
     }
 
     fn take_pending(&self, id: &str) -> StoreResult<Option<PendingAuthorization>> {
-        Ok(self.lock()?.pending.remove(id))
+        Ok(self.lock()?.pending.remove(id).map(|(_, p)| p))
     }
 
     fn remember_consent(&self, consent: super::Consent) -> StoreResult<()> {
@@ -229,10 +279,8 @@ impl Store for InMemoryStore {
     ) -> StoreResult<Admission> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
-        let admission = inner.admission(&code.client_id, now, limits);
-        if admission == Admission::Admitted {
-            inner.codes.insert(code_hash, code);
-        }
+        let admission = inner.make_room(&code.client_id, now, limits);
+        inner.codes.insert(code_hash, code);
         Ok(admission)
     }
 
@@ -347,7 +395,9 @@ impl Store for InMemoryStore {
                 return Ok(RotateOutcome::Replay);
             }
             RotationDecision::Retry { drop_successor } => {
-                inner.refresh.remove(&drop_successor);
+                if let Some(s) = inner.refresh.get_mut(&drop_successor) {
+                    s.rotated = Some(Rotation::superseded(now));
+                }
             }
             RotationDecision::Rotate => {}
         }
@@ -355,6 +405,7 @@ impl Store for InMemoryStore {
             t.rotated = Some(Rotation {
                 at: first_at,
                 successor: new_hash.clone(),
+                superseded: false,
             });
         }
         inner.refresh.insert(new_hash, new_token);

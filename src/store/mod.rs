@@ -159,13 +159,30 @@ pub struct RefreshToken {
     pub rotated: Option<Rotation>,
 }
 
-/// When a refresh token was first exchanged, and the hash of the token that replaced it.
+/// When a refresh token was first exchanged, and the hash of the token that replaced it; or,
+/// for a successor superseded before it was used, when that happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotation {
-    /// First exchange time.
+    /// First exchange time (for a superseded token: when it was superseded).
     pub at: u64,
-    /// Hash of the current successor.
+    /// Hash of the current successor (empty for a superseded token).
     pub successor: String,
+    /// The token was an unused successor replaced by a retry of its predecessor: it is dead,
+    /// and presenting it is a replay (whoever holds it lost the race to someone else using
+    /// the predecessor, so one of the two chains is not the legitimate client's).
+    #[serde(default)]
+    pub superseded: bool,
+}
+
+impl Rotation {
+    /// The mark left on an unused successor that a retry of its predecessor replaced.
+    pub fn superseded(at: u64) -> Self {
+        Self {
+            at,
+            successor: String::new(),
+            superseded: true,
+        }
+    }
 }
 
 /// The outcome of presenting a refresh token for rotation.
@@ -184,19 +201,23 @@ pub enum RotateOutcome {
 pub enum RotationDecision {
     /// First use: rotate.
     Rotate,
-    /// A retry within the grace period whose successor was never used: replace the unused
-    /// successor (dropping it) and rotate again.
+    /// A retry within the grace period whose successor was never used: mark the unused
+    /// successor superseded (dead: any later use of it is a replay) and rotate again, so at
+    /// most one chain of the family is ever live.
     Retry {
-        /// Hash of the successor to drop.
+        /// Hash of the successor to mark superseded.
         drop_successor: String,
     },
-    /// Too late, or the successor was used: revoke the family.
+    /// Too late, the successor was used, or the token itself was superseded: revoke the
+    /// family.
     Replay,
 }
 
 /// The rotation rule (refresh tokens for public clients rotate on every use, b9): a rotated
 /// token keeps working until its successor is first used or `grace` seconds pass (a grace
-/// of 0 turns retries off); any use after that is a replay.
+/// of 0 turns retries off); any use after that is a replay. A retry supersedes the unused
+/// successor, and presenting a superseded token is a replay too: whichever of the two
+/// holders comes second revokes the family, so two chains can never both live on.
 pub fn decide_rotation(
     token: &RefreshToken,
     successor_used: bool,
@@ -205,6 +226,7 @@ pub fn decide_rotation(
 ) -> RotationDecision {
     match &token.rotated {
         None => RotationDecision::Rotate,
+        Some(r) if r.superseded => RotationDecision::Replay,
         Some(r) if !successor_used && now < r.at.saturating_add(grace) => RotationDecision::Retry {
             drop_successor: r.successor.clone(),
         },
@@ -213,7 +235,9 @@ pub fn decide_rotation(
 }
 
 /// Caps on what waits for someone: authorization requests awaiting the user's decision plus
-/// codes awaiting redemption, counted together. 0 means no cap.
+/// codes awaiting redemption, counted together. 0 means no cap. A cap bounds memory but never
+/// refuses a new request: the oldest waiting one gives way (so strangers sending abandoned
+/// requests cannot lock a client out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PendingLimits {
     /// For all clients together.
@@ -223,27 +247,31 @@ pub struct PendingLimits {
 }
 
 impl PendingLimits {
-    /// Whether one more may be admitted when `total` and `client` already wait.
+    /// Whether one more fits when `total` and `client` already wait, or which cap makes the
+    /// oldest waiting request give way. The client's cap comes first: evicting one of the
+    /// client's own requests makes room under the total too.
     pub fn admit(&self, total: usize, client: usize) -> Admission {
-        if self.total > 0 && total >= self.total {
-            Admission::Full
-        } else if self.per_client > 0 && client >= self.per_client {
-            Admission::ClientFull
+        if self.per_client > 0 && client >= self.per_client {
+            Admission::EvictedForClient
+        } else if self.total > 0 && total >= self.total {
+            Admission::EvictedForTotal
         } else {
             Admission::Admitted
         }
     }
 }
 
-/// Whether a new authorization request (or code) was stored.
+/// How a new authorization request (or code) was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Stored.
+    /// Stored; there was room.
     Admitted,
-    /// Not stored: this client has too many waiting.
-    ClientFull,
-    /// Not stored: too many wait altogether.
-    Full,
+    /// Stored after evicting this client's oldest waiting request (a pending one if it has
+    /// any, else its oldest unredeemed code): it had `per_client` waiting.
+    EvictedForClient,
+    /// Stored after evicting the oldest waiting request of any client (pending ones first):
+    /// `total` waited altogether.
+    EvictedForTotal,
 }
 
 /// How much live state the store holds, for the operator's gauges.
@@ -306,8 +334,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Save a request awaiting consent.
     fn insert_pending(&self, pending: PendingAuthorization, now: u64) -> StoreResult<()>;
-    /// Save a new request awaiting consent unless `limits` are reached; the count and the
-    /// insert are one atomic step.
+    /// Save a new request awaiting consent; when `limits` are reached, first evict the
+    /// oldest waiting request (see [`Admission`]). Counting, evicting and inserting are one
+    /// atomic step.
     fn admit_pending(
         &self,
         pending: PendingAuthorization,
@@ -328,8 +357,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Save a code under the hash of its value.
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;
-    /// Save a code for a new authorization request unless `limits` are reached (counted
-    /// with pending requests, as [`Store::admit_pending`]).
+    /// Save a code for a new authorization request, evicting the oldest waiting request
+    /// when `limits` are reached (counted with pending requests, as [`Store::admit_pending`]).
     fn admit_code(
         &self,
         code_hash: String,
@@ -389,6 +418,7 @@ mod tests {
             rotated: rotated.map(|at| Rotation {
                 at,
                 successor: "s".into(),
+                superseded: false,
             }),
         }
     }
@@ -425,6 +455,18 @@ mod tests {
             decide_rotation(&token(Some(100)), false, 100, 0),
             RotationDecision::Replay,
             "a grace of 0 turns retries off"
+        );
+    }
+
+    #[test]
+    fn b9_a_superseded_token_is_always_a_replay() {
+        let dead = RefreshToken {
+            rotated: Some(Rotation::superseded(100)),
+            ..token(None)
+        };
+        assert_eq!(
+            decide_rotation(&dead, false, 100, 30),
+            RotationDecision::Replay
         );
     }
 }

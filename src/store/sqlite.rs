@@ -99,15 +99,32 @@ fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
 
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    ///
+    /// The database holds client secret hashes, refresh token hashes and who granted what,
+    /// so on Unix its directory is made 0700 and the file is created 0600 before SQLite
+    /// opens it (an existing one is tightened to 0600); SQLite gives the `-wal` and `-shm`
+    /// files the database file's mode.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let at = |e: StoreError| StoreError::Unavailable(format!("{}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| at(err(e)))?;
+            make_private_dir(dir);
         }
-        Connection::open(path)
+        make_private_file(path).map_err(|e| at(err(e)))?;
+        let store = Connection::open(path)
             .map_err(err)
             .and_then(Self::init)
-            .map_err(at)
+            .map_err(at)?;
+        // Left behind 0644 by an older gateway: SQLite keeps an existing file's mode.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                restrict(&side, 0o600).map_err(|e| at(err(e)))?;
+            }
+        }
+        Ok(store)
     }
 
     /// A private in-memory database (tests).
@@ -175,6 +192,54 @@ impl SqliteStore {
     }
 }
 
+/// Set `path`'s permission bits (Unix; elsewhere nothing to do).
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+/// Make the data dir 0700. A shared dir (sticky bit, like `/tmp`) is never narrowed, and
+/// one we may write in but not chmod (a volume owned by another user) is left as it is; both
+/// with a warning: the files in it are 0600 regardless.
+fn make_private_dir(dir: &Path) {
+    if dir.as_os_str().is_empty() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let sticky = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o1000 != 0);
+        if sticky {
+            tracing::warn!(dir = %dir.display(), "the data dir is a shared (sticky) directory; use a private one");
+            return;
+        }
+    }
+    if let Err(e) = restrict(dir, 0o700) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not make the data dir private (0700)");
+    }
+}
+
+/// Create the database file with mode 0600 if it does not exist, else make it 0600.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    drop(options.open(path)?);
+    restrict(path, 0o600)
+}
+
 fn purge(tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
     tx.execute_batch(&format!(
         "DELETE FROM pending WHERE expires_at <= {now};
@@ -227,6 +292,52 @@ fn waiting(tx: &Transaction<'_>, client_id: &str, now: u64) -> StoreResult<(usiz
         .map_err(err)?;
     let count = |n: i64| usize::try_from(n).unwrap_or(usize::MAX);
     Ok((count(total), count(client)))
+}
+
+/// Count what waits and, while a cap is reached, evict the oldest live pending request (of
+/// `client_id` when its cap is the one reached), else the oldest live code. Returns the
+/// first verdict: whether anything had to give way.
+fn make_room(
+    tx: &Transaction<'_>,
+    client_id: &str,
+    now: u64,
+    limits: PendingLimits,
+) -> StoreResult<Admission> {
+    let verdict = |tx: &Transaction<'_>| -> StoreResult<Admission> {
+        let (total, client) = waiting(tx, client_id, now)?;
+        Ok(limits.admit(total, client))
+    };
+    let first = verdict(tx)?;
+    let mut current = first;
+    while current != Admission::Admitted {
+        let only = (current == Admission::EvictedForClient).then_some(client_id);
+        if !evict_oldest(tx, only, now)? {
+            break;
+        }
+        current = verdict(tx)?;
+    }
+    Ok(first)
+}
+
+/// Delete the oldest live pending request (of `only`, when given; arrival order breaks
+/// ties), else the oldest live code; whether there was one.
+fn evict_oldest(tx: &Transaction<'_>, only: Option<&str>, now: u64) -> StoreResult<bool> {
+    for table in ["pending", "codes"] {
+        let deleted = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rowid = (SELECT rowid FROM {table}
+                     WHERE expires_at > ?1 AND (?2 IS NULL OR client_id = ?2)
+                     ORDER BY expires_at, rowid LIMIT 1)"
+                ),
+                params![int(now), only],
+            )
+            .map_err(err)?;
+        if deleted > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn put_pending(tx: &Transaction<'_>, pending: &PendingAuthorization) -> StoreResult<()> {
@@ -411,11 +522,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Admission> {
         self.tx(|tx| {
             self.purge_now_and_then(tx, now)?;
-            let (total, client) = waiting(tx, &pending.client_id, now)?;
-            let admission = limits.admit(total, client);
-            if admission == Admission::Admitted {
-                put_pending(tx, &pending)?;
-            }
+            let admission = make_room(tx, &pending.client_id, now, limits)?;
+            put_pending(tx, &pending)?;
             Ok(admission)
         })
     }
@@ -499,11 +607,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Admission> {
         self.tx(|tx| {
             self.purge_now_and_then(tx, now)?;
-            let (total, client) = waiting(tx, &code.client_id, now)?;
-            let admission = limits.admit(total, client);
-            if admission == Admission::Admitted {
-                put_code(tx, &code_hash, &code)?;
-            }
+            let admission = make_room(tx, &code.client_id, now, limits)?;
+            put_code(tx, &code_hash, &code)?;
             Ok(admission)
         })
     }
@@ -664,8 +769,13 @@ impl Store for SqliteStore {
                     return Ok(RotateOutcome::Replay);
                 }
                 RotationDecision::Retry { drop_successor } => {
-                    tx.execute("DELETE FROM refresh WHERE hash = ?1", [drop_successor])
-                        .map_err(err)?;
+                    if let Some(dead) = get_refresh(tx, &drop_successor)? {
+                        let dead = RefreshToken {
+                            rotated: Some(Rotation::superseded(now)),
+                            ..dead
+                        };
+                        put_refresh(tx, &drop_successor, &dead)?;
+                    }
                 }
                 RotationDecision::Rotate => {}
             }
@@ -673,6 +783,7 @@ impl Store for SqliteStore {
                 rotated: Some(Rotation {
                     at: first_at,
                     successor: new_hash.clone(),
+                    superseded: false,
                 }),
                 ..old
             };

@@ -707,6 +707,59 @@ async fn authorize(gw: &TestGateway, url: &str) -> (u16, String) {
     }
 }
 
+/// POST the consent form of `page` with `decision`; (status, Location or body).
+async fn answer(gw: &TestGateway, page: &str, decision: &str) -> (u16, String) {
+    let res = gw
+        .http
+        .post(gw.url("/consent"))
+        .form(&[
+            ("request_id", form_field(page, "request_id")),
+            ("csrf_token", form_field(page, "csrf_token")),
+            ("decision", decision.into()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    match res.headers().get(LOCATION) {
+        Some(loc) => (status, loc.to_str().unwrap().to_string()),
+        None => (status, res.text().await.unwrap()),
+    }
+}
+
+/// Issue 12: a stranger who sends `max_pending_per_client` (100) authorization requests for
+/// a client and abandons them must not lock the client out: the real request evicts the
+/// oldest one and goes through to a token.
+#[tokio::test]
+async fn abandoned_authorizations_cannot_lock_a_client_out() {
+    let gw = common::spawn().await;
+    assert_eq!(gw.state.settings.config.max_pending_per_client, 100);
+    let a = gw.register().await;
+    let first = authorize(&gw, &gw.authorize_url(&a, &pkce(), None)).await;
+    assert_eq!(first.0, 200);
+    for _ in 1..100 {
+        assert_eq!(
+            authorize(&gw, &gw.authorize_url(&a, &pkce(), None)).await.0,
+            200
+        );
+    }
+    let p = pkce();
+    let (status, page) = authorize(&gw, &gw.authorize_url(&a, &p, None)).await;
+    assert_eq!(
+        status, 200,
+        "the real request gets its consent page: {page}"
+    );
+    let (status, loc) = answer(&gw, &page, "approve").await;
+    assert_eq!(status, 302, "{loc}");
+    let code = query_param(&loc, "code").expect("a code");
+    assert_eq!(gw.redeem(&a, &code, &p.verifier).await.0, 200);
+    // The stranger's oldest request gave way: its consent page says it expired.
+    let (status, body) = answer(&gw, &first.1, "approve").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("expired"), "{body}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn pending_authorizations_are_capped_per_client_and_in_total() {
     let gw = common::spawn_with(|c| {
@@ -718,62 +771,33 @@ async fn pending_authorizations_are_capped_per_client_and_in_total() {
     let b = gw.register().await;
     let c = gw.register().await;
     let (p1, p2, p3) = (pkce(), pkce(), pkce());
-    let first = gw.authorize_url(&a, &p1, None);
-    let (status, page) = authorize(&gw, &first).await;
+    let (status, page1) = authorize(&gw, &gw.authorize_url(&a, &p1, None)).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        authorize(&gw, &gw.authorize_url(&a, &p2, None)).await.0,
-        200
-    );
+    let (status, page2) = authorize(&gw, &gw.authorize_url(&a, &p2, None)).await;
+    assert_eq!(status, 200);
 
-    // A third for the same client: RFC 6749 §4.1.2.1 temporarily_unavailable, redirected.
-    let (status, loc) = authorize(&gw, &gw.authorize_url(&a, &p3, None)).await;
+    // A third for the same client gets in; the client's oldest request gives way.
+    let (status, page3) = authorize(&gw, &gw.authorize_url(&a, &p3, None)).await;
+    assert_eq!(status, 200, "{page3}");
+    let (status, body) = answer(&gw, &page1, "approve").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("expired"), "{body}");
+    // Another client gets in; at the total, the oldest request of anyone gives way (a's
+    // second).
+    let (status, _) = authorize(&gw, &gw.authorize_url(&b, &pkce(), None)).await;
+    assert_eq!(status, 200);
+    let (status, _) = authorize(&gw, &gw.authorize_url(&c, &pkce(), None)).await;
+    assert_eq!(status, 200);
+    let (status, body) = answer(&gw, &page2, "approve").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("expired"), "{body}");
+
+    // The newest request of a was kept: approved and redeemed.
+    let (status, loc) = answer(&gw, &page3, "approve").await;
     assert_eq!(status, 302, "{loc}");
-    assert!(loc.starts_with(REDIRECT));
-    assert_eq!(
-        query_param(&loc, "error").as_deref(),
-        Some("temporarily_unavailable")
-    );
-    assert_eq!(query_param(&loc, "state").as_deref(), Some("st-123"));
-    assert_eq!(
-        query_param(&loc, "iss").as_deref(),
-        Some(gw.state.settings.issuer.as_str())
-    );
-    assert!(query_param(&loc, "code").is_none());
-    // Another client still gets in, until the total is reached.
-    assert_eq!(
-        authorize(&gw, &gw.authorize_url(&b, &p3, None)).await.0,
-        200
-    );
-    let (status, loc) = authorize(&gw, &gw.authorize_url(&c, &p3, None)).await;
-    assert_eq!(status, 302);
-    assert_eq!(
-        query_param(&loc, "error").as_deref(),
-        Some("temporarily_unavailable")
-    );
-
-    // Nothing already waiting was lost: the first request is approved and redeemed.
-    let res = gw
-        .http
-        .post(gw.url("/consent"))
-        .form(&[
-            ("request_id", form_field(&page, "request_id")),
-            ("csrf_token", form_field(&page, "csrf_token")),
-            ("decision", "approve".into()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 302);
-    let loc = res.headers()[LOCATION].to_str().unwrap().to_string();
     let code = query_param(&loc, "code").expect("a code for the admitted request");
-    let (status, body) = gw.redeem(&a, &code, &p1.verifier).await;
+    let (status, body) = gw.redeem(&a, &code, &p3.verifier).await;
     assert_eq!(status, 200, "{body}");
-    // Room again.
-    assert_eq!(
-        authorize(&gw, &gw.authorize_url(&c, &pkce(), None)).await.0,
-        200
-    );
     let text = metrics(&gw).await;
     assert_eq!(
         series(
@@ -786,7 +810,7 @@ async fn pending_authorizations_are_capped_per_client_and_in_total() {
 }
 
 #[tokio::test]
-async fn unredeemed_codes_count_against_the_cap() {
+async fn unredeemed_codes_count_against_the_cap_and_the_oldest_gives_way() {
     let gw = common::spawn_with(|c| {
         c.auto_approve = true;
         c.max_pending_per_client = 1;
@@ -796,19 +820,17 @@ async fn unredeemed_codes_count_against_the_cap() {
     let p = pkce();
     let (status, loc) = authorize(&gw, &gw.authorize_url(&a, &p, None)).await;
     assert_eq!(status, 302);
-    let code = query_param(&loc, "code").expect("code");
-    let (status, loc) = authorize(&gw, &gw.authorize_url(&a, &pkce(), None)).await;
+    let old_code = query_param(&loc, "code").expect("code");
+    // One code waits already: the new request still gets its code, the old one gives way.
+    let q = pkce();
+    let (status, loc) = authorize(&gw, &gw.authorize_url(&a, &q, None)).await;
     assert_eq!(status, 302);
+    let code = query_param(&loc, "code").expect("the new request gets a code");
+    let (status, body) = gw.redeem(&a, &old_code, &p.verifier).await;
     assert_eq!(
-        query_param(&loc, "error").as_deref(),
-        Some("temporarily_unavailable"),
-        "one code waits already"
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
     );
-    assert_eq!(gw.redeem(&a, &code, &p.verifier).await.0, 200);
-    let (_, loc) = authorize(&gw, &gw.authorize_url(&a, &pkce(), None)).await;
-    assert!(
-        query_param(&loc, "code").is_some(),
-        "redeemed codes make room"
-    );
+    assert_eq!(gw.redeem(&a, &code, &q.verifier).await.0, 200);
     gw.stop().await;
 }

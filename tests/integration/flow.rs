@@ -184,15 +184,11 @@ async fn b9_refresh_retry_in_grace_window_then_replay_revokes_family() {
     let (client_id, t) = gw.login(None).await;
     let (s, r2) = gw.refresh(&client_id, &t.refresh).await;
     assert_eq!(s, 200);
-    // The client lost the response and retries with the old token: allowed once more.
+    // The client lost the response and retries with the old token: allowed once more, and
+    // the lost successor is superseded.
     gw.clock.advance(5);
     let (s, r2b) = gw.refresh(&client_id, &t.refresh).await;
     assert_eq!(s, 200, "{r2b}");
-    // The lost successor is dead; the new one works.
-    let (s, _) = gw
-        .refresh(&client_id, r2["refresh_token"].as_str().unwrap())
-        .await;
-    assert_eq!(s, 400);
     let (s, r3) = gw
         .refresh(&client_id, r2b["refresh_token"].as_str().unwrap())
         .await;
@@ -200,10 +196,12 @@ async fn b9_refresh_retry_in_grace_window_then_replay_revokes_family() {
     // A replay of the first token now revokes the family: every token of it stops working.
     let (s, _) = gw.refresh(&client_id, &t.refresh).await;
     assert_eq!(s, 400);
-    let (s, _) = gw
-        .refresh(&client_id, r3["refresh_token"].as_str().unwrap())
-        .await;
-    assert_eq!(s, 400);
+    for dead in [&r2, &r3] {
+        let (s, _) = gw
+            .refresh(&client_id, dead["refresh_token"].as_str().unwrap())
+            .await;
+        assert_eq!(s, 400);
+    }
     let (status, _, _) = gw
         .mcp(
             Some(r3["access_token"].as_str().unwrap()),
@@ -212,6 +210,119 @@ async fn b9_refresh_retry_in_grace_window_then_replay_revokes_family() {
         )
         .await;
     assert_eq!(status, 401);
+    gw.stop().await;
+}
+
+/// How many `refresh_replayed` events the operator's page has, and the replay counter.
+fn refresh_replays(gw: &common::TestGateway) -> (usize, u64) {
+    let events = gw
+        .state
+        .events
+        .recent()
+        .iter()
+        .filter(|e| e.event == "refresh_replayed")
+        .count();
+    let counter = gw
+        .state
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mcp_gateway_replays_detected_total{outcome=\"refresh_token\"}")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    (events, counter)
+}
+
+async fn ping_status(gw: &common::TestGateway, access: &str) -> u16 {
+    gw.mcp(
+        Some(access),
+        None,
+        json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    )
+    .await
+    .0
+}
+
+/// Issue 12: someone else using the rotated-out token inside the grace window must not fork
+/// the family. The successor it supersedes is dead, and when its holder comes back that is a
+/// replay: the whole family goes (the other chain included), with an event and a metric,
+/// rather than the legitimate client being locked out while the other chain lives on.
+#[tokio::test]
+async fn b9_a_retry_in_the_grace_window_never_forks_the_family() {
+    let gw = common::spawn().await;
+    let (client_id, t) = gw.login(None).await;
+    let (s, mine) = gw.refresh(&client_id, &t.refresh).await;
+    assert_eq!(s, 200);
+    gw.clock.advance(1);
+    let (s, theirs) = gw.refresh(&client_id, &t.refresh).await;
+    assert_eq!(s, 200, "{theirs}");
+    assert_eq!(refresh_replays(&gw), (0, 0), "a retry is not a replay");
+
+    // The holder of the superseded successor comes back.
+    let (s, body) = gw
+        .refresh(&client_id, mine["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(refresh_replays(&gw), (1, 1));
+    // Neither chain survives: the other refresh token and every access token are dead.
+    let (s, _) = gw
+        .refresh(&client_id, theirs["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(s, 400, "the other chain is revoked too");
+    for access in [
+        &t.access,
+        mine["access_token"].as_str().unwrap(),
+        theirs["access_token"].as_str().unwrap(),
+    ] {
+        assert_eq!(ping_status(&gw, access).await, 401);
+    }
+    gw.stop().await;
+}
+
+/// Twenty parallel refreshes of one token through the proxy leave at most one live chain:
+/// of the refresh tokens handed out, at most one works afterwards (never two), and the
+/// others are replays that revoke the family with an event and a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b9_twenty_parallel_refreshes_leave_at_most_one_live_chain() {
+    let gw = common::spawn().await;
+    let (client_id, t) = gw.login(None).await;
+    let results =
+        futures_util::future::join_all((0..20).map(|_| gw.refresh(&client_id, &t.refresh))).await;
+    let issued: Vec<Value> = results
+        .into_iter()
+        .map(|(s, body)| {
+            assert!(s == 200 || s == 400, "{s} {body}");
+            body
+        })
+        .filter(|b| b.get("refresh_token").is_some())
+        .collect();
+    assert_eq!(issued.len(), 20, "inside the window every retry succeeds");
+    let mut working = 0;
+    for b in &issued {
+        let (s, body) = gw
+            .refresh(&client_id, b["refresh_token"].as_str().unwrap())
+            .await;
+        match s {
+            200 => working += 1,
+            400 => assert_eq!(body["error"], "invalid_grant"),
+            _ => panic!("{s} {body}"),
+        }
+    }
+    assert!(working <= 1, "{working} chains were live");
+    let (events, counter) = refresh_replays(&gw);
+    assert!(
+        events >= 1 && counter >= 1,
+        "no replay recorded: {events} {counter}"
+    );
+    // The family is revoked: no access token handed out works any more.
+    for b in &issued {
+        assert_eq!(
+            ping_status(&gw, b["access_token"].as_str().unwrap()).await,
+            401
+        );
+    }
     gw.stop().await;
 }
 
