@@ -56,12 +56,43 @@ def _secret_hash(secret: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+# Issue 12: an anonymous registration cannot ask for client_credentials. The gateway of
+# this module hands out an initial access token (RFC 7591 §3) for services, and configures
+# a resource server that may introspect any token.
+IAT = "pytest-initial-access-token-" + secrets.token_urlsafe(16)
+RS_ID = "pytest-resource-server"
+RS_SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+def gateway(gateway_factory, tmp_path):
+    cfg = tmp_path / "grants.toml"
+    cfg.write_text(f"""
+[[initial_access_tokens]]
+name = "pytest"
+sha256 = "{_secret_hash(IAT)}"
+
+[[clients]]
+client_id = "{RS_ID}"
+secret_sha256 = "{_secret_hash(RS_SECRET)}"
+grant_types = []
+introspect = true
+""")
+    return gateway_factory("--config", str(cfg))
+
+
 def _register_confidential(http, base, method="client_secret_basic", **body):
-    """Register a confidential client; returns (client_id, secret, response body)."""
+    """Register a confidential client; returns (client_id, secret, response body). A
+    service (client_credentials) presents the initial access token and, unless told
+    otherwise, registers for every scope offered."""
     payload = {"client_name": f"pytest {method}", "token_endpoint_auth_method": method,
                "grant_types": ["client_credentials"], "redirect_uris": []}
     payload.update(body)
-    r = http.post(f"{base}/register", json=payload)
+    headers = {}
+    if "client_credentials" in payload["grant_types"]:
+        headers["Authorization"] = f"Bearer {IAT}"
+        payload.setdefault("scope", "mcp:read mcp:write mcp:admin")
+    r = http.post(f"{base}/register", json=payload, headers=headers)
     assert r.status_code == 201, f"register: {r.status_code} {r.text}"
     b = r.json()
     assert b["token_endpoint_auth_method"] == method
@@ -495,8 +526,16 @@ def test_b1_preregistered_client_without_config_is_unknown(gateway_factory, http
 
 
 def test_b1_preregistered_confidential_client_can_introspect(gateway_factory, http, tmp_path):
+    """Another client's token is inactive to a configured client unless its entry says
+    `introspect = true` (issue 12)."""
     secret = secrets.token_urlsafe(32)
     cfg = _write_config(tmp_path, _preregistered_config(secret))
+    gw = gateway_factory("--config", str(cfg))
+    tokens = full_flow(http, gw.base, client_id="pinned-public")
+    v = _introspect_ok(http, gw.base, tokens.access_token, "internal-service", secret)
+    assert v == {"active": False}
+    cfg.write_text(_preregistered_config(secret).replace(
+        'scope = "mcp:read"', 'scope = "mcp:read"\nintrospect = true', 1))
     gw = gateway_factory("--config", str(cfg))
     tokens = full_flow(http, gw.base, client_id="pinned-public")
     v = _introspect_ok(http, gw.base, tokens.access_token, "internal-service", secret)
@@ -542,9 +581,8 @@ grant_types = ["client_credentials"]
 
 @pytest.fixture
 def resource_server(gateway, http):
-    """A confidential client that may introspect: (client_id, secret)."""
-    cid, secret, _ = _register_confidential(http, gateway.base)
-    return cid, secret
+    """The configured resource server (`introspect = true`): (client_id, secret)."""
+    return RS_ID, RS_SECRET
 
 
 def test_b1_introspect_access_token_is_active_with_fields(gateway, http, resource_server):
@@ -665,6 +703,34 @@ def test_b9_introspect_rotated_out_refresh_token_is_inactive(gateway, http, reso
     assert v["active"] is True and v["token_type"] == "refresh_token"
 
 
+def test_i12_registered_client_introspects_only_its_own_tokens(gateway, http):
+    svc, svc_secret, _ = _register_confidential(http, gateway.base, scope="mcp:read")
+    own = tokens_from(_cc_basic(http, gateway.base, svc, svc_secret), svc).access_token
+    assert _introspect_ok(http, gateway.base, own, svc, svc_secret)["active"] is True
+    other = full_flow(http, gateway.base)
+    for token in (other.access_token, other.refresh_token):
+        assert _introspect_ok(http, gateway.base, token, svc, svc_secret) == {"active": False}
+        assert _introspect_ok(http, gateway.base, token, RS_ID, RS_SECRET)["active"] is True
+
+
+def test_i12_anonymous_client_credentials_registration_is_refused(gateway_factory, http):
+    """The issue's exploit, on the default gateway: no secret, no token, no add_note."""
+    gw = gateway_factory()
+    r = http.post(f"{gw.base}/register", json={
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["client_credentials"]})
+    body = _error(r, "invalid_client_metadata")
+    assert "initial access token" in body["error_description"]
+    assert "client_secret" not in body
+    r = http.post(f"{gw.base}/register", headers={"Authorization": "Bearer guessed"}, json={
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["client_credentials"]})
+    _error(r, "invalid_token", status=401)
+    assert r.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    meta = http.get(f"{gw.base}/.well-known/oauth-authorization-server").json()
+    assert "client_credentials" not in meta["grant_types_supported"]
+
+
 def test_b1_introspect_needs_confidential_client(gateway, http, resource_server):
     rs_id, _ = resource_server
     tokens = full_flow(http, gateway.base)
@@ -758,3 +824,21 @@ def test_b1_revoking_another_clients_token_is_refused(gateway, http):
                   data={"token": svc_token, "client_id": victim.client_id})
     assert r.status_code >= 400, r.text
     assert McpClient(http, gateway.base, svc_token).initialize().status == 200
+
+
+def test_i12_registration_with_initial_access_token_is_audited_by_name(gateway_factory, http,
+                                                                       tmp_path):
+    """The audit event names the initial access token's holder, never the token."""
+    cfg = tmp_path / "iat.toml"
+    cfg.write_text(f'[[initial_access_tokens]]\nname = "deploy-pipeline"\n'
+                   f'sha256 = "{_secret_hash(IAT)}"\nscope = "mcp:read"\n')
+    audit = tmp_path / "audit.jsonl"
+    gw = gateway_factory("--config", str(cfg), "--audit-log", str(audit))
+    cid, secret, body = _register_confidential(http, gw.base, scope="mcp:read mcp:write")
+    assert body["scope"] == "mcp:read", "bounded by the token's scope"
+    _error(_cc_basic(http, gw.base, cid, secret, scope="mcp:write"), "invalid_scope")
+    gw.stop()
+    text = audit.read_text()
+    lines = [line for line in text.splitlines() if "client_registered" in line]
+    assert lines and "deploy-pipeline" in lines[-1], text
+    assert IAT not in text and secret not in text

@@ -49,7 +49,7 @@ def _as_metadata_ok(body, base):
     assert body["jwks_uri"] == f"{base}/.well-known/jwks.json"
     assert body["code_challenge_methods_supported"] == ["S256"]  # b4: no "plain"
     assert body["grant_types_supported"] == [
-        "authorization_code", "refresh_token", "client_credentials"]
+        "authorization_code", "refresh_token"]  # client_credentials: only once a client can get it (issue 12)
     assert body["response_types_supported"] == ["code"]
     assert body["authorization_response_iss_parameter_supported"] is True  # b10
     assert body["token_endpoint_auth_methods_supported"] == [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import hashlib
 import secrets
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 import json
@@ -102,13 +103,47 @@ def _json_error(r: httpx.Response, status: int, code: str | None = None) -> dict
     return body
 
 
+# Issue 12: registering a client_credentials client takes an initial access token, and only
+# a configured resource server (`introspect = true`) introspects other clients' tokens.
+IAT = "pytest-hardening-iat-" + secrets.token_urlsafe(16)
+RS_ID = "pytest-hardening-rs"
+RS_SECRET = "rs-" + secrets.token_urlsafe(24)
+
+
+def _b64_sha256(value: str) -> str:
+    digest = hashlib.sha256(value.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _grants_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "grants.toml"
+    cfg.write_text(f"""
+[[initial_access_tokens]]
+name = "pytest"
+sha256 = "{_b64_sha256(IAT)}"
+
+[[clients]]
+client_id = "{RS_ID}"
+secret_sha256 = "{_b64_sha256(RS_SECRET)}"
+grant_types = []
+introspect = true
+""")
+    return cfg
+
+
+@pytest.fixture
+def gateway(gateway_factory, tmp_path):
+    return gateway_factory("--config", str(_grants_config(tmp_path)))
+
+
 def _register_confidential(http, base, **extra) -> tuple[str, str]:
     payload = {"client_name": "pytest hardening confidential",
                "token_endpoint_auth_method": "client_secret_basic",
                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
                "redirect_uris": [REDIRECT_URI], "scope": "mcp:read mcp:write"}
     payload.update(extra)
-    r = http.post(f"{base}/register", json=payload)
+    r = http.post(f"{base}/register", json=payload,
+                  headers={"Authorization": f"Bearer {IAT}"})
     assert r.status_code == 201, f"register: {r.status_code} {r.text}"
     b = r.json()
     return b["client_id"], b["client_secret"]
@@ -192,7 +227,7 @@ def _whole_flow(http: httpx.Client, base: str) -> tuple[list[str], str]:
 
     # A confidential client: code flow with Basic auth, client credentials, introspection.
     conf, secret = _register_confidential(http, base)
-    seen.append(secret)
+    seen += [secret, IAT, RS_SECRET]
     basic = httpx.BasicAuth(conf, secret)
     # The Authorization header's base64(id:secret) must not leak either.
     seen.append(base64.b64encode(f"{conf}:{secret}".encode()).decode())
@@ -213,9 +248,10 @@ def _whole_flow(http: httpx.Client, base: str) -> tuple[list[str], str]:
     assert cc_mcp.initialize().status == 200
     assert cc_mcp.call_tool("echo", arguments_for(cc_mcp.tools_by_name()["echo"])).status == 200
 
-    assert _introspect(http, base, t2.access_token, conf, secret)["active"] is True
-    assert _introspect(http, base, t2.refresh_token, conf, secret)["active"] is True
-    assert _introspect(http, base, t1.refresh_token, conf, secret)["active"] is False
+    assert _introspect(http, base, t2.access_token, RS_ID, RS_SECRET)["active"] is True
+    assert _introspect(http, base, t2.refresh_token, RS_ID, RS_SECRET)["active"] is True
+    assert _introspect(http, base, t1.refresh_token, RS_ID, RS_SECRET)["active"] is False
+    assert _introspect(http, base, t2.access_token, conf, secret)["active"] is False
 
     # Failures carry secrets too: a wrong client secret, a wrong verifier, a forged token.
     wrong_secret = "wrong-" + secret[::-1]
@@ -263,9 +299,10 @@ def _leaks(text: str, secrets_seen: list[str]) -> list[str]:
 @pytest.mark.parametrize("level,flags", [("debug", []), ("debug", ["--log-format", "json"]),
                                          ("debug", ["--debug-trace"]), ("trace", [])],
                          ids=["debug-text", "debug-json", "debug-trace-flag", "trace-text"])
-def test_a8_secrets_never_logged_at_debug_level(recording_factory, monkeypatch, level, flags):
+def test_a8_secrets_never_logged_at_debug_level(recording_factory, monkeypatch, level, flags,
+                                                tmp_path):
     monkeypatch.setenv("RUST_LOG", level)
-    gw = recording_factory(*flags)
+    gw = recording_factory(*flags, "--config", str(_grants_config(tmp_path)))
     with http_client() as http:
         secrets_seen, public_client_id = _whole_flow(http, gw.base)
         trace = None
@@ -412,7 +449,7 @@ def test_b9_twenty_concurrent_refreshes_leave_exactly_one_current_token(gateway,
     So under a burst every request that succeeds rotates within the same family, nothing is
     revoked, and at the end exactly one refresh token is current; presenting a superseded
     one afterwards is a replay that revokes the family."""
-    conf, secret = _register_confidential(http, gateway.base)  # for introspection
+    conf, secret = RS_ID, RS_SECRET  # the configured resource server, for introspection
     pub = _register_public(http, gateway.base)
     pkce, code = _authorize(http, gateway.base, pub, scope="mcp:read")
     t0 = tokens_from(token_request(http, gateway.base,
@@ -481,13 +518,14 @@ def _chattr(flag: str, paths: list[Path]) -> subprocess.CompletedProcess:
                           timeout=30)
 
 
-def test_store_unwritable_database_answers_503_on_writes_and_serves_reads(gateway_factory, http):
+def test_store_unwritable_database_answers_503_on_writes_and_serves_reads(gateway_factory, http,
+                                                                         tmp_path):
     if shutil.which("chattr") is None:
         pytest.skip("chattr is not installed: cannot make the database unwritable for root")
-    gw = gateway_factory()
+    gw = gateway_factory("--config", str(_grants_config(tmp_path)))
     db = gw.data_dir / "gateway.db"
     # State made while the database is writable.
-    conf, secret = _register_confidential(http, gw.base)
+    conf, secret = RS_ID, RS_SECRET  # the configured resource server, for introspection
     pub = _register_public(http, gw.base)
     pkce, code = _authorize(http, gw.base, pub)
     t = tokens_from(token_request(http, gw.base, _code_form(gw.base, pub, code, pkce.verifier)),

@@ -23,6 +23,7 @@ use super::login;
 use super::params::{Params, split_scopes};
 use super::pkce;
 use super::register::source_ip;
+use super::token::within_client_scope;
 use super::uris::{canonical_resource, redirect_uri_matches};
 use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
@@ -167,10 +168,21 @@ pub fn validate_request(
         ));
     }
     let scopes = if scopes.is_empty() {
-        default_scopes.to_vec()
+        match &client.scope {
+            Some(registered) => split_scopes(registered),
+            None => default_scopes.to_vec(),
+        }
     } else {
         scopes
     };
+    // The client's registered (or configured) scope bounds what it may be granted: narrow
+    // the request to it, or refuse when nothing is left (RFC 6749 §4.1.2.1).
+    let scopes = within_client_scope(&client, scopes).map_err(|_| {
+        redirect(
+            "invalid_scope",
+            "none of the requested scopes is within the scope this client registered",
+        )
+    })?;
     let resource = match params.get("resource") {
         None => our_resource.to_string(),
         Some(r) => match canonical_resource(r) {
@@ -571,10 +583,15 @@ fn consent_page(
     let client_host = Url::parse(&client.client_id)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string));
+    // A client that registered itself chose its own name: nobody vouched for it, so say so
+    // and show what identifies it (its id; where it sends the user is shown for all).
+    let unverified = !client.pinned && client_host.is_none();
     let html = env.get_template("consent.html").and_then(|t| {
         t.render(context! {
             client_name,
             client_host,
+            unverified,
+            client_id => &client.client_id,
             redirect_host,
             scopes,
             resource => &pending.resource,
@@ -883,6 +900,39 @@ mod tests {
         assert_eq!(
             code_of(check(&q("&state=again"), Some(client()))),
             "invalid_request"
+        );
+    }
+
+    #[test]
+    fn the_registered_scope_bounds_the_request() {
+        let read_only = Client {
+            scope: Some("mcp:read".into()),
+            ..client()
+        };
+        let r = check(
+            &q("&scope=mcp%3Aread%20mcp%3Awrite"),
+            Some(read_only.clone()),
+        )
+        .unwrap();
+        assert_eq!(r.scopes, ["mcp:read"], "narrowed to the intersection");
+        let r = check(&q(""), Some(read_only.clone())).unwrap();
+        assert_eq!(r.scopes, ["mcp:read"]);
+        let r = check(&q("&scope=offline_access"), Some(read_only.clone())).unwrap();
+        assert_eq!(r.scopes, ["mcp:read"]);
+        match check(&q("&scope=mcp%3Awrite"), Some(read_only)) {
+            Err(AuthorizeError::Redirect {
+                error, description, ..
+            }) => {
+                assert_eq!(error, "invalid_scope");
+                assert!(description.contains("registered"), "{description}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let unbounded = check(&q("&scope=mcp%3Awrite"), Some(client())).unwrap();
+        assert_eq!(
+            unbounded.scopes,
+            ["mcp:write"],
+            "no registered scope: no bound"
         );
     }
 

@@ -552,12 +552,21 @@ pub fn cache_ttl(cache_control: Option<&str>, default_ttl: u64, max_ttl: u64) ->
 }
 
 /// Strip control and bidirectional-formatting characters and cut to `max` characters, so a
-/// quote from a document cannot break logs, pages or messages.
-fn sanitize(s: &str, max: usize) -> String {
+/// quote from a document, or a name a client chose for itself, cannot break logs, pages or
+/// messages, nor reorder what the consent page shows. Used for metadata documents and for
+/// dynamic registration alike.
+pub(crate) fn sanitize(s: &str, max: usize) -> String {
     s.chars()
         .filter(|c| !c.is_control() && !is_bidi_control(*c))
         .take(max)
         .collect()
+}
+
+/// A name a client gives itself, as the consent page may show it: [`sanitize`]d, cut to 200
+/// characters, trimmed; `None` when nothing is left.
+pub(crate) fn display_name(raw: &str) -> Option<String> {
+    let name = sanitize(raw, MAX_CLIENT_NAME_CHARS).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Characters that reorder displayed text (used to spoof names on consent pages).
@@ -659,9 +668,7 @@ pub fn validate_document(url: &str, doc: &Value, now: u64) -> Result<Client, Cim
             "only the `code` response type is supported".into(),
         ));
     }
-    let client_name = opt_str(doc, "client_name")?
-        .map(|n| sanitize(n, MAX_CLIENT_NAME_CHARS).trim().to_string())
-        .filter(|n| !n.is_empty());
+    let client_name = opt_str(doc, "client_name")?.and_then(display_name);
     let scope = match opt_str(doc, "scope")? {
         None => None,
         Some(s) => {

@@ -159,6 +159,23 @@ pub async fn authenticated_client(
     authenticate(|_| Ok(found), presented)
 }
 
+/// The preamble of the endpoints a client hands a token to (RFC 7009 revocation, RFC 7662
+/// introspection): a form body with a `token`, from a client authenticated as at the token
+/// endpoint. Returns the client and the token.
+pub async fn client_and_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Client, String), OAuthError> {
+    let params = super::token::form_params(headers, body)?;
+    let token = params
+        .require("token")
+        .map_err(OAuthError::InvalidRequest)?
+        .to_string();
+    let client = authenticated_client(state, presented(headers, &params)?).await?;
+    Ok((client, token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

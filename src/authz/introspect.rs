@@ -1,6 +1,9 @@
-//! RFC 7662 token introspection. Only an authenticated confidential client (a resource
-//! server, a service) may ask. Anything unknown, expired, revoked, rotated out or issued
-//! for another audience is `{"active": false}` and nothing more (§2.2).
+//! RFC 7662 token introspection. Only an authenticated confidential client may ask. A
+//! resource server the operator configured (`[[clients]]` with `introspect = true`) learns
+//! about any token; any other client only about its own, since another client's token says
+//! who its user is and what they granted (§4). Anything unknown, expired, revoked, rotated
+//! out, issued for another audience or to another client is `{"active": false}` and nothing
+//! more (§2.2).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -8,11 +11,11 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::client_auth::{authenticated_client, presented};
+use super::client_auth::client_and_token;
 use super::error::OAuthError;
-use super::token::form_params;
 use crate::secret::sha256_b64;
 use crate::state::AppState;
+use crate::store::Client;
 
 /// What introspection says about `token` at `now`.
 pub async fn introspect(state: &AppState, token: &str, now: u64) -> Result<Value, OAuthError> {
@@ -60,23 +63,37 @@ pub async fn introspect(state: &AppState, token: &str, now: u64) -> Result<Value
     }))
 }
 
+/// Whether `client` is a resource server the operator configured to introspect any token.
+fn may_introspect_any(state: &AppState, client: &Client) -> bool {
+    client.pinned
+        && state
+            .settings
+            .config
+            .clients
+            .iter()
+            .any(|c| c.introspect && c.client_id == client.client_id)
+}
+
 /// `POST /introspect`.
 pub async fn introspect_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    let params = form_params(&headers, &body)?;
-    let token = params
-        .require("token")
-        .map_err(OAuthError::InvalidRequest)?;
-    let client = authenticated_client(&state, presented(&headers, &params)?).await?;
+    let (client, token) = client_and_token(&state, &headers, &body).await?;
     if !client.is_confidential() {
         return Err(OAuthError::InvalidClient {
             message: "introspection needs a confidential client".into(),
             basic: headers.contains_key(header::AUTHORIZATION),
         });
     }
-    let answer = introspect(&state, token, state.clock.now()).await?;
+    let answer = introspect(&state, &token, state.clock.now()).await?;
+    let answer = if may_introspect_any(&state, &client)
+        || answer["client_id"] == client.client_id.as_str()
+    {
+        answer
+    } else {
+        json!({ "active": false })
+    };
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(answer)).into_response())
 }

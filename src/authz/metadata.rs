@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::state::AppState;
 
 const CLIENT_AUTH: [&str; 3] = ["none", "client_secret_basic", "client_secret_post"];
@@ -23,7 +24,7 @@ pub struct AuthorizationServerMetadata {
     scopes_supported: Vec<String>,
     response_types_supported: [&'static str; 1],
     response_modes_supported: [&'static str; 1],
-    grant_types_supported: [&'static str; 3],
+    grant_types_supported: Vec<&'static str>,
     token_endpoint_auth_methods_supported: [&'static str; 3],
     revocation_endpoint_auth_methods_supported: [&'static str; 3],
     introspection_endpoint_auth_methods_supported: [&'static str; 2],
@@ -32,6 +33,23 @@ pub struct AuthorizationServerMetadata {
     client_id_metadata_document_supported: bool,
     subject_types_supported: [&'static str; 1],
     id_token_signing_alg_values_supported: Vec<String>,
+}
+
+/// The grants a client can actually be given: `client_credentials` only when a configured
+/// client may use it or an initial access token lets a registration ask for it, since an
+/// anonymous registration cannot.
+fn grant_types(config: &Config) -> Vec<&'static str> {
+    let mut grants = vec!["authorization_code", "refresh_token"];
+    let configured = config.clients.iter().any(|c| {
+        c.grant_types
+            .iter()
+            .flatten()
+            .any(|g| g == "client_credentials")
+    });
+    if configured || !config.initial_access_tokens.is_empty() {
+        grants.push("client_credentials");
+    }
+    grants
 }
 
 /// `GET /.well-known/oauth-authorization-server` and `/.well-known/openid-configuration`.
@@ -49,7 +67,7 @@ pub async fn authorization_server_get(State(state): State<AppState>) -> impl Int
         scopes_supported: state.settings.config.scopes.supported.clone(),
         response_types_supported: ["code"],
         response_modes_supported: ["query"],
-        grant_types_supported: ["authorization_code", "refresh_token", "client_credentials"],
+        grant_types_supported: grant_types(&state.settings.config),
         token_endpoint_auth_methods_supported: CLIENT_AUTH,
         revocation_endpoint_auth_methods_supported: CLIENT_AUTH,
         introspection_endpoint_auth_methods_supported: [

@@ -7,9 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::client_auth::{authenticated_client, presented};
+use super::client_auth::client_and_token;
 use super::error::OAuthError;
-use super::token::form_params;
 use crate::admin::events::{RequestMeta, audit};
 use crate::secret::sha256_b64;
 use crate::state::AppState;
@@ -21,11 +20,8 @@ pub async fn revoke_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    let params = form_params(&headers, &body)?;
-    let token = params
-        .require("token")
-        .map_err(OAuthError::InvalidRequest)?;
-    let client = authenticated_client(&state, presented(&headers, &params)?).await?;
+    let (client, token) = client_and_token(&state, &headers, &body).await?;
+    let token = token.as_str();
     let client_id = client.client_id.as_str();
     let not_yours =
         || OAuthError::UnauthorizedClient("the token was issued to another client".into());

@@ -179,12 +179,36 @@ fn for_grant(
     )
 }
 
-/// Scopes a client may obtain: those it registered with, else all offered.
-fn allowed_scopes(state: &AppState, client: &Client) -> Vec<String> {
+/// Scopes a client may obtain by client credentials: those its entry or registration
+/// names. A configured (`[[clients]]`) entry without `scope` keeps its documented default,
+/// all offered; a registered client that named no scope gets none (closed by default).
+fn client_credentials_scopes(state: &AppState, client: &Client) -> Result<Vec<String>, OAuthError> {
     match &client.scope {
-        Some(s) => split_scopes(s),
-        None => state.settings.config.scopes.supported.clone(),
+        Some(s) => Ok(split_scopes(s)),
+        None if client.pinned => Ok(state.settings.config.scopes.supported.clone()),
+        None => Err(OAuthError::InvalidScope(
+            "this client registered no scope, so client credentials give it none; register it with a `scope`"
+                .into(),
+        )),
     }
+}
+
+/// Narrow `scopes` to what the client registered (or its entry names), if it did: a
+/// client's `scope` bounds every grant it gets. Empty after narrowing: `invalid_scope`.
+pub fn within_client_scope(
+    client: &Client,
+    mut scopes: Vec<String>,
+) -> Result<Vec<String>, OAuthError> {
+    if let Some(registered) = &client.scope {
+        let registered = split_scopes(registered);
+        scopes.retain(|s| registered.contains(s));
+        if scopes.is_empty() {
+            return Err(OAuthError::InvalidScope(
+                "none of the scopes is within the client's registered scope".into(),
+            ));
+        }
+    }
+    Ok(scopes)
 }
 
 fn authorization_code(
@@ -239,11 +263,14 @@ fn authorization_code(
         ));
     }
     check_resource(resource.as_deref(), &code.resource)?;
+    // The code's scopes were bounded at /authorize; bound them again in case the client's
+    // entry changed since.
+    let scopes = within_client_scope(client, code.scopes)?;
     let grant = Grant {
         id: code.grant_id,
         client_id: client.client_id.clone(),
         sub: code.sub,
-        scopes: code.scopes,
+        scopes,
         resource: code.resource,
         expires_at: now + state.settings.config.refresh_token_ttl,
         revoked: false,
@@ -364,7 +391,7 @@ fn client_credentials(
             "client_credentials needs a confidential client".into(),
         ));
     }
-    let allowed = allowed_scopes(state, client);
+    let allowed = client_credentials_scopes(state, client)?;
     let scopes = match scope.as_deref() {
         None => allowed,
         Some(s) => {

@@ -43,11 +43,19 @@ pub fn validate_redirect_uri(raw: &str) -> Result<(), String> {
                 ))
             }
         }
-        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" | "ftp" | "ws" | "wss" => {
-            Err(format!("`{raw}`: scheme `{}` is not allowed", url.scheme()))
-        }
-        // Private-use URI schemes of native apps (RFC 8252 §7.1).
-        _ => Ok(()),
+        // Schemes a browser or the OS gives other meanings (a page's source, the browser's
+        // own pages, archives, mail, scripts, inline documents, files, the retired
+        // out-of-band value): never a place to deliver a code.
+        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" | "ftp" | "ws" | "wss"
+        | "view-source" | "chrome" | "chrome-extension" | "jar" | "filesystem" | "mailto"
+        | "urn" => Err(format!("`{raw}`: scheme `{}` is not allowed", url.scheme())),
+        // Private-use URI schemes of native apps, in reverse-domain form (RFC 8252 §7.1):
+        // `com.example.app:/cb`. A scheme without a period is not one an app can claim as
+        // its own, and may be one a browser or another app handles.
+        scheme if scheme.contains('.') => Ok(()),
+        scheme => Err(format!(
+            "`{raw}`: scheme `{scheme}` is not allowed; use https, http on a loopback host, or a private-use scheme in reverse-domain form such as com.example.app:/callback (RFC 8252 §7.1)"
+        )),
     }
 }
 
@@ -98,6 +106,7 @@ mod tests {
             "http://localhost/callback",
             "http://[::1]:8080/cb",
             "com.example.app:/oauth2redirect",
+            "com.example.app://oauth2redirect",
         ] {
             assert!(validate_redirect_uri(ok).is_ok(), "{ok}");
         }
@@ -115,6 +124,16 @@ mod tests {
             "http://127.0.0.1.evil.com/cb",
             "https://app.example/cb\r\nX-Injected: yes",
             "https://app.example/c b",
+            "view-source:https://app.example/cb",
+            "chrome://settings",
+            "chrome-extension://abc/cb",
+            "jar:https://app.example/x.jar!/cb",
+            "filesystem:https://app.example/temporary/cb",
+            "mailto:someone@example.com",
+            "file:///etc/passwd",
+            "urn:ietf:wg:oauth:2.0:oob",
+            "myapp:/callback",
+            "cursor://anysphere.cursor-retrieval/oauth/cb",
         ] {
             assert!(validate_redirect_uri(bad).is_err(), "{bad}");
         }

@@ -513,11 +513,12 @@ async fn bad_input_corpus() {
     let grace = gw.state.settings.config.refresh_grace_seconds;
     gw.clock.advance(grace + 1);
     let now = gw.clock.now();
-    // A confidential client for introspection, and an https one for port tricks.
+    // A confidential client for introspection, and an https one for port tricks. (An
+    // anonymous registration cannot ask for client_credentials: issue 12.)
     let svc = register(
         &gw,
         json!({"client_name":"svc","token_endpoint_auth_method":"client_secret_basic",
-               "grant_types":["client_credentials"]}),
+               "redirect_uris":[REDIRECT]}),
     )
     .await;
     let svc_id = svc["client_id"].as_str().unwrap().to_string();
@@ -1268,6 +1269,17 @@ async fn bad_input_corpus() {
         ("relative", "/callback"),
         ("crlf", "https://app.example.com/cb\r\nX-Injected: yes"),
         ("tab", "https://app.example.com/c\tb"),
+        ("view-source", "view-source:https://app.example.com/cb"),
+        ("chrome", "chrome://settings"),
+        ("jar", "jar:https://app.example.com/a.jar!/cb"),
+        (
+            "filesystem",
+            "filesystem:https://app.example.com/temporary/cb",
+        ),
+        ("mailto", "mailto:a@app.example.com"),
+        ("file", "file:///etc/passwd"),
+        ("oob", "urn:ietf:wg:oauth:2.0:oob"),
+        ("dotless-private-scheme", "myapp:/callback"),
     ] {
         add(
             &format!("register/redirect-{name}"),
@@ -1289,6 +1301,17 @@ async fn bad_input_corpus() {
         "register/client-credentials-for-public-client",
         reg(json!({"redirect_uris":[REDIRECT],"grant_types":["client_credentials"]})),
         Expect::OAuth(&[400], meta),
+    );
+    add(
+        "register/client-credentials-anonymous",
+        reg(json!({"token_endpoint_auth_method":"client_secret_basic",
+                   "grant_types":["client_credentials"]})),
+        Expect::OAuth(&[400], meta),
+    );
+    add(
+        "register/unknown-initial-access-token",
+        reg(json!({"redirect_uris":[REDIRECT]})).header("authorization", "Bearer not-a-token"),
+        Expect::OAuth(&[401], &["invalid_token"]),
     );
     add(
         "register/response-type-token",

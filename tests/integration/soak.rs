@@ -34,6 +34,9 @@ const WARM_UP_CALLS: u64 = 30;
 /// Time between two calls on one connection: 1,000 connections make ~333 calls/s.
 const PACE: Duration = Duration::from_secs(3);
 
+/// The initial access token the soak's service client registers with.
+const SOAK_IAT: &str = "soak-initial-access-token";
+
 /// The gateway binary in its own process; killed (by PID) on drop.
 struct Process {
     child: Child,
@@ -43,9 +46,21 @@ struct Process {
 impl Process {
     fn start(data_dir: &std::path::Path) -> Self {
         let any = "127.0.0.1:0";
+        // The service client registers with an initial access token (issue 12).
+        let config = data_dir.join("soak.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[initial_access_tokens]]\nname = \"soak\"\nsha256 = \"{}\"\n",
+                mcp_oauth_gateway::secret::sha256_b64(SOAK_IAT)
+            ),
+        )
+        .expect("write the config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-oauth-gateway"))
             .args(["--proxy-addr", any, "--mcp-addr", any, "--routes-addr", any])
             .args(["--jwks-addr", any, "--store", "memory"])
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn,mcp_oauth_gateway::gateway=info")
@@ -104,6 +119,7 @@ async fn service_token(base: &str) -> String {
     let http = reqwest::Client::new();
     let reg: Value = http
         .post(format!("{base}/register"))
+        .bearer_auth(SOAK_IAT)
         .json(
             &json!({"client_name": "soak", "grant_types": ["client_credentials"],
                       "token_endpoint_auth_method": "client_secret_basic",
