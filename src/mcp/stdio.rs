@@ -407,8 +407,10 @@ mod tests {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| OsString::from(v))
         };
-        let mut config = crate::config::UpstreamEnv::default();
-        config.pass = vec!["WANTED".into(), "ABSENT".into(), "PATH".into()];
+        let mut config = crate::config::UpstreamEnv {
+            pass: vec!["WANTED".into(), "ABSENT".into(), "PATH".into()],
+            ..Default::default()
+        };
         config.set.insert("FIXED".into(), "f".into());
         config.set.insert("LANG".into(), "en_GB.UTF-8".into());
         let env = child_env(&config, &["APP_SECRET"], gateway_env).unwrap();
@@ -433,8 +435,10 @@ mod tests {
             "A=B",
             "",
         ] {
-            let mut c = crate::config::UpstreamEnv::default();
-            c.pass = vec![bad.into()];
+            let c = crate::config::UpstreamEnv {
+                pass: vec![bad.into()],
+                ..Default::default()
+            };
             assert!(
                 child_env(&c, &["APP_SECRET"], gateway_env).is_err(),
                 "{bad}"
