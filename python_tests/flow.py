@@ -271,9 +271,9 @@ def unverified_header(token: str) -> dict:
 
 
 def mint(pem: bytes, kid: str, claims: dict) -> str:
-    """Sign claims with the gateway's own key (ES256) as a forged/edited token."""
+    """Sign claims with the gateway's own key (ES256), typed at+jwt as its tokens are."""
     key = serialization.load_pem_private_key(pem, password=None)
-    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid, "typ": "JWT"})
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid, "typ": "at+jwt"})
 
 
 def now() -> int:

@@ -85,7 +85,14 @@ pub fn stdio_service(
     command: &str,
     shutdown: CancellationToken,
 ) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {
-    let shared = stdio::StdioUpstream::new(command)?;
+    let c = &state.settings.config;
+    // Where the gateway reads its own secrets from: never passed to the child.
+    let secrets = [
+        c.shared_secret.secret_env.as_str(),
+        c.external.introspection_secret_env.as_str(),
+    ];
+    let env = stdio::child_env(&c.upstream_env, &secrets, |name| std::env::var_os(name))?;
+    let shared = stdio::StdioUpstream::new(command, env.clone())?;
     let per_session = state.settings.config.upstream_cmd_per_session;
     let command = command.to_string();
     let policy = state.policy.clone();
@@ -94,7 +101,7 @@ pub fn stdio_service(
             // Per session: the child lives as long as the session's bridge, and is killed
             // with it when the session ends.
             let upstream = if per_session {
-                stdio::StdioUpstream::new(&command).map_err(std::io::Error::other)?
+                stdio::StdioUpstream::new(&command, env.clone()).map_err(std::io::Error::other)?
             } else {
                 shared.clone()
             };

@@ -5,6 +5,7 @@
 //! `tools/list` shows only what the token may call, `tools/call` refuses the rest.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,61 @@ pub fn split_command(line: &str) -> Result<Vec<String>, CommandError> {
     Ok(words)
 }
 
+/// Variables a child gets from the gateway's environment whenever they are set there.
+pub const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// The gateway's own settings and secrets live in variables with this prefix; a child never
+/// gets one, even when the configuration names it.
+const GATEWAY_PREFIX: &str = "MCP_GATEWAY_";
+
+/// The whole environment of an `--upstream-cmd` child: [`BASE_ENV`] and `upstream_env.pass`
+/// as far as `lookup` (the gateway's environment) has them, then `upstream_env.set`. Nothing
+/// else of the gateway's environment reaches the child. Naming an `MCP_GATEWAY_*` variable
+/// or one of `secret_names` (where the gateway reads its own secrets) is a configuration
+/// error.
+pub fn child_env(
+    config: &crate::config::UpstreamEnv,
+    secret_names: &[&str],
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<(String, OsString)>, CommandError> {
+    let forbidden = |name: &str| {
+        name.to_ascii_uppercase().starts_with(GATEWAY_PREFIX)
+            || secret_names.iter().any(|s| !s.is_empty() && *s == name)
+    };
+    let named = config.pass.iter().chain(config.set.keys());
+    if let Some(name) = named.clone().find(|n| forbidden(n)) {
+        return Err(CommandError(format!(
+            "upstream_env may not name `{name}`: the gateway's own variables never reach the child"
+        )));
+    }
+    if let Some(name) = named
+        .clone()
+        .find(|n| n.is_empty() || n.contains(['=', '\0']))
+    {
+        return Err(CommandError(format!(
+            "upstream_env: `{name}` is not a variable name"
+        )));
+    }
+    let mut env: Vec<(String, OsString)> = Vec::new();
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(config.pass.iter().map(String::as_str))
+    {
+        if env.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        if let Some(value) = lookup(name) {
+            env.push((name.to_string(), value));
+        }
+    }
+    for (name, value) in &config.set {
+        env.retain(|(n, _)| n != name);
+        env.push((name.clone(), OsString::from(value)));
+    }
+    Ok(env)
+}
+
 /// The child process and when it was last (re)started.
 struct Slot {
     child: Option<Child>,
@@ -79,14 +135,17 @@ struct Slot {
 /// The shared stdio upstream.
 pub struct StdioUpstream {
     argv: Vec<String>,
+    env: Vec<(String, OsString)>,
     slot: Mutex<Slot>,
 }
 
 impl StdioUpstream {
-    /// An upstream running `command` (started on first use).
-    pub fn new(command: &str) -> Result<Arc<Self>, CommandError> {
+    /// An upstream running `command` (started on first use) with exactly the environment
+    /// `env` (see [`child_env`]).
+    pub fn new(command: &str, env: Vec<(String, OsString)>) -> Result<Arc<Self>, CommandError> {
         Ok(Arc::new(Self {
             argv: split_command(command)?,
+            env,
             slot: Mutex::new(Slot {
                 child: None,
                 last_spawn: None,
@@ -97,7 +156,11 @@ impl StdioUpstream {
 
     async fn spawn(&self) -> Result<Child, String> {
         let mut cmd = tokio::process::Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..]).kill_on_drop(true);
+        // A clean environment: the gateway's own (its secrets included) never reaches it.
+        cmd.args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true);
         let (transport, stderr) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::piped())
             .spawn()
@@ -326,5 +389,66 @@ mod tests {
         assert_eq!(split_command(r#"x """#).unwrap(), ["x", ""]);
         assert!(split_command("  ").is_err());
         assert!(split_command("x \"open").is_err());
+    }
+
+    #[test]
+    fn children_get_only_the_allowed_environment() {
+        let gateway_env = |name: &str| {
+            [
+                ("PATH", "/bin"),
+                ("HOME", "/home/g"),
+                ("LANG", "C.UTF-8"),
+                ("MCP_GATEWAY_SHARED_SECRET", "s3cret"),
+                ("APP_SECRET", "s3cret"),
+                ("UNRELATED", "x"),
+                ("WANTED", "w"),
+            ]
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| OsString::from(v))
+        };
+        let mut config = crate::config::UpstreamEnv {
+            pass: vec!["WANTED".into(), "ABSENT".into(), "PATH".into()],
+            ..Default::default()
+        };
+        config.set.insert("FIXED".into(), "f".into());
+        config.set.insert("LANG".into(), "en_GB.UTF-8".into());
+        let env = child_env(&config, &["APP_SECRET"], gateway_env).unwrap();
+        let got: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("PATH", "/bin"),
+                ("HOME", "/home/g"),
+                ("WANTED", "w"),
+                ("FIXED", "f"),
+                ("LANG", "en_GB.UTF-8"),
+            ]
+        );
+        for bad in [
+            "MCP_GATEWAY_SHARED_SECRET",
+            "mcp_gateway_x",
+            "APP_SECRET",
+            "A=B",
+            "",
+        ] {
+            let c = crate::config::UpstreamEnv {
+                pass: vec![bad.into()],
+                ..Default::default()
+            };
+            assert!(
+                child_env(&c, &["APP_SECRET"], gateway_env).is_err(),
+                "{bad}"
+            );
+            let mut c = crate::config::UpstreamEnv::default();
+            c.set.insert(bad.into(), "v".into());
+            assert!(
+                child_env(&c, &["APP_SECRET"], gateway_env).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

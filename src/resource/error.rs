@@ -10,11 +10,17 @@ use serde_json::{Value, json};
 /// A JSON-RPC 2.0 error body answering no particular request, with the request id (when
 /// there is one) in `data`.
 pub fn jsonrpc_error_body(code: i64, message: &str) -> Value {
+    jsonrpc_error_reply(Value::Null, code, message)
+}
+
+/// A JSON-RPC 2.0 error answering the request with id `id` (null when it could not be
+/// read), with the HTTP request id (when there is one) in `data`.
+pub fn jsonrpc_error_reply(id: Value, code: i64, message: &str) -> Value {
     let mut error = json!({"code": code, "message": message});
-    if let Some(id) = crate::ops::current_request_id() {
-        error["data"] = json!({ "request_id": id });
+    if let Some(rid) = crate::ops::current_request_id() {
+        error["data"] = json!({ "request_id": rid });
     }
-    json!({"jsonrpc": "2.0", "id": null, "error": error})
+    json!({"jsonrpc": "2.0", "id": id, "error": error})
 }
 
 /// The RFC 6750 error codes.

@@ -7,9 +7,11 @@ pub mod api_keys;
 pub mod error;
 pub mod metadata;
 pub mod policy;
+pub mod sessions;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -23,6 +25,17 @@ use tower::Service;
 
 use crate::state::AppState;
 use error::{BearerError, BearerErrorCode};
+use sessions::{Owner, SessionOwners};
+
+/// The MCP session header (streamable HTTP).
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// What the bearer layer works with: the shared state and who owns which MCP session.
+#[derive(Clone)]
+pub struct Gate {
+    state: AppState,
+    sessions: Arc<SessionOwners>,
+}
 
 /// Largest JSON-RPC body accepted on the MCP endpoint.
 pub const MAX_MCP_BODY: usize = 4 * 1024 * 1024;
@@ -57,12 +70,13 @@ where
     S::Response: IntoResponse,
     S::Future: Send + 'static,
 {
+    let gate = Gate {
+        state: state.clone(),
+        sessions: Arc::new(SessionOwners::default()),
+    };
     let protected = Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_bearer,
-        ));
+        .layer(middleware::from_fn_with_state(gate, require_bearer));
     metadata_router(state)
         .merge(protected)
         .layer(middleware::from_fn(crate::ops::request_id_scope))
@@ -132,29 +146,134 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
     Ok(Some(token))
 }
 
-/// Whether a body is a JSON-RPC 2.0 message or a non-empty batch of them: requests and
-/// notifications with a string `method` and structured `params`, or responses.
-fn is_jsonrpc(body: &Value) -> bool {
-    fn one(m: &Value) -> bool {
-        let Value::Object(o) = m else {
-            return false;
-        };
-        let id_ok = o
-            .get("id")
-            .is_none_or(|id| matches!(id, Value::String(_) | Value::Number(_) | Value::Null));
-        let params_ok = o
-            .get("params")
-            .is_none_or(|p| matches!(p, Value::Object(_) | Value::Array(_)));
-        let shape_ok = match o.get("method") {
-            Some(method) => method.is_string(),
-            None => o.contains_key("id") && (o.contains_key("result") || o.contains_key("error")),
-        };
-        o.get("jsonrpc").and_then(Value::as_str) == Some("2.0") && id_ok && params_ok && shape_ok
+/// Why one JSON-RPC message is refused: the JSON-RPC error code and a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Invalid(i64, &'static str);
+
+/// The id to answer `message` with: its own when it is a valid id, else null.
+fn reply_id(message: &Value) -> Value {
+    match message.get("id") {
+        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+        _ => Value::Null,
     }
+}
+
+/// Check one JSON-RPC 2.0 message: a request or notification with a string `method` and
+/// structured `params`, or a response; and for the methods that name what they act on
+/// (`tools/call`, `prompts/get`: `params.name`; `resources/read`: `params.uri`), that
+/// name as a string, since the scope policy decides on it.
+fn check_message(m: &Value) -> Result<(), Invalid> {
+    const INVALID: i64 = -32600;
+    const PARAMS: i64 = -32602;
+    let Value::Object(o) = m else {
+        return Err(Invalid(
+            INVALID,
+            "invalid request: a JSON-RPC message is an object",
+        ));
+    };
+    if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(Invalid(INVALID, "invalid request: jsonrpc must be \"2.0\""));
+    }
+    if o.get("id")
+        .is_some_and(|id| !matches!(id, Value::String(_) | Value::Number(_) | Value::Null))
+    {
+        return Err(Invalid(
+            INVALID,
+            "invalid request: id must be a string, a number or null",
+        ));
+    }
+    let method = match o.get("method") {
+        Some(Value::String(m)) => m.as_str(),
+        Some(_) => return Err(Invalid(INVALID, "invalid request: method must be a string")),
+        None => {
+            let response =
+                o.contains_key("id") && (o.contains_key("result") != o.contains_key("error"));
+            return match response {
+                true => Ok(()),
+                false => Err(Invalid(
+                    INVALID,
+                    "invalid request: neither a request nor a response",
+                )),
+            };
+        }
+    };
+    let params = o.get("params");
+    if params.is_some_and(|p| !matches!(p, Value::Object(_) | Value::Array(_))) {
+        return Err(Invalid(
+            INVALID,
+            "invalid request: params must be an object or an array",
+        ));
+    }
+    let (field, problem) = match method {
+        "tools/call" => (
+            "name",
+            "invalid params: tools/call needs params.name, a string",
+        ),
+        "prompts/get" => (
+            "name",
+            "invalid params: prompts/get needs params.name, a string",
+        ),
+        "resources/read" => (
+            "uri",
+            "invalid params: resources/read needs params.uri, a string",
+        ),
+        _ => return Ok(()),
+    };
+    match params.and_then(|p| p.get(field)) {
+        Some(Value::String(_)) if params.is_some_and(Value::is_object) => Ok(()),
+        _ => Err(Invalid(PARAMS, problem)),
+    }
+}
+
+/// Check a POST body, one message or a batch (each element on its own). `Err` is the whole
+/// answer: one error, or for a batch an array with an error per invalid element (and, for
+/// the valid requests in it, a note that they were not executed).
+fn check_body(body: &Value) -> Result<(), Value> {
     match body {
-        Value::Array(items) => !items.is_empty() && items.iter().all(one),
-        single => one(single),
+        Value::Array(items) if items.is_empty() => Err(error::jsonrpc_error_reply(
+            Value::Null,
+            -32600,
+            "invalid request: an empty batch",
+        )),
+        Value::Array(items) => {
+            let checked: Vec<_> = items.iter().map(check_message).collect();
+            if checked.iter().all(Result::is_ok) {
+                return Ok(());
+            }
+            let replies = items
+                .iter()
+                .zip(checked)
+                .filter_map(|(m, c)| match c {
+                    Err(Invalid(code, why)) => {
+                        Some(error::jsonrpc_error_reply(reply_id(m), code, why))
+                    }
+                    Ok(()) if m.get("method").is_some() && m.get("id").is_some() => {
+                        Some(error::jsonrpc_error_reply(
+                            reply_id(m),
+                            -32600,
+                            "not executed: another message in this batch is invalid",
+                        ))
+                    }
+                    Ok(()) => None,
+                })
+                .collect();
+            Err(Value::Array(replies))
+        }
+        single => check_message(single)
+            .map_err(|Invalid(code, why)| error::jsonrpc_error_reply(reply_id(single), code, why)),
     }
+}
+
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json_content(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        })
 }
 
 /// Check `Mcp-Method` / `Mcp-Name` headers against the body: authorizing on headers while
@@ -243,8 +362,18 @@ async fn identify(state: &AppState, token: &str, now: u64) -> Result<Identity, R
     })
 }
 
+/// The answer for a session this identity may not use: exactly that for an unknown one.
+fn session_not_found(id: Value) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(error::jsonrpc_error_reply(id, -32001, "Session not found")),
+    )
+        .into_response()
+}
+
 /// The bearer layer in front of the MCP service.
-pub async fn require_bearer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+    let state = &gate.state;
     let s = &state.settings;
     let refuse = |code: Option<BearerErrorCode>, description: Option<&str>, scope: String| {
         BearerError {
@@ -258,7 +387,7 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
     let default_scope = s.config.scopes.default_method.clone();
 
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| origin_allowed(&state, o));
+        let ok = origin.to_str().is_ok_and(|o| origin_allowed(state, o));
         if !ok {
             return jsonrpc_error(StatusCode::FORBIDDEN, -32600, "origin not allowed");
         }
@@ -286,7 +415,7 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
     };
     let now = state.clock.now();
     let started = std::time::Instant::now();
-    let checked = identify(&state, token, now).await;
+    let checked = identify(state, token, now).await;
     let outcome = match &checked {
         Ok(_) => "ok",
         Err(Refusal::Token(kind, _)) => kind,
@@ -314,8 +443,17 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
         }
     };
 
-    let mut req = if req.method() == Method::POST {
+    let is_post = req.method() == Method::POST;
+    let mut reply_to = Value::Null;
+    let mut req = if is_post {
         let (parts, body) = req.into_parts();
+        if !is_json_content(&parts.headers) {
+            return jsonrpc_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                -32600,
+                "unsupported media type: send application/json",
+            );
+        }
         let bytes: Bytes = match axum::body::to_bytes(body, MAX_MCP_BODY).await {
             Ok(b) => b,
             Err(_) => {
@@ -333,19 +471,20 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
                 "parse error: body is not JSON",
             );
         };
-        if !is_jsonrpc(&message) {
-            return jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                "invalid request: not a JSON-RPC message",
-            );
+        if let Err(answer) = check_body(&message) {
+            return (StatusCode::BAD_REQUEST, axum::Json(answer)).into_response();
         }
+        reply_to = reply_id(&message);
         if !headers_match_body(&parts.headers, &message) {
-            return jsonrpc_error(
+            return (
                 StatusCode::BAD_REQUEST,
-                -32600,
-                "Mcp-Method or Mcp-Name header does not match the request body",
-            );
+                axum::Json(error::jsonrpc_error_reply(
+                    reply_to,
+                    -32600,
+                    "Mcp-Method or Mcp-Name header does not match the request body",
+                )),
+            )
+                .into_response();
         }
         if let Some(missing) = state.policy.missing(&message, &identity.effective) {
             state.metrics.insufficient_scope();
@@ -372,10 +511,61 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
     } else {
         req
     };
+
+    // A session belongs to the identity that opened it: to anyone else, and for a session
+    // we never saw open, it does not exist.
+    let owner = Owner {
+        sub: identity.sub.clone(),
+        client_id: identity.client_id.clone(),
+    };
+    let session = match req.headers().get(SESSION_HEADER) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(sid) if gate.sessions.check(sid, &owner, now) => Some(sid.to_string()),
+            _ => return session_not_found(reply_to),
+        },
+    };
+    let deleting = req.method() == Method::DELETE;
+
     // No token passthrough (a5): what follows sees the identity, not the credential.
     req.headers_mut().remove(header::AUTHORIZATION);
     req.extensions_mut().insert(identity);
-    next.run(req).await
+    let mut res = next.run(req).await;
+
+    match &session {
+        // A new session, opened by this request: it is this identity's.
+        None => {
+            if res.status().is_success()
+                && let Some(sid) = res
+                    .headers()
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                && !gate.sessions.bind(sid, &owner, now)
+            {
+                tracing::warn!("the MCP server reused a session id bound to another identity");
+                return session_not_found(reply_to);
+            }
+        }
+        Some(sid) => {
+            if deleting && (res.status().is_success() || res.status() == StatusCode::NOT_FOUND) {
+                gate.sessions.forget(sid);
+            }
+        }
+    }
+    // rmcp answers 415 for a body it cannot read as an MCP message; the Content-Type was
+    // checked above, so this is the client's malformed request, and a JSON-RPC error.
+    if is_post && res.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        res = (
+            StatusCode::BAD_REQUEST,
+            axum::Json(error::jsonrpc_error_reply(
+                reply_to,
+                -32600,
+                "invalid request: not a valid MCP message",
+            )),
+        )
+            .into_response();
+    }
+    res
 }
 
 #[cfg(test)]
@@ -407,21 +597,105 @@ mod tests {
             json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
             json!({"jsonrpc":"2.0","id":"a","result":{}}),
             json!([{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}]),
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}),
+            json!({"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}),
+            json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"x://y"}}),
         ] {
-            assert!(is_jsonrpc(&ok), "{ok}");
+            assert_eq!(check_body(&ok), Ok(()), "{ok}");
         }
-        for bad in [
-            json!({"jsonrpc":"2.0","id":1,"method":5}),
-            json!({"jsonrpc":"2.0","id":1}),
-            json!({"jsonrpc":"2.0","id":1,"method":"x","params":"s"}),
-            json!({"jsonrpc":"2.0","id":{},"method":"x"}),
-            json!({"jsonrpc":"1.0","id":1,"method":"x"}),
-            json!([]),
-            json!([5]),
-            json!("x"),
+        for (bad, code, id) in [
+            (json!({"jsonrpc":"2.0","id":1,"method":5}), -32600, json!(1)),
+            (json!({"jsonrpc":"2.0","id":1}), -32600, json!(1)),
+            (
+                json!({"jsonrpc":"2.0","id":1,"method":"x","params":"s"}),
+                -32600,
+                json!(1),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":{},"method":"x"}),
+                -32600,
+                Value::Null,
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":[1],"method":"x"}),
+                -32600,
+                Value::Null,
+            ),
+            (
+                json!({"jsonrpc":"1.0","id":"a","method":"x"}),
+                -32600,
+                json!("a"),
+            ),
+            (json!({"id":2,"method":"x"}), -32600, json!(2)),
+            (
+                json!({"jsonrpc":"2.0","id":1,"result":{},"error":{}}),
+                -32600,
+                json!(1),
+            ),
+            (json!([]), -32600, Value::Null),
+            (json!("x"), -32600, Value::Null),
+            (json!(null), -32600, Value::Null),
+            (
+                json!({"jsonrpc":"2.0","id":3,"method":"tools/call"}),
+                -32602,
+                json!(3),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":5}}),
+                -32602,
+                json!(3),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":["echo"]}),
+                -32602,
+                json!(3),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{}}),
+                -32602,
+                json!(3),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"name":"x"}}),
+                -32602,
+                json!(3),
+            ),
+            (
+                json!({"jsonrpc":"2.0","method":"tools/call","params":{"name":null}}),
+                -32602,
+                Value::Null,
+            ),
         ] {
-            assert!(!is_jsonrpc(&bad), "{bad}");
+            let answer = check_body(&bad).expect_err("refused");
+            assert_eq!(answer["error"]["code"], code, "{bad}");
+            assert_eq!(answer["id"], id, "{bad}");
         }
+    }
+
+    #[test]
+    fn batches_are_checked_per_element() {
+        let batch = json!([
+            {"jsonrpc":"2.0","id":1,"method":"ping"},
+            {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":7}},
+            {"jsonrpc":"2.0","method":"notifications/initialized"},
+            5,
+            {"jsonrpc":"2.0","id":"r","method":"resources/read","params":{}}
+        ]);
+        let answer = check_body(&batch).expect_err("refused");
+        let replies = answer.as_array().expect("an array");
+        let got: Vec<(Value, Value)> = replies
+            .iter()
+            .map(|r| (r["id"].clone(), r["error"]["code"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (json!(1), json!(-32600)),
+                (json!(2), json!(-32602)),
+                (Value::Null, json!(-32600)),
+                (json!("r"), json!(-32602)),
+            ]
+        );
     }
 
     #[test]

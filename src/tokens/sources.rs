@@ -144,12 +144,14 @@ pub fn verifier(settings: &Settings, keys: Arc<KeyRing>) -> Result<Verifier, Con
                 let set = keys.jwks();
                 Box::pin(async move { Ok(set) })
             });
+            // Our own tokens: typed `at+jwt`, with a `jti`, and no leeway (one clock).
             Ok(Verifier::new(
                 vec![settings.issuer.clone()],
                 settings.resource.clone(),
                 leeway,
                 Keys::Jwks(JwksCache::new(fetch, 300, 5)),
-            ))
+            )
+            .own_tokens())
         }
         AuthMode::External => {
             let e = &c.external;

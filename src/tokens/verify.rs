@@ -1,6 +1,9 @@
 //! Verifying access tokens: algorithm pinned to the key's, signature against a cached JWKS
 //! (an unknown `kid` triggers one rate-limited refetch), `iss`, `aud`, and `exp`/`nbf`
-//! against the injected clock with a small leeway (RFC 8725 §3.1, RFC 9068 §4).
+//! against the injected clock (RFC 8725 §3.1, RFC 9068 §4). A `crit` header is refused
+//! from every issuer: we understand no JWS extensions (RFC 7515 §4.1.11). The gateway's own
+//! tokens ([`Verifier::own_tokens`]) must also be typed `at+jwt` and carry a `jti`, with no
+//! leeway (one clock signs and checks them); other issuers get the configured leeway.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -77,6 +80,12 @@ pub enum VerifyError {
     /// The key set could not be fetched and none is cached.
     #[error("the signing keys are unavailable")]
     KeysUnavailable,
+    /// The header has `crit`: it names extensions we do not understand (RFC 7515 §4.1.11).
+    #[error("the token uses a critical header extension this server does not understand")]
+    CriticalHeader,
+    /// Not typed as a JWT access token (`typ: at+jwt`, RFC 9068 §4), or missing `jti`.
+    #[error("the token is not an access token of this issuer")]
+    NotAccessToken,
 }
 
 impl VerifyError {
@@ -92,6 +101,8 @@ impl VerifyError {
             Self::NotYetValid => "not_yet_valid",
             Self::Revoked => "revoked",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::CriticalHeader => "critical_header",
+            Self::NotAccessToken => "not_access_token",
         }
     }
 }
@@ -207,6 +218,8 @@ pub struct Verifier {
     pub leeway: u64,
     /// The key source.
     pub keys: Keys,
+    /// The gateway's own tokens: `typ: at+jwt` and `jti` required, no leeway.
+    own: bool,
     /// Tokens whose signature already verified: the signature check is most of the cost of
     /// a request (ES256 ≈ 80 µs), so a token presented again is only re-checked for time.
     verified: VerifiedCache,
@@ -275,8 +288,18 @@ impl Verifier {
             audience,
             leeway,
             keys,
+            own: false,
             verified: VerifiedCache::default(),
         }
+    }
+
+    /// Verify the gateway's own tokens (RFC 9068 §4): the header must say `typ: at+jwt`,
+    /// the claims must carry a `jti` (what revocation is keyed on), and `exp`/`nbf` get no
+    /// leeway, since the same clock signs and checks them.
+    pub fn own_tokens(mut self) -> Self {
+        self.own = true;
+        self.leeway = 0;
+        self
     }
 
     /// Count the key cache's hits and misses into `counters` (no effect with an HMAC key,
@@ -318,6 +341,14 @@ impl Verifier {
 
     async fn verify_signed(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        // We implement no JWS extension, so any `crit` (even an empty one, which RFC 7515
+        // forbids) makes the token unacceptable.
+        if header.crit.is_some() {
+            return Err(VerifyError::CriticalHeader);
+        }
+        if self.own && !header.typ.as_deref().is_some_and(is_at_jwt) {
+            return Err(VerifyError::NotAccessToken);
+        }
         let cached;
         let (alg, key) = match &self.keys {
             Keys::Jwks(cache) => {
@@ -360,6 +391,9 @@ impl Verifier {
         }
         let mut claims: VerifiedClaims =
             serde_json::from_value(raw).map_err(|_| VerifyError::Malformed)?;
+        if self.own && claims.jti.as_deref().is_none_or(str::is_empty) {
+            return Err(VerifyError::NotAccessToken);
+        }
         // Some issuers (Entra) put scopes in `scp`, as a string or an array.
         if claims.scope.is_empty() {
             claims.scope = match claims.scp.take() {
@@ -375,6 +409,12 @@ impl Verifier {
         self.check_times(&claims, now)?;
         Ok(claims)
     }
+}
+
+/// `at+jwt`, or its full media type `application/at+jwt` (RFC 9068 §2.1; media types are
+/// case-insensitive).
+fn is_at_jwt(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
 }
 
 /// `aud` may be a string or an array (RFC 7519 §4.1.3); ours must be in it.
@@ -537,6 +577,145 @@ mod tests {
         .unwrap();
         assert_eq!(v.verify(&hs, NOW).await, Err(VerifyError::Malformed));
         assert_eq!(v.verify("a.b.c", NOW).await, Err(VerifyError::Malformed));
+    }
+
+    fn sign_with(
+        key: &SigningKey,
+        edit: impl FnOnce(&mut jsonwebtoken::Header),
+        c: &AccessClaims,
+    ) -> String {
+        let mut header = jsonwebtoken::Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        edit(&mut header);
+        jsonwebtoken::encode(&header, c, &key.encoding).unwrap()
+    }
+
+    #[tokio::test]
+    async fn own_tokens_must_be_typed_at_jwt() {
+        let (key, v, _) = setup();
+        let v = v.own_tokens();
+        assert!(v.verify(&sign(&key, &claims()).unwrap(), NOW).await.is_ok());
+        let untyped = sign_with(&key, |_| {}, &claims());
+        assert_eq!(
+            v.verify(&untyped, NOW).await,
+            Err(VerifyError::NotAccessToken)
+        );
+        let jwt = sign_with(&key, |h| h.typ = Some("JWT".into()), &claims());
+        assert_eq!(v.verify(&jwt, NOW).await, Err(VerifyError::NotAccessToken));
+        let media = sign_with(
+            &key,
+            |h| h.typ = Some("application/AT+JWT".into()),
+            &claims(),
+        );
+        assert!(v.verify(&media, NOW).await.is_ok());
+        // Another issuer's tokens need no `typ` (many IdPs send `JWT`).
+        let (key, other, _) = setup();
+        assert!(
+            other
+                .verify(&sign_with(&key, |_| {}, &claims()), NOW)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn own_tokens_need_a_jti() {
+        let (key, v, _) = setup();
+        let v = v.own_tokens();
+        #[derive(serde::Serialize)]
+        struct NoJti<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            exp: u64,
+            scope: &'a str,
+        }
+        let c = claims();
+        let mut header = jsonwebtoken::Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        let payload = NoJti {
+            iss: &c.iss,
+            sub: &c.sub,
+            aud: &c.aud,
+            exp: c.exp,
+            scope: &c.scope,
+        };
+        let token = jsonwebtoken::encode(&header, &payload, &key.encoding).unwrap();
+        assert_eq!(
+            v.verify(&token, NOW).await,
+            Err(VerifyError::NotAccessToken)
+        );
+        let mut empty = claims();
+        empty.jti = String::new();
+        let token = sign(&key, &empty).unwrap();
+        assert_eq!(
+            v.verify(&token, NOW).await,
+            Err(VerifyError::NotAccessToken)
+        );
+    }
+
+    #[tokio::test]
+    async fn own_tokens_get_no_leeway() {
+        let (key, v, _) = setup();
+        let v = v.own_tokens();
+        let token = sign(&key, &claims()).unwrap();
+        assert!(v.verify(&token, NOW + 60).await.is_ok());
+        assert_eq!(v.verify(&token, NOW + 61).await, Err(VerifyError::Expired));
+        let (key, v, _) = setup();
+        let v = v.own_tokens();
+        let token = sign(&key, &claims()).unwrap();
+        assert_eq!(
+            v.verify(&token, NOW - 1).await,
+            Err(VerifyError::NotYetValid)
+        );
+        assert!(v.verify(&token, NOW).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_crit_header_is_refused_from_every_issuer() {
+        for own in [false, true] {
+            let (key, v, _) = setup();
+            let v = if own { v.own_tokens() } else { v };
+            for crit in [vec!["exp".to_string()], vec!["b64".into()], vec![]] {
+                let token = sign_with(
+                    &key,
+                    |h| {
+                        h.typ = Some("at+jwt".into());
+                        h.crit = Some(crit.clone());
+                    },
+                    &claims(),
+                );
+                assert_eq!(
+                    v.verify(&token, NOW).await,
+                    Err(VerifyError::CriticalHeader),
+                    "own={own} crit={crit:?}"
+                );
+            }
+        }
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let v = Verifier::new(
+            vec!["http://127.0.0.1:1".into()],
+            "http://127.0.0.1:1/mcp".into(),
+            5,
+            Keys::Hmac(DecodingKey::from_secret(secret)),
+        );
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        let enc = jsonwebtoken::EncodingKey::from_secret(secret);
+        assert!(
+            v.verify(
+                &jsonwebtoken::encode(&header, &claims(), &enc).unwrap(),
+                NOW
+            )
+            .await
+            .is_ok()
+        );
+        header.crit = Some(vec!["x-ext".into()]);
+        let token = jsonwebtoken::encode(&header, &claims(), &enc).unwrap();
+        assert_eq!(
+            v.verify(&token, NOW).await,
+            Err(VerifyError::CriticalHeader)
+        );
     }
 
     #[tokio::test]

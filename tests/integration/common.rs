@@ -370,11 +370,18 @@ impl TestGateway {
         .await
     }
 
-    /// Sign arbitrary claims with the gateway's own key.
+    /// Sign arbitrary claims with the gateway's own key, typed `at+jwt` as its tokens are.
     pub fn mint(&self, claims: Value) -> String {
+        self.mint_with(claims, |_| {})
+    }
+
+    /// Sign claims with the gateway's own key, with the header as `edit` leaves it.
+    pub fn mint_with(&self, claims: Value, edit: impl FnOnce(&mut jsonwebtoken::Header)) -> String {
         let key = self.state.keys.current();
         let mut header = jsonwebtoken::Header::new(key.alg);
         header.kid = Some(key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        edit(&mut header);
         jsonwebtoken::encode(&header, &claims, &key.encoding).expect("sign")
     }
 

@@ -246,6 +246,22 @@ fn check_jsonrpc(r: &Resp, statuses: &[u16], codes: &[i64]) -> Result<(), String
         return Err(format!("status {} (want one of {statuses:?})", r.status));
     }
     let v = jsonrpc_body(&r.text);
+    // A refused batch is answered per element (JSON-RPC 2.0 §6): every element an error.
+    if let Value::Array(replies) = &v
+        && !replies.is_empty()
+    {
+        return replies.iter().try_for_each(|one| {
+            check_jsonrpc(
+                &Resp {
+                    status: r.status,
+                    headers: r.headers.clone(),
+                    text: one.to_string(),
+                },
+                statuses,
+                codes,
+            )
+        });
+    }
     if v["jsonrpc"] != "2.0" {
         return Err("not a JSON-RPC 2.0 body".into());
     }

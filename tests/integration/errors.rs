@@ -13,9 +13,9 @@ async fn a4_expired_token_is_401_invalid_token() {
     let gw = common::spawn().await;
     let (_, t) = gw.login(None).await;
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
-    gw.clock.advance(3600 + 10);
+    gw.clock.advance(3600);
     let (s, _, _) = gw.mcp(Some(&t.access), None, ping.clone()).await;
-    assert_ne!(s, 401, "still inside the leeway");
+    assert_ne!(s, 401, "valid up to and including exp");
     gw.clock.advance(1);
     let (s, h, _) = gw.mcp(Some(&t.access), None, ping).await;
     assert_eq!(s, 401);
@@ -55,6 +55,52 @@ async fn a4_tokens_for_another_audience_or_issuer_are_refused() {
         let (s, _, _) = gw.mcp(Some(garbage), None, ping.clone()).await;
         assert_eq!(s, 401, "{garbage}");
     }
+    gw.stop().await;
+}
+
+/// RFC 9068 §4 and RFC 7515 §4.1.11 on the gateway's own tokens: `typ: at+jwt` and `jti`
+/// required, a `crit` header refused, and no leeway on `exp`/`nbf` (one clock).
+#[tokio::test]
+async fn own_tokens_are_typed_at_jwt_with_jti_no_crit_and_no_leeway() {
+    let gw = common::spawn().await;
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}});
+    let status = |token: String| {
+        let ping = ping.clone();
+        let gw = &gw;
+        async move {
+            let (s, h, _) = gw.mcp(Some(&token), None, ping).await;
+            if s == 401 {
+                assert!(bearer_error(&h).contains("invalid_token"));
+            }
+            s
+        }
+    };
+    let (_, t) = gw.login(None).await;
+    assert_eq!(common::jwt_header(&t.access)["typ"], "at+jwt");
+    assert!(common::jwt_claims(&t.access)["jti"].is_string());
+    assert_eq!(status(gw.mint(gw.claims())).await, 200, "control");
+    assert_eq!(
+        status(gw.mint_with(gw.claims(), |h| h.typ = None)).await,
+        401
+    );
+    assert_eq!(
+        status(gw.mint_with(gw.claims(), |h| h.typ = Some("JWT".into()))).await,
+        401
+    );
+    assert_eq!(
+        status(gw.mint_with(gw.claims(), |h| h.crit = Some(vec!["exp".into()]))).await,
+        401
+    );
+    let mut no_jti = gw.claims();
+    no_jti.as_object_mut().unwrap().remove("jti");
+    assert_eq!(status(gw.mint(no_jti)).await, 401);
+    // No leeway: one second past exp, one second before nbf.
+    let mut late = gw.claims();
+    late["exp"] = json!(T0 - 1);
+    assert_eq!(status(gw.mint(late)).await, 401);
+    let mut early = gw.claims();
+    early["nbf"] = json!(T0 + 1);
+    assert_eq!(status(gw.mint(early)).await, 401);
     gw.stop().await;
 }
 

@@ -276,3 +276,200 @@ async fn stdio_children_can_be_one_per_session() {
         gw.stop().await;
     }
 }
+
+/// A request with method `method` (GET, POST or DELETE) on session `sid` with `token`.
+async fn on_session(
+    gw: &TestGateway,
+    method: reqwest::Method,
+    token: &str,
+    sid: &str,
+) -> (u16, Value) {
+    let mut req = gw
+        .http
+        .request(method.clone(), gw.url("/mcp"))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("mcp-session-id", sid);
+    if method == reqwest::Method::POST {
+        req = req.json(&json!({"jsonrpc":"2.0","id":9,"method":"tools/list"}));
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (status, common::jsonrpc_body(&text))
+}
+
+/// Issue 12: a session belongs to the (subject, client) that opened it; any other token
+/// naming it gets the 404 of an unknown session, for GET, POST and DELETE; a DELETE of an
+/// unknown session is a 404 too, and a deleted session is forgotten.
+async fn sessions_belong_to_their_opener(gw: &TestGateway) {
+    use reqwest::Method;
+    let (client_a, a) = gw.login(Some("mcp:read")).await;
+    let (_, b) = gw.login(Some("mcp:read")).await;
+    // Same client, another subject.
+    let mallory = gw.mint({
+        let mut c = gw.claims();
+        c["client_id"] = json!(client_a);
+        c["scope"] = json!("mcp:read");
+        c
+    });
+    let sid = initialize(gw, &a.access).await;
+    let (unknown_status, unknown) =
+        on_session(gw, Method::POST, &a.access, "no-such-session").await;
+    assert_eq!(unknown_status, 404, "{unknown}");
+    for token in [&b.access, &mallory] {
+        for method in [Method::POST, Method::GET, Method::DELETE] {
+            let (s, v) = on_session(gw, method.clone(), token, &sid).await;
+            assert_eq!(s, 404, "{method} on another's session: {v}");
+            assert_eq!(v["error"]["code"], unknown["error"]["code"], "{v}");
+            assert_eq!(v["error"]["message"], unknown["error"]["message"], "{v}");
+        }
+    }
+    // The owner's session was not disturbed.
+    let (s, v) = on_session(gw, Method::POST, &a.access, &sid).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = on_session(gw, Method::DELETE, &a.access, "no-such-session").await;
+    assert_eq!(s, 404, "DELETE of an unknown session");
+    let (s, v) = on_session(gw, Method::DELETE, &a.access, &sid).await;
+    assert!((200..300).contains(&s), "the owner ends it: {s} {v}");
+    let (s, _) = on_session(gw, Method::POST, &a.access, &sid).await;
+    assert_eq!(s, 404, "a deleted session is gone");
+}
+
+#[tokio::test]
+async fn sessions_belong_to_their_opener_builtin() {
+    let gw = common::spawn().await;
+    sessions_belong_to_their_opener(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_belong_to_their_opener_upstream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let upstream_stop = serve_upstream(listener).await;
+    let gw = common::spawn_with(|c| c.upstream = Some(format!("http://{addr}/mcp"))).await;
+    sessions_belong_to_their_opener(&gw).await;
+    gw.stop().await;
+    upstream_stop.cancel();
+}
+
+#[tokio::test]
+async fn sessions_belong_to_their_opener_upstream_cmd() {
+    let cmd = format!("{} serve-stdio", env!("CARGO_BIN_EXE_mcp-oauth-gateway"));
+    let gw = common::spawn_with(move |c| c.upstream_cmd = Some(cmd)).await;
+    sessions_belong_to_their_opener(&gw).await;
+    gw.stop().await;
+}
+
+/// Issue 12: calls that name what they act on need it as a string, and malformed JSON-RPC
+/// is a JSON-RPC error with the request's id and HTTP 400, never 415 and never forwarded.
+async fn malformed_calls_are_refused(gw: &TestGateway) {
+    let (_, t) = gw.login(Some("mcp:read")).await;
+    let sid = initialize(gw, &t.access).await;
+    let raw = |body: &'static [u8], content_type: &'static str| {
+        let gw = &gw;
+        let (token, sid) = (t.access.clone(), sid.clone());
+        async move {
+            let res = gw
+                .http
+                .post(gw.url("/mcp"))
+                .bearer_auth(token)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .header("mcp-session-id", sid)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, common::jsonrpc_body(&res.text().await.unwrap()))
+        }
+    };
+    let json = "application/json";
+    for (body, code, id) in [
+        (
+            &br#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#[..],
+            -32602,
+            json!(5),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":5}}"#,
+            -32602,
+            json!(5),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":["echo"]}"#,
+            -32602,
+            json!("s"),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{}}"#,
+            -32602,
+            json!(6),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":null}}"#,
+            -32602,
+            json!(7),
+        ),
+        (br#"{"id":8,"method":"ping"}"#, -32600, json!(8)),
+        (
+            br#"{"jsonrpc":"2.0","id":9,"method":["ping"]}"#,
+            -32600,
+            json!(9),
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#,
+            -32600,
+            Value::Null,
+        ),
+        (b"{not json", -32700, Value::Null),
+        (b"[1, 2]", -32600, Value::Null),
+    ] {
+        let (s, v) = raw(body, json).await;
+        let what = String::from_utf8_lossy(body);
+        assert_eq!(s, 400, "{what}: {v}");
+        let first = if v.is_array() {
+            v[0].clone()
+        } else {
+            v.clone()
+        };
+        assert_eq!(first["error"]["code"], code, "{what}: {v}");
+        assert_eq!(first["id"], id, "{what}: {v}");
+    }
+    // A batch: each element on its own.
+    let (s, v) = raw(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{}}]"#,
+        json,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v[1]["id"], 2, "{v}");
+    assert_eq!(v[1]["error"]["code"], -32602, "{v}");
+    // 415 is for a wrong Content-Type only.
+    let (s, v) = raw(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, "text/plain").await;
+    assert_eq!(s, 415, "{v}");
+    let (s, v) = raw(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, json).await;
+    assert_eq!(s, 200, "control: {v}");
+}
+
+#[tokio::test]
+async fn malformed_calls_are_refused_builtin() {
+    let gw = common::spawn().await;
+    malformed_calls_are_refused(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_calls_are_refused_before_the_upstream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let upstream_stop = serve_upstream(listener).await;
+    let gw = common::spawn_with(|c| c.upstream = Some(format!("http://{addr}/mcp"))).await;
+    malformed_calls_are_refused(&gw).await;
+    gw.stop().await;
+    upstream_stop.cancel();
+}
