@@ -65,7 +65,10 @@ pub fn router(state: AppState, backends: Backends) -> Router {
         .fallback(proxy_handler)
         .with_state(ps)
         .layer(axum::middleware::from_fn(size_limits))
-        .layer(cors::layer(state))
+        .layer(axum::middleware::from_fn_with_state(
+            cors::layer(state),
+            cors::middleware,
+        ))
 }
 
 /// Longest request target accepted (authorization URLs carry a few parameters; 8 KiB is the
