@@ -270,7 +270,11 @@ impl Gateway {
                     _ => resource::metadata_router(state.clone()),
                 }
                 .merge(proxy::trace::router(state.clone()))
-                .merge(crate::ops::router(state.clone())),
+                .merge(crate::ops::router(state.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::admin::operator_guard,
+                )),
             ),
             serve(listeners.jwks, tokens::jwks::router(state.clone())),
             match tls {

@@ -34,8 +34,12 @@ pub enum Policy {
 /// The CORS policy of the route named `name` ([`route_name`]).
 pub fn policy(name: &str, metrics_public: bool) -> Policy {
     match name {
-        "authorization_server_metadata" | "resource_metadata" | "register" | "token"
-        | "revoke" | "jwks" => Policy::Any,
+        "authorization_server_metadata"
+        | "resource_metadata"
+        | "register"
+        | "token"
+        | "revoke"
+        | "jwks" => Policy::Any,
         _ if backend_for(name, metrics_public) == Backend::Mcp => Policy::McpOrigins,
         _ => Policy::None,
     }
