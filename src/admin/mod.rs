@@ -287,18 +287,19 @@ pub async fn operator_guard(
         );
     }
     let headers = req.headers();
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if matches!(site.to_str(), Ok("cross-site" | "same-site") | Err(_)) {
-            return refuse("cross-site request refused");
-        }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| matches!(site.to_str(), Ok("cross-site" | "same-site") | Err(_)));
+    if cross_site {
+        return refuse("cross-site request refused");
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if !origin
+    let foreign = headers.get(header::ORIGIN).is_some_and(|origin| {
+        !origin
             .to_str()
             .is_ok_and(|o| own_origin(&state, o, &authority))
-        {
-            return refuse("cross-origin request refused");
-        }
+    });
+    if foreign {
+        return refuse("cross-origin request refused");
     }
     next.run(req).await
 }
