@@ -43,7 +43,12 @@ struct Process {
 impl Process {
     fn start(data_dir: &std::path::Path) -> Self {
         let any = "127.0.0.1:0";
+        // All 1,000 connections come from loopback: above the per-source cap (512).
+        let config = data_dir.join("soak.toml");
+        std::fs::write(&config, "max_connections_per_source = 0\n").expect("soak config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-oauth-gateway"))
+            .arg("--config")
+            .arg(&config)
             .args(["--proxy-addr", any, "--mcp-addr", any, "--routes-addr", any])
             .args(["--jwks-addr", any, "--store", "memory"])
             .arg("--data-dir")

@@ -260,3 +260,137 @@ async fn operator_pages_refuse_cross_site_requests_and_foreign_origins() {
     }
     gw.stop().await;
 }
+
+/// A failure bound for waits that the gateway's own timeouts should end much sooner; never
+/// reached by a passing test.
+const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the server has closed `tcp`: a read returns end of stream (or a reset).
+async fn closed_by_server(tcp: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(GIVE_UP, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // Bytes (a 408 or the like) before the close are fine.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A keep-alive HTTP/1.1 GET /healthz on `tcp`; whether a 200 came back.
+async fn healthz_on(tcp: &mut tokio::net::TcpStream, host: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    if tcp.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(GIVE_UP, tcp.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => buf[..n].starts_with(b"HTTP/1.1 200"),
+        _ => false,
+    }
+}
+
+async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn slow_and_silent_connections_are_closed_and_idle_ones_too() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = common::spawn_with(|c| {
+        c.header_read_timeout_seconds = 1;
+        c.idle_timeout_seconds = 1;
+    })
+    .await;
+    let addr = proxy_addr(&gw);
+    // Slowloris: headers begun, never finished.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+        .await
+        .unwrap();
+    // Silent: connected, nothing sent.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // HTTP/2 preface only, no request.
+    let mut h2_silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2_silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // Idle keep-alive after a request.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(healthz_on(&mut idle, &addr.to_string()).await);
+    assert!(closed_by_server(&mut slow).await, "slowloris closed");
+    assert!(
+        closed_by_server(&mut silent).await,
+        "silent connection closed"
+    );
+    assert!(
+        closed_by_server(&mut h2_silent).await,
+        "silent HTTP/2 connection closed"
+    );
+    assert!(closed_by_server(&mut idle).await, "idle keep-alive closed");
+
+    // An idle HTTP/2 connection is closed once its last request is done.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let res = send
+        .send_request(
+            http::Request::get(format!("http://{addr}/healthz"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    assert!(
+        tokio::time::timeout(GIVE_UP, conn).await.is_ok(),
+        "idle HTTP/2 connection closed by the server"
+    );
+
+    // A normal client is still served.
+    assert_eq!(gw.get_status(gw.url("/healthz")).await, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_source_without_shutting_out_others() {
+    let gw = common::spawn_with(|c| c.max_connections_per_source = 5).await;
+    let addr = proxy_addr(&gw);
+    let host = addr.to_string();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = connect_from([127, 0, 0, 1], addr).await;
+        assert!(healthz_on(&mut tcp, &host).await, "under the cap: served");
+        held.push(tcp);
+    }
+    // A sixth from the same source is closed at once, with no answer.
+    let mut sixth = connect_from([127, 0, 0, 1], addr).await;
+    assert!(
+        !healthz_on(&mut sixth, &host).await,
+        "over the cap: refused"
+    );
+    assert!(closed_by_server(&mut sixth).await);
+    // Another source is not affected.
+    let mut other = connect_from([127, 0, 0, 2], addr).await;
+    assert!(
+        healthz_on(&mut other, &host).await,
+        "another source: served"
+    );
+    // The held connections still work.
+    assert!(healthz_on(&mut held[0], &host).await);
+    gw.stop().await;
+}
