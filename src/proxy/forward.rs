@@ -193,6 +193,45 @@ fn bad_request(backend: Backend, message: &str, request_id: &str) -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
+/// A body for the authorization server, read whole: at most [`crate::authz::MAX_BODY`]
+/// bytes, within `timeout`.
+async fn read_form_body(body: Body, timeout: Duration) -> Result<Body, (StatusCode, String)> {
+    let limit = crate::authz::MAX_BODY;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(Body::from(bytes)),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.into_inner().is::<http_body_util::LengthLimitError>();
+            Err(if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {} KiB", limit / 1024),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read".into(),
+                )
+            })
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time".into(),
+        )),
+    }
+}
+
+/// An RFC 6749 §5.2 `invalid_request` answered by the proxy itself.
+fn oauth_error(status: StatusCode, message: String, request_id: &str) -> Response {
+    let body = json!({"error": "invalid_request", "error_description": message,
+                      "request_id": request_id});
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 fn failure(backend: Backend, status: StatusCode, message: &str, request_id: &str) -> Response {
     let body = match backend {
         Backend::Mcp => json!({"jsonrpc": "2.0", "id": null, "error": {
@@ -273,6 +312,17 @@ pub async fn proxy_handler(
         h.insert(header::HOST, v);
     }
 
+    // The authorization server's bodies are small forms and JSON: read them here, whole and
+    // bounded, so an oversized one gets the same RFC 6749 answer however it was sent (the
+    // backend would answer before reading a chunked body to its end, and the proxy could not
+    // finish sending it), and a slow upload holds no backend connection.
+    let body = match backend {
+        Backend::Routes => match read_form_body(body, ps.timeout).await {
+            Ok(b) => b,
+            Err((status, message)) => return oauth_error(status, message, &request_id),
+        },
+        _ => body,
+    };
     let result = tokio::time::timeout(
         ps.timeout,
         ps.client.request(Request::from_parts(parts, body)),

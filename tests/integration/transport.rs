@@ -394,3 +394,62 @@ async fn connections_are_capped_per_source_without_shutting_out_others() {
     assert!(healthz_on(&mut held[0], &host).await);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_bodies_on_oauth_endpoints_get_an_rfc6749_json_error() {
+    let gw = common::spawn().await;
+    let big = "a=".to_string() + &"x".repeat(70 * 1024);
+    for path in [
+        "/register",
+        "/token",
+        "/revoke",
+        "/introspect",
+        "/consent",
+        "/login",
+        "/admin/login",
+    ] {
+        let res = gw
+            .http
+            .post(gw.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413, "{path}");
+        let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "{path}: {ct}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_request", "{path}: {v}");
+        assert!(v["error_description"].is_string(), "{path}: {v}");
+    }
+    // The authorization server answers the same when reached directly.
+    let routes = gw.state.settings.config.routes_addr;
+    let res = gw
+        .http
+        .post(format!("http://{routes}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request");
+    // Chunked, with no length announced: the same answer.
+    let chunks = futures_util::stream::iter(
+        (0..80).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1024]))),
+    );
+    let res = gw
+        .http
+        .post(gw.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request");
+    gw.stop().await;
+}
