@@ -270,27 +270,30 @@ impl Gateway {
                     _ => resource::metadata_router(state.clone()),
                 }
                 .merge(proxy::trace::router(state.clone()))
-                .merge(crate::ops::router(state.clone())),
+                .merge(crate::ops::router(state.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::admin::operator_guard,
+                )),
             ),
             serve(listeners.jwks, tokens::jwks::router(state.clone())),
-            match tls {
-                None => serve(
-                    listeners.proxy,
-                    proxy::forward::router(state.clone(), backends),
-                ),
-                Some(acceptor) => {
-                    let router = proxy::forward::router(state.clone(), backends);
-                    // `tap_io` only to get the listener's `SocketAddr` as connect info.
-                    let listener =
-                        crate::tls::TlsListener::new(listeners.proxy, acceptor)?.tap_io(|_| {});
-                    tokio::spawn(
-                        axum::serve(
-                            listener,
-                            router.into_make_service_with_connect_info::<SocketAddr>(),
-                        )
-                        .with_graceful_shutdown(stop.clone().cancelled_owned())
-                        .into_future(),
-                    )
+            {
+                // The public listener: bounded per source, per connection and per header.
+                let router = proxy::forward::router(state.clone(), backends);
+                let limits = proxy::listen::Limits::from_config(&state.settings.config);
+                let sources = proxy::listen::Sources::new(limits.max_per_source);
+                let stop = stop.clone();
+                match tls {
+                    None => {
+                        let incoming =
+                            proxy::listen::accept_plain(listeners.proxy, sources, stop.clone());
+                        tokio::spawn(proxy::listen::serve(incoming, router, limits, stop))
+                    }
+                    Some(acceptor) => {
+                        let incoming =
+                            crate::tls::accept(listeners.proxy, acceptor, sources, stop.clone());
+                        tokio::spawn(proxy::listen::serve(incoming, router, limits, stop))
+                    }
                 }
             },
         ];

@@ -201,6 +201,109 @@ pub fn from_loopback(state: &AppState, peer: SocketAddr, headers: &HeaderMap) ->
         .all(|v| v.to_str().is_ok_and(|h| host_is_local(state, h)))
 }
 
+/// Whether a host name is a loopback address or `localhost` (not the public name).
+fn host_is_loopback(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Whether `origin` is the gateway's own: its public origin, or the loopback name the
+/// request itself was sent to (`localhost` and `127.0.0.1` are both this machine). A name
+/// that is neither (a page that rebinds its DNS name to us) is someone else's, even when
+/// the request was sent to it.
+fn own_origin(state: &AppState, origin: &str, authority: &str) -> bool {
+    if origin == state.settings.public_origin {
+        return true;
+    }
+    let Ok(url) = url::Url::parse(origin) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host_port = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    host_is_loopback(url.host()) && host_port.eq_ignore_ascii_case(authority)
+}
+
+/// The name an operator page was asked for: what our proxy forwarded as
+/// `X-Forwarded-Host` (the client's `Host` or HTTP/2 `:authority`), or this request's own.
+fn operator_authority(req: &axum::extract::Request) -> Result<Option<String>, &'static str> {
+    let mut forwarded = req.headers().get_all("x-forwarded-host").iter();
+    match (forwarded.next(), forwarded.next()) {
+        (Some(_), Some(_)) => Err("more than one X-Forwarded-Host header"),
+        (Some(v), None) => v
+            .to_str()
+            .map(|v| Some(v.to_string()))
+            .map_err(|_| "the X-Forwarded-Host header is not text"),
+        (None, _) => crate::proxy::forward::effective_authority(req.uri(), req.headers()),
+    }
+}
+
+/// Whether a path is an operator page: `/admin*`, `/consents*`, `/debug/requests`.
+pub fn is_operator_path(path: &str) -> bool {
+    matches!(
+        crate::proxy::route_name(path),
+        "admin" | "consents" | "debug"
+    )
+}
+
+/// Every operator page (`/admin*`, `/consents*`, `/debug/requests`) answers only requests
+/// sent to the gateway's own name (a loopback name or the public host), never one a
+/// browser marks cross-site (`Sec-Fetch-Site`), never one from another `Origin`. A
+/// request that names no host, or two, is a 400.
+pub async fn operator_guard(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !is_operator_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let env = &state.templates;
+    let refuse = |why: &str| error_page(env, StatusCode::FORBIDDEN, "access_denied", why);
+    let authority = match operator_authority(&req) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return error_page(
+                env,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request names no host",
+            );
+        }
+        Err(why) => return error_page(env, StatusCode::BAD_REQUEST, "invalid_request", why),
+    };
+    if !host_is_local(&state, &authority) {
+        return refuse(
+            "the operator's pages answer only under the gateway's own name (its public URL \
+             or a loopback address)",
+        );
+    }
+    let headers = req.headers();
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| matches!(site.to_str(), Ok("cross-site" | "same-site") | Err(_)));
+    if cross_site {
+        return refuse("cross-site request refused");
+    }
+    let foreign = headers.get(header::ORIGIN).is_some_and(|origin| {
+        !origin
+            .to_str()
+            .is_ok_and(|o| own_origin(&state, o, &authority))
+    });
+    if foreign {
+        return refuse("cross-origin request refused");
+    }
+    next.run(req).await
+}
+
 fn viewer(
     state: &AppState,
     peer: SocketAddr,

@@ -85,6 +85,35 @@ pub fn router(state: AppState) -> Router {
         .route(admin::REVOKE_CLIENT_PATH, post(admin::revoke_client_post))
         .route(admin::LOGOUT_PATH, post(admin::logout_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(oversized_body_json))
         .layer(middleware::from_fn(crate::ops::request_id_scope))
         .with_state(state)
+}
+
+/// A body over [`MAX_BODY`] is refused by the extractor with a plain-text 413; clients of an
+/// OAuth endpoint read errors as RFC 6749 §5.2 JSON, so it is answered as one
+/// (`invalid_request`, still 413).
+async fn oversized_body_json(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse as _;
+    let res = next.run(req).await;
+    if res.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return res;
+    }
+    let body = error::ErrorBody {
+        error: "invalid_request",
+        error_description: Some(format!(
+            "the request body is larger than {} KiB",
+            MAX_BODY / 1024
+        )),
+        request_id: crate::ops::current_request_id(),
+    };
+    let mut res = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
 }

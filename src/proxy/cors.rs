@@ -1,18 +1,52 @@
-//! CORS for browser-based MCP clients (MCP Inspector): discovery, registration, token and
-//! revocation answer any origin (they carry no ambient credentials); the MCP endpoint only
-//! origins the resource server would accept. Exposes the headers clients must read.
+//! CORS for browser-based MCP clients (MCP Inspector), only where they need it: discovery,
+//! registration, token, revocation and the JWKS answer any origin (they carry no ambient
+//! credentials); the MCP endpoint only origins the resource server would accept. Everything
+//! else (the operator's pages, sign-in, authorization and consent, introspection, health)
+//! gets no CORS at all: no `Access-Control-Allow-Origin`, and a preflight is not answered
+//! here but forwarded like any request (the backend refuses it). Exposes the headers
+//! clients must read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::{Backend, route};
+use super::{Backend, backend_for, route_name};
 use crate::resource::origin_allowed;
 use crate::state::AppState;
 
-/// The proxy's CORS layer.
-pub fn layer(state: AppState) -> CorsLayer {
+/// How a route answers browsers from other origins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Any origin: public endpoints a browser-based client calls without cookies.
+    Any,
+    /// The resource server's Origin allow-list (the MCP endpoint).
+    McpOrigins,
+    /// No CORS: same-origin pages and server-to-server endpoints.
+    None,
+}
+
+/// The CORS policy of the route named `name` ([`route_name`]).
+pub fn policy(name: &str, metrics_public: bool) -> Policy {
+    match name {
+        "authorization_server_metadata"
+        | "resource_metadata"
+        | "register"
+        | "token"
+        | "revoke"
+        | "jwks" => Policy::Any,
+        _ if backend_for(name, metrics_public) == Backend::Mcp => Policy::McpOrigins,
+        _ => Policy::None,
+    }
+}
+
+/// The CORS layer for the routes that have one.
+fn cors_layer(state: AppState) -> CorsLayer {
     let metrics_public = state.settings.config.metrics_public;
     let mcp_headers = |names: &[&'static str]| -> Vec<HeaderName> {
         names.iter().map(|n| HeaderName::from_static(n)).collect()
@@ -29,14 +63,80 @@ pub fn layer(state: AppState) -> CorsLayer {
     expose.extend(mcp_headers(&["mcp-session-id", "mcp-protocol-version"]));
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(
-            move |origin: &HeaderValue, parts: &Parts| match route(parts.uri.path(), metrics_public)
-            {
-                Backend::Mcp => origin.to_str().is_ok_and(|o| origin_allowed(&state, o)),
-                Backend::Routes | Backend::Jwks => true,
+            move |origin: &HeaderValue, parts: &Parts| match policy(
+                route_name(parts.uri.path()),
+                metrics_public,
+            ) {
+                Policy::Any => true,
+                Policy::McpOrigins => origin.to_str().is_ok_and(|o| origin_allowed(&state, o)),
+                Policy::None => false,
             },
         ))
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers(allow)
         .expose_headers(expose)
         .max_age(Duration::from_secs(600))
+}
+
+/// What [`middleware`] needs.
+#[derive(Clone)]
+pub struct Cors {
+    layer: Arc<CorsLayer>,
+    metrics_public: bool,
+}
+
+/// The proxy's CORS state.
+pub fn layer(state: AppState) -> Cors {
+    Cors {
+        metrics_public: state.settings.config.metrics_public,
+        layer: Arc::new(cors_layer(state)),
+    }
+}
+
+/// CORS where the route has a policy; untouched otherwise.
+pub async fn middleware(State(cors): State<Cors>, req: Request, next: Next) -> Response {
+    if policy(route_name(req.uri().path()), cors.metrics_public) == Policy::None {
+        return next.run(req).await;
+    }
+    match cors.layer.layer(next).oneshot(req).await {
+        Ok(res) => res.into_response(),
+        Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_endpoints_answer_any_origin() {
+        for p in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+            "/.well-known/oauth-protected-resource/mcp",
+            "/register",
+            "/token",
+            "/revoke",
+            "/jwks.json",
+            "/.well-known/jwks.json",
+        ] {
+            assert_eq!(policy(route_name(p), false), Policy::Any, "{p}");
+        }
+        assert_eq!(policy(route_name("/mcp"), false), Policy::McpOrigins);
+        for p in [
+            "/admin",
+            "/admin/login",
+            "/consents",
+            "/consents/revoke",
+            "/debug/requests",
+            "/login",
+            "/authorize",
+            "/consent",
+            "/introspect",
+            "/healthz",
+        ] {
+            assert_eq!(policy(route_name(p), false), Policy::None, "{p}");
+        }
+        assert_eq!(policy(route_name("/metrics"), true), Policy::None);
+    }
 }

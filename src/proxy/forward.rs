@@ -65,7 +65,10 @@ pub fn router(state: AppState, backends: Backends) -> Router {
         .fallback(proxy_handler)
         .with_state(ps)
         .layer(axum::middleware::from_fn(size_limits))
-        .layer(cors::layer(state))
+        .layer(axum::middleware::from_fn_with_state(
+            cors::layer(state),
+            cors::middleware,
+        ))
 }
 
 /// Longest request target accepted (authorization URLs carry a few parameters; 8 KiB is the
@@ -119,6 +122,17 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Headers a `Connection` list may not remove: what the backends use to tell where a request
+/// comes from and which name it was sent to. Letting a client strip them would let it hide
+/// its host name or its address from the operator pages' checks.
+const NEVER_HOP_BY_HOP: [&str; 5] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
+
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -126,7 +140,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && !NEVER_HOP_BY_HOP.contains(&s.as_str()))
         .collect();
     for name in HOP_BY_HOP
         .iter()
@@ -136,6 +150,86 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// The authority a request was sent to: its target's (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1.1 target) or else its one `Host` header. More than one `Host`
+/// (RFC 9112 §3.2), a `Host` that contradicts the target (RFC 9113 §8.3.1), user info, or a
+/// value that is not text are errors.
+pub(crate) fn effective_authority(
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<String>, &'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let host = match host {
+        Some(v) => Some(v.to_str().map_err(|_| "the Host header is not text")?),
+        None => None,
+    };
+    let authority = match (uri.authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => {
+            return Err("the Host header does not match the request target");
+        }
+        (Some(a), _) => Some(a.as_str()),
+        (None, h) => h,
+    };
+    match authority {
+        Some(a) if a.is_empty() || a.contains('@') => Err("the request's host is malformed"),
+        a => Ok(a.map(str::to_string)),
+    }
+}
+
+/// A 400 for a request the proxy cannot forward, in the backend's error format.
+fn bad_request(backend: Backend, message: &str, request_id: &str) -> Response {
+    let body = match backend {
+        Backend::Mcp => json!({"jsonrpc": "2.0", "id": null, "error": {
+            "code": -32600, "message": message, "data": {"request_id": request_id}}}),
+        _ => json!({"error": "invalid_request", "error_description": message,
+                    "request_id": request_id}),
+    };
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// A body for the authorization server, read whole: at most [`crate::authz::MAX_BODY`]
+/// bytes, within `timeout`.
+async fn read_form_body(body: Body, timeout: Duration) -> Result<Body, (StatusCode, String)> {
+    let limit = crate::authz::MAX_BODY;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(Body::from(bytes)),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.into_inner().is::<http_body_util::LengthLimitError>();
+            Err(if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {} KiB", limit / 1024),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read".into(),
+                )
+            })
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time".into(),
+        )),
+    }
+}
+
+/// An RFC 6749 §5.2 `invalid_request` answered by the proxy itself.
+fn oauth_error(status: StatusCode, message: String, request_id: &str) -> Response {
+    let body = json!({"error": "invalid_request", "error_description": message,
+                      "request_id": request_id});
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 fn failure(backend: Backend, status: StatusCode, message: &str, request_id: &str) -> Response {
@@ -178,6 +272,12 @@ pub async fn proxy_handler(
         Some(_) if path != TRACE_PATH => Some(redacted_headers(&parts.headers)),
         _ => None,
     };
+    // Read before anything is rewritten: the backends' host checks (the operator pages'
+    // loopback rule, same-origin form posts) see it as `X-Forwarded-Host`.
+    let authority = match effective_authority(&parts.uri, &parts.headers) {
+        Ok(a) => a,
+        Err(message) => return bad_request(backend, message, &request_id),
+    };
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match Uri::builder()
         .scheme("http")
@@ -191,8 +291,14 @@ pub async fn proxy_handler(
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
-    if let Some(host) = h.remove(header::HOST) {
-        h.insert("x-forwarded-host", host);
+    h.remove(header::HOST);
+    match authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        Some(v) => {
+            h.insert("x-forwarded-host", v);
+        }
+        None => {
+            h.remove("x-forwarded-host");
+        }
     }
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", peer.ip()),
@@ -206,6 +312,17 @@ pub async fn proxy_handler(
         h.insert(header::HOST, v);
     }
 
+    // The authorization server's bodies are small forms and JSON: read them here, whole and
+    // bounded, so an oversized one gets the same RFC 6749 answer however it was sent (the
+    // backend would answer before reading a chunked body to its end, and the proxy could not
+    // finish sending it), and a slow upload holds no backend connection.
+    let body = match backend {
+        Backend::Routes => match read_form_body(body, ps.timeout).await {
+            Ok(b) => b,
+            Err((status, message)) => return oauth_error(status, message, &request_id),
+        },
+        _ => body,
+    };
     let result = tokio::time::timeout(
         ps.timeout,
         ps.client.request(Request::from_parts(parts, body)),

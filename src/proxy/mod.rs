@@ -6,6 +6,7 @@
 
 pub mod cors;
 pub mod forward;
+pub mod listen;
 pub mod trace;
 
 use std::net::SocketAddr;

@@ -18,5 +18,6 @@ mod restart;
 mod rmcp_client;
 mod soak;
 mod tls;
+mod transport;
 mod upstream;
 mod users;

@@ -46,12 +46,13 @@ struct Process {
 impl Process {
     fn start(data_dir: &std::path::Path) -> Self {
         let any = "127.0.0.1:0";
-        // The service client registers with an initial access token (issue 12).
+        // The service client registers with an initial access token (issue 12), and all
+        // 1,000 connections come from loopback: above the per-source cap (512).
         let config = data_dir.join("soak.toml");
         std::fs::write(
             &config,
             format!(
-                "[[initial_access_tokens]]\nname = \"soak\"\nsha256 = \"{}\"\n",
+                "max_connections_per_source = 0\n[[initial_access_tokens]]\nname = \"soak\"\nsha256 = \"{}\"\n",
                 mcp_oauth_gateway::secret::sha256_b64(SOAK_IAT)
             ),
         )

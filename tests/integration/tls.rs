@@ -158,3 +158,38 @@ async fn b8_a_key_that_does_not_match_the_certificate_stops_the_start() {
     };
     assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
 }
+
+#[tokio::test]
+async fn b8_the_per_source_cap_closes_connections_before_their_handshake() {
+    let cert = test_cert();
+    let (c, k) = (cert.cert.clone(), cert.key.clone());
+    let gw = spawn_with(|config| {
+        config.tls_cert = Some(c);
+        config.tls_key = Some(k);
+        config.max_connections_per_source = 2;
+    })
+    .await;
+    let addr = gw.base.trim_start_matches("https://").to_string();
+    let client = |source: [u8; 4]| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(cert.pem.as_bytes()).unwrap()])
+            .local_address(std::net::IpAddr::from(source))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let url = gw.url("/.well-known/jwks.json");
+    // Two silent connections from 127.0.0.1 hold its whole allowance.
+    let _held = [
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    let refused = client([127, 0, 0, 1]).get(&url).send().await;
+    assert!(
+        refused.is_err(),
+        "a third from the same source: {refused:?}"
+    );
+    let other = client([127, 0, 0, 2]).get(&url).send().await.unwrap();
+    assert_eq!(other.status(), 200, "another source is served");
+    gw.stop().await;
+}

@@ -1,0 +1,389 @@
+//! Serving the public listener (plain or TLS) with bounds on what one connection and one
+//! source may hold:
+//!
+//! - `max_connections_per_source`: open connections per peer IP; past it a new connection
+//!   is closed as soon as it is accepted (before any TLS handshake). 0: no cap.
+//! - `header_read_timeout_seconds`: a connection must send its first request's headers this
+//!   long after it opened, and (HTTP/1.1) each next request's headers this long after the
+//!   previous response, or it is closed. A connection that sends nothing at all counts too.
+//! - `idle_timeout_seconds`: a connection with no request in progress for this long is
+//!   closed gracefully (for HTTP/1.1 keep-alive the header timeout above comes first);
+//!   HTTP/2 also pings an idle peer at this interval and drops one that does not answer.
+//!
+//! A request in progress (an SSE stream, say) is never cut by these: a connection is idle
+//! only once every response body it was sending has ended.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use crate::config::Config;
+
+/// The bounds, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long request headers may take.
+    pub header_read_timeout: Duration,
+    /// How long a connection may sit with no request in progress.
+    pub idle_timeout: Duration,
+    /// Open connections per source address (0: no cap).
+    pub max_per_source: usize,
+}
+
+impl Limits {
+    /// The bounds `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
+            max_per_source: config.max_connections_per_source,
+        }
+    }
+}
+
+/// Open connections per source address.
+#[derive(Debug, Default)]
+pub struct Sources {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Sources {
+    /// A count capped at `cap` per address (0: no cap).
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it already holds the cap.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        if self.cap == 0 {
+            return Some(Slot(None));
+        }
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(Some((self.clone(), ip))))
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let Ok(mut open) = self.open.lock() else {
+            return;
+        };
+        if let Some(n) = open.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+}
+
+/// One admitted connection; freed when dropped.
+#[derive(Debug)]
+pub struct Slot(Option<(Arc<Sources>, IpAddr)>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((sources, ip)) = self.0.take() {
+            sources.release(ip);
+        }
+    }
+}
+
+/// An accepted connection, ready for HTTP.
+pub struct Accepted<I> {
+    /// The stream (TCP, or TLS after its handshake).
+    pub io: I,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// Its place in the per-source count.
+    pub slot: Slot,
+}
+
+/// Accept plain TCP connections on `tcp`, admitting them by source.
+pub fn accept_plain(
+    tcp: TcpListener,
+    sources: Arc<Sources>,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Accepted<TcpStream>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = tcp.accept() => a,
+                () = stop.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, as axum does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = sources.admit(peer.ip()) else {
+                tracing::debug!(%peer, "too many connections from this source; closed");
+                continue;
+            };
+            // Small SSE events and JSON-RPC answers must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            let conn = Accepted {
+                io: stream,
+                peer,
+                slot,
+            };
+            if tx.send(conn).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// What one connection is doing: requests whose response has not ended, and since when it
+/// has had none.
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// When the connection may be closed for idleness (`None`: a request is in progress).
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.idle_since.lock().ok().map(|since| *since + idle)
+    }
+}
+
+/// One request in progress; its end (the response body dropped) may make the connection idle.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut since) = self.0.idle_since.lock() {
+            *since = Instant::now();
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it ends.
+struct TrackedBody {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serve `router` on the connections `incoming` yields until `stop`; then every connection
+/// finishes its requests in progress and closes, and this returns once all have.
+pub async fn serve<I>(
+    mut incoming: mpsc::Receiver<Accepted<I>>,
+    router: Router,
+    limits: Limits,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    // Every connection task holds a sender; when all are gone, they have all ended.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    loop {
+        let conn = tokio::select! {
+            c = incoming.recv() => c,
+            () = stop.cancelled() => None,
+        };
+        let Some(conn) = conn else { break };
+        tokio::spawn(serve_one(
+            conn,
+            builder.clone(),
+            router.clone(),
+            limits,
+            stop.clone(),
+            alive.clone(),
+        ));
+    }
+    drop(alive);
+    drop(incoming);
+    let _ = all_closed.recv().await;
+    Ok(())
+}
+
+async fn serve_one<I>(
+    conn: Accepted<I>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    router: Router,
+    limits: Limits,
+    stop: CancellationToken,
+    _alive: mpsc::Sender<()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Accepted { io, peer, slot } = conn;
+    let _slot = slot;
+    let activity = Activity::new();
+    let opened = Instant::now();
+    let seen_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = {
+        let activity = activity.clone();
+        let seen_request = seen_request.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let in_flight = activity.begin();
+            seen_request.store(true, Ordering::SeqCst);
+            let router = router.clone();
+            async move {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let res = match router.oneshot(req).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                };
+                Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody {
+                    inner,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        // Before the first request, its headers are due `header_read_timeout` after the
+        // connection opened (hyper's own timer starts only with the first byte); after it,
+        // an idle connection is closed `idle_timeout` after its last response ended.
+        let deadline = if seen_request.load(Ordering::SeqCst) {
+            activity.idle_deadline(limits.idle_timeout)
+        } else {
+            Some(opened + limits.header_read_timeout)
+        };
+        let idle = async {
+            match deadline {
+                Some(at) if !shutting_down => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.changed.notified() => {}
+            () = idle => {
+                if !seen_request.load(Ordering::SeqCst) {
+                    // Nothing usable arrived in time: no graceful goodbye owed.
+                    tracing::debug!(%peer, "no request headers in time; connection closed");
+                    return;
+                }
+                if activity
+                    .idle_deadline(limits.idle_timeout)
+                    .is_some_and(|at| at <= Instant::now())
+                {
+                    tracing::debug!(%peer, "idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+            () = stop.cancelled(), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_capped_per_address_and_freed_on_drop() {
+        let s = Sources::new(2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let one = s.admit(a);
+        let two = s.admit(a);
+        assert!(one.is_some() && two.is_some());
+        assert!(s.admit(a).is_none(), "third from one address");
+        assert!(s.admit(b).is_some(), "another address is not affected");
+        drop(one);
+        assert!(s.admit(a).is_some(), "a closed connection frees its slot");
+        let unlimited = Sources::new(0);
+        let held: Vec<_> = (0..1000).map(|_| unlimited.admit(a)).collect();
+        assert!(held.iter().all(Option::is_some));
+    }
+}
