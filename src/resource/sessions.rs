@@ -13,9 +13,11 @@ use std::sync::Mutex;
 /// an idle session, so a binding outlives its session rather than the other way round.
 pub const IDLE_TTL: u64 = 24 * 3600;
 /// Sessions remembered at most, for everyone together.
-pub const MAX_SESSIONS: usize = 10_000;
-/// Sessions remembered at most per (subject, client).
-pub const PER_OWNER: usize = 100;
+pub const MAX_SESSIONS: usize = 20_000;
+/// Sessions remembered at most per (subject, client): a tenth of the table, so one token
+/// cannot push everyone else's sessions out, while a service that multiplexes many
+/// sessions over one client-credentials token (a thousand in the soak test) keeps them all.
+pub const PER_OWNER: usize = 2_000;
 
 /// The identity a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,6 +39,8 @@ struct Binding {
 #[derive(Debug, Default)]
 struct Inner {
     bindings: HashMap<String, Binding>,
+    /// How many bindings each owner has, so the per-owner bound costs no scan.
+    owned: HashMap<Owner, usize>,
     seq: u64,
 }
 
@@ -59,7 +63,7 @@ impl SessionOwners {
             return false;
         };
         if now >= b.last_used.saturating_add(IDLE_TTL) {
-            inner.bindings.remove(session);
+            inner.remove(session);
             return false;
         }
         if b.owner != *owner {
@@ -88,22 +92,25 @@ impl SessionOwners {
             b.seq = seq;
             return true;
         }
-        let owned = inner
-            .bindings
-            .values()
-            .filter(|b| b.owner == *owner)
-            .count();
-        if owned >= PER_OWNER {
+        inner.remove(session);
+        if inner.owned.get(owner).copied().unwrap_or(0) >= PER_OWNER {
             inner.evict_oldest(Some(owner));
         }
         if inner.bindings.len() >= MAX_SESSIONS {
-            inner
+            let expired: Vec<String> = inner
                 .bindings
-                .retain(|_, b| now < b.last_used.saturating_add(IDLE_TTL));
+                .iter()
+                .filter(|(_, b)| now >= b.last_used.saturating_add(IDLE_TTL))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                inner.remove(&k);
+            }
             if inner.bindings.len() >= MAX_SESSIONS {
                 inner.evict_oldest(None);
             }
         }
+        *inner.owned.entry(owner.clone()).or_default() += 1;
         inner.bindings.insert(
             session.to_string(),
             Binding {
@@ -118,7 +125,7 @@ impl SessionOwners {
     /// Forget a session (after it was deleted).
     pub fn forget(&self, session: &str) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.bindings.remove(session);
+            inner.remove(session);
         }
     }
 
@@ -134,6 +141,19 @@ impl SessionOwners {
 }
 
 impl Inner {
+    /// Drop one binding, keeping the per-owner counts true.
+    fn remove(&mut self, session: &str) {
+        let Some(b) = self.bindings.remove(session) else {
+            return;
+        };
+        if let Some(n) = self.owned.get_mut(&b.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.owned.remove(&b.owner);
+            }
+        }
+    }
+
     /// Drop the least recently used binding (of `owner`, when given).
     fn evict_oldest(&mut self, owner: Option<&Owner>) {
         let oldest = self
@@ -143,7 +163,7 @@ impl Inner {
             .min_by_key(|(_, b)| (b.last_used, b.seq))
             .map(|(k, _)| k.clone());
         if let Some(k) = oldest {
-            self.bindings.remove(&k);
+            self.remove(&k);
         }
     }
 }
@@ -210,5 +230,11 @@ mod tests {
             s.bind(&format!("x{i}"), &owner(&format!("u{i}"), "c"), 2000);
         }
         assert_eq!(s.len(), MAX_SESSIONS);
+        assert!(
+            s.bind("b0", &owner("bob", "c"), 3000),
+            "a full table still takes new owners"
+        );
+        s.forget("b0");
+        assert_eq!(s.len(), MAX_SESSIONS - 1);
     }
 }
