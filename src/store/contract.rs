@@ -612,6 +612,56 @@ fn sqlite_migrates_version_3_databases() {
     );
 }
 
+#[test]
+fn sqlite_upgrade_takes_client_credentials_from_anonymous_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let with_grants = |id: &str, grants: &[&str]| Client {
+        grant_types: grants.iter().map(|g| g.to_string()).collect(),
+        token_endpoint_auth_method: "client_secret_basic".into(),
+        ..client(id, 1)
+    };
+    {
+        // A version 5 database, written before registration was closed.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for m in &super::sqlite::MIGRATIONS[..5] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        for (c, pinned) in [
+            (
+                with_grants("anon", &["client_credentials", "refresh_token"]),
+                0,
+            ),
+            (with_grants("conf", &["client_credentials"]), 1),
+            (with_grants("web", &["authorization_code"]), 0),
+        ] {
+            conn.execute(
+                "INSERT INTO clients (client_id, data, pinned) VALUES (?1, ?2, ?3)",
+                rusqlite::params![c.client_id, serde_json::to_string(&c).unwrap(), pinned],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let grants = |id: &str| s.client(id).unwrap().unwrap().grant_types;
+    assert_eq!(
+        grants("anon"),
+        ["refresh_token"],
+        "an anonymous registration loses it"
+    );
+    assert_eq!(
+        grants("conf"),
+        ["client_credentials"],
+        "a configured client keeps it"
+    );
+    assert_eq!(
+        grants("web"),
+        ["authorization_code"],
+        "others are untouched"
+    );
+}
+
 fn unused_clients_expire_but_pinned_and_used_ones_stay(s: &dyn Store) {
     let client = |id: &str, pinned: bool| Client {
         client_id: id.into(),

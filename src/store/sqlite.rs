@@ -64,6 +64,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE readiness (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
 "#,
+    // Closed by default: registrations made before client credentials needed an initial
+    // access token lose that grant; configured clients are re-pinned from the config.
+    r#"
+    UPDATE clients SET data = json_set(data, '$.grant_types', json((
+        SELECT json_group_array(value) FROM json_each(clients.data, '$.grant_types')
+        WHERE value <> 'client_credentials')))
+    WHERE pinned = 0 AND EXISTS (
+        SELECT 1 FROM json_each(clients.data, '$.grant_types')
+        WHERE value = 'client_credentials');
+"#,
 ];
 
 /// Seconds between sweeps of expired rows.
