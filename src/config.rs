@@ -592,8 +592,8 @@ impl Config {
             ));
         }
         if let Some(cmd) = &self.upstream_cmd {
-            crate::mcp::stdio::split_command(cmd)
-                .map_err(|e| invalid("upstream_cmd", &e.to_string()))?;
+            command_words(cmd)
+                .ok_or_else(|| invalid("upstream_cmd", "has an unclosed quote or is empty"))?;
         }
         if let Some(url) = &self.upstream {
             let parsed = Url::parse(url).map_err(|e| invalid("upstream", &e.to_string()))?;
@@ -695,7 +695,7 @@ impl Config {
                 return Err(bad("client_id must not be empty".into()));
             }
             for uri in &c.redirect_uris {
-                crate::authz::uris::validate_redirect_uri(uri).map_err(bad)?;
+                crate::web::uris::validate_redirect_uri(uri).map_err(|e| bad(e.to_string()))?;
             }
             for g in c.grant_types.iter().flatten() {
                 let ok = match g.as_str() {
@@ -776,9 +776,30 @@ impl Config {
     }
 }
 
+/// The words of `upstream_cmd`, split as a POSIX shell would (quotes, backslashes) without
+/// running one; `None` for an unclosed quote or an empty line.
+pub fn command_words(line: &str) -> Option<Vec<String>> {
+    shlex::split(line).filter(|words| !words.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_split_like_a_shell() {
+        assert_eq!(
+            command_words("npx -y pkg stdio").unwrap(),
+            ["npx", "-y", "pkg", "stdio"]
+        );
+        assert_eq!(
+            command_words(r#"node "my dir/s.js" 'a b' c\ d"#).unwrap(),
+            ["node", "my dir/s.js", "a b", "c d"]
+        );
+        assert_eq!(command_words(r#"x """#).unwrap(), ["x", ""]);
+        assert!(command_words("  ").is_none());
+        assert!(command_words("x \"open").is_none());
+    }
 
     #[test]
     fn defaults_are_valid() {

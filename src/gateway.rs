@@ -172,13 +172,7 @@ impl Gateway {
             message: e.to_string(),
         })?;
         let settings = Settings::new(config, &public);
-        let state = AppState::new(
-            settings,
-            store,
-            clock,
-            Arc::new(key.into()),
-            authz::authorize::templates()?,
-        )?;
+        let state = AppState::new(settings, store, clock, Arc::new(key.into()))?;
         Ok(Self {
             state,
             listeners,

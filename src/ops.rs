@@ -2,17 +2,12 @@
 //! works: the store, the signing key, the upstream when one is configured) and `/metrics`
 //! (Prometheus). Served by the routes listener; `/metrics` reaches the public proxy only
 //! when `metrics_public` is set.
-//!
-//! Also the request id of the request being answered ([`request_id_scope`],
-//! [`current_request_id`]), so error bodies can name the `X-Request-Id` the proxy set and
-//! an operator can find the request in the logs.
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -26,37 +21,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz_get))
         .route("/metrics", get(metrics_get))
         .with_state(state)
-}
-
-tokio::task_local! {
-    static REQUEST_ID: Option<String>;
-}
-
-/// The `X-Request-Id` of a request, when it is short and plain (the proxy sets one on
-/// every request it forwards; a request sent straight to a backend may have none).
-pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(crate::proxy::forward::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| crate::proxy::forward::is_sane_request_id(v))
-        .map(str::to_string)
-}
-
-/// Middleware: answer the request with its request id in scope, for
-/// [`current_request_id`].
-pub async fn request_id_scope(req: Request, next: Next) -> Response {
-    let id = request_id_of(req.headers());
-    with_request_id(id, next.run(req)).await
-}
-
-/// Run `work` with `id` as the current request id.
-pub async fn with_request_id<T>(id: Option<String>, work: impl Future<Output = T>) -> T {
-    REQUEST_ID.scope(id, work).await
-}
-
-/// The request id of the request being answered, inside [`request_id_scope`].
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok().flatten()
 }
 
 async fn healthz_get() -> impl IntoResponse {
@@ -151,7 +115,6 @@ async fn metrics_get(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[tokio::test]
     async fn a_listener_that_is_gone_does_not_accept() {
@@ -165,27 +128,5 @@ mod tests {
         );
         drop(listener);
         assert!(!accepts(addr).await);
-    }
-
-    #[tokio::test]
-    async fn the_request_id_is_in_scope_only_inside() {
-        assert_eq!(current_request_id(), None);
-        let inside = with_request_id(Some("rid-9".into()), async { current_request_id() }).await;
-        assert_eq!(inside.as_deref(), Some("rid-9"));
-    }
-
-    #[test]
-    fn only_plain_request_ids_are_taken() {
-        let mut h = HeaderMap::new();
-        assert_eq!(request_id_of(&h), None);
-        h.insert("x-request-id", HeaderValue::from_static("abc-1.2:3_4"));
-        assert_eq!(request_id_of(&h).as_deref(), Some("abc-1.2:3_4"));
-        h.insert("x-request-id", HeaderValue::from_static("a b"));
-        assert_eq!(request_id_of(&h), None);
-        h.insert(
-            "x-request-id",
-            HeaderValue::from_str(&"x".repeat(129)).unwrap(),
-        );
-        assert_eq!(request_id_of(&h), None);
     }
 }

@@ -115,8 +115,6 @@ pub struct AppState {
     pub token_limiter: Arc<RateLimiter>,
     /// Per-source limit on the authorization endpoint.
     pub authorize_limiter: Arc<RateLimiter>,
-    /// The consent and error page templates.
-    pub templates: Arc<minijinja::Environment<'static>>,
     /// Fetches Client ID Metadata Documents, when enabled.
     pub cimd: Option<CimdResolver>,
     /// Browser sessions of signed-in users.
@@ -187,8 +185,11 @@ impl AppState {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         keys: Arc<KeyRing>,
-        templates: minijinja::Environment<'static>,
     ) -> Result<Self, ConfigError> {
+        crate::web::pages::check().map_err(|e| ConfigError::Invalid {
+            key: "templates",
+            message: e.to_string(),
+        })?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let mut verifier = crate::tokens::sources::verifier(&settings, keys.clone())?;
         verifier.count_key_lookups(metrics.cache_counters("jwks"));
@@ -245,7 +246,6 @@ impl AppState {
             login_limiter: Arc::new(RateLimiter::new(10, 60)),
             token_limiter,
             authorize_limiter,
-            templates: Arc::new(templates),
             trace,
             sessions: Arc::new(Sessions::default()),
             cimd,

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
-use crate::authz::register::source_ip;
+use crate::web::client_ip::client_ip;
 
 /// How many events the page shows.
 pub const CAPACITY: usize = 200;
@@ -40,10 +40,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         let source = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| source_ip(*peer, &parts.headers));
+            .map(|ConnectInfo(peer)| client_ip(*peer, &parts.headers));
         Ok(Self {
             source,
-            request_id: crate::ops::request_id_of(&parts.headers),
+            request_id: crate::web::request_id::request_id_of(&parts.headers),
         })
     }
 }

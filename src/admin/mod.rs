@@ -35,12 +35,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use minijinja::context;
 
-use crate::authz::authorize::{cross_site_refusal, error_page, page_headers, unavailable_page};
 use crate::authz::login;
 use crate::authz::params::Params;
 use crate::secret::{ct_eq, random_token};
 use crate::state::AppState;
 use crate::store::{Client, Grant};
+use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use events::{RequestMeta, audit};
 
 /// The page.
@@ -169,7 +169,7 @@ fn host_is_local(state: &AppState, host: &str) -> bool {
 }
 
 /// Whether a request comes from this machine: the peer, every forwarded hop and the host
-/// name are all loopback. Stricter than [`source_ip`] (which trusts the last hop): a proxy
+/// name are all loopback. Stricter than [`client_ip`] (which trusts the last hop): a proxy
 /// on this host in front of ours makes the peer loopback, but it names the real client in
 /// `X-Forwarded-For`, and that must count.
 pub fn from_loopback(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
@@ -242,7 +242,7 @@ fn operator_authority(req: &axum::extract::Request) -> Result<Option<String>, &'
             .to_str()
             .map(|v| Some(v.to_string()))
             .map_err(|_| "the X-Forwarded-Host header is not text"),
-        (None, _) => crate::proxy::forward::effective_authority(req.uri(), req.headers()),
+        (None, _) => crate::web::origin::effective_authority(req.uri(), req.headers()),
     }
 }
 
@@ -266,19 +266,22 @@ pub async fn operator_guard(
     if !is_operator_path(req.uri().path()) {
         return next.run(req).await;
     }
-    let env = &state.templates;
-    let refuse = |why: &str| error_page(env, StatusCode::FORBIDDEN, "access_denied", why);
+    let refuse = |why: &str| {
+        PageError::new(StatusCode::FORBIDDEN, "access_denied", why.to_string()).into_response()
+    };
     let authority = match operator_authority(&req) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            return error_page(
-                env,
+            return PageError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "the request names no host",
-            );
+            )
+            .into_response();
         }
-        Err(why) => return error_page(env, StatusCode::BAD_REQUEST, "invalid_request", why),
+        Err(why) => {
+            return PageError::new(StatusCode::BAD_REQUEST, "invalid_request", why).into_response();
+        }
     };
     if !host_is_local(&state, &authority) {
         return refuse(
@@ -373,24 +376,24 @@ fn see_other(location: &'static str) -> Response {
         .into_response()
 }
 
-fn server_error(state: &AppState) -> Response {
-    error_page(
-        &state.templates,
+fn server_error() -> Response {
+    PageError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "server_error",
         "try again",
     )
+    .into_response()
 }
 
-fn remote_refusal(state: &AppState) -> Response {
-    error_page(
-        &state.templates,
+fn remote_refusal() -> Response {
+    PageError::new(
         StatusCode::FORBIDDEN,
         "access_denied",
         "The operator's page answers only requests from this machine. To use it from \
          elsewhere, make a user an admin (admin = true in [[users]], with a password) and \
          sign in.",
     )
+    .into_response()
 }
 
 /// The sign-in form (the login page's template), its CSRF token bound to the page cookie.
@@ -401,24 +404,25 @@ fn login_form(
     error: Option<&str>,
 ) -> Response {
     let Some((cookie, new)) = csrf_cookie_or_new(headers) else {
-        return server_error(state);
+        return server_error();
     };
     let csrf_token = state.admin_key.token(&Binding::Cookie(cookie.clone()));
-    let html = state.templates.get_template("login.html").and_then(|t| {
-        t.render(context! {
+    let html = crate::web::pages::render(
+        "login.html",
+        context! {
             client_name => "the operator's page",
             error,
             username,
             action => LOGIN_PATH,
             request_id => "",
             csrf_token,
-        })
-    });
+        },
+    );
     let mut res = match html {
         Ok(html) => (StatusCode::UNAUTHORIZED, page_headers(), Html(html)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "admin login template failed");
-            return server_error(state);
+            return server_error();
         }
     };
     if new {
@@ -462,7 +466,7 @@ fn render_page(state: &AppState, viewer: &Viewer, csrf_token: &str, now: u64) ->
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "admin page: store unavailable");
-            return unavailable_page(&state.templates);
+            return PageError::unavailable().into_response();
         }
     };
     let names: HashMap<&str, &str> = data
@@ -522,8 +526,9 @@ fn render_page(state: &AppState, viewer: &Viewer, csrf_token: &str, now: u64) ->
             }
         })
         .collect();
-    let html = state.templates.get_template("admin.html").and_then(|t| {
-        t.render(context! {
+    let html = crate::web::pages::render(
+        "admin.html",
+        context! {
             viewer => viewer.name(),
             signed_in => matches!(viewer, Viewer::Admin { .. }),
             csrf_token,
@@ -536,13 +541,13 @@ fn render_page(state: &AppState, viewer: &Viewer, csrf_token: &str, now: u64) ->
             grants_total => data.grants.len(),
             events,
             max_rows => MAX_ROWS,
-        })
-    });
+        },
+    );
     match html {
         Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "admin template failed");
-            server_error(state)
+            server_error()
         }
     }
 }
@@ -555,7 +560,7 @@ pub async fn admin_get(
 ) -> Response {
     let now = state.clock.now();
     match viewer(&state, peer, &headers, now) {
-        Err(Refused::Remote) => remote_refusal(&state),
+        Err(Refused::Remote) => remote_refusal(),
         Err(Refused::SignIn(why)) => login_form(&state, &headers, "", why),
         Ok(viewer) => {
             // The page's forms are bound to the admin's session, or (loopback-only) to the
@@ -564,7 +569,7 @@ pub async fn admin_get(
                 Viewer::Admin { session, .. } => (Binding::Session(session.clone()), None),
                 Viewer::Loopback => match csrf_cookie_or_new(&headers) {
                     Some((cookie, new)) => (Binding::Cookie(cookie.clone()), new.then_some(cookie)),
-                    None => return server_error(&state),
+                    None => return server_error(),
                 },
             };
             let token = state.admin_key.token(&binding);
@@ -585,24 +590,23 @@ pub async fn login_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let env = &state.templates;
     let now = state.clock.now();
     if let Some(throttled) = login::sign_in_throttled(&state, peer, &headers, now) {
         return throttled;
     }
-    if let Some(refused) = cross_site_refusal(&state, &headers) {
+    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
         return refused;
     }
     if !admins_configured(&state) {
         return see_other(ADMIN_PATH);
     }
     let Ok(params) = Params::parse(&body) else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the form is malformed",
-        );
+        )
+        .into_response();
     };
     let csrf_ok = match (csrf_cookie(&headers), params.get("csrf_token")) {
         (Some(cookie), Some(sent)) => ct_eq(
@@ -612,12 +616,12 @@ pub async fn login_post(
         _ => false,
     };
     if !csrf_ok {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::FORBIDDEN,
             "access_denied",
             "the form's security token does not match; reload the page",
-        );
+        )
+        .into_response();
     }
     let username = params.get("username").unwrap_or_default().to_string();
     // Verified even for unknown users and non-admins, so timing does not tell them apart.
@@ -646,7 +650,7 @@ pub async fn login_post(
             .sessions
             .create(&username, now, state.settings.config.session_ttl_seconds)
     else {
-        return server_error(&state);
+        return server_error();
     };
     audit!(state, &meta, info, "admin_login", client: None, sub: Some(&username);
         sub = %username, "operator signed in");
@@ -695,29 +699,25 @@ fn authorized_post(
     body: &[u8],
     now: u64,
 ) -> Result<(Viewer, Params), Box<Response>> {
-    let env = &state.templates;
-    if let Some(refused) = cross_site_refusal(state, headers) {
+    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, headers) {
         return Err(Box::new(refused));
     }
     let viewer = match viewer(state, peer, headers, now) {
         Ok(v) => v,
-        Err(Refused::Remote) => return Err(Box::new(remote_refusal(state))),
+        Err(Refused::Remote) => return Err(Box::new(remote_refusal())),
         Err(Refused::SignIn(_)) => {
-            return Err(Box::new(error_page(
-                env,
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                "sign in as an admin first",
-            )));
+            return Err(Box::new(
+                PageError::new(
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    "sign in as an admin first",
+                )
+                .into_response(),
+            ));
         }
     };
     let params = Params::parse(body).map_err(|d| {
-        Box::new(error_page(
-            env,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            &d,
-        ))
+        Box::new(PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d).into_response())
     })?;
     let binding = match &viewer {
         Viewer::Admin { session, .. } => Some(Binding::Session(session.clone())),
@@ -728,23 +728,25 @@ fn authorized_post(
         _ => false,
     };
     if !csrf_ok {
-        return Err(Box::new(error_page(
-            env,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "the form's security token does not match; reload the page",
-        )));
+        return Err(Box::new(
+            PageError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "the form's security token does not match; reload the page",
+            )
+            .into_response(),
+        ));
     }
     Ok((viewer, params))
 }
 
-fn missing(state: &AppState, what: &str) -> Response {
-    error_page(
-        &state.templates,
+fn missing(what: &str) -> Response {
+    PageError::new(
         StatusCode::BAD_REQUEST,
         "invalid_request",
-        &format!("{what} is missing"),
+        format!("{what} is missing"),
     )
+    .into_response()
 }
 
 /// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens).
@@ -761,21 +763,17 @@ pub async fn revoke_grant_post(
         Err(res) => return *res,
     };
     let Some(grant_id) = params.get("grant_id") else {
-        return missing(&state, "grant_id");
+        return missing("grant_id");
     };
     let grant = match state.store.grant(grant_id) {
         Ok(Some(g)) => g,
         Ok(None) => {
-            return error_page(
-                &state.templates,
-                StatusCode::NOT_FOUND,
-                "invalid_request",
-                "no such grant",
-            );
+            return PageError::new(StatusCode::NOT_FOUND, "invalid_request", "no such grant")
+                .into_response();
         }
         Err(e) => {
             tracing::error!(error = %e, "admin: grant lookup failed");
-            return unavailable_page(&state.templates);
+            return PageError::unavailable().into_response();
         }
     };
     // The user is asked again: a remembered approval would let the client back in without.
@@ -785,7 +783,7 @@ pub async fn revoke_grant_post(
         .and_then(|()| state.store.forget_consent(&grant.sub, &grant.client_id));
     if let Err(e) = revoked {
         tracing::error!(error = %e, "admin: revoking a grant failed");
-        return unavailable_page(&state.templates);
+        return PageError::unavailable().into_response();
     }
     audit!(state, &meta, info, "admin_grant_revoked", client: Some(&grant.client_id), sub: Some(&grant.sub);
         client_id = %grant.client_id, sub = %grant.sub, by = %viewer.name(), "grant revoked by an operator");
@@ -806,23 +804,23 @@ pub async fn revoke_client_post(
         Err(res) => return *res,
     };
     let Some(client_id) = params.get("client_id") else {
-        return missing(&state, "client_id");
+        return missing("client_id");
     };
     let revoked = match state.store.revoke_client(client_id) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "admin: revoking a client failed");
-            return unavailable_page(&state.templates);
+            return PageError::unavailable().into_response();
         }
     };
     let pinned = state.settings.pinned_clients.contains_key(client_id);
     if !revoked.deleted && revoked.grants == 0 && !pinned {
-        return error_page(
-            &state.templates,
+        return PageError::new(
             StatusCode::NOT_FOUND,
             "invalid_request",
             "no such client, and no grants of it",
-        );
+        )
+        .into_response();
     }
     audit!(state, &meta, info, "admin_client_revoked", client: Some(client_id), sub: None;
         %client_id, grants = revoked.grants, deleted = revoked.deleted, by = %viewer.name(),

@@ -16,33 +16,23 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use minijinja::{Environment, context};
+use minijinja::context;
 use url::Url;
 
 use super::login;
 use super::params::{Params, split_scopes};
 use super::pkce;
-use super::register::source_ip;
 use super::token::within_client_scope;
-use super::uris::{canonical_resource, redirect_uri_matches};
 use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::{AppState, ClientLookupError};
 use crate::store::{Admission, AuthCode, Client, Consent, PendingAuthorization, StoreResult};
+use crate::web::client_ip::client_ip;
+use crate::web::pages::{PageError, cross_site_refusal, page_headers};
+use crate::web::uris::{canonical_resource, redirect_uri_matches};
 
 /// Path the consent form posts to.
 pub const CONSENT_PATH: &str = "/consent";
-
-/// The page templates, compiled once.
-pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
-    let mut env = Environment::new();
-    env.add_template("consent.html", include_str!("templates/consent.html"))?;
-    env.add_template("error.html", include_str!("templates/error.html"))?;
-    env.add_template("login.html", include_str!("templates/login.html"))?;
-    env.add_template("consents.html", include_str!("templates/consents.html"))?;
-    env.add_template("admin.html", include_str!("templates/admin.html"))?;
-    Ok(env)
-}
 
 /// Why an authorization request failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -231,50 +221,6 @@ fn found(location: &str) -> Response {
     }
 }
 
-/// Render an error page.
-pub(crate) fn error_page(
-    env: &Environment<'static>,
-    status: StatusCode,
-    error: &str,
-    description: &str,
-) -> Response {
-    let request_id = crate::ops::current_request_id();
-    let html = env
-        .get_template("error.html")
-        .and_then(|t| t.render(context! { error, description, request_id }))
-        .unwrap_or_else(|_| format!("{error}: {description}"));
-    (status, page_headers(), Html(html)).into_response()
-}
-
-/// The page for a storage failure: not the user's fault, try again.
-pub(crate) fn unavailable_page(env: &Environment<'static>) -> Response {
-    error_page(
-        env,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "try again shortly",
-    )
-}
-
-/// Headers for our HTML pages: never cached, never framed (clickjacking), no referrer.
-pub(crate) fn page_headers() -> [(header::HeaderName, HeaderValue); 4] {
-    [
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ),
-        ),
-        (
-            header::REFERRER_POLICY,
-            // Same-origin only: the consent post keeps its Origin, the client gets no referrer.
-            HeaderValue::from_static("same-origin"),
-        ),
-    ]
-}
-
 fn scope_words(scope: &str) -> &'static str {
     match scope {
         "mcp:read" => "See the server's tools, resources and prompts, and call read-only tools",
@@ -402,19 +348,18 @@ pub async fn authorize_get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let env = &state.templates;
     let s = &state.settings;
     let now = state.clock.now();
     if let Err(retry) = state
         .authorize_limiter
-        .check(source_ip(peer, &headers), now)
+        .check(client_ip(peer, &headers), now)
     {
-        let mut res = error_page(
-            env,
+        let mut res = PageError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "slow_down",
             "too many authorization requests; wait a minute",
-        );
+        )
+        .into_response();
         if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
@@ -426,16 +371,12 @@ pub async fn authorize_get(
             Ok(c) => c,
             // The redirect URI cannot be trusted before the document is: a page, no redirect.
             Err(ClientLookupError::Cimd(e)) => {
-                return error_page(
-                    env,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_client",
-                    &e.to_string(),
-                );
+                return PageError::new(StatusCode::BAD_REQUEST, "invalid_client", e.to_string())
+                    .into_response();
             }
             Err(ClientLookupError::Store(e)) => {
                 tracing::error!(error = %e, "client lookup failed");
-                return unavailable_page(env);
+                return PageError::unavailable().into_response();
             }
         },
         None => None,
@@ -449,7 +390,8 @@ pub async fn authorize_get(
     ) {
         Ok(r) => r,
         Err(AuthorizeError::Page { error, description }) => {
-            return error_page(env, StatusCode::BAD_REQUEST, error, &description);
+            return PageError::new(StatusCode::BAD_REQUEST, error, description.to_string())
+                .into_response();
         }
         Err(AuthorizeError::Redirect {
             redirect_uri,
@@ -465,17 +407,18 @@ pub async fn authorize_get(
                 &description,
             ) {
                 Some(loc) => found(&loc),
-                None => error_page(env, StatusCode::BAD_REQUEST, error, &description),
+                None => PageError::new(StatusCode::BAD_REQUEST, error, description.to_string())
+                    .into_response(),
             };
         }
     };
     let (Some(id), Some(csrf)) = (random_token(24), random_token(24)) else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "try again",
-        );
+        )
+        .into_response();
     };
     let pending = PendingAuthorization {
         id,
@@ -505,14 +448,13 @@ pub(crate) fn proceed(
     meta: &RequestMeta,
     arrival: Arrival,
 ) -> Response {
-    let env = &state.templates;
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "storing pending authorization failed");
-        unavailable_page(env)
+        PageError::unavailable().into_response()
     };
     let Some(sub) = user else {
         return match keep_pending(state, &pending, now, arrival) {
-            Ok(()) => login::login_page(state, &pending, client, "", None),
+            Ok(()) => login::login_page(&pending, client, "", None),
             Err(e) => unavailable(&e),
         };
     };
@@ -527,7 +469,10 @@ pub(crate) fn proceed(
                 "the user may not grant any of the requested scopes",
             );
             return loc.map_or_else(
-                || error_page(env, StatusCode::FORBIDDEN, "access_denied", "not allowed"),
+                || {
+                    PageError::new(StatusCode::FORBIDDEN, "access_denied", "not allowed")
+                        .into_response()
+                },
                 |l| found(&l),
             );
         }
@@ -542,12 +487,12 @@ pub(crate) fn proceed(
     if state.settings.config.auto_approve || remembered {
         return match approve(state, &pending, now, meta, arrival) {
             Ok(loc) => found(&loc),
-            Err(ApproveError::Failed) => error_page(
-                env,
+            Err(ApproveError::Failed) => PageError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "try again",
-            ),
+            )
+            .into_response(),
         };
     }
     match keep_pending(state, &pending, now, arrival) {
@@ -562,7 +507,6 @@ fn consent_page(
     client: &Client,
     user: &str,
 ) -> Response {
-    let env = &state.templates;
     let redirect_host = Url::parse(&pending.redirect_uri)
         .ok()
         .map(|u| match u.host_str() {
@@ -586,8 +530,9 @@ fn consent_page(
     // A client that registered itself chose its own name: nobody vouched for it, so say so
     // and show what identifies it (its id; where it sends the user is shown for all).
     let unverified = !client.pinned && client_host.is_none();
-    let html = env.get_template("consent.html").and_then(|t| {
-        t.render(context! {
+    let html = crate::web::pages::render(
+        "consent.html",
+        context! {
             client_name,
             client_host,
             unverified,
@@ -600,63 +545,19 @@ fn consent_page(
             request_id => &pending.id,
             csrf_token => &pending.csrf_token,
             minutes => state.settings.config.consent_ttl / 60,
-        })
-    });
+        },
+    );
     match html {
         Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "consent template failed");
-            error_page(
-                env,
+            PageError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "try again",
             )
+            .into_response()
         }
-    }
-}
-
-/// The refusal for a form post that did not come from our own pages, if it did not.
-pub(crate) fn cross_site_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    (!same_origin_post(state, headers)).then(|| {
-        error_page(
-            &state.templates,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "cross-site form submission refused",
-        )
-    })
-}
-
-/// Whether a form post comes from our own page: browsers send `Sec-Fetch-Site` and `Origin`
-/// on POST; a cross-site value means a forged submission.
-fn same_origin_post(state: &AppState, headers: &HeaderMap) -> bool {
-    // Fetch metadata is set by the browser and cannot be forged by a page. A same-origin
-    // post may still carry `Origin: null` (privacy settings), so this answer is final.
-    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        Some("same-origin") => return true,
-        Some("cross-site" | "same-site") => return false,
-        _ => {}
-    }
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    if origin == state.settings.public_origin {
-        return true;
-    }
-    // The page may be reached under another name of the same host (localhost vs 127.0.0.1).
-    let host = headers
-        .get("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST))
-        .and_then(|v| v.to_str().ok());
-    match (Url::parse(origin), host) {
-        (Ok(o), Some(host)) => {
-            o.host_str().map(|h| match o.port() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_string(),
-            }) == Some(host.to_string())
-        }
-        _ => false,
     }
 }
 
@@ -667,37 +568,39 @@ pub async fn consent_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let env = &state.templates;
     let s = &state.settings;
     let now = state.clock.now();
-    if let Some(refused) = cross_site_refusal(&state, &headers) {
+    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
         return refused;
     }
     let params = match Params::parse(&body) {
         Ok(p) => p,
-        Err(d) => return error_page(env, StatusCode::BAD_REQUEST, "invalid_request", &d),
+        Err(d) => {
+            return PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d.to_string())
+                .into_response();
+        }
     };
     let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the form is incomplete",
-        );
+        )
+        .into_response();
     };
     let pending = match state.store.take_pending(id) {
         Ok(Some(p)) if p.expires_at > now => p,
         Ok(_) => {
-            return error_page(
-                env,
+            return PageError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "this authorization request has expired or was already answered",
-            );
+            )
+            .into_response();
         }
         Err(e) => {
             tracing::error!(error = %e, "pending lookup failed");
-            return unavailable_page(env);
+            return PageError::unavailable().into_response();
         }
     };
     // A refused post must not cost the real user their pending request: put it back.
@@ -708,31 +611,27 @@ pub async fn consent_post(
     };
     if !ct_eq(csrf, &pending.csrf_token) {
         keep(&pending);
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::FORBIDDEN,
             "access_denied",
             "the form's security token does not match",
-        );
+        )
+        .into_response();
     }
     let Some(sub) = pending.sub.clone() else {
-        return error_page(
-            env,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "sign in first",
-        );
+        return PageError::new(StatusCode::BAD_REQUEST, "invalid_request", "sign in first")
+            .into_response();
     };
     if login::login_required(&state)
         && login::current_user(&state, &headers, now).as_deref() != Some(sub.as_str())
     {
         keep(&pending);
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::FORBIDDEN,
             "access_denied",
             "this approval belongs to another sign-in",
-        );
+        )
+        .into_response();
     }
     let location = match params.get("decision") {
         Some("approve") => {
@@ -779,12 +678,12 @@ pub async fn consent_post(
     };
     match location {
         Some(loc) => found(&loc),
-        None => error_page(
-            env,
+        None => PageError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "try again",
-        ),
+        )
+        .into_response(),
     }
 }
 
@@ -944,16 +843,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(loc, "http://127.0.0.1:1/cb?x=1&code=a+b&iss=http%3A%2F%2Fh");
-    }
-
-    #[test]
-    fn templates_compile() {
-        let env = templates().unwrap();
-        let html = env
-            .get_template("consent.html")
-            .unwrap()
-            .render(context! { client_name => "<script>", scopes => Vec::<String>::new() })
-            .unwrap();
-        assert!(html.contains("&lt;script&gt;"), "names are escaped");
     }
 }

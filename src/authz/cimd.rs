@@ -31,8 +31,8 @@ use tokio::sync::Semaphore;
 use url::{Host, Url};
 
 use super::error::OAuthError;
-use super::uris::validate_redirect_uri;
 use crate::store::Client;
+use crate::web::uris::validate_redirect_uri;
 
 /// Grant types a metadata-document client gets when its document names none.
 const DEFAULT_GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
@@ -642,8 +642,9 @@ pub fn validate_document(url: &str, doc: &Value, now: u64) -> Result<Client, Cim
         ));
     }
     for uri in &redirect_uris {
-        validate_redirect_uri(uri)
-            .map_err(|reason| CimdError::InvalidRedirectUri(sanitize(&reason, MAX_REASON_CHARS)))?;
+        validate_redirect_uri(uri).map_err(|reason| {
+            CimdError::InvalidRedirectUri(sanitize(&reason.to_string(), MAX_REASON_CHARS))
+        })?;
     }
     let grant_types = opt_str_array(doc, "grant_types")?
         .unwrap_or_else(|| DEFAULT_GRANT_TYPES.iter().map(|g| g.to_string()).collect());

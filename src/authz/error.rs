@@ -126,7 +126,7 @@ impl IntoResponse for OAuthError {
         let body = ErrorBody {
             error: self.error_code(),
             error_description: description,
-            request_id: crate::ops::current_request_id(),
+            request_id: crate::web::request_id::current_request_id(),
         };
         let mut res = (self.status(), axum::Json(body)).into_response();
         let h = res.headers_mut();
@@ -225,7 +225,7 @@ mod tests {
             let bytes = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
             serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
         };
-        let res = crate::ops::with_request_id(Some("rid-7".into()), async {
+        let res = crate::web::request_id::with_request_id(Some("rid-7".into()), async {
             OAuthError::InvalidGrant("x".into()).into_response()
         })
         .await;

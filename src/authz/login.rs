@@ -18,15 +18,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
-use super::authorize::{
-    Arrival, cross_site_refusal, error_page, page_headers, proceed, unavailable_page,
-};
+use super::authorize::{Arrival, proceed};
 use super::params::Params;
-use super::register::source_ip;
 use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::{Client, PendingAuthorization};
+use crate::web::client_ip::client_ip;
+use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "mog_session";
@@ -137,7 +136,6 @@ pub fn user_scopes(state: &AppState, sub: &str) -> Option<Vec<String>> {
 
 /// The login page for a pending request.
 pub fn login_page(
-    state: &AppState,
     pending: &PendingAuthorization,
     client: &Client,
     username: &str,
@@ -147,16 +145,17 @@ pub fn login_page(
         .client_name
         .clone()
         .unwrap_or_else(|| format!("Client {}", client.client_id));
-    let html = state.templates.get_template("login.html").and_then(|t| {
-        t.render(context! {
+    let html = crate::web::pages::render(
+        "login.html",
+        context! {
             client_name,
             error,
             username,
             action => LOGIN_PATH,
             request_id => &pending.id,
             csrf_token => &pending.csrf_token,
-        })
-    });
+        },
+    );
     let status = if error.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
@@ -166,12 +165,12 @@ pub fn login_page(
         Ok(html) => (status, page_headers(), Html(html)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "login template failed");
-            error_page(
-                &state.templates,
+            PageError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "try again",
             )
+            .into_response()
         }
     }
 }
@@ -199,14 +198,14 @@ pub(crate) fn sign_in_throttled(
 ) -> Option<Response> {
     let retry = state
         .login_limiter
-        .check(source_ip(peer, headers), now)
+        .check(client_ip(peer, headers), now)
         .err()?;
-    let mut res = error_page(
-        &state.templates,
+    let mut res = PageError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "slow_down",
         "too many sign-in attempts; wait a minute",
-    );
+    )
+    .into_response();
     if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
         res.headers_mut().insert(header::RETRY_AFTER, v);
     }
@@ -247,55 +246,54 @@ pub async fn login_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let env = &state.templates;
     let now = state.clock.now();
     // Password guessing is bounded per source address.
     if let Some(throttled) = sign_in_throttled(&state, peer, &headers, now) {
         return throttled;
     }
-    if let Some(refused) = cross_site_refusal(&state, &headers) {
+    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
         return refused;
     }
     let Ok(params) = Params::parse(&body) else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the form is malformed",
-        );
+        )
+        .into_response();
     };
     let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the form is incomplete",
-        );
+        )
+        .into_response();
     };
     let pending = match state.store.take_pending(id) {
         Ok(Some(p)) if p.expires_at > now && ct_eq(csrf, &p.csrf_token) => p,
         Ok(_) => {
-            return error_page(
-                env,
+            return PageError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "this sign-in form has expired or was already used",
-            );
+            )
+            .into_response();
         }
         Err(e) => {
             tracing::error!(error = %e, "pending lookup failed");
-            return unavailable_page(env);
+            return PageError::unavailable().into_response();
         }
     };
     let client = match state.lookup_client(&pending.client_id, now).await {
         Ok(Some(c)) => c,
         _ => {
-            return error_page(
-                env,
+            return PageError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_client",
                 "the client is gone",
-            );
+            )
+            .into_response();
         }
     };
     let username = params.get("username").unwrap_or_default().to_string();
@@ -314,7 +312,6 @@ pub async fn login_post(
             tracing::error!(error = %e, "storing pending authorization failed");
         }
         return login_page(
-            &state,
             &pending,
             &client,
             &username,
@@ -328,12 +325,12 @@ pub async fn login_post(
             .sessions
             .create(&username, now, state.settings.config.session_ttl_seconds)
     else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "try again",
-        );
+        )
+        .into_response();
     };
     let mut res = proceed(
         &state,
@@ -352,38 +349,38 @@ pub async fn login_post(
 
 /// `GET /consents`: the signed-in user's remembered consents.
 pub async fn consents_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let env = &state.templates;
     let now = state.clock.now();
     let Some(user) = current_user(&state, &headers, now) else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::UNAUTHORIZED,
             "login_required",
             "sign in through a client's authorization first",
-        );
+        )
+        .into_response();
     };
     let consents = match state.store.consents(&user, now) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "consent lookup failed");
-            return unavailable_page(env);
+            return PageError::unavailable().into_response();
         }
     };
     let rows: Vec<_> = consents
         .iter()
         .map(|c| context! { client_id => &c.client_id, scopes => c.scopes.join(" ") })
         .collect();
-    let html = env.get_template("consents.html").and_then(|t| {
-        t.render(context! { user, consents => rows, action => CONSENTS_REVOKE_PATH })
-    });
+    let html = crate::web::pages::render(
+        "consents.html",
+        context! { user, consents => rows, action => CONSENTS_REVOKE_PATH },
+    );
     match html {
         Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
-        Err(_) => error_page(
-            env,
+        Err(_) => PageError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "try again",
-        ),
+        )
+        .into_response(),
     }
 }
 
@@ -394,29 +391,24 @@ pub async fn consents_revoke_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let env = &state.templates;
     let now = state.clock.now();
-    if let Some(refused) = cross_site_refusal(&state, &headers) {
+    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
         return refused;
     }
     let Some(user) = current_user(&state, &headers, now) else {
-        return error_page(
-            env,
-            StatusCode::UNAUTHORIZED,
-            "login_required",
-            "sign in first",
-        );
+        return PageError::new(StatusCode::UNAUTHORIZED, "login_required", "sign in first")
+            .into_response();
     };
     let Some(client_id) = Params::parse(&body)
         .ok()
         .and_then(|p| p.get("client_id").map(str::to_string))
     else {
-        return error_page(
-            env,
+        return PageError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "client_id is missing",
-        );
+        )
+        .into_response();
     };
     match state.store.forget_consent(&user, &client_id) {
         Ok(_) => {
@@ -424,7 +416,7 @@ pub async fn consents_revoke_post(
                 sub = %user, %client_id, "consent revoked");
             (StatusCode::SEE_OTHER, [(header::LOCATION, CONSENTS_PATH)]).into_response()
         }
-        Err(_) => unavailable_page(env),
+        Err(_) => PageError::unavailable().into_response(),
     }
 }
 

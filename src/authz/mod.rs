@@ -13,7 +13,7 @@
 //! | introspection | [`introspect::introspect_post`] |
 //! | the operator's page | [`crate::admin::admin_get`] and its forms |
 //!
-//! Every answer is given with its request id in scope ([`crate::ops::request_id_scope`]),
+//! Every answer is given with its request id in scope ([`crate::web::request_id::request_id_scope`]),
 //! so error bodies can name it.
 
 pub mod authorize;
@@ -29,7 +29,6 @@ pub mod ratelimit;
 pub mod register;
 pub mod revoke;
 pub mod token;
-pub mod uris;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -86,7 +85,9 @@ pub fn router(state: AppState) -> Router {
         .route(admin::LOGOUT_PATH, post(admin::logout_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(oversized_body_json))
-        .layer(middleware::from_fn(crate::ops::request_id_scope))
+        .layer(middleware::from_fn(
+            crate::web::request_id::request_id_scope,
+        ))
         .with_state(state)
 }
 
@@ -109,7 +110,7 @@ async fn oversized_body_json(
             "the request body is larger than {} KiB",
             MAX_BODY / 1024
         )),
-        request_id: crate::ops::current_request_id(),
+        request_id: crate::web::request_id::current_request_id(),
     };
     let mut res = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
     let h = res.headers_mut();

@@ -7,7 +7,7 @@
 //! an initial access token (RFC 7591 §3) the operator handed out, presented as
 //! `Authorization: Bearer`; its scope is bounded by that token's.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -18,12 +18,13 @@ use serde::{Deserialize, Serialize};
 use super::cimd::display_name;
 use super::error::{ErrorBody, OAuthError};
 use super::params::split_scopes;
-use super::uris::validate_redirect_uri;
 use crate::admin::events::{RequestMeta, audit};
 use crate::config::InitialAccessToken;
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::Client;
+use crate::web::client_ip::client_ip;
+use crate::web::uris::validate_redirect_uri;
 
 /// The registration request: the metadata we act on. Other fields are accepted and ignored.
 #[derive(Debug, Deserialize)]
@@ -65,21 +66,6 @@ pub struct RegistrationResponse {
     scope: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     application_type: Option<String>,
-}
-
-/// The address a request came from: our own proxy on loopback appends the client's address
-/// to `X-Forwarded-For`, so trust its last entry only from a loopback peer.
-pub fn source_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    if peer.ip().is_loopback()
-        && let Some(last) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return last;
-    }
-    peer.ip()
 }
 
 /// Check a registration and turn it into a client record. `iat` is the initial access
@@ -126,7 +112,7 @@ pub fn register_client(
         ));
     }
     for uri in &req.redirect_uris {
-        validate_redirect_uri(uri).map_err(OAuthError::InvalidRedirectUri)?;
+        validate_redirect_uri(uri).map_err(|e| OAuthError::InvalidRedirectUri(e.to_string()))?;
     }
     if let Some(types) = &req.response_types
         && types.iter().any(|t| t != "code")
@@ -192,7 +178,7 @@ impl IntoResponse for BearerRefusal {
         let body = ErrorBody {
             error: self.error,
             error_description: Some(self.description.to_string()),
-            request_id: crate::ops::current_request_id(),
+            request_id: crate::web::request_id::current_request_id(),
         };
         let challenge = format!(
             "Bearer error=\"{}\", error_description=\"{}\"",
@@ -258,7 +244,7 @@ pub async fn register_post(
     let now = state.clock.now();
     state
         .register_limiter
-        .check(source_ip(peer, &headers), now)
+        .check(client_ip(peer, &headers), now)
         .map_err(OAuthError::TooManyRequests)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -412,16 +398,6 @@ mod tests {
             let err = register_client(req(json), &scopes(), "id".into(), 0, None).unwrap_err();
             assert_eq!(err.error_code(), code, "{json}");
         }
-    }
-
-    #[test]
-    fn forwarded_for_is_trusted_only_from_loopback() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "10.0.0.1, 192.0.2.7".parse().unwrap());
-        let local: SocketAddr = "127.0.0.1:5".parse().unwrap();
-        let remote: SocketAddr = "198.51.100.1:5".parse().unwrap();
-        assert_eq!(source_ip(local, &h).to_string(), "192.0.2.7");
-        assert_eq!(source_ip(remote, &h).to_string(), "198.51.100.1");
     }
 
     fn iat(scope: Option<&str>) -> InitialAccessToken {

@@ -15,13 +15,13 @@ use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::params::{Params, split_scopes};
 use super::pkce;
-use super::register::source_ip;
-use super::uris::canonical_resource;
 use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
 use crate::store::{Client, CodeRedemption, Grant, RefreshToken, RotateOutcome};
 use crate::tokens::issue::{AccessClaims, sign};
+use crate::web::client_ip::client_ip;
+use crate::web::uris::canonical_resource;
 
 /// A parsed token request, one variant per grant type. The client is authenticated
 /// separately ([`super::client_auth`]).
@@ -503,7 +503,7 @@ pub async fn token_post(
 ) -> Result<Response, OAuthError> {
     state
         .token_limiter
-        .check(source_ip(peer, &headers), state.clock.now())
+        .check(client_ip(peer, &headers), state.clock.now())
         .map_err(OAuthError::TooManyRequests)?;
     let params = form_params(&headers, &body)?;
     let req = TokenRequest::from_params(&params)?;

@@ -32,44 +32,6 @@ type Child = RunningService<RoleClient, ()>;
 #[error("upstream command: {0}")]
 pub struct CommandError(String);
 
-/// Split a command line on whitespace, honouring double and single quotes.
-pub fn split_command(line: &str) -> Result<Vec<String>, CommandError> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut quote: Option<char> = None;
-    let mut in_word = false;
-    for c in line.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => word.push(c),
-            (None, '"' | '\'') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(CommandError("unclosed quote".into()));
-    }
-    if in_word {
-        words.push(word);
-    }
-    if words.is_empty() {
-        return Err(CommandError("empty command".into()));
-    }
-    Ok(words)
-}
-
 /// Variables a child gets from the gateway's environment whenever they are set there.
 pub const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 
@@ -144,7 +106,8 @@ impl StdioUpstream {
     /// `env` (see [`child_env`]).
     pub fn new(command: &str, env: Vec<(String, OsString)>) -> Result<Arc<Self>, CommandError> {
         Ok(Arc::new(Self {
-            argv: split_command(command)?,
+            argv: crate::config::command_words(command)
+                .ok_or_else(|| CommandError("an unclosed quote or an empty command".into()))?,
             env,
             slot: Mutex::new(Slot {
                 child: None,
@@ -375,21 +338,6 @@ impl ServerHandler for StdioBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_lines_split_like_a_shell_would_for_simple_cases() {
-        assert_eq!(
-            split_command("npx -y pkg stdio").unwrap(),
-            ["npx", "-y", "pkg", "stdio"]
-        );
-        assert_eq!(
-            split_command(r#"node "my dir/s.js" 'a b'"#).unwrap(),
-            ["node", "my dir/s.js", "a b"]
-        );
-        assert_eq!(split_command(r#"x """#).unwrap(), ["x", ""]);
-        assert!(split_command("  ").is_err());
-        assert!(split_command("x \"open").is_err());
-    }
 
     #[test]
     fn children_get_only_the_allowed_environment() {

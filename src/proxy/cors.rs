@@ -17,7 +17,6 @@ use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{Backend, backend_for, route_name};
-use crate::resource::origin_allowed;
 use crate::state::AppState;
 
 /// How a route answers browsers from other origins.
@@ -68,7 +67,13 @@ fn cors_layer(state: AppState) -> CorsLayer {
                 metrics_public,
             ) {
                 Policy::Any => true,
-                Policy::McpOrigins => origin.to_str().is_ok_and(|o| origin_allowed(&state, o)),
+                Policy::McpOrigins => origin.to_str().is_ok_and(|o| {
+                    crate::web::origin::origin_allowed(
+                        o,
+                        &state.settings.public_origin,
+                        &state.settings.config.allowed_origins,
+                    )
+                }),
                 Policy::None => false,
             },
         ))

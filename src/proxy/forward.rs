@@ -99,17 +99,6 @@ async fn size_limits(req: Request, next: axum::middleware::Next) -> Response {
     next.run(req).await
 }
 
-/// The request id header.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// A client's request id is kept if it is short and plain.
-pub(crate) fn is_sane_request_id(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -150,36 +139,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
-}
-
-/// The authority a request was sent to: its target's (HTTP/2 `:authority`, or an
-/// absolute-form HTTP/1.1 target) or else its one `Host` header. More than one `Host`
-/// (RFC 9112 §3.2), a `Host` that contradicts the target (RFC 9113 §8.3.1), user info, or a
-/// value that is not text are errors.
-pub(crate) fn effective_authority(
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Option<String>, &'static str> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err("more than one Host header");
-    }
-    let host = match host {
-        Some(v) => Some(v.to_str().map_err(|_| "the Host header is not text")?),
-        None => None,
-    };
-    let authority = match (uri.authority(), host) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => {
-            return Err("the Host header does not match the request target");
-        }
-        (Some(a), _) => Some(a.as_str()),
-        (None, h) => h,
-    };
-    match authority {
-        Some(a) if a.is_empty() || a.contains('@') => Err("the request's host is malformed"),
-        a => Ok(a.map(str::to_string)),
-    }
 }
 
 /// A 400 for a request the proxy cannot forward, in the backend's error format.
@@ -257,24 +216,14 @@ pub async fn proxy_handler(
     let path = parts.uri.path().to_string();
     // Every request gets an id, kept when the client sent a sane one, passed to the
     // backend, returned to the client, and in the log and the trace.
-    let request_id = parts
-        .headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_sane_request_id(v))
-        .map(str::to_string)
-        .or_else(|| crate::secret::random_token(12))
-        .unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(REQUEST_ID, v);
-    }
+    let request_id = crate::web::request_id::assign(&mut parts.headers);
     let traced_headers = match &ps.trace {
         Some(_) if path != TRACE_PATH => Some(redacted_headers(&parts.headers)),
         _ => None,
     };
     // Read before anything is rewritten: the backends' host checks (the operator pages'
     // loopback rule, same-origin form posts) see it as `X-Forwarded-Host`.
-    let authority = match effective_authority(&parts.uri, &parts.headers) {
+    let authority = match crate::web::origin::effective_authority(&parts.uri, &parts.headers) {
         Ok(a) => a,
         Err(message) => return bad_request(backend, message, &request_id),
     };
@@ -375,7 +324,8 @@ pub async fn proxy_handler(
     // The path only: query strings carry codes and state.
     let mut res = res;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert(REQUEST_ID, v);
+        res.headers_mut()
+            .insert(crate::web::request_id::REQUEST_ID, v);
     }
     tracing::debug!(
         %method,

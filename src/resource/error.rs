@@ -17,7 +17,7 @@ pub fn jsonrpc_error_body(code: i64, message: &str) -> Value {
 /// read), with the HTTP request id (when there is one) in `data`.
 pub fn jsonrpc_error_reply(id: Value, code: i64, message: &str) -> Value {
     let mut error = json!({"code": code, "message": message});
-    if let Some(rid) = crate::ops::current_request_id() {
+    if let Some(rid) = crate::web::request_id::current_request_id() {
         error["data"] = json!({ "request_id": rid });
     }
     json!({"jsonrpc": "2.0", "id": id, "error": error})
@@ -173,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_name_the_request_id_in_data() {
-        let res = crate::ops::with_request_id(Some("rid-3".into()), async {
+        let res = crate::web::request_id::with_request_id(Some("rid-3".into()), async {
             err(Some(BearerErrorCode::InvalidToken)).into_response()
         })
         .await;

@@ -79,7 +79,9 @@ where
         .layer(middleware::from_fn_with_state(gate, require_bearer));
     metadata_router(state)
         .merge(protected)
-        .layer(middleware::from_fn(crate::ops::request_id_scope))
+        .layer(middleware::from_fn(
+            crate::web::request_id::request_id_scope,
+        ))
 }
 
 /// The protected resource metadata routes (RFC 9728 §3.1: root and path-suffixed forms).
@@ -98,22 +100,6 @@ pub fn metadata_router(state: AppState) -> Router {
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
     (status, axum::Json(error::jsonrpc_error_body(code, message))).into_response()
-}
-
-/// Whether a browser origin may call the MCP endpoint (DNS-rebinding defence): loopback
-/// origins, the public origin, and configured extras.
-pub fn origin_allowed(state: &AppState, origin: &str) -> bool {
-    let s = &state.settings;
-    if origin == s.public_origin || s.config.allowed_origins.iter().any(|o| o == origin) {
-        return true;
-    }
-    match url::Url::parse(origin) {
-        Ok(u) => {
-            matches!(u.scheme(), "http" | "https")
-                && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
-        }
-        Err(_) => false,
-    }
 }
 
 /// The bearer token from the one Authorization header, if it uses the Bearer scheme
@@ -387,7 +373,13 @@ pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) 
     let default_scope = s.config.scopes.default_method.clone();
 
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| origin_allowed(state, o));
+        let ok = origin.to_str().is_ok_and(|o| {
+            crate::web::origin::origin_allowed(
+                o,
+                &state.settings.public_origin,
+                &state.settings.config.allowed_origins,
+            )
+        });
         if !ok {
             return jsonrpc_error(StatusCode::FORBIDDEN, -32600, "origin not allowed");
         }

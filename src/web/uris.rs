@@ -14,23 +14,41 @@ fn is_loopback(host: Option<Host<&str>>) -> bool {
     }
 }
 
+/// Why a redirect URI is refused, in words for the client's developer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RedirectUriRefused(String);
+
+impl From<String> for RedirectUriRefused {
+    fn from(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
+impl From<&str> for RedirectUriRefused {
+    fn from(reason: &str) -> Self {
+        Self(reason.to_string())
+    }
+}
+
 /// Check a redirect URI offered at registration. `Err` says why it is refused.
-pub fn validate_redirect_uri(raw: &str) -> Result<(), String> {
+pub fn validate_redirect_uri(raw: &str) -> Result<(), RedirectUriRefused> {
     // The URL parser silently drops tabs and newlines; a URI never contains them.
     if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("a redirect URI must not contain spaces or control characters".into());
     }
-    let url = Url::parse(raw).map_err(|e| format!("`{raw}` is not an absolute URI: {e}"))?;
+    let url = Url::parse(raw)
+        .map_err(|e| RedirectUriRefused(format!("`{raw}` is not an absolute URI: {e}")))?;
     if url.fragment().is_some() || raw.contains('#') {
-        return Err(format!("`{raw}` must not contain a fragment"));
+        return Err(format!("`{raw}` must not contain a fragment").into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("`{raw}` must not contain user information"));
+        return Err(format!("`{raw}` must not contain user information").into());
     }
     match url.scheme() {
         "https" => {
             if url.host().is_none() {
-                return Err(format!("`{raw}` has no host"));
+                return Err(format!("`{raw}` has no host").into());
             }
             Ok(())
         }
@@ -40,7 +58,7 @@ pub fn validate_redirect_uri(raw: &str) -> Result<(), String> {
             } else {
                 Err(format!(
                     "`{raw}`: http redirect URIs must use a loopback host (127.0.0.1, [::1] or localhost)"
-                ))
+                ).into())
             }
         }
         // Schemes a browser or the OS gives other meanings (a page's source, the browser's
@@ -48,14 +66,14 @@ pub fn validate_redirect_uri(raw: &str) -> Result<(), String> {
         // out-of-band value): never a place to deliver a code.
         "javascript" | "data" | "file" | "vbscript" | "blob" | "about" | "ftp" | "ws" | "wss"
         | "view-source" | "chrome" | "chrome-extension" | "jar" | "filesystem" | "mailto"
-        | "urn" => Err(format!("`{raw}`: scheme `{}` is not allowed", url.scheme())),
+        | "urn" => Err(format!("`{raw}`: scheme `{}` is not allowed", url.scheme()).into()),
         // Private-use URI schemes of native apps, in reverse-domain form (RFC 8252 §7.1):
         // `com.example.app:/cb`. A scheme without a period is not one an app can claim as
         // its own, and may be one a browser or another app handles.
         scheme if scheme.contains('.') => Ok(()),
         scheme => Err(format!(
             "`{raw}`: scheme `{scheme}` is not allowed; use https, http on a loopback host, or a private-use scheme in reverse-domain form such as com.example.app:/callback (RFC 8252 §7.1)"
-        )),
+        ).into()),
     }
 }
 

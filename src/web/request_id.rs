@@ -1,0 +1,101 @@
+//! The request id: the proxy gives every request an `X-Request-Id` (keeping a client's
+//! when it is short and plain), the backends answer with it in scope
+//! ([`request_id_scope`], [`current_request_id`]), so error bodies can name it and an
+//! operator can find the request in the logs.
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// The request id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+tokio::task_local! {
+    static CURRENT: Option<String>;
+}
+
+/// A client's request id is kept if it is short and plain.
+fn is_sane(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The `X-Request-Id` of a request, when it is short and plain (the proxy sets one on
+/// every request it forwards; a request sent straight to a backend may have none).
+pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_sane(v))
+        .map(str::to_string)
+}
+
+/// The proxy's side: the request's own id when it is sane, else a fresh one, set on the
+/// request so the backend sees it. Returns the id.
+pub fn assign(headers: &mut HeaderMap) -> String {
+    let id = request_id_of(headers)
+        .or_else(|| crate::secret::random_token(12))
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    id
+}
+
+/// Middleware: answer the request with its request id in scope, for
+/// [`current_request_id`].
+pub async fn request_id_scope(req: Request, next: Next) -> Response {
+    let id = request_id_of(req.headers());
+    with_request_id(id, next.run(req)).await
+}
+
+/// Run `work` with `id` as the current request id.
+pub async fn with_request_id<T>(id: Option<String>, work: impl Future<Output = T>) -> T {
+    CURRENT.scope(id, work).await
+}
+
+/// The request id of the request being answered, inside [`request_id_scope`].
+pub fn current_request_id() -> Option<String> {
+    CURRENT.try_with(Clone::clone).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_request_id_is_in_scope_only_inside() {
+        assert_eq!(current_request_id(), None);
+        let inside = with_request_id(Some("rid-9".into()), async { current_request_id() }).await;
+        assert_eq!(inside.as_deref(), Some("rid-9"));
+    }
+
+    #[test]
+    fn only_plain_request_ids_are_taken() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id_of(&h), None);
+        h.insert("x-request-id", HeaderValue::from_static("abc-1.2:3_4"));
+        assert_eq!(request_id_of(&h).as_deref(), Some("abc-1.2:3_4"));
+        h.insert("x-request-id", HeaderValue::from_static("a b"));
+        assert_eq!(request_id_of(&h), None);
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"x".repeat(129)).unwrap(),
+        );
+        assert_eq!(request_id_of(&h), None);
+    }
+
+    #[test]
+    fn the_proxy_keeps_a_sane_id_and_replaces_any_other() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("mine-1"));
+        assert_eq!(assign(&mut h), "mine-1");
+        h.insert("x-request-id", HeaderValue::from_static("not sane"));
+        let fresh = assign(&mut h);
+        assert!(is_sane(&fresh) && fresh != "not sane");
+        assert_eq!(h.get(REQUEST_ID).unwrap(), fresh.as_str());
+    }
+}
