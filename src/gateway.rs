@@ -1,4 +1,5 @@
-//! The gateway: four bound listeners, one shared state, one shutdown.
+//! The gateway: four bound listeners, each role's state built from one config, one
+//! shutdown.
 //!
 //! The binary binds the listeners (so a port in use is reported before anything starts)
 //! and hands them here with a shutdown future; tests do the same with port 0.
@@ -13,11 +14,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::admin::AdminState;
+use crate::authz::AuthzState;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AuthMode, StoreKind};
 use crate::config::{Config, ConfigError};
 use crate::proxy::Backends;
-use crate::state::{AppState, Settings};
+use crate::proxy::trace::RequestTrace;
+use crate::resource::ResourceState;
+use crate::settings::Settings;
+use crate::shared::Shared;
 use crate::store::memory::InMemoryStore;
 use crate::store::sqlite::{DB_FILE, SqliteStore};
 use crate::store::{Store, StoreError};
@@ -112,6 +118,52 @@ impl Listeners {
             mcp: self.mcp.local_addr()?,
             routes: self.routes.local_addr()?,
             jwks: self.jwks.local_addr()?,
+        })
+    }
+}
+
+/// Every role's state, built once: the roles share [`Shared`] and the token verifier,
+/// and own the rest.
+#[derive(Clone)]
+pub struct AppState {
+    /// What every role reads.
+    pub shared: Shared,
+    /// The authorization server's.
+    pub authz: AuthzState,
+    /// The operator's page's.
+    pub admin: AdminState,
+    /// The resource server's (and the MCP server's behind it).
+    pub resource: ResourceState,
+    /// Recent proxied requests, when `debug_trace` is on.
+    pub trace: Option<Arc<RequestTrace>>,
+}
+
+impl AppState {
+    /// Build every role's state.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        keys: Arc<KeyRing>,
+    ) -> Result<Self, GatewayError> {
+        crate::web::pages::check()?;
+        let shared = Shared::new(settings, store, clock, keys);
+        let mut verifier = tokens::sources::verifier(&shared.settings, shared.keys.clone())?;
+        verifier.count_key_lookups(shared.metrics.cache_counters("jwks"));
+        let verifier = Arc::new(verifier);
+        let authz = AuthzState::new(shared.clone(), verifier.clone());
+        let admin = AdminState::new(authz.clone()).ok_or(ConfigError::Invalid {
+            key: "admin",
+            message: "the random source failed".into(),
+        })?;
+        let resource = ResourceState::new(shared.clone(), verifier)?;
+        let trace = (shared.settings.config.debug_trace).then(|| Arc::new(RequestTrace::new(500)));
+        Ok(Self {
+            shared,
+            authz,
+            admin,
+            resource,
+            trace,
         })
     }
 }
@@ -213,29 +265,29 @@ impl Gateway {
             routes: addrs.routes,
             jwks: addrs.jwks,
         };
-        let mcp_router = match &state.settings.config.upstream {
+        let mcp_router = match &state.shared.settings.config.upstream {
             Some(url) => {
-                let c = &state.settings.config;
+                let c = &state.shared.settings.config;
                 let upstream = mcp::upstream::Upstream::new(
                     url,
                     &c.upstream_headers,
                     c.identity_headers.clone(),
-                    state.policy.clone(),
+                    state.resource.policy.clone(),
                     std::time::Duration::from_secs(c.upstream_timeout_seconds),
-                    state.metrics.clone(),
+                    state.shared.metrics.clone(),
                 )
                 .map_err(std::io::Error::other)?;
-                resource::router(state.clone(), upstream.into_router())
+                resource::router(state.resource.clone(), upstream.into_router())
             }
-            None => match &state.settings.config.upstream_cmd {
+            None => match &state.shared.settings.config.upstream_cmd {
                 Some(command) => resource::router(
-                    state.clone(),
-                    mcp::stdio_service(&state, command, stop.child_token())
+                    state.resource.clone(),
+                    mcp::stdio_service(&state.resource, command, stop.child_token())
                         .map_err(std::io::Error::other)?,
                 ),
                 None => resource::router(
-                    state.clone(),
-                    mcp::builtin_service(&state, stop.child_token()),
+                    state.resource.clone(),
+                    mcp::builtin_service(&state.resource, stop.child_token()),
                 ),
             },
         };
@@ -258,23 +310,28 @@ impl Gateway {
             serve(listeners.mcp, mcp_router),
             serve(
                 listeners.routes,
-                match state.settings.config.auth_mode {
-                    AuthMode::Builtin => authz::router(state.clone()),
+                match state.shared.settings.config.auth_mode {
+                    AuthMode::Builtin => authz::router(state.authz.clone())
+                        .merge(crate::admin::router(state.admin.clone())),
                     // Another issuer authorizes: only the resource's own metadata is ours.
-                    _ => resource::metadata_router(state.clone()),
+                    _ => Router::new(),
                 }
-                .merge(proxy::trace::router(state.clone()))
-                .merge(crate::ops::router(state.clone()))
+                .merge(resource::metadata_router(state.resource.clone()))
+                .merge(proxy::trace::router(state.trace.clone()))
+                .merge(crate::ops::router(state.shared.clone()))
                 .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
+                    state.admin.clone(),
                     crate::admin::operator_guard,
                 )),
             ),
-            serve(listeners.jwks, tokens::jwks::router(state.clone())),
+            serve(
+                listeners.jwks,
+                tokens::jwks::router(state.shared.keys.clone()),
+            ),
             {
                 // The public listener: bounded per source, per connection and per header.
-                let router = proxy::forward::router(state.clone(), backends);
-                let limits = proxy::listen::Limits::from_config(&state.settings.config);
+                let router = proxy::forward::router(&state.shared, state.trace.clone(), backends);
+                let limits = proxy::listen::Limits::from_config(&state.shared.settings.config);
                 let sources = proxy::listen::Sources::new(limits.max_per_source);
                 let stop = stop.clone();
                 match tls {
@@ -291,13 +348,13 @@ impl Gateway {
                 }
             },
         ];
-        tokio::spawn(maintain_keys(state.clone(), stop.clone()));
+        tokio::spawn(maintain_keys(state.shared.clone(), stop.clone()));
         tracing::info!(
             proxy = %addrs.proxy,
             mcp = %addrs.mcp,
             routes = %addrs.routes,
             jwks = %addrs.jwks,
-            public_url = %state.settings.issuer,
+            public_url = %state.shared.settings.issuer,
             "listening"
         );
         let mut first_error = None;
@@ -316,7 +373,7 @@ impl Gateway {
 
 /// Once a minute: rotate the signing key when it is due, pick up a rotation made by the
 /// CLI, withdraw retired keys whose tokens have expired.
-async fn maintain_keys(state: AppState, stop: CancellationToken) {
+async fn maintain_keys(state: Shared, stop: CancellationToken) {
     let interval = state.settings.config.key_rotation_seconds;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
@@ -329,12 +386,12 @@ async fn maintain_keys(state: AppState, stop: CancellationToken) {
 }
 
 /// One round of [`maintain_keys`]; an audit event when the signing key changed.
-pub fn rotate_if_due(state: &AppState, interval: u64) {
+pub fn rotate_if_due(state: &Shared, interval: u64) {
     let now = state.clock.now();
     match state.keys.maintain(now, interval) {
         Ok(Some(kid)) => {
-            let meta = crate::admin::events::RequestMeta::default();
-            crate::admin::events::audit!(state, &meta, info, "key_rotated",
+            let meta = crate::audit::RequestMeta::default();
+            crate::audit::audit!(state, &meta, info, "key_rotated",
                 client: None, sub: None; kid = %kid);
         }
         Ok(None) => {}

@@ -20,6 +20,7 @@
 //! - [`gateway`]: takes four bound listeners and a shutdown future, runs everything.
 
 pub mod admin;
+pub mod audit;
 pub mod authz;
 pub mod client;
 pub mod clock;
@@ -31,7 +32,8 @@ pub mod ops;
 pub mod proxy;
 pub mod resource;
 pub mod secret;
-pub mod state;
+pub mod settings;
+pub mod shared;
 pub mod store;
 pub mod tls;
 pub mod tokens;

@@ -120,7 +120,7 @@ fn hash_password_from_stdin() -> ExitCode {
         eprintln!("mcp-oauth-gateway: the password is empty");
         return ExitCode::from(2);
     }
-    match mcp_oauth_gateway::authz::login::hash_password(password) {
+    match mcp_oauth_gateway::secret::hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::shared::Shared;
 
 /// The operations router.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz_get))
         .route("/readyz", get(readyz_get))
@@ -60,7 +60,7 @@ async fn accepts(addr: std::net::SocketAddr) -> bool {
     )
 }
 
-async fn readyz_get(State(state): State<AppState>) -> Response {
+async fn readyz_get(State(state): State<Shared>) -> Response {
     let c = &state.settings.config;
     // This answer comes from the routes listener; the other three are dialled.
     let (proxy, mcp, jwks) = tokio::join!(
@@ -93,7 +93,7 @@ async fn readyz_get(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics_get(State(state): State<AppState>) -> Response {
+async fn metrics_get(State(state): State<Shared>) -> Response {
     // Gauges of stored state are read when asked for, not kept in step with every change.
     match state.store.live_counts(state.clock.now()) {
         Ok(live) => state.metrics.set_live(

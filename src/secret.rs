@@ -1,5 +1,8 @@
-//! Random secrets, hashing for storage, and constant-time comparison (aws-lc-rs).
+//! Random secrets, hashing for storage, constant-time comparison (aws-lc-rs), and
+//! password hashes (argon2id).
 
+use argon2::Argon2;
+use argon2::password_hash::{self, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use aws_lc_rs::{constant_time, digest, rand};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,6 +27,25 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
     constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
+/// Hash a password for the config file (argon2id, random salt).
+pub fn hash_password(password: &str) -> Result<String, password_hash::Error> {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes).map_err(|_| password_hash::Error::Crypto)?;
+    let salt = SaltString::encode_b64(&bytes)?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Whether `password` matches an argon2 `hash` (false for anything unparsable).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
 /// Show a secret in logs as its first characters only.
 pub fn redact(value: &str) -> String {
     let head: String = value.chars().take(4).collect();
@@ -33,6 +55,15 @@ pub fn redact(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn password_hashes_verify_and_refuse() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "wrong"));
+        assert!(!verify_password("not a hash", "x"));
+    }
 
     #[test]
     fn random_tokens_are_distinct_and_urlsafe() {

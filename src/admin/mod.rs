@@ -11,7 +11,8 @@
 //!   page that rebinds its own DNS name to 127.0.0.1.
 //! - With admin users (`admin = true` in `[[users]]`), everyone signs in with an admin's
 //!   password first, from anywhere, loopback included. Sessions are the login page's
-//!   ([`crate::authz::login::Sessions`]).
+//!   ([`crate::authz::crate::web::sessions::Sessions`]). The page is served with the authorization
+//!   server, on its state ([`AdminState`] derefs to [`AuthzState`]).
 //!
 //! The Revoke forms post a CSRF token: an HMAC, under a per-process random key, of the
 //! admin's session (or, loopback-only, of a random cookie set with the page), compared in
@@ -21,27 +22,33 @@
 //! of that client, so the user is asked again; revoking a client deletes it and revokes all
 //! its grants. Each revocation is a security event.
 
-pub mod events;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use aws_lc_rs::hmac;
+use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use minijinja::context;
 
-use crate::authz::login;
+use crate::audit::{RequestMeta, audit};
+use crate::authz::AuthzState;
 use crate::authz::params::Params;
+use crate::authz::users;
 use crate::secret::{ct_eq, random_token};
-use crate::state::AppState;
 use crate::store::{Client, Grant};
+use crate::web::MAX_FORM_BODY;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
-use events::{RequestMeta, audit};
+use crate::web::request_id::request_id_scope;
 
 /// The page.
 pub const ADMIN_PATH: &str = "/admin";
@@ -58,6 +65,48 @@ pub const CSRF_COOKIE: &str = "mog_admin_csrf";
 
 /// Rows shown per table; the page says how many more there are.
 const MAX_ROWS: usize = 500;
+
+/// The operator's page's state: the authorization server's, and the key of its CSRF
+/// tokens. Derefs to [`AuthzState`].
+#[derive(Clone)]
+pub struct AdminState {
+    /// The authorization server's state (users, sessions, store).
+    pub authz: AuthzState,
+    /// The per-process secret that binds the page's CSRF tokens.
+    pub admin_key: Arc<AdminKey>,
+}
+
+impl Deref for AdminState {
+    type Target = AuthzState;
+    fn deref(&self) -> &AuthzState {
+        &self.authz
+    }
+}
+
+impl AdminState {
+    /// The page's state over `authz`, with a fresh CSRF key; `None` if the random source
+    /// fails.
+    pub fn new(authz: AuthzState) -> Option<Self> {
+        Some(Self {
+            admin_key: Arc::new(AdminKey::generate()?),
+            authz,
+        })
+    }
+}
+
+/// The operator's page and its forms, under the same body limit and request-id scope as
+/// the authorization server.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route(ADMIN_PATH, get(admin_get))
+        .route(LOGIN_PATH, post(login_post))
+        .route(REVOKE_GRANT_PATH, post(revoke_grant_post))
+        .route(REVOKE_CLIENT_PATH, post(revoke_client_post))
+        .route(LOGOUT_PATH, post(logout_post))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BODY))
+        .layer(middleware::from_fn(request_id_scope))
+        .with_state(state)
+}
 
 /// The per-process key of the CSRF tokens. A restart invalidates open pages, nothing else.
 pub struct AdminKey(hmac::Key);
@@ -134,11 +183,11 @@ enum Refused {
 }
 
 /// Whether any user may sign in as an admin (then everyone must).
-pub fn admins_configured(state: &AppState) -> bool {
+pub fn admins_configured(state: &AdminState) -> bool {
     state.settings.config.users.iter().any(|u| u.admin)
 }
 
-fn is_admin(state: &AppState, name: &str) -> bool {
+fn is_admin(state: &AdminState, name: &str) -> bool {
     state
         .settings
         .config
@@ -149,7 +198,7 @@ fn is_admin(state: &AppState, name: &str) -> bool {
 
 /// Whether a `Host` value names this machine: a loopback address, `localhost`, or the
 /// public host (a request through our proxy keeps the name the client used).
-fn host_is_local(state: &AppState, host: &str) -> bool {
+fn host_is_local(state: &AdminState, host: &str) -> bool {
     let Ok(url) = url::Url::parse(&format!("http://{host}/")) else {
         return false;
     };
@@ -172,7 +221,7 @@ fn host_is_local(state: &AppState, host: &str) -> bool {
 /// name are all loopback. Stricter than [`client_ip`] (which trusts the last hop): a proxy
 /// on this host in front of ours makes the peer loopback, but it names the real client in
 /// `X-Forwarded-For`, and that must count.
-pub fn from_loopback(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
+pub fn from_loopback(state: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> bool {
     if !peer.ip().is_loopback() {
         return false;
     }
@@ -215,7 +264,7 @@ fn host_is_loopback(host: Option<url::Host<&str>>) -> bool {
 /// request itself was sent to (`localhost` and `127.0.0.1` are both this machine). A name
 /// that is neither (a page that rebinds its DNS name to us) is someone else's, even when
 /// the request was sent to it.
-fn own_origin(state: &AppState, origin: &str, authority: &str) -> bool {
+fn own_origin(state: &AdminState, origin: &str, authority: &str) -> bool {
     if origin == state.settings.public_origin {
         return true;
     }
@@ -259,7 +308,7 @@ pub fn is_operator_path(path: &str) -> bool {
 /// browser marks cross-site (`Sec-Fetch-Site`), never one from another `Origin`. A
 /// request that names no host, or two, is a 400.
 pub async fn operator_guard(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -308,7 +357,7 @@ pub async fn operator_guard(
 }
 
 fn viewer(
-    state: &AppState,
+    state: &AdminState,
     peer: SocketAddr,
     headers: &HeaderMap,
     now: u64,
@@ -320,7 +369,7 @@ fn viewer(
             Err(Refused::Remote)
         };
     }
-    let Some(session) = login::cookie_value(headers, login::SESSION_COOKIE) else {
+    let Some(session) = crate::web::sessions::cookie_value(headers, users::SESSION_COOKIE) else {
         return Err(Refused::SignIn(None));
     };
     match state.sessions.user(session, now) {
@@ -337,7 +386,7 @@ fn viewer(
 
 /// The page's CSRF cookie if the browser sent a well-formed one.
 fn csrf_cookie(headers: &HeaderMap) -> Option<&str> {
-    login::cookie_value(headers, CSRF_COOKIE).filter(|v| {
+    crate::web::sessions::cookie_value(headers, CSRF_COOKIE).filter(|v| {
         v.len() == 43
             && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -352,7 +401,7 @@ fn csrf_cookie_or_new(headers: &HeaderMap) -> Option<(String, bool)> {
     }
 }
 
-fn set_csrf_cookie(state: &AppState, res: &mut Response, value: &str) {
+fn set_csrf_cookie(state: &AdminState, res: &mut Response, value: &str) {
     let secure = if state.settings.issuer.starts_with("https:") {
         "; Secure"
     } else {
@@ -398,7 +447,7 @@ fn remote_refusal() -> Response {
 
 /// The sign-in form (the login page's template), its CSRF token bound to the page cookie.
 fn login_form(
-    state: &AppState,
+    state: &AdminState,
     headers: &HeaderMap,
     username: &str,
     error: Option<&str>,
@@ -450,7 +499,7 @@ struct PageData {
     grants: Vec<Grant>,
 }
 
-fn page_data(state: &AppState, now: u64) -> Result<PageData, crate::store::StoreError> {
+fn page_data(state: &AdminState, now: u64) -> Result<PageData, crate::store::StoreError> {
     let mut clients = state.store.clients()?;
     let mut pinned: Vec<Client> = state.settings.pinned_clients.values().cloned().collect();
     pinned.sort_by(|a, b| a.client_id.cmp(&b.client_id));
@@ -461,7 +510,7 @@ fn page_data(state: &AppState, now: u64) -> Result<PageData, crate::store::Store
     })
 }
 
-fn render_page(state: &AppState, viewer: &Viewer, csrf_token: &str, now: u64) -> Response {
+fn render_page(state: &AdminState, viewer: &Viewer, csrf_token: &str, now: u64) -> Response {
     let data = match page_data(state, now) {
         Ok(d) => d,
         Err(e) => {
@@ -554,7 +603,7 @@ fn render_page(state: &AppState, viewer: &Viewer, csrf_token: &str, now: u64) ->
 
 /// `GET /admin`: the page, the sign-in form, or a refusal.
 pub async fn admin_get(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
@@ -584,14 +633,14 @@ pub async fn admin_get(
 
 /// `POST /admin/login`: an admin signs in; on success, back to the page with a session.
 pub async fn login_post(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let now = state.clock.now();
-    if let Some(throttled) = login::sign_in_throttled(&state, peer, &headers, now) {
+    if let Some(throttled) = users::sign_in_throttled(&state, peer, &headers, now) {
         return throttled;
     }
     if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
@@ -625,7 +674,7 @@ pub async fn login_post(
     }
     let username = params.get("username").unwrap_or_default().to_string();
     // Verified even for unknown users and non-admins, so timing does not tell them apart.
-    let (user, verified) = login::check_password(
+    let (user, verified) = users::check_password(
         &state,
         &username,
         params.get("password").unwrap_or_default(),
@@ -655,7 +704,7 @@ pub async fn login_post(
     audit!(state, &meta, info, "admin_login", client: None, sub: Some(&username);
         sub = %username, "operator signed in");
     let mut res = see_other(ADMIN_PATH);
-    if let Some(v) = login::cookie(&state, &token) {
+    if let Some(v) = users::cookie(&state, &token) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
     res
@@ -663,7 +712,7 @@ pub async fn login_post(
 
 /// `POST /admin/logout`: end the admin's session.
 pub async fn logout_post(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,
@@ -683,7 +732,7 @@ pub async fn logout_post(
     let mut res = see_other(ADMIN_PATH);
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
-        login::SESSION_COOKIE
+        users::SESSION_COOKIE
     )) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -693,7 +742,7 @@ pub async fn logout_post(
 /// Check a Revoke post: same-site, a viewer allowed to see the page, a matching CSRF
 /// token. The refusal is the response to send.
 fn authorized_post(
-    state: &AppState,
+    state: &AdminState,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: &[u8],
@@ -751,7 +800,7 @@ fn missing(what: &str) -> Response {
 
 /// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens).
 pub async fn revoke_grant_post(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,
@@ -792,7 +841,7 @@ pub async fn revoke_grant_post(
 
 /// `POST /admin/clients/revoke`: delete a client and revoke all its grants.
 pub async fn revoke_client_post(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,

@@ -19,13 +19,13 @@ use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 use url::Url;
 
-use super::login;
 use super::params::{Params, split_scopes};
 use super::pkce;
+use super::state::{AuthzState, ClientLookupError};
 use super::token::within_client_scope;
-use crate::admin::events::{RequestMeta, audit};
+use super::users;
+use crate::audit::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
-use crate::state::{AppState, ClientLookupError};
 use crate::store::{Admission, AuthCode, Client, Consent, PendingAuthorization, StoreResult};
 use crate::web::client_ip::client_ip;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
@@ -249,7 +249,7 @@ pub(crate) enum Arrival {
 
 /// Issue a code for an approved request and build the success redirect.
 fn approve(
-    state: &AppState,
+    state: &AuthzState,
     p: &PendingAuthorization,
     now: u64,
     meta: &RequestMeta,
@@ -295,7 +295,7 @@ fn approve(
 /// Store a request awaiting the user: under the pending caps when it is new (the oldest
 /// waiting request gives way when a cap is reached).
 fn keep_pending(
-    state: &AppState,
+    state: &AuthzState,
     pending: &PendingAuthorization,
     now: u64,
     arrival: Arrival,
@@ -315,7 +315,7 @@ fn keep_pending(
 
 /// A new request arrived over a pending cap and the oldest waiting one was evicted to make
 /// room (its consent page now says it expired): count it and say which cap.
-fn note_eviction(state: &AppState, p: &PendingAuthorization, admission: Admission) {
+fn note_eviction(state: &AuthzState, p: &PendingAuthorization, admission: Admission) {
     let which = match admission {
         Admission::Admitted => return,
         Admission::EvictedForClient => "client",
@@ -342,7 +342,7 @@ fn error_redirect(
 
 /// `GET /authorize`.
 pub async fn authorize_get(
-    State(state): State<AppState>,
+    State(state): State<AuthzState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,
@@ -432,7 +432,7 @@ pub async fn authorize_get(
         expires_at: now + s.config.consent_ttl,
         sub: None,
     };
-    let user = login::current_user(&state, &headers, now);
+    let user = users::current_user(&state, &headers, now);
     proceed(&state, pending, &req.client, user, now, &meta, Arrival::New)
 }
 
@@ -440,7 +440,7 @@ pub async fn authorize_get(
 /// development auto-approval is on or the user already approved these scopes for this
 /// client; otherwise show the consent page.
 pub(crate) fn proceed(
-    state: &AppState,
+    state: &AuthzState,
     mut pending: PendingAuthorization,
     client: &Client,
     user: Option<String>,
@@ -454,11 +454,11 @@ pub(crate) fn proceed(
     };
     let Some(sub) = user else {
         return match keep_pending(state, &pending, now, arrival) {
-            Ok(()) => login::login_page(&pending, client, "", None),
+            Ok(()) => users::login_page(&pending, client, "", None),
             Err(e) => unavailable(&e),
         };
     };
-    if let Some(allowed) = login::user_scopes(state, &sub) {
+    if let Some(allowed) = users::user_scopes(state, &sub) {
         pending.scopes.retain(|s| allowed.contains(s));
         if pending.scopes.is_empty() {
             let loc = error_redirect(
@@ -502,7 +502,7 @@ pub(crate) fn proceed(
 }
 
 fn consent_page(
-    state: &AppState,
+    state: &AuthzState,
     pending: &PendingAuthorization,
     client: &Client,
     user: &str,
@@ -563,7 +563,7 @@ fn consent_page(
 
 /// `POST /consent`: the user's decision on a pending request. Each request id works once.
 pub async fn consent_post(
-    State(state): State<AppState>,
+    State(state): State<AuthzState>,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
@@ -622,8 +622,8 @@ pub async fn consent_post(
         return PageError::new(StatusCode::BAD_REQUEST, "invalid_request", "sign in first")
             .into_response();
     };
-    if login::login_required(&state)
-        && login::current_user(&state, &headers, now).as_deref() != Some(sub.as_str())
+    if users::login_required(&state)
+        && users::current_user(&state, &headers, now).as_deref() != Some(sub.as_str())
     {
         keep(&pending);
         return PageError::new(

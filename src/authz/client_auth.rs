@@ -8,8 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 
 use super::error::OAuthError;
 use super::params::Params;
+use super::state::AuthzState;
 use crate::secret::{ct_eq, sha256_b64};
-use crate::state::AppState;
 use crate::store::{Client, StoreResult};
 
 /// What the request presented.
@@ -149,7 +149,7 @@ pub fn authenticate(
 /// Look the presented client up (pinned, registered or metadata document) and
 /// authenticate it.
 pub async fn authenticated_client(
-    state: &AppState,
+    state: &AuthzState,
     presented: Presented,
 ) -> Result<Client, OAuthError> {
     let found = match presented.id() {
@@ -163,7 +163,7 @@ pub async fn authenticated_client(
 /// introspection): a form body with a `token`, from a client authenticated as at the token
 /// endpoint. Returns the client and the token.
 pub async fn client_and_token(
-    state: &AppState,
+    state: &AuthzState,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(Client, String), OAuthError> {

@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 
 use super::client_auth::client_and_token;
 use super::error::OAuthError;
+use super::state::AuthzState;
 use crate::secret::sha256_b64;
-use crate::state::AppState;
 use crate::store::Client;
 
 /// What introspection says about `token` at `now`.
-pub async fn introspect(state: &AppState, token: &str, now: u64) -> Result<Value, OAuthError> {
+pub async fn introspect(state: &AuthzState, token: &str, now: u64) -> Result<Value, OAuthError> {
     let inactive = json!({ "active": false });
     let store = &state.store;
     if let Some(rt) = store
@@ -64,7 +64,7 @@ pub async fn introspect(state: &AppState, token: &str, now: u64) -> Result<Value
 }
 
 /// Whether `client` is a resource server the operator configured to introspect any token.
-fn may_introspect_any(state: &AppState, client: &Client) -> bool {
+fn may_introspect_any(state: &AuthzState, client: &Client) -> bool {
     client.pinned
         && state
             .settings
@@ -76,7 +76,7 @@ fn may_introspect_any(state: &AppState, client: &Client) -> bool {
 
 /// `POST /introspect`.
 pub async fn introspect_post(
-    State(state): State<AppState>,
+    State(state): State<AuthzState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
+use super::state::AuthzState;
 use crate::config::Config;
-use crate::state::AppState;
 
 const CLIENT_AUTH: [&str; 3] = ["none", "client_secret_basic", "client_secret_post"];
 
@@ -53,7 +53,7 @@ fn grant_types(config: &Config) -> Vec<&'static str> {
 }
 
 /// `GET /.well-known/oauth-authorization-server` and `/.well-known/openid-configuration`.
-pub async fn authorization_server_get(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn authorization_server_get(State(state): State<AuthzState>) -> impl IntoResponse {
     let issuer = &state.settings.issuer;
     let at = |path: &str| format!("{issuer}{path}");
     axum::Json(AuthorizationServerMetadata {

@@ -1,17 +1,17 @@
 //! The authorization server (:3003, reached through the proxy): metadata (RFC 8414, OIDC
-//! discovery), protected resource metadata (RFC 9728), registration (RFC 7591), the
-//! authorization endpoint and consent page, the token endpoint, revocation (RFC 7009).
+//! discovery), registration (RFC 7591), the authorization endpoint with sign-in and
+//! consent, the token endpoint, revocation (RFC 7009) and introspection (RFC 7662). Its
+//! state is [`AuthzState`]; the gateway serves [`router`] on the custom-routes listener
+//! next to the resource's metadata, the operator's page and the operations endpoints.
 //!
-//! | flow step (ARCHITECTURE.md) | handler |
+//! | flow step | handler |
 //! |---|---|
-//! | 2. protected resource metadata | [`crate::resource::metadata::protected_resource_get`] |
-//! | 3. authorization server metadata | [`metadata::authorization_server_get`] |
+//! | authorization server metadata | [`metadata::authorization_server_get`] |
 //! | 4. registration | [`register::register_post`] |
 //! | 5. authorize, consent | [`authorize::authorize_get`], [`authorize::consent_post`] |
 //! | 6, 8. token, refresh | [`token::token_post`] |
 //! | revocation | [`revoke::revoke_post`] |
 //! | introspection | [`introspect::introspect_post`] |
-//! | the operator's page | [`crate::admin::admin_get`] and its forms |
 //!
 //! Every answer is given with its request id in scope ([`crate::web::request_id::request_id_scope`]),
 //! so error bodies can name it.
@@ -28,26 +28,25 @@ pub mod pkce;
 pub mod ratelimit;
 pub mod register;
 pub mod revoke;
+pub mod state;
 pub mod token;
+pub mod users;
+
+pub use state::AuthzState;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 
-use crate::admin;
-use crate::resource::metadata::protected_resource_get;
-use crate::state::AppState;
-
-/// Largest body the authorization endpoints accept.
-pub const MAX_BODY: usize = 64 * 1024;
+use crate::web::MAX_FORM_BODY as MAX_BODY;
 
 /// The custom-routes router.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AuthzState) -> Router {
     let as_meta = get(metadata::authorization_server_get);
     Router::new()
         // RFC 8414 §3.1 and OIDC discovery, with the insertion and append forms some
-        // clients build from the MCP URL (b3).
+        // clients build from the MCP URL.
         .route("/.well-known/oauth-authorization-server", as_meta.clone())
         .route(
             "/.well-known/oauth-authorization-server/{*path}",
@@ -57,19 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/openid-configuration/{*path}", as_meta.clone())
         .route("/mcp/.well-known/openid-configuration", as_meta.clone())
         .route("/mcp/.well-known/oauth-authorization-server", as_meta)
-        // RFC 9728 §3.1: root and path-suffixed forms (a2).
-        .route(
-            "/.well-known/oauth-protected-resource",
-            get(protected_resource_get),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/mcp",
-            get(protected_resource_get),
-        )
         .route("/register", post(register::register_post))
         .route("/authorize", get(authorize::authorize_get))
         .route(authorize::CONSENT_PATH, post(authorize::consent_post))
-        .route(login::LOGIN_PATH, post(login::login_post))
+        .route(users::LOGIN_PATH, post(login::login_post))
         .route(login::CONSENTS_PATH, get(login::consents_get))
         .route(
             login::CONSENTS_REVOKE_PATH,
@@ -78,11 +68,6 @@ pub fn router(state: AppState) -> Router {
         .route("/token", post(token::token_post))
         .route("/revoke", post(revoke::revoke_post))
         .route("/introspect", post(introspect::introspect_post))
-        .route(admin::ADMIN_PATH, get(admin::admin_get))
-        .route(admin::LOGIN_PATH, post(admin::login_post))
-        .route(admin::REVOKE_GRANT_PATH, post(admin::revoke_grant_post))
-        .route(admin::REVOKE_CLIENT_PATH, post(admin::revoke_client_post))
-        .route(admin::LOGOUT_PATH, post(admin::logout_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(oversized_body_json))
         .layer(middleware::from_fn(

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::cimd::display_name;
 use super::error::{ErrorBody, OAuthError};
 use super::params::split_scopes;
-use crate::admin::events::{RequestMeta, audit};
+use super::state::AuthzState;
+use crate::audit::{RequestMeta, audit};
 use crate::config::InitialAccessToken;
 use crate::secret::{ct_eq, random_token, sha256_b64};
-use crate::state::AppState;
 use crate::store::Client;
 use crate::web::client_ip::client_ip;
 use crate::web::uris::validate_redirect_uri;
@@ -235,7 +235,7 @@ pub fn initial_access_token<'a>(
 
 /// `POST /register`.
 pub async fn register_post(
-    State(state): State<AppState>,
+    State(state): State<AuthzState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,

@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::client_auth::client_and_token;
 use super::error::OAuthError;
-use crate::admin::events::{RequestMeta, audit};
+use super::state::AuthzState;
+use crate::audit::{RequestMeta, audit};
 use crate::secret::sha256_b64;
-use crate::state::AppState;
 
 /// `POST /revoke`.
 pub async fn revoke_post(
-    State(state): State<AppState>,
+    State(state): State<AuthzState>,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,

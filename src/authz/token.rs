@@ -15,9 +15,9 @@ use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
 use super::params::{Params, split_scopes};
 use super::pkce;
-use crate::admin::events::{RequestMeta, audit};
+use super::state::AuthzState;
+use crate::audit::{RequestMeta, audit};
 use crate::secret::{random_token, sha256_b64};
-use crate::state::AppState;
 use crate::store::{Client, CodeRedemption, Grant, RefreshToken, RotateOutcome};
 use crate::tokens::issue::{AccessClaims, sign};
 use crate::web::client_ip::client_ip;
@@ -132,7 +132,7 @@ fn check_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError
 /// Sign an access token and, when it belongs to a grant, record its `jti` under it so
 /// revoking the grant revokes the token.
 fn mint(
-    state: &AppState,
+    state: &AuthzState,
     sub: &str,
     client_id: &str,
     resource: &str,
@@ -163,7 +163,7 @@ fn mint(
 }
 
 fn for_grant(
-    state: &AppState,
+    state: &AuthzState,
     grant: &Grant,
     scopes: &[String],
     now: u64,
@@ -182,7 +182,10 @@ fn for_grant(
 /// Scopes a client may obtain by client credentials: those its entry or registration
 /// names. A configured (`[[clients]]`) entry without `scope` keeps its documented default,
 /// all offered; a registered client that named no scope gets none (closed by default).
-fn client_credentials_scopes(state: &AppState, client: &Client) -> Result<Vec<String>, OAuthError> {
+fn client_credentials_scopes(
+    state: &AuthzState,
+    client: &Client,
+) -> Result<Vec<String>, OAuthError> {
     match &client.scope {
         Some(s) => Ok(split_scopes(s)),
         None if client.pinned => Ok(state.settings.config.scopes.supported.clone()),
@@ -212,7 +215,7 @@ pub fn within_client_scope(
 }
 
 fn authorization_code(
-    state: &AppState,
+    state: &AuthzState,
     client: &Client,
     (code, redirect_uri, code_verifier, resource): (String, String, String, Option<String>),
     now: u64,
@@ -305,7 +308,7 @@ fn authorization_code(
 }
 
 fn refresh_token(
-    state: &AppState,
+    state: &AuthzState,
     client: &Client,
     (refresh_token, scope, resource): (String, Option<String>, Option<String>),
     now: u64,
@@ -380,7 +383,7 @@ fn refresh_token(
 }
 
 fn client_credentials(
-    state: &AppState,
+    state: &AuthzState,
     client: &Client,
     (scope, resource): (Option<String>, Option<String>),
     now: u64,
@@ -429,7 +432,7 @@ fn client_credentials(
 /// Run a token request for an authenticated client at time `now`; `meta` is where it came
 /// from, for the security events it causes.
 pub fn exchange(
-    state: &AppState,
+    state: &AuthzState,
     client: &Client,
     req: TokenRequest,
     now: u64,
@@ -495,7 +498,7 @@ pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthErro
 
 /// `POST /token`.
 pub async fn token_post(
-    State(state): State<AppState>,
+    State(state): State<AuthzState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     meta: RequestMeta,
     headers: HeaderMap,

@@ -11,12 +11,12 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::AppState;
+use crate::resource::ResourceState;
 
 /// How our MCP servers are served: the proxy rewrites Host to our listener's address and
 /// the bearer layer checks Origin; sessions end when `shutdown` is cancelled, so graceful
 /// shutdown is not held up by open SSE streams.
-fn http_config(state: &AppState, shutdown: CancellationToken) -> StreamableHttpServerConfig {
+fn http_config(state: &ResourceState, shutdown: CancellationToken) -> StreamableHttpServerConfig {
     let mcp_ip = state.settings.config.mcp_addr.ip().to_string();
     StreamableHttpServerConfig::default()
         .with_allowed_hosts([
@@ -44,7 +44,7 @@ fn session_manager() -> Arc<LocalSessionManager> {
 /// The built-in server as a tower service, sessionful for 2025-era clients and stateless for
 /// 2026-07-28 ones.
 pub fn builtin_service(
-    state: &AppState,
+    state: &ResourceState,
     shutdown: CancellationToken,
 ) -> StreamableHttpService<builtin::BuiltinServer, LocalSessionManager> {
     let notes = builtin::Notes::default();
@@ -81,7 +81,7 @@ pub async fn serve_builtin_stdio(clock: Arc<dyn crate::clock::Clock>) -> std::io
 
 /// A stdio MCP server (`--upstream-cmd`) served over streamable HTTP.
 pub fn stdio_service(
-    state: &AppState,
+    state: &ResourceState,
     command: &str,
     shutdown: CancellationToken,
 ) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {

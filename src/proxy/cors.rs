@@ -17,7 +17,7 @@ use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{Backend, backend_for, route_name};
-use crate::state::AppState;
+use crate::settings::Settings;
 
 /// How a route answers browsers from other origins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +45,8 @@ pub fn policy(name: &str, metrics_public: bool) -> Policy {
 }
 
 /// The CORS layer for the routes that have one.
-fn cors_layer(state: AppState) -> CorsLayer {
-    let metrics_public = state.settings.config.metrics_public;
+fn cors_layer(settings: Arc<Settings>) -> CorsLayer {
+    let metrics_public = settings.config.metrics_public;
     let mcp_headers = |names: &[&'static str]| -> Vec<HeaderName> {
         names.iter().map(|n| HeaderName::from_static(n)).collect()
     };
@@ -70,8 +70,8 @@ fn cors_layer(state: AppState) -> CorsLayer {
                 Policy::McpOrigins => origin.to_str().is_ok_and(|o| {
                     crate::web::origin::origin_allowed(
                         o,
-                        &state.settings.public_origin,
-                        &state.settings.config.allowed_origins,
+                        &settings.public_origin,
+                        &settings.config.allowed_origins,
                     )
                 }),
                 Policy::None => false,
@@ -91,10 +91,10 @@ pub struct Cors {
 }
 
 /// The proxy's CORS state.
-pub fn layer(state: AppState) -> Cors {
+pub fn layer(settings: Arc<Settings>) -> Cors {
     Cors {
-        metrics_public: state.settings.config.metrics_public,
-        layer: Arc::new(cors_layer(state)),
+        metrics_public: settings.config.metrics_public,
+        layer: Arc::new(cors_layer(settings)),
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::trace::{RequestTrace, TRACE_PATH, TraceEntry, redacted_headers};
 use super::{Backend, Backends, backend_for, cors, route_name};
-use crate::state::AppState;
+use crate::shared::Shared;
 
 /// What the proxy needs.
 #[derive(Clone)]
@@ -35,38 +35,38 @@ pub struct ProxyState {
 
 impl ProxyState {
     /// A proxy to `backends`.
-    pub fn new(state: &AppState, backends: Backends) -> Self {
+    pub fn new(shared: &Shared, trace: Option<Arc<RequestTrace>>, backends: Backends) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let scheme = if state.settings.issuer.starts_with("https:") {
+        let scheme = if shared.settings.issuer.starts_with("https:") {
             "https"
         } else {
             "http"
         };
         Self {
-            metrics_public: state.settings.config.metrics_public,
-            metrics: state.metrics.clone(),
-            trace: state.trace.clone(),
+            metrics_public: shared.settings.config.metrics_public,
+            metrics: shared.metrics.clone(),
+            trace,
             backends,
             client,
             scheme,
-            timeout: Duration::from_secs(state.settings.config.upstream_timeout_seconds),
+            timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
         }
     }
 }
 
 /// The proxy router: everything goes through [`proxy_handler`], behind CORS.
-pub fn router(state: AppState, backends: Backends) -> Router {
-    let ps = ProxyState::new(&state, backends);
+pub fn router(shared: &Shared, trace: Option<Arc<RequestTrace>>, backends: Backends) -> Router {
+    let ps = ProxyState::new(shared, trace, backends);
     Router::new()
         .fallback(proxy_handler)
         .with_state(ps)
         .layer(axum::middleware::from_fn(size_limits))
         .layer(axum::middleware::from_fn_with_state(
-            cors::layer(state),
+            cors::layer(shared.settings.clone()),
             cors::middleware,
         ))
 }
@@ -152,10 +152,10 @@ fn bad_request(backend: Backend, message: &str, request_id: &str) -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
-/// A body for the authorization server, read whole: at most [`crate::authz::MAX_BODY`]
+/// A body for the authorization server, read whole: at most [`crate::web::MAX_FORM_BODY`]
 /// bytes, within `timeout`.
 async fn read_form_body(body: Body, timeout: Duration) -> Result<Body, (StatusCode, String)> {
-    let limit = crate::authz::MAX_BODY;
+    let limit = crate::web::MAX_FORM_BODY;
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(Body::from(bytes)),
         Ok(Err(e)) => {

@@ -2,8 +2,8 @@
 //! (`--debug-trace`). Paths only, never query strings; credentials redacted.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -11,8 +11,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-
-use crate::state::AppState;
 
 /// Path of the trace endpoint on the routes server (and through the proxy).
 pub const TRACE_PATH: &str = "/debug/requests";
@@ -108,14 +106,17 @@ struct SinceQuery {
 }
 
 /// The trace endpoint's router (404 unless tracing is on).
-pub fn router(state: AppState) -> Router {
+pub fn router(trace: Option<Arc<RequestTrace>>) -> Router {
     Router::new()
         .route(TRACE_PATH, get(requests_get))
-        .with_state(state)
+        .with_state(trace)
 }
 
-async fn requests_get(State(state): State<AppState>, Query(query): Query<SinceQuery>) -> Response {
-    match &state.trace {
+async fn requests_get(
+    State(trace): State<Option<Arc<RequestTrace>>>,
+    Query(query): Query<SinceQuery>,
+) -> Response {
+    match &trace {
         Some(trace) => {
             axum::Json(serde_json::json!({ "requests": trace.since(query.since) })).into_response()
         }

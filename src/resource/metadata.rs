@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
-use crate::state::AppState;
+use super::state::ResourceState;
 
 /// The metadata document.
 #[derive(Debug, Serialize)]
@@ -26,7 +26,7 @@ pub struct ProtectedResourceMetadata {
 }
 
 /// `GET /.well-known/oauth-protected-resource[/mcp]`.
-pub async fn protected_resource_get(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn protected_resource_get(State(state): State<ResourceState>) -> impl IntoResponse {
     let s = &state.settings;
     axum::Json(ProtectedResourceMetadata {
         resource: s.resource.clone(),

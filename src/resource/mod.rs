@@ -8,6 +8,7 @@ pub mod error;
 pub mod metadata;
 pub mod policy;
 pub mod sessions;
+pub mod state;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -23,9 +24,9 @@ use axum::routing::get;
 use serde_json::Value;
 use tower::Service;
 
-use crate::state::AppState;
 use error::{BearerError, BearerErrorCode};
 use sessions::{Owner, SessionOwners};
+pub use state::ResourceState;
 
 /// The MCP session header (streamable HTTP).
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -33,7 +34,7 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// What the bearer layer works with: the shared state and who owns which MCP session.
 #[derive(Clone)]
 pub struct Gate {
-    state: AppState,
+    state: ResourceState,
     sessions: Arc<SessionOwners>,
 }
 
@@ -64,7 +65,7 @@ pub struct Identity {
 
 /// The resource server router: `/mcp` behind the bearer layer, plus its metadata. Every
 /// answer is given with its request id in scope, so error bodies can name it.
-pub fn router<S>(state: AppState, mcp: S) -> Router
+pub fn router<S>(state: ResourceState, mcp: S) -> Router
 where
     S: Service<Request, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Response: IntoResponse,
@@ -85,7 +86,7 @@ where
 }
 
 /// The protected resource metadata routes (RFC 9728 §3.1: root and path-suffixed forms).
-pub fn metadata_router(state: AppState) -> Router {
+pub fn metadata_router(state: ResourceState) -> Router {
     Router::new()
         .route(
             "/.well-known/oauth-protected-resource",
@@ -296,7 +297,7 @@ enum Refusal {
 
 /// Who a bearer token stands for: an API key (when enabled; keys are not JWTs), or a JWT
 /// that verifies and was not revoked.
-async fn identify(state: &AppState, token: &str, now: u64) -> Result<Identity, Refusal> {
+async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identity, Refusal> {
     let (sub, client_id, scopes) = match &state.api_keys {
         Some(keys) if !token.contains('.') => {
             let key = keys

@@ -7,21 +7,23 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::state::AppState;
+use std::sync::Arc;
+
+use super::keys::KeyRing;
 
 /// The JWKS router.
-pub fn router(state: AppState) -> Router {
+pub fn router(keys: Arc<KeyRing>) -> Router {
     Router::new()
         .route("/jwks.json", get(jwks_get))
         .route("/.well-known/jwks.json", get(jwks_get))
-        .with_state(state)
+        .with_state(keys)
 }
 
 /// The published key set. Cacheable for a few minutes: a verifier that meets an unknown
 /// `kid` refetches anyway.
-pub async fn jwks_get(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn jwks_get(State(keys): State<Arc<KeyRing>>) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
-        axum::Json(state.keys.jwks()),
+        axum::Json(keys.jwks()),
     )
 }

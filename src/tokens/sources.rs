@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 use super::keys::KeyRing;
 use super::verify::{JwksCache, JwksFetcher, Keys, Verifier};
 use crate::config::{AuthMode, ConfigError};
-use crate::state::Settings;
+use crate::settings::Settings;
 
 /// Largest JWKS or metadata document accepted.
 const MAX_DOC: usize = 1024 * 1024;

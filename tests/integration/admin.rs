@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
-use mcp_oauth_gateway::authz::login::hash_password;
 use mcp_oauth_gateway::config::{AuthMode, ClientConfig, UserConfig};
 use mcp_oauth_gateway::proxy::{Backend, route};
+use mcp_oauth_gateway::secret::hash_password;
 use reqwest::header::{LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

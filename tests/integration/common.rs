@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
+use mcp_oauth_gateway::authz::AuthzState;
 use mcp_oauth_gateway::clock::FixedClock;
 use mcp_oauth_gateway::config::SigningAlg;
-use mcp_oauth_gateway::state::AppState;
 use mcp_oauth_gateway::store::Store;
 use mcp_oauth_gateway::store::memory::InMemoryStore;
 use mcp_oauth_gateway::store::sqlite::{DB_FILE, SqliteStore};
@@ -22,7 +22,7 @@ pub const REDIRECT: &str = "http://127.0.0.1:7777/callback";
 
 pub struct TestGateway {
     pub base: String,
-    pub state: AppState,
+    pub state: AuthzState,
     pub clock: Arc<FixedClock>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -72,7 +72,7 @@ async fn spawn_parts(
         Gateway::with_parts(config, listeners, store, clock.clone(), key).expect("gateway");
     let addrs = gateway.addrs();
     let scheme = if config_tls { "https" } else { "http" };
-    let state = gateway.state().clone();
+    let state = gateway.state().authz.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(gateway.run(async move {
         let _ = rx.await;

@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
+use mcp_oauth_gateway::authz::AuthzState;
 use mcp_oauth_gateway::proxy::Backends;
 use mcp_oauth_gateway::proxy::forward::router;
-use mcp_oauth_gateway::state::AppState;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -31,13 +31,13 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
-async fn proxy_to(state: AppState, mcp: SocketAddr) -> String {
+async fn proxy_to(state: AuthzState, mcp: SocketAddr) -> String {
     let backends = Backends {
         mcp,
         routes: mcp,
         jwks: mcp,
     };
-    format!("http://{}", serve(router(state, backends)).await)
+    format!("http://{}", serve(router(&state, None, backends)).await)
 }
 
 async fn closed_port() -> SocketAddr {

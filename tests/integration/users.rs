@@ -1,7 +1,7 @@
 //! Users who sign in before consent, scopes per user, and remembered consent.
 
-use mcp_oauth_gateway::authz::login::hash_password;
 use mcp_oauth_gateway::config::UserConfig;
+use mcp_oauth_gateway::secret::hash_password;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 
 use crate::common::{self, TestGateway, form_field, jwt_claims, pkce, query_param};

@@ -1,6 +1,6 @@
-//! Recent security events for the operator's page: a bounded ring in memory, fed by the
-//! same call sites that write the `audit` log target. Each call site is one [`audit!`]
-//! statement that records the event here and emits its tracing event unchanged.
+//! Security events: each is one [`audit!`] statement that emits a tracing event on the
+//! `audit` log target and keeps the event in a bounded ring in memory, which the
+//! operator's page reads.
 //!
 //! An event holds names only: what happened, the client, the user, the source address and
 //! the request id. Never a token, code, secret or verifier: the call sites have no such
