@@ -167,7 +167,7 @@ pub async fn client_and_token(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(Client, String), OAuthError> {
-    let params = super::token::form_params(headers, body)?;
+    let params = super::params::form_params(headers, body)?;
     let token = params
         .require("token")
         .map_err(OAuthError::InvalidRequest)?

@@ -4,6 +4,10 @@
 
 use std::collections::HashMap;
 
+use axum::http::{HeaderMap, header};
+
+use super::error::OAuthError;
+
 /// Parameters by name.
 #[derive(Debug, Default, Clone)]
 pub struct Params(HashMap<String, String>);
@@ -59,6 +63,28 @@ pub fn split_scopes(scope: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether the request is a form post.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+/// Parse a form body of an endpoint that authenticates clients.
+pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
+    if !is_form(headers) {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    Params::parse(body).map_err(OAuthError::InvalidRequest)
 }
 
 #[cfg(test)]

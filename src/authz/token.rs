@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::client_auth::{authenticated_client, presented};
 use super::error::OAuthError;
-use super::params::{Params, split_scopes};
+use super::params::{Params, form_params, split_scopes};
 use super::pkce;
 use super::state::AuthzState;
 use crate::audit::{RequestMeta, audit};
@@ -472,28 +472,6 @@ pub fn exchange(
         .map_err(OAuthError::server)?;
     state.metrics.issued(grant_type);
     Ok(res)
-}
-
-/// Whether the request is a form post.
-pub fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        })
-}
-
-/// Parse a form body of an endpoint that authenticates clients.
-pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
-    if !is_form(headers) {
-        return Err(OAuthError::InvalidRequest(
-            "the body must be application/x-www-form-urlencoded".into(),
-        ));
-    }
-    Params::parse(body).map_err(OAuthError::InvalidRequest)
 }
 
 /// `POST /token`.

@@ -11,6 +11,7 @@ mod common;
 mod corpus;
 mod errors;
 mod flow;
+mod layers;
 mod modes;
 mod ops;
 mod proxy;
