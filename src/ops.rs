@@ -13,13 +13,14 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::shared::Shared;
+use crate::web::routes;
 
 /// The operations router.
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .route("/healthz", get(healthz_get))
-        .route("/readyz", get(readyz_get))
-        .route("/metrics", get(metrics_get))
+        .route(routes::HEALTHZ, get(healthz_get))
+        .route(routes::READYZ, get(readyz_get))
+        .route(routes::METRICS, get(metrics_get))
         .with_state(state)
 }
 

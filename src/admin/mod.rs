@@ -49,9 +49,8 @@ use crate::store::{Client, Grant};
 use crate::web::MAX_FORM_BODY;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use crate::web::request_id::request_id_scope;
+use crate::web::routes::ADMIN;
 
-/// The page.
-pub const ADMIN_PATH: &str = "/admin";
 /// Where its sign-in form posts.
 pub const LOGIN_PATH: &str = "/admin/login";
 /// Where a grant's Revoke button posts.
@@ -98,7 +97,7 @@ impl AdminState {
 /// the authorization server.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route(ADMIN_PATH, get(admin_get))
+        .route(ADMIN, get(admin_get))
         .route(LOGIN_PATH, post(login_post))
         .route(REVOKE_GRANT_PATH, post(revoke_grant_post))
         .route(REVOKE_CLIENT_PATH, post(revoke_client_post))
@@ -408,7 +407,7 @@ fn set_csrf_cookie(state: &AdminState, res: &mut Response, value: &str) {
         ""
     };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}={value}; Path={ADMIN_PATH}; HttpOnly; SameSite=Strict{secure}"
+        "{CSRF_COOKIE}={value}; Path={ADMIN}; HttpOnly; SameSite=Strict{secure}"
     )) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -647,7 +646,7 @@ pub async fn login_post(
         return refused;
     }
     if !admins_configured(&state) {
-        return see_other(ADMIN_PATH);
+        return see_other(ADMIN);
     }
     let Ok(params) = Params::parse(&body) else {
         return PageError::new(
@@ -703,7 +702,7 @@ pub async fn login_post(
     };
     audit!(state, &meta, info, "admin_login", client: None, sub: Some(&username);
         sub = %username, "operator signed in");
-    let mut res = see_other(ADMIN_PATH);
+    let mut res = see_other(ADMIN);
     if let Some(v) = users::cookie(&state, &token) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -724,12 +723,12 @@ pub async fn logout_post(
         Err(res) => return *res,
     };
     let Viewer::Admin { name, session } = viewer else {
-        return see_other(ADMIN_PATH);
+        return see_other(ADMIN);
     };
     state.sessions.end(&session);
     audit!(state, &meta, info, "admin_logout", client: None, sub: Some(&name);
         sub = %name, "operator signed out");
-    let mut res = see_other(ADMIN_PATH);
+    let mut res = see_other(ADMIN);
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
         users::SESSION_COOKIE
@@ -836,7 +835,7 @@ pub async fn revoke_grant_post(
     }
     audit!(state, &meta, info, "admin_grant_revoked", client: Some(&grant.client_id), sub: Some(&grant.sub);
         client_id = %grant.client_id, sub = %grant.sub, by = %viewer.name(), "grant revoked by an operator");
-    see_other(ADMIN_PATH)
+    see_other(ADMIN)
 }
 
 /// `POST /admin/clients/revoke`: delete a client and revoke all its grants.
@@ -874,7 +873,7 @@ pub async fn revoke_client_post(
     audit!(state, &meta, info, "admin_client_revoked", client: Some(client_id), sub: None;
         %client_id, grants = revoked.grants, deleted = revoked.deleted, by = %viewer.name(),
         "client revoked by an operator");
-    see_other(ADMIN_PATH)
+    see_other(ADMIN)
 }
 
 #[cfg(test)]

@@ -31,9 +31,6 @@ use crate::web::client_ip::client_ip;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use crate::web::uris::{canonical_resource, redirect_uri_matches};
 
-/// Path the consent form posts to.
-pub const CONSENT_PATH: &str = "/consent";
-
 /// Why an authorization request failed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthorizeError {
@@ -541,7 +538,7 @@ fn consent_page(
             scopes,
             resource => &pending.resource,
             user,
-            action => CONSENT_PATH,
+            action => crate::web::routes::CONSENT,
             request_id => &pending.id,
             csrf_token => &pending.csrf_token,
             minutes => state.settings.config.consent_ttl / 60,

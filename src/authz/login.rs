@@ -16,11 +16,7 @@ use super::users::{check_password, cookie, current_user, login_page, sign_in_thr
 use crate::audit::{RequestMeta, audit};
 use crate::secret::ct_eq;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
-
-/// The consents page and its revoke form.
-pub const CONSENTS_PATH: &str = "/consents";
-/// Where the revoke form posts.
-pub const CONSENTS_REVOKE_PATH: &str = "/consents/revoke";
+use crate::web::routes;
 
 /// `POST /login`: check the password, start a session, go on to consent.
 pub async fn login_post(
@@ -155,7 +151,7 @@ pub async fn consents_get(State(state): State<AuthzState>, headers: HeaderMap) -
         .collect();
     let html = crate::web::pages::render(
         "consents.html",
-        context! { user, consents => rows, action => CONSENTS_REVOKE_PATH },
+        context! { user, consents => rows, action => routes::CONSENTS_REVOKE },
     );
     match html {
         Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
@@ -198,7 +194,11 @@ pub async fn consents_revoke_post(
         Ok(_) => {
             audit!(state, &meta, info, "consent_revoked", client: Some(&client_id), sub: Some(&user);
                 sub = %user, %client_id, "consent revoked");
-            (StatusCode::SEE_OTHER, [(header::LOCATION, CONSENTS_PATH)]).into_response()
+            (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, routes::CONSENTS)],
+            )
+                .into_response()
         }
         Err(_) => PageError::unavailable().into_response(),
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::state::AuthzState;
 use crate::config::Config;
+use crate::web::routes;
 
 const CLIENT_AUTH: [&str; 3] = ["none", "client_secret_basic", "client_secret_post"];
 
@@ -58,11 +59,11 @@ pub async fn authorization_server_get(State(state): State<AuthzState>) -> impl I
     let at = |path: &str| format!("{issuer}{path}");
     axum::Json(AuthorizationServerMetadata {
         issuer: issuer.clone(),
-        authorization_endpoint: at("/authorize"),
-        token_endpoint: at("/token"),
-        registration_endpoint: at("/register"),
-        revocation_endpoint: at("/revoke"),
-        introspection_endpoint: at("/introspect"),
+        authorization_endpoint: at(routes::AUTHORIZE),
+        token_endpoint: at(routes::TOKEN),
+        registration_endpoint: at(routes::REGISTER),
+        revocation_endpoint: at(routes::REVOKE),
+        introspection_endpoint: at(routes::INTROSPECT),
         jwks_uri: at("/.well-known/jwks.json"),
         scopes_supported: state.settings.config.scopes.supported.clone(),
         response_types_supported: ["code"],

@@ -40,34 +40,33 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 use crate::web::MAX_FORM_BODY as MAX_BODY;
+use crate::web::routes;
 
 /// The custom-routes router.
 pub fn router(state: AuthzState) -> Router {
     let as_meta = get(metadata::authorization_server_get);
-    Router::new()
-        // RFC 8414 §3.1 and OIDC discovery, with the insertion and append forms some
-        // clients build from the MCP URL.
-        .route("/.well-known/oauth-authorization-server", as_meta.clone())
-        .route(
-            "/.well-known/oauth-authorization-server/{*path}",
-            as_meta.clone(),
-        )
-        .route("/.well-known/openid-configuration", as_meta.clone())
-        .route("/.well-known/openid-configuration/{*path}", as_meta.clone())
-        .route("/mcp/.well-known/openid-configuration", as_meta.clone())
-        .route("/mcp/.well-known/oauth-authorization-server", as_meta)
-        .route("/register", post(register::register_post))
-        .route("/authorize", get(authorize::authorize_get))
-        .route(authorize::CONSENT_PATH, post(authorize::consent_post))
-        .route(users::LOGIN_PATH, post(login::login_post))
-        .route(login::CONSENTS_PATH, get(login::consents_get))
-        .route(
-            login::CONSENTS_REVOKE_PATH,
-            post(login::consents_revoke_post),
-        )
-        .route("/token", post(token::token_post))
-        .route("/revoke", post(revoke::revoke_post))
-        .route("/introspect", post(introspect::introspect_post))
+    // RFC 8414 §3.1 and OIDC discovery, with the insertion and append forms some clients
+    // build from the MCP URL.
+    let metadata_paths = [routes::AS_METADATA, routes::OIDC_METADATA]
+        .into_iter()
+        .flat_map(|p| {
+            [
+                p.to_string(),
+                format!("{p}/{{*path}}"),
+                format!("{}{p}", routes::MCP),
+            ]
+        });
+    metadata_paths
+        .fold(Router::new(), |r, path| r.route(&path, as_meta.clone()))
+        .route(routes::REGISTER, post(register::register_post))
+        .route(routes::AUTHORIZE, get(authorize::authorize_get))
+        .route(routes::CONSENT, post(authorize::consent_post))
+        .route(routes::LOGIN, post(login::login_post))
+        .route(routes::CONSENTS, get(login::consents_get))
+        .route(routes::CONSENTS_REVOKE, post(login::consents_revoke_post))
+        .route(routes::TOKEN, post(token::token_post))
+        .route(routes::REVOKE, post(revoke::revoke_post))
+        .route(routes::INTROSPECT, post(introspect::introspect_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(oversized_body_json))
         .layer(middleware::from_fn(

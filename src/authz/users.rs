@@ -20,8 +20,6 @@ use crate::web::sessions::cookie_value;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "mog_session";
-/// Where the login form posts.
-pub const LOGIN_PATH: &str = "/login";
 
 /// Whether users must sign in: more than one user, or any password.
 pub fn login_required(state: &AuthzState) -> bool {
@@ -73,7 +71,7 @@ pub fn login_page(
             client_name,
             error,
             username,
-            action => LOGIN_PATH,
+            action => crate::web::routes::LOGIN,
             request_id => &pending.id,
             csrf_token => &pending.csrf_token,
         },

@@ -89,11 +89,15 @@ where
 pub fn metadata_router(state: ResourceState) -> Router {
     Router::new()
         .route(
-            "/.well-known/oauth-protected-resource",
+            crate::web::routes::RESOURCE_METADATA,
             get(metadata::protected_resource_get),
         )
         .route(
-            "/.well-known/oauth-protected-resource/mcp",
+            &format!(
+                "{}{}",
+                crate::web::routes::RESOURCE_METADATA,
+                crate::web::routes::MCP
+            ),
             get(metadata::protected_resource_get),
         )
         .with_state(state)

@@ -10,12 +10,13 @@ use axum::routing::get;
 use std::sync::Arc;
 
 use super::keys::KeyRing;
+use crate::web::routes;
 
 /// The JWKS router.
 pub fn router(keys: Arc<KeyRing>) -> Router {
     Router::new()
-        .route("/jwks.json", get(jwks_get))
-        .route("/.well-known/jwks.json", get(jwks_get))
+        .route(routes::JWKS, get(jwks_get))
+        .route(routes::JWKS_WELL_KNOWN, get(jwks_get))
         .with_state(keys)
 }
 

@@ -11,5 +11,6 @@ pub mod client_ip;
 pub mod origin;
 pub mod pages;
 pub mod request_id;
+pub mod routes;
 pub mod sessions;
 pub mod uris;
