@@ -14,7 +14,7 @@ def _consent_page(http, base, client_id, **kw):
     return params, r
 
 
-def test_a11_consent_page_has_one_form_with_csrf_and_two_decisions(gateway, http):
+def test_consent_page_has_one_form_with_csrf_and_two_decisions(gateway, http):
     cid = register_client_id(http, gateway.base)
     _, r = _consent_page(http, gateway.base, cid)
     assert r.headers["content-type"].startswith("text/html")
@@ -26,7 +26,7 @@ def test_a11_consent_page_has_one_form_with_csrf_and_two_decisions(gateway, http
     assert sorted(form.decisions) == ["approve", "deny"]
 
 
-def test_b10_approve_redirects_with_code_state_and_iss(gateway, http):
+def test_approve_redirects_with_code_state_and_iss(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     assert grant.code
@@ -34,7 +34,7 @@ def test_b10_approve_redirects_with_code_state_and_iss(gateway, http):
     assert "error" not in grant.redirect_query
 
 
-def test_a11_deny_on_consent_is_access_denied(gateway, http):
+def test_deny_on_consent_is_access_denied(gateway, http):
     cid = register_client_id(http, gateway.base)
     params, r = _consent_page(http, gateway.base, cid)
     c = post_consent(http, gateway.base, parse_consent_form(r.text), "deny")
@@ -47,7 +47,7 @@ def test_a11_deny_on_consent_is_access_denied(gateway, http):
     assert "code" not in q
 
 
-def test_a11_consent_request_id_works_once(gateway, http):
+def test_consent_request_id_works_once(gateway, http):
     cid = register_client_id(http, gateway.base)
     _, r = _consent_page(http, gateway.base, cid)
     form = parse_consent_form(r.text)
@@ -59,7 +59,7 @@ def test_a11_consent_request_id_works_once(gateway, http):
     assert "code=" not in loc, f"request_id honoured twice: {second.status_code} {loc}"
 
 
-def test_a11_consent_with_wrong_csrf_token_issues_no_code(gateway, http):
+def test_consent_with_wrong_csrf_token_issues_no_code(gateway, http):
     cid = register_client_id(http, gateway.base)
     _, r = _consent_page(http, gateway.base, cid)
     form = parse_consent_form(r.text)
@@ -69,7 +69,7 @@ def test_a11_consent_with_wrong_csrf_token_issues_no_code(gateway, http):
     assert c.status_code >= 400
 
 
-def test_b8_unknown_client_at_authorize_is_400_without_redirect(gateway, http):
+def test_unknown_client_at_authorize_is_400_without_redirect(gateway, http):
     params = authorize_params("no-such-client", pkce_s256(), base=gateway.base)
     r = get_authorize(http, gateway.base, params)
     assert r.status_code == 400, r.text
@@ -78,7 +78,7 @@ def test_b8_unknown_client_at_authorize_is_400_without_redirect(gateway, http):
     assert not parse_forms(r.text), "an error page must not offer a consent form"
 
 
-def test_b8_unregistered_redirect_uri_is_400_without_redirect(gateway, http):
+def test_unregistered_redirect_uri_is_400_without_redirect(gateway, http):
     cid = register_client_id(http, gateway.base)
     params = authorize_params(cid, pkce_s256(), base=gateway.base,
                               redirect_uri="http://127.0.0.1:47113/other")
@@ -87,7 +87,7 @@ def test_b8_unregistered_redirect_uri_is_400_without_redirect(gateway, http):
     assert "location" not in r.headers
 
 
-def test_b8_redirect_uri_must_match_exactly(gateway, http):
+def test_redirect_uri_must_match_exactly(gateway, http):
     cid = register_client_id(http, gateway.base)
     params = authorize_params(cid, pkce_s256(), base=gateway.base,
                               redirect_uri=REDIRECT_URI + "/")
@@ -107,7 +107,7 @@ def _error_redirect(http, base, params):
     return q
 
 
-def test_b4_plain_pkce_redirects_invalid_request(gateway, http):
+def test_plain_pkce_redirects_invalid_request(gateway, http):
     cid = register_client_id(http, gateway.base)
     p = pkce_s256()
     params = authorize_params(cid, p, base=gateway.base, method="plain")
@@ -115,19 +115,19 @@ def test_b4_plain_pkce_redirects_invalid_request(gateway, http):
     assert _error_redirect(http, gateway.base, params)["error"] == "invalid_request"
 
 
-def test_b4_missing_pkce_redirects_invalid_request(gateway, http):
+def test_missing_pkce_redirects_invalid_request(gateway, http):
     cid = register_client_id(http, gateway.base)
     params = authorize_params(cid, None, base=gateway.base)
     assert _error_redirect(http, gateway.base, params)["error"] == "invalid_request"
 
 
-def test_b1_unknown_scope_redirects_invalid_scope(gateway, http):
+def test_unknown_scope_redirects_invalid_scope(gateway, http):
     cid = register_client_id(http, gateway.base)
     params = authorize_params(cid, pkce_s256(), base=gateway.base, scope="mcp:read mcp:root")
     assert _error_redirect(http, gateway.base, params)["error"] == "invalid_scope"
 
 
-def test_b5_wrong_resource_redirects_invalid_target(gateway, http):
+def test_wrong_resource_redirects_invalid_target(gateway, http):
     cid = register_client_id(http, gateway.base)
     params = authorize_params(cid, pkce_s256(), base=gateway.base,
                               resource="https://other.example.com/mcp")
@@ -135,7 +135,7 @@ def test_b5_wrong_resource_redirects_invalid_target(gateway, http):
 
 
 @pytest.mark.parametrize("state", ["a b&c=d", "ünïcode/?#"])
-def test_b10_state_is_returned_exactly(gateway, http, state):
+def test_state_is_returned_exactly(gateway, http, state):
     cid = register_client_id(http, gateway.base)
     params = authorize_params(cid, pkce_s256(), base=gateway.base, state=state)
     r = get_authorize(http, gateway.base, params)

@@ -1,4 +1,4 @@
-"""Client ID Metadata Documents (checklist b7) through the real gateway.
+"""Client ID Metadata Documents through the real gateway.
 
 A tiny document server (http.server on 127.0.0.1, port 0, in a thread) serves JSON
 documents whose `client_id` is their own URL, plus broken variants. The gateway runs
@@ -148,14 +148,14 @@ def authorize(http, gw, client_id: str, **kw):
 
 # -- tests -----------------------------------------------------------------------
 
-def test_b7_metadata_advertises_cimd(cimd_gateway, http):
+def test_metadata_advertises_cimd(cimd_gateway, http):
     for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
         r = http.get(f"{cimd_gateway.base}{path}")
         assert r.status_code == 200, path
         assert r.json().get("client_id_metadata_document_supported") is True, path
 
 
-def test_b7_url_client_completes_the_whole_flow(cimd_gateway, docs, http):
+def test_url_client_completes_the_whole_flow(cimd_gateway, docs, http):
     gw = cimd_gateway
     client_id = docs.url("/good")
 
@@ -197,7 +197,7 @@ def test_b7_url_client_completes_the_whole_flow(cimd_gateway, docs, http):
 
 @pytest.mark.parametrize("path", ["/mismatch", "/redirect", "/html", "/secret", "/big",
                                   "/big-unsized", "/bad-redirect-uri", "/missing"])
-def test_b7_bad_documents_get_a_400_page_and_no_redirect(cimd_gateway, docs, http, path):
+def test_bad_documents_get_a_400_page_and_no_redirect(cimd_gateway, docs, http, path):
     resp = authorize(http, cimd_gateway, docs.url(path))
     assert_refused_page(resp, secret="s3cret-value")
     assert 'id="error">invalid_client<' in resp.text, resp.text[:800]
@@ -210,7 +210,7 @@ def test_b7_bad_documents_get_a_400_page_and_no_redirect(cimd_gateway, docs, htt
     assert docs.count(path) == 2
 
 
-def test_b7_token_endpoint_refuses_a_bad_document(cimd_gateway, docs, http):
+def test_token_endpoint_refuses_a_bad_document(cimd_gateway, docs, http):
     r = http.post(f"{cimd_gateway.base}/token", data={
         "grant_type": "authorization_code", "code": "nonexistent", "client_id": docs.url("/secret"),
         "redirect_uri": REDIRECT_URI, "code_verifier": "v" * 43})
@@ -224,7 +224,7 @@ def test_b7_token_endpoint_refuses_a_bad_document(cimd_gateway, docs, http):
     "http://localhost.evil.example/callback",
     "https://evil.example.com/callback",
 ])
-def test_b7_redirect_uri_not_in_the_document_gets_a_400_page(cimd_gateway, docs, http,
+def test_redirect_uri_not_in_the_document_gets_a_400_page(cimd_gateway, docs, http,
                                                              redirect_uri):
     resp = authorize(http, cimd_gateway, docs.url("/good"), redirect_uri=redirect_uri)
     assert_refused_page(resp)
@@ -232,7 +232,7 @@ def test_b7_redirect_uri_not_in_the_document_gets_a_400_page(cimd_gateway, docs,
     assert docs.count("/good") == 1
 
 
-def test_b7_document_is_cached_within_max_age(cimd_gateway, docs, http):
+def test_document_is_cached_within_max_age(cimd_gateway, docs, http):
     gw = cimd_gateway
     first = authorize(http, gw, docs.url("/good"))
     assert first.status_code == 200
@@ -248,7 +248,7 @@ def test_b7_document_is_cached_within_max_age(cimd_gateway, docs, http):
     assert docs.total() == 2
 
 
-def test_b7_loopback_document_refused_without_the_allowance(gateway_factory, docs, http):
+def test_loopback_document_refused_without_the_allowance(gateway_factory, docs, http):
     strict = gateway_factory()
     meta = http.get(f"{strict.base}/.well-known/oauth-authorization-server").json()
     assert meta.get("client_id_metadata_document_supported") is True

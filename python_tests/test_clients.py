@@ -154,7 +154,7 @@ def _mcp_session(http, base, token) -> McpClient:
 # -- confidential registration and client credentials --------------------------------
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
-def test_b6_confidential_registration_returns_secret_once(gateway, http, method):
+def test_confidential_registration_returns_secret_once(gateway, http, method):
     cid, secret, body = _register_confidential(http, gateway.base, method=method,
                                                scope="mcp:read")
     assert body["grant_types"] == ["client_credentials"]
@@ -168,7 +168,7 @@ def test_b6_confidential_registration_returns_secret_once(gateway, http, method)
     assert "client_secret" not in r.json() and "client_secret_expires_at" not in r.json()
 
 
-def test_b1_client_credentials_with_basic_issues_client_token(gateway, http):
+def test_client_credentials_with_basic_issues_client_token(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, scope="mcp:read mcp:write")
     r = _cc_basic(http, gateway.base, cid, secret, scope="mcp:write")
     assert r.status_code == 200, r.text
@@ -186,14 +186,14 @@ def test_b1_client_credentials_with_basic_issues_client_token(gateway, http):
     assert claims["scope"] == "mcp:write"
 
 
-def test_b1_client_credentials_without_scope_gets_registered_scope(gateway, http):
+def test_client_credentials_without_scope_gets_registered_scope(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, scope="mcp:read")
     body = tokens_from(_cc_basic(http, gateway.base, cid, secret), cid).body
     assert body["scope"] == "mcp:read"
     assert unverified_claims(body["access_token"])["scope"] == "mcp:read"
 
 
-def test_b1_client_credentials_with_post(gateway, http):
+def test_client_credentials_with_post(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, method="client_secret_post",
                                             scope="mcp:read")
     r = _cc_post(http, gateway.base, cid, secret)
@@ -205,7 +205,7 @@ def test_b1_client_credentials_with_post(gateway, http):
     assert claims["sub"] == cid and claims["aud"] == gateway.mcp_url
 
 
-def test_a4_client_credentials_token_calls_tools_through_mcp(gateway, http):
+def test_client_credentials_token_calls_tools_through_mcp(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, scope="mcp:read mcp:write")
     token = tokens_from(_cc_basic(http, gateway.base, cid, secret), cid).access_token
     mcp = _mcp_session(http, gateway.base, token)
@@ -220,7 +220,7 @@ def test_a4_client_credentials_token_calls_tools_through_mcp(gateway, http):
     assert cid in who, f"whoami should name the client as subject: {who}"
 
 
-def test_a7_client_credentials_read_token_cannot_write(gateway, http):
+def test_client_credentials_read_token_cannot_write(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, scope="mcp:read mcp:write")
     token = tokens_from(_cc_basic(http, gateway.base, cid, secret, scope="mcp:read"),
                         cid).access_token
@@ -231,7 +231,7 @@ def test_a7_client_credentials_read_token_cannot_write(gateway, http):
     assert ch.get("error") == "insufficient_scope" and ch.get("scope") == "mcp:write"
 
 
-def test_b1_client_credentials_scope_beyond_registration_is_invalid_scope(gateway, http):
+def test_client_credentials_scope_beyond_registration_is_invalid_scope(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, scope="mcp:read")
     _error(_cc_basic(http, gateway.base, cid, secret, scope="mcp:write"), "invalid_scope")
     _error(_cc_basic(http, gateway.base, cid, secret, scope="mcp:read mcp:admin"),
@@ -240,7 +240,7 @@ def test_b1_client_credentials_scope_beyond_registration_is_invalid_scope(gatewa
     assert _cc_basic(http, gateway.base, cid, secret, scope="mcp:read").status_code == 200
 
 
-def test_b1_client_credentials_wrong_secret_basic_is_401_with_basic_challenge(gateway, http):
+def test_client_credentials_wrong_secret_basic_is_401_with_basic_challenge(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base)
     r = _cc_basic(http, gateway.base, cid, secret + "x")
     body = _error(r, "invalid_client", status=401)
@@ -254,7 +254,7 @@ def test_b1_client_credentials_wrong_secret_basic_is_401_with_basic_challenge(ga
     assert r.headers.get("www-authenticate", "").lower().startswith("basic")
 
 
-def test_b1_client_credentials_wrong_secret_post_is_400(gateway, http):
+def test_client_credentials_wrong_secret_post_is_400(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, method="client_secret_post")
     r = _cc_post(http, gateway.base, cid, "wrong-" + secret)
     body = _error(r, "invalid_client", status=400)
@@ -265,7 +265,7 @@ def test_b1_client_credentials_wrong_secret_post_is_400(gateway, http):
     _error(r, "invalid_client", status=400)
 
 
-def test_b1_public_client_cannot_use_client_credentials(gateway, http):
+def test_public_client_cannot_use_client_credentials(gateway, http):
     public = register_client_id(http, gateway.base)
     r = token_request(http, gateway.base, {"grant_type": "client_credentials",
                                            "client_id": public})
@@ -273,7 +273,7 @@ def test_b1_public_client_cannot_use_client_credentials(gateway, http):
     assert "access_token" not in body
 
 
-def test_b6_client_credentials_registration_for_public_client_is_refused(gateway, http):
+def test_client_credentials_registration_for_public_client_is_refused(gateway, http):
     r = http.post(f"{gateway.base}/register", json={
         "client_name": "sneaky", "token_endpoint_auth_method": "none",
         "grant_types": ["client_credentials"], "redirect_uris": []})
@@ -285,7 +285,7 @@ def test_b6_client_credentials_registration_for_public_client_is_refused(gateway
     _error(r, "invalid_client_metadata")
 
 
-def test_b6_unsupported_auth_method_is_invalid_client_metadata(gateway, http):
+def test_unsupported_auth_method_is_invalid_client_metadata(gateway, http):
     r = http.post(f"{gateway.base}/register", json={
         "token_endpoint_auth_method": "private_key_jwt",
         "grant_types": ["client_credentials"], "redirect_uris": []})
@@ -293,7 +293,7 @@ def test_b6_unsupported_auth_method_is_invalid_client_metadata(gateway, http):
 
 
 
-def test_b5_client_credentials_resource_must_name_this_server(gateway, http):
+def test_client_credentials_resource_must_name_this_server(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base)
     _error(_cc_basic(http, gateway.base, cid, secret, resource="https://other.example/mcp"),
            "invalid_target")
@@ -302,7 +302,7 @@ def test_b5_client_credentials_resource_must_name_this_server(gateway, http):
     assert unverified_claims(r.json()["access_token"])["aud"] == gateway.mcp_url
 
 
-def test_b1_two_client_authentication_methods_at_once_are_refused(gateway, http):
+def test_two_client_authentication_methods_at_once_are_refused(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base)
     r = http.post(f"{gateway.base}/token", auth=_basic(cid, secret), data={
         "grant_type": "client_credentials", "client_id": cid, "client_secret": secret})
@@ -315,7 +315,7 @@ def test_b1_two_client_authentication_methods_at_once_are_refused(gateway, http)
     assert "access_token" not in body
 
 
-def test_b1_client_credentials_only_client_cannot_authorize(gateway, http):
+def test_client_credentials_only_client_cannot_authorize(gateway, http):
     cid, _, _ = _register_confidential(http, gateway.base)
     r = http.get(f"{gateway.base}/authorize", params={
         "response_type": "code", "client_id": cid, "redirect_uri": REDIRECT_URI,
@@ -325,7 +325,7 @@ def test_b1_client_credentials_only_client_cannot_authorize(gateway, http):
     assert "location" not in r.headers, "no redirect to an unregistered URI"
 
 
-def test_b1_basic_credentials_are_form_urlencoded(gateway_factory, http, tmp_path):
+def test_basic_credentials_are_form_urlencoded(gateway_factory, http, tmp_path):
     """RFC 6749 2.3.1: id and secret are form-urlencoded before the Basic encoding, so an
     operator-chosen secret with reserved characters works when the client encodes it."""
     secret = "pa+ss%20w:rd/="
@@ -350,7 +350,7 @@ grant_types = ["client_credentials"]
 
 # -- confidential client, code flow --------------------------------------------------
 
-def test_b1_confidential_code_flow_needs_secret_and_failures_do_not_burn_code(gateway, http):
+def test_confidential_code_flow_needs_secret_and_failures_do_not_burn_code(gateway, http):
     cid, secret, _ = _register_confidential(
         http, gateway.base, method="client_secret_post",
         grant_types=["authorization_code", "refresh_token"], redirect_uris=[REDIRECT_URI])
@@ -381,7 +381,7 @@ def test_b1_confidential_code_flow_needs_secret_and_failures_do_not_burn_code(ga
            "invalid_grant")
 
 
-def test_b9_confidential_refresh_needs_secret(gateway, http):
+def test_confidential_refresh_needs_secret(gateway, http):
     cid, secret, _ = _register_confidential(
         http, gateway.base, method="client_secret_basic",
         grant_types=["authorization_code", "refresh_token"], redirect_uris=[REDIRECT_URI])
@@ -402,7 +402,7 @@ def test_b9_confidential_refresh_needs_secret(gateway, http):
     assert McpClient(http, gateway.base, new.access_token).initialize().status == 200
 
 
-def test_b1_code_of_public_client_cannot_be_redeemed_by_confidential_one(gateway, http):
+def test_code_of_public_client_cannot_be_redeemed_by_confidential_one(gateway, http):
     public = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, public)
     cid, secret, _ = _register_confidential(
@@ -433,7 +433,7 @@ redirect_uris = ["{REDIRECT_URI}"]
 """
 
 
-def test_b1_preregistered_clients_from_config_work_and_survive_restart(
+def test_preregistered_clients_from_config_work_and_survive_restart(
         gateway_factory, http, tmp_path):
     secret = "operator-chosen-" + secrets.token_urlsafe(24)
     cfg = _write_config(tmp_path, _preregistered_config(secret))
@@ -479,7 +479,7 @@ def test_b1_preregistered_clients_from_config_work_and_survive_restart(
     assert again.refresh_token != tokens.refresh_token
 
 
-def test_b1_preregistered_secret_follows_the_config_across_restarts(
+def test_preregistered_secret_follows_the_config_across_restarts(
         gateway_factory, http, tmp_path):
     data_dir = tmp_path / "data-rotate"
     old_secret, new_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -499,7 +499,7 @@ def test_b1_preregistered_secret_follows_the_config_across_restarts(
 
 
 
-def test_b1_preregistered_client_removed_from_config_is_gone_after_restart(
+def test_preregistered_client_removed_from_config_is_gone_after_restart(
         gateway_factory, http, tmp_path):
     secret = secrets.token_urlsafe(24)
     cfg = _write_config(tmp_path, _preregistered_config(secret))
@@ -512,7 +512,7 @@ def test_b1_preregistered_client_removed_from_config_is_gone_after_restart(
     _error(_cc_basic(http, gw2.base, "internal-service", secret), "invalid_client",
            status=401)
 
-def test_b1_preregistered_client_without_config_is_unknown(gateway_factory, http, tmp_path):
+def test_preregistered_client_without_config_is_unknown(gateway_factory, http, tmp_path):
     """Control: the pinned ids exist only because of the config file."""
     gw = gateway_factory()
     _error(_cc_basic(http, gw.base, "internal-service", "whatever"), "invalid_client",
@@ -525,7 +525,7 @@ def test_b1_preregistered_client_without_config_is_unknown(gateway_factory, http
     assert "location" not in r.headers
 
 
-def test_b1_preregistered_confidential_client_can_introspect(gateway_factory, http, tmp_path):
+def test_preregistered_confidential_client_can_introspect(gateway_factory, http, tmp_path):
     """Another client's token is inactive to a configured client unless its entry says
     `introspect = true` (issue 12)."""
     secret = secrets.token_urlsafe(32)
@@ -542,7 +542,7 @@ def test_b1_preregistered_confidential_client_can_introspect(gateway_factory, ht
     assert v["active"] is True and v["client_id"] == "pinned-public"
 
 
-def test_b1_config_with_bad_secret_hash_stops_with_exit_2(tmp_path):
+def test_config_with_bad_secret_hash_stops_with_exit_2(tmp_path):
     from gateway_proc import Gateway
     cfg = _write_config(tmp_path, """
 [[clients]]
@@ -560,7 +560,7 @@ grant_types = ["client_credentials"]
     assert "clients" in gw.log_tail()
 
 
-def test_b1_config_public_client_with_client_credentials_stops_with_exit_2(tmp_path):
+def test_config_public_client_with_client_credentials_stops_with_exit_2(tmp_path):
     from gateway_proc import Gateway
     cfg = _write_config(tmp_path, f"""
 [[clients]]
@@ -585,7 +585,7 @@ def resource_server(gateway, http):
     return RS_ID, RS_SECRET
 
 
-def test_b1_introspect_access_token_is_active_with_fields(gateway, http, resource_server):
+def test_introspect_access_token_is_active_with_fields(gateway, http, resource_server):
     rs_id, rs_secret = resource_server
     tokens = full_flow(http, gateway.base, scope="mcp:read")
     claims = unverified_claims(tokens.access_token)
@@ -601,7 +601,7 @@ def test_b1_introspect_access_token_is_active_with_fields(gateway, http, resourc
     assert v["token_type"].lower() == "bearer"
 
 
-def test_b1_introspect_client_credentials_token(gateway, http, resource_server):
+def test_introspect_client_credentials_token(gateway, http, resource_server):
     rs_id, rs_secret = resource_server
     svc, svc_secret, _ = _register_confidential(http, gateway.base, scope="mcp:read")
     token = tokens_from(_cc_basic(http, gateway.base, svc, svc_secret), svc).access_token
@@ -617,7 +617,7 @@ def test_b1_introspect_client_credentials_token(gateway, http, resource_server):
     assert r.status_code == 400 and r.json()["error"] == "invalid_client", r.text
 
 
-def test_b1_introspect_refresh_token_is_active(gateway, http, resource_server):
+def test_introspect_refresh_token_is_active(gateway, http, resource_server):
     rs_id, rs_secret = resource_server
     tokens = full_flow(http, gateway.base, scope="mcp:read mcp:write")
     v = _introspect_ok(http, gateway.base, tokens.refresh_token, rs_id, rs_secret)
@@ -631,7 +631,7 @@ def test_b1_introspect_refresh_token_is_active(gateway, http, resource_server):
 
 
 @pytest.mark.parametrize("token", ["garbage", "", "a.b.c", "eyJhbGciOiJub25lIn0.e30."])
-def test_b1_introspect_garbage_is_exactly_inactive(gateway, http, resource_server, token):
+def test_introspect_garbage_is_exactly_inactive(gateway, http, resource_server, token):
     rs_id, rs_secret = resource_server
     r = _introspect(http, gateway.base, token, auth=_basic(rs_id, rs_secret))
     if token == "":
@@ -644,7 +644,7 @@ def test_b1_introspect_garbage_is_exactly_inactive(gateway, http, resource_serve
     assert r.json() == {"active": False}
 
 
-def test_a4_introspect_minted_token_control_then_other_audience(gateway, http,
+def test_introspect_minted_token_control_then_other_audience(gateway, http,
                                                                 resource_server):
     rs_id, rs_secret = resource_server
     tokens = full_flow(http, gateway.base)
@@ -663,7 +663,7 @@ def test_a4_introspect_minted_token_control_then_other_audience(gateway, http,
         {"active": False}
 
 
-def test_a4_introspect_expired_token_is_inactive(gateway, http, resource_server):
+def test_introspect_expired_token_is_inactive(gateway, http, resource_server):
     rs_id, rs_secret = resource_server
     tokens = full_flow(http, gateway.base)
     claims = unverified_claims(tokens.access_token)
@@ -674,7 +674,7 @@ def test_a4_introspect_expired_token_is_inactive(gateway, http, resource_server)
     assert _introspect_ok(http, gateway.base, expired, rs_id, rs_secret) == {"active": False}
 
 
-def test_b1_introspect_after_revoke_is_inactive(gateway, http, resource_server):
+def test_introspect_after_revoke_is_inactive(gateway, http, resource_server):
     rs_id, rs_secret = resource_server
     tokens = full_flow(http, gateway.base)
     assert _introspect_ok(http, gateway.base, tokens.access_token,
@@ -692,7 +692,7 @@ def test_b1_introspect_after_revoke_is_inactive(gateway, http, resource_server):
         {"active": False}
 
 
-def test_b9_introspect_rotated_out_refresh_token_is_inactive(gateway, http, resource_server):
+def test_introspect_rotated_out_refresh_token_is_inactive(gateway, http, resource_server):
     rs_id, rs_secret = resource_server
     tokens = full_flow(http, gateway.base)
     new = tokens_from(refresh(http, gateway.base, tokens.client_id, tokens.refresh_token),
@@ -731,7 +731,7 @@ def test_i12_anonymous_client_credentials_registration_is_refused(gateway_factor
     assert "client_credentials" not in meta["grant_types_supported"]
 
 
-def test_b1_introspect_needs_confidential_client(gateway, http, resource_server):
+def test_introspect_needs_confidential_client(gateway, http, resource_server):
     rs_id, _ = resource_server
     tokens = full_flow(http, gateway.base)
     # A public client presenting its id.
@@ -753,7 +753,7 @@ def test_b1_introspect_needs_confidential_client(gateway, http, resource_server)
     assert "active" not in body
 
 
-def test_b2_metadata_advertises_introspection_and_client_credentials(gateway, http):
+def test_metadata_advertises_introspection_and_client_credentials(gateway, http):
     meta = http.get(f"{gateway.base}/.well-known/oauth-authorization-server").json()
     assert meta["introspection_endpoint"] == f"{gateway.base}/introspect"
     assert "client_credentials" in meta["grant_types_supported"]
@@ -766,7 +766,7 @@ def test_b2_metadata_advertises_introspection_and_client_credentials(gateway, ht
 
 # -- revocation by a confidential client ------------------------------------------------
 
-def test_a4_confidential_client_revokes_its_token_with_basic_and_mcp_refuses_it(gateway, http):
+def test_confidential_client_revokes_its_token_with_basic_and_mcp_refuses_it(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base, scope="mcp:read")
     token = tokens_from(_cc_basic(http, gateway.base, cid, secret), cid).access_token
     mcp = _mcp_session(http, gateway.base, token)
@@ -785,7 +785,7 @@ def test_a4_confidential_client_revokes_its_token_with_basic_and_mcp_refuses_it(
     assert McpClient(http, gateway.base, token2).initialize().status == 200
 
 
-def test_a4_revoked_code_flow_access_token_is_refused_by_mcp(gateway, http):
+def test_revoked_code_flow_access_token_is_refused_by_mcp(gateway, http):
     tokens = full_flow(http, gateway.base)
     mcp = _mcp_session(http, gateway.base, tokens.access_token)
     assert mcp.call_tool("echo", {"text": "before"}).status == 200
@@ -795,7 +795,7 @@ def test_a4_revoked_code_flow_access_token_is_refused_by_mcp(gateway, http):
     assert mcp.call_tool("echo", {"text": "after"}).status == 401
 
 
-def test_b1_revoke_needs_the_secret_of_a_confidential_client(gateway, http):
+def test_revoke_needs_the_secret_of_a_confidential_client(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base)
     token = tokens_from(_cc_basic(http, gateway.base, cid, secret), cid).access_token
     r = http.post(f"{gateway.base}/revoke", data={"token": token}, auth=_basic(cid, "bad"))
@@ -806,7 +806,7 @@ def test_b1_revoke_needs_the_secret_of_a_confidential_client(gateway, http):
     assert McpClient(http, gateway.base, token).initialize().status == 200
 
 
-def test_b1_revoking_another_clients_token_is_refused(gateway, http):
+def test_revoking_another_clients_token_is_refused(gateway, http):
     cid, secret, _ = _register_confidential(http, gateway.base)
     victim = full_flow(http, gateway.base)
     for tok in (victim.access_token, victim.refresh_token):

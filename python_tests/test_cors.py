@@ -1,6 +1,6 @@
 """CORS for browser-based MCP clients: preflights on /token, /register and /mcp,
 and WWW-Authenticate exposed on the actual 401 so a browser client can discover
-the authorization server (ECOSYSTEM item 2; checklist items a2, c1)."""
+the authorization server."""
 
 import pytest
 
@@ -31,7 +31,7 @@ def _allows_origin(r):
     ("/register", "content-type"),
     ("/mcp", "authorization, content-type, mcp-protocol-version, mcp-session-id"),
 ])
-def test_a2_cors_preflight_is_answered(gateway, http, path, req_headers):
+def test_cors_preflight_is_answered(gateway, http, path, req_headers):
     r = _preflight(http, f"{gateway.base}{path}", "POST", req_headers)
     assert r.status_code in (200, 204), f"{r.status_code} {r.text[:200]}"
     _allows_origin(r)
@@ -43,7 +43,7 @@ def test_a2_cors_preflight_is_answered(gateway, http, path, req_headers):
         assert h in allowed or (h != "authorization" and "*" in allowed), (h, allowed)
 
 
-def test_a2_www_authenticate_is_exposed_on_401(gateway, http):
+def test_www_authenticate_is_exposed_on_401(gateway, http):
     r = http.post(f"{gateway.base}/mcp", content=b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
                   headers={"Origin": ORIGIN, "Content-Type": "application/json",
                            "Accept": MCP_ACCEPT})
@@ -54,7 +54,7 @@ def test_a2_www_authenticate_is_exposed_on_401(gateway, http):
     assert parse_bearer_challenge(r.headers.get("www-authenticate"))["scheme"] == "bearer"
 
 
-def test_a1_metadata_is_readable_cross_origin(gateway, http):
+def test_metadata_is_readable_cross_origin(gateway, http):
     for path in ("/.well-known/oauth-protected-resource/mcp",
                  "/.well-known/oauth-authorization-server"):
         r = http.get(f"{gateway.base}{path}", headers={"Origin": ORIGIN})

@@ -18,20 +18,20 @@ def _prm_ok(body, base):
     assert body["bearer_methods_supported"] == ["header"]
 
 
-def test_a1_protected_resource_metadata_path_suffixed(gateway, http):
+def test_protected_resource_metadata_path_suffixed(gateway, http):
     r = http.get(f"{gateway.base}/.well-known/oauth-protected-resource/mcp")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     _prm_ok(r.json(), gateway.base)
 
 
-def test_a1_a2_protected_resource_metadata_root(gateway, http):
+def test_protected_resource_metadata_root(gateway, http):
     r = http.get(f"{gateway.base}/.well-known/oauth-protected-resource")
     assert r.status_code == 200, r.text
     _prm_ok(r.json(), gateway.base)
 
 
-def test_a3_no_offline_access_advertised(gateway, http):
+def test_no_offline_access_advertised(gateway, http):
     prm = http.get(f"{gateway.base}/.well-known/oauth-protected-resource/mcp").json()
     asm = http.get(f"{gateway.base}/.well-known/oauth-authorization-server").json()
     assert "offline_access" not in prm.get("scopes_supported", [])
@@ -56,20 +56,20 @@ def _as_metadata_ok(body, base):
         "none", "client_secret_basic", "client_secret_post"]
 
 
-def test_b2_b3_authorization_server_metadata_issuer_equals_base(gateway, http):
+def test_authorization_server_metadata_issuer_equals_base(gateway, http):
     r = http.get(f"{gateway.base}/.well-known/oauth-authorization-server",
                  headers={"Accept": "application/json"})
     assert r.status_code == 200, r.text
     _as_metadata_ok(r.json(), gateway.base)
 
 
-def test_b2_b4_openid_configuration_has_code_challenge_methods(gateway, http):
+def test_openid_configuration_has_code_challenge_methods(gateway, http):
     r = http.get(f"{gateway.base}/.well-known/openid-configuration")
     assert r.status_code == 200, r.text
     _as_metadata_ok(r.json(), gateway.base)
 
 
-def test_a1_metadata_endpoints_all_go_through_the_proxy(gateway, http):
+def test_metadata_endpoints_all_go_through_the_proxy(gateway, http):
     """Every advertised endpoint is on the public (proxy) origin and answers there."""
     asm = http.get(f"{gateway.base}/.well-known/oauth-authorization-server").json()
     for key, value in asm.items():
@@ -78,7 +78,7 @@ def test_a1_metadata_endpoints_all_go_through_the_proxy(gateway, http):
     assert http.get(asm["jwks_uri"]).status_code == 200
 
 
-def test_b2_jwks_publishes_the_signing_key(gateway, http):
+def test_jwks_publishes_the_signing_key(gateway, http):
     r = http.get(f"{gateway.base}/.well-known/jwks.json")
     assert r.status_code == 200, r.text
     keys = r.json()["keys"]
@@ -94,7 +94,7 @@ def test_b2_jwks_publishes_the_signing_key(gateway, http):
     assert jwk["y"] == b64url(nums.y.to_bytes(32, "big"))
 
 
-def test_b2_access_token_verifies_against_jwks(gateway, http):
+def test_access_token_verifies_against_jwks(gateway, http):
     tokens = full_flow(http, gateway.base)
     header = unverified_header(tokens.access_token)
     assert header["alg"] == "ES256"

@@ -299,7 +299,7 @@ def _leaks(text: str, secrets_seen: list[str]) -> list[str]:
 @pytest.mark.parametrize("level,flags", [("debug", []), ("debug", ["--log-format", "json"]),
                                          ("debug", ["--debug-trace"]), ("trace", [])],
                          ids=["debug-text", "debug-json", "debug-trace-flag", "trace-text"])
-def test_a8_secrets_never_logged_at_debug_level(recording_factory, monkeypatch, level, flags,
+def test_secrets_never_logged_at_debug_level(recording_factory, monkeypatch, level, flags,
                                                 tmp_path):
     monkeypatch.setenv("RUST_LOG", level)
     gw = recording_factory(*flags, "--config", str(_grants_config(tmp_path)))
@@ -337,7 +337,7 @@ def _set_cookie_values(resp: httpx.Response) -> list[str]:
             if "=" in raw]
 
 
-def test_a8_sign_in_secrets_never_logged_at_debug_level(recording_factory, monkeypatch,
+def test_sign_in_secrets_never_logged_at_debug_level(recording_factory, monkeypatch,
                                                         tmp_path):
     """With `[[users]]`: the password (right and wrong), its argon2 hash, the session
     cookie and the login form's fields join the list."""
@@ -422,7 +422,7 @@ def _outcome(r: httpx.Response) -> tuple[int, str | None, dict]:
     return r.status_code, body.get("error"), body
 
 
-def test_b1_fifty_concurrent_redemptions_of_one_code_yield_one_token_then_revoke_it(
+def test_fifty_concurrent_redemptions_of_one_code_yield_one_token_then_revoke_it(
         gateway, http):
     cid = _register_public(http, gateway.base)
     pkce, code = _authorize(http, gateway.base, cid)
@@ -443,7 +443,7 @@ def test_b1_fifty_concurrent_redemptions_of_one_code_yield_one_token_then_revoke
     _json_error(token_request(http, gateway.base, form), 400, "invalid_grant")
 
 
-def test_b9_twenty_concurrent_refreshes_leave_exactly_one_current_token(gateway, http):
+def test_twenty_concurrent_refreshes_leave_exactly_one_current_token(gateway, http):
     """Default grace window (60 s). Each use of the rotated-out R0 while its successor is
     unused is a retry (`decide_rotation`): it succeeds and supersedes the unused successor.
     So under a burst every request that succeeds rotates within the same family, nothing is
@@ -493,7 +493,7 @@ def test_b9_twenty_concurrent_refreshes_leave_exactly_one_current_token(gateway,
     assert _introspect(http, gateway.base, nxt.refresh_token, conf, secret)["active"] is False
 
 
-def test_b6_fifty_concurrent_registrations_under_the_default_rate_limit(gateway):
+def test_fifty_concurrent_registrations_under_the_default_rate_limit(gateway):
     def reg(i, c):
         r = register(c, gateway.base, client_name=f"concurrent {i}")
         return r.status_code, (r.json().get("client_id") if r.status_code == 201 else r.text)

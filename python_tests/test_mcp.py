@@ -29,7 +29,7 @@ def _assert_invalid_token(reply, base):
 
 # -- happy path ------------------------------------------------------------------
 
-def test_a4_initialize_list_and_call_echo(gateway, http):
+def test_initialize_list_and_call_echo(gateway, http):
     _, mcp = _session(http, gateway)
     assert mcp.session_id, "streamable HTTP server should hand out an Mcp-Session-Id"
     assert mcp.protocol_version
@@ -42,7 +42,7 @@ def test_a4_initialize_list_and_call_echo(gateway, http):
     assert marker in result_text(result)
 
 
-def test_a4_whoami_reports_token_identity(gateway, http):
+def test_whoami_reports_token_identity(gateway, http):
     tokens, mcp = _session(http, gateway)
     claims = unverified_claims(tokens.access_token)
     tools = mcp.tools_by_name()
@@ -53,7 +53,7 @@ def test_a4_whoami_reports_token_identity(gateway, http):
     assert "mcp:read" in text and "mcp:write" in text
 
 
-def test_a4_add_tool_adds(gateway, http):
+def test_add_tool_adds(gateway, http):
     _, mcp = _session(http, gateway)
     tool = mcp.tools_by_name()["add"]
     args = arguments_for(tool, numbers=(19, 23))
@@ -61,7 +61,7 @@ def test_a4_add_tool_adds(gateway, http):
     assert "42" in result_text(result), (args, result)
 
 
-def test_a7_write_scope_can_add_note_and_read_it_back(gateway, http):
+def test_write_scope_can_add_note_and_read_it_back(gateway, http):
     _, mcp = _session(http, gateway)
     tools = mcp.tools_by_name()
     marker = "note-" + secrets.token_hex(6)
@@ -71,7 +71,7 @@ def test_a7_write_scope_can_add_note_and_read_it_back(gateway, http):
     assert marker in result_text(listed)
 
 
-def test_a7_admin_scope_implies_write(gateway, http):
+def test_admin_scope_implies_write(gateway, http):
     tokens, mcp = _session(http, gateway, scope="mcp:admin")
     assert tokens.scope == "mcp:admin"
     tools = mcp.tools_by_name()
@@ -82,14 +82,14 @@ def test_a7_admin_scope_implies_write(gateway, http):
 
 # -- a7 insufficient scope -------------------------------------------------------
 
-def test_a7_read_only_token_does_not_list_add_note(gateway, http):
+def test_read_only_token_does_not_list_add_note(gateway, http):
     _, mcp = _session(http, gateway, scope="mcp:read")
     tools = mcp.tools_by_name()
     assert "add_note" not in tools
     assert "echo" in tools and "whoami" in tools
 
 
-def test_a7_insufficient_scope_is_403_naming_only_needed_scope(gateway, http):
+def test_insufficient_scope_is_403_naming_only_needed_scope(gateway, http):
     _, mcp = _session(http, gateway, scope="mcp:read")
     reply = mcp.call_tool("add_note", {"text": "should not be stored"})
     assert reply.status == 403, f"{reply.status} {reply.text[:300]}"
@@ -104,7 +104,7 @@ def test_a7_insufficient_scope_is_403_naming_only_needed_scope(gateway, http):
 
 # -- a2 / a4 / a8 challenges -----------------------------------------------------
 
-def test_a2_no_token_is_401_with_resource_metadata(gateway, http):
+def test_no_token_is_401_with_resource_metadata(gateway, http):
     reply = McpClient(http, gateway.base, None).initialize()
     assert reply.status == 401
     ch = parse_bearer_challenge(reply.headers.get("www-authenticate"))
@@ -117,7 +117,7 @@ def test_a2_no_token_is_401_with_resource_metadata(gateway, http):
     assert prm.status_code == 200 and prm.json()["resource"] == gateway.mcp_url
 
 
-def test_a4_garbage_token_is_401_invalid_token(gateway, http):
+def test_garbage_token_is_401_invalid_token(gateway, http):
     _assert_invalid_token(McpClient(http, gateway.base, "not.a.jwt").initialize(), gateway.base)
 
 
@@ -128,29 +128,29 @@ def _reminted(gateway, http, **changes):
     return mint(gateway.signing_key_pem, gateway.signing_kid, claims)
 
 
-def test_a4_reminted_token_with_same_claims_is_accepted(gateway, http):
+def test_reminted_token_with_same_claims_is_accepted(gateway, http):
     """Control for the minted-token tests below: our re-signing is itself valid."""
     token = _reminted(gateway, http)
     assert McpClient(http, gateway.base, token).initialize().status == 200
 
 
-def test_a4_wrong_audience_is_401(gateway, http):
+def test_wrong_audience_is_401(gateway, http):
     token = _reminted(gateway, http, aud="https://other.example.com/mcp")
     _assert_invalid_token(McpClient(http, gateway.base, token).initialize(), gateway.base)
 
 
-def test_a4_wrong_issuer_is_401(gateway, http):
+def test_wrong_issuer_is_401(gateway, http):
     token = _reminted(gateway, http, iss="https://other.example.com")
     _assert_invalid_token(McpClient(http, gateway.base, token).initialize(), gateway.base)
 
 
-def test_a4_expired_token_is_401(gateway, http):
+def test_expired_token_is_401(gateway, http):
     t = now()
     token = _reminted(gateway, http, iat=t - 7200, nbf=t - 7200, exp=t - 3600)
     _assert_invalid_token(McpClient(http, gateway.base, token).initialize(), gateway.base)
 
 
-def test_a4_token_signed_by_another_key_is_401(gateway, http):
+def test_token_signed_by_another_key_is_401(gateway, http):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -162,14 +162,14 @@ def test_a4_token_signed_by_another_key_is_401(gateway, http):
     _assert_invalid_token(McpClient(http, gateway.base, forged).initialize(), gateway.base)
 
 
-def test_a4_alg_none_token_is_401(gateway, http):
+def test_alg_none_token_is_401(gateway, http):
     import jwt
     tokens = full_flow(http, gateway.base)
     forged = jwt.encode(unverified_claims(tokens.access_token), None, algorithm="none")
     _assert_invalid_token(McpClient(http, gateway.base, forged).initialize(), gateway.base)
 
 
-def test_a8_token_in_query_string_is_refused(gateway, http):
+def test_token_in_query_string_is_refused(gateway, http):
     tokens = full_flow(http, gateway.base)
     mcp = McpClient(http, gateway.base, None)
     reply = mcp.rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -178,7 +178,7 @@ def test_a8_token_in_query_string_is_refused(gateway, http):
     assert reply.status in (400, 401), f"query-string token accepted: {reply.status}"
 
 
-def test_a8_token_in_form_body_is_refused(gateway, http):
+def test_token_in_form_body_is_refused(gateway, http):
     tokens = full_flow(http, gateway.base)
     r = http.post(gateway.mcp_url, data={"access_token": tokens.access_token},
                   headers={"Accept": "application/json, text/event-stream"})
@@ -188,7 +188,7 @@ def test_a8_token_in_form_body_is_refused(gateway, http):
 
 # -- a9 sessions -----------------------------------------------------------------
 
-def test_a9_session_id_alone_does_not_authenticate(gateway, http):
+def test_session_id_alone_does_not_authenticate(gateway, http):
     _, mcp = _session(http, gateway)
     assert mcp.session_id
     anon = McpClient(http, gateway.base, None)
@@ -197,7 +197,7 @@ def test_a9_session_id_alone_does_not_authenticate(gateway, http):
     assert reply.status == 401, f"{reply.status} {reply.text[:200]}"
 
 
-def test_a9_revoked_access_token_stops_working_mid_session(gateway, http):
+def test_revoked_access_token_stops_working_mid_session(gateway, http):
     tokens, mcp = _session(http, gateway)
     assert mcp.list_tools().status == 200
     r = http.post(f"{gateway.base}/revoke",
@@ -209,20 +209,20 @@ def test_a9_revoked_access_token_stops_working_mid_session(gateway, http):
 
 # -- a6 malformed requests -------------------------------------------------------
 
-def test_a6_mcp_method_header_mismatch_is_400(gateway, http):
+def test_mcp_method_header_mismatch_is_400(gateway, http):
     _, mcp = _session(http, gateway)
     reply = mcp.rpc("tools/list", {}, extra_headers={"Mcp-Method": "tools/call"})
     assert reply.status == 400, f"{reply.status} {reply.text[:200]}"
 
 
-def test_a6_mcp_method_header_matching_body_is_fine(gateway, http):
+def test_mcp_method_header_matching_body_is_fine(gateway, http):
     _, mcp = _session(http, gateway)
     reply = mcp.rpc("tools/list", {}, extra_headers={"Mcp-Method": "tools/list"})
     assert reply.status == 200
     assert "tools" in reply.result
 
 
-def test_a6_malformed_json_body_with_valid_token_is_400(gateway, http):
+def test_malformed_json_body_with_valid_token_is_400(gateway, http):
     tokens = full_flow(http, gateway.base)
     r = http.post(gateway.mcp_url, content=b"{not json",
                   headers={"Authorization": f"Bearer {tokens.access_token}",
@@ -231,14 +231,14 @@ def test_a6_malformed_json_body_with_valid_token_is_400(gateway, http):
     assert r.status_code == 400, (r.status_code, r.text[:200])
 
 
-def test_a4_every_request_is_checked_not_only_initialize(gateway, http):
+def test_every_request_is_checked_not_only_initialize(gateway, http):
     """a9: a session started with a good token cannot continue with a bad one."""
     _, mcp = _session(http, gateway)
     mcp.token = "not.a.jwt"
     _assert_invalid_token(mcp.list_tools(), gateway.base)
 
 
-def test_a9_session_ids_are_random_and_distinct(gateway, http):
+def test_session_ids_are_random_and_distinct(gateway, http):
     tokens = full_flow(http, gateway.base)
     ids = set()
     for _ in range(3):

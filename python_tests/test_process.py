@@ -35,7 +35,7 @@ def test_process_all_four_listeners_are_distinct_loopback_ports(gateway):
     assert all(int(a.rsplit(":", 1)[1]) > 0 for a in addrs)
 
 
-def test_b2_signing_key_and_kid_persist_across_restart(gateway_factory, tmp_path):
+def test_signing_key_and_kid_persist_across_restart(gateway_factory, tmp_path):
     data = tmp_path / "persist"
     first = gateway_factory(data_dir=data)
     kid = first.signing_kid

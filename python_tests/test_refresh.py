@@ -15,7 +15,7 @@ def _invalid_grant(r):
     assert r.json()["error"] == "invalid_grant", r.text
 
 
-def test_b9_refresh_rotates_the_pair(gateway, http):
+def test_refresh_rotates_the_pair(gateway, http):
     t1 = full_flow(http, gateway.base)
     t2 = tokens_from(refresh(http, gateway.base, t1.client_id, t1.refresh_token), t1.client_id)
     assert t2.refresh_token and t2.refresh_token != t1.refresh_token
@@ -27,7 +27,7 @@ def test_b9_refresh_rotates_the_pair(gateway, http):
     assert _works(http, gateway.base, t2.access_token)
 
 
-def test_b9_refresh_can_narrow_scope(gateway, http):
+def test_refresh_can_narrow_scope(gateway, http):
     t1 = full_flow(http, gateway.base)
     r = refresh(http, gateway.base, t1.client_id, t1.refresh_token, scope="mcp:read")
     t2 = tokens_from(r, t1.client_id)
@@ -35,14 +35,14 @@ def test_b9_refresh_can_narrow_scope(gateway, http):
     assert unverified_claims(t2.access_token)["scope"] == "mcp:read"
 
 
-def test_b9_refresh_cannot_widen_scope(gateway, http):
+def test_refresh_cannot_widen_scope(gateway, http):
     t1 = full_flow(http, gateway.base, scope="mcp:read")
     r = refresh(http, gateway.base, t1.client_id, t1.refresh_token, scope="mcp:read mcp:admin")
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "invalid_scope"
 
 
-def test_b9_refresh_token_bound_to_client(gateway, http):
+def test_refresh_token_bound_to_client(gateway, http):
     t1 = full_flow(http, gateway.base)
     other = full_flow(http, gateway.base)
     r = refresh(http, gateway.base, other.client_id, t1.refresh_token)
@@ -50,7 +50,7 @@ def test_b9_refresh_token_bound_to_client(gateway, http):
     assert r.json()["error"] in ("invalid_grant", "invalid_client")
 
 
-def test_b9_reuse_within_grace_window_works_and_supersedes_unused_successor(gateway, http):
+def test_reuse_within_grace_window_works_and_supersedes_unused_successor(gateway, http):
     t1 = full_flow(http, gateway.base)
     r1 = t1.refresh_token
     t2 = tokens_from(refresh(http, gateway.base, t1.client_id, r1), t1.client_id)
@@ -69,7 +69,7 @@ def test_b9_reuse_within_grace_window_works_and_supersedes_unused_successor(gate
         assert not _works(http, gateway.base, t.access_token)
 
 
-def test_b9_reuse_after_successor_used_revokes_family(gateway, http):
+def test_reuse_after_successor_used_revokes_family(gateway, http):
     t1 = full_flow(http, gateway.base)
     t2 = tokens_from(refresh(http, gateway.base, t1.client_id, t1.refresh_token), t1.client_id)
     t3 = tokens_from(refresh(http, gateway.base, t1.client_id, t2.refresh_token), t1.client_id)
@@ -83,7 +83,7 @@ def test_b9_reuse_after_successor_used_revokes_family(gateway, http):
         assert not _works(http, gateway.base, t.access_token)
 
 
-def test_b9_reuse_after_grace_period_revokes_family(gateway_factory, http):
+def test_reuse_after_grace_period_revokes_family(gateway_factory, http):
     gw = gateway_factory("--refresh-grace-seconds", "0")
     t1 = full_flow(http, gw.base)
     t2 = tokens_from(refresh(http, gw.base, t1.client_id, t1.refresh_token), t1.client_id)
@@ -97,7 +97,7 @@ def test_b9_reuse_after_grace_period_revokes_family(gateway_factory, http):
     assert not _works(http, gw.base, t1.access_token)
 
 
-def test_b9_other_families_survive_a_replay(gateway, http):
+def test_other_families_survive_a_replay(gateway, http):
     """Revoking one family must not touch another grant of the same client."""
     a = full_flow(http, gateway.base)
     b = full_flow(http, gateway.base, client_id=a.client_id)

@@ -18,7 +18,7 @@ def _assert_error(r, code, status=400):
     return body
 
 
-def test_b1_code_exchange_returns_bearer_jwt_and_refresh(gateway, http):
+def test_code_exchange_returns_bearer_jwt_and_refresh(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     r = exchange_code(http, gateway.base, grant)
@@ -41,7 +41,7 @@ def test_b1_code_exchange_returns_bearer_jwt_and_refresh(gateway, http):
     assert abs((claims["exp"] - claims["iat"]) - body["expires_in"]) <= 2
 
 
-def test_b9_access_token_ttl_flag_sets_expires_in(gateway_factory, http):
+def test_access_token_ttl_flag_sets_expires_in(gateway_factory, http):
     gw = gateway_factory("--access-token-ttl", "137")
     tokens = full_flow(http, gw.base)
     assert tokens.expires_in == 137
@@ -49,20 +49,20 @@ def test_b9_access_token_ttl_flag_sets_expires_in(gateway_factory, http):
     assert c["exp"] - c["iat"] == 137
 
 
-def test_b1_requested_scope_is_granted_exactly(gateway, http):
+def test_requested_scope_is_granted_exactly(gateway, http):
     tokens = full_flow(http, gateway.base, scope="mcp:read")
     assert tokens.scope == "mcp:read"
     assert unverified_claims(tokens.access_token)["scope"] == "mcp:read"
 
 
-def test_b4_wrong_pkce_verifier_is_invalid_grant(gateway, http):
+def test_wrong_pkce_verifier_is_invalid_grant(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     r = exchange_code(http, gateway.base, grant, verifier=pkce_s256().verifier)
     _assert_error(r, "invalid_grant")
 
 
-def test_b4_missing_pkce_verifier_is_rejected(gateway, http):
+def test_missing_pkce_verifier_is_rejected(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     r = token_request(http, gateway.base, {
@@ -74,7 +74,7 @@ def test_b4_missing_pkce_verifier_is_rejected(gateway, http):
     _assert_no_store(r)
 
 
-def test_b1_replayed_code_is_invalid_grant_and_revokes_first_tokens(gateway, http):
+def test_replayed_code_is_invalid_grant_and_revokes_first_tokens(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     first = tokens_from(exchange_code(http, gateway.base, grant), cid)
@@ -88,14 +88,14 @@ def test_b1_replayed_code_is_invalid_grant_and_revokes_first_tokens(gateway, htt
     _assert_error(refresh(http, gateway.base, cid, first.refresh_token), "invalid_grant")
 
 
-def test_b8_code_bound_to_redirect_uri(gateway, http):
+def test_code_bound_to_redirect_uri(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     r = exchange_code(http, gateway.base, grant, redirect_uri="http://127.0.0.1:47113/other")
     _assert_error(r, "invalid_grant")
 
 
-def test_b1_code_bound_to_client(gateway, http):
+def test_code_bound_to_client(gateway, http):
     cid = register_client_id(http, gateway.base)
     other = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
@@ -105,14 +105,14 @@ def test_b1_code_bound_to_client(gateway, http):
     _assert_no_store(r)
 
 
-def test_b1_unknown_code_is_invalid_grant(gateway, http):
+def test_unknown_code_is_invalid_grant(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     grant.code = "not-a-real-code"
     _assert_error(exchange_code(http, gateway.base, grant), "invalid_grant")
 
 
-def test_b5_token_request_for_other_resource_is_refused(gateway, http):
+def test_token_request_for_other_resource_is_refused(gateway, http):
     cid = register_client_id(http, gateway.base)
     grant = authorize_and_consent(http, gateway.base, cid)
     r = exchange_code(http, gateway.base, grant, resource="https://other.example.com/mcp")
@@ -120,20 +120,20 @@ def test_b5_token_request_for_other_resource_is_refused(gateway, http):
     assert r.json()["error"] in ("invalid_target", "invalid_grant")
 
 
-def test_b1_unsupported_grant_type(gateway, http):
+def test_unsupported_grant_type(gateway, http):
     r = token_request(http, gateway.base, {"grant_type": "password", "username": "u",
                                            "password": "p", "client_id": "x"})
     _assert_error(r, "unsupported_grant_type")
 
 
-def test_b1_token_errors_carry_no_store(gateway, http):
+def test_token_errors_carry_no_store(gateway, http):
     r = token_request(http, gateway.base, {})
     assert r.status_code == 400, r.text
     assert r.json()["error"] in ("invalid_request", "unsupported_grant_type")
     _assert_no_store(r)
 
 
-def test_b9_revoke_refresh_token(gateway, http):
+def test_revoke_refresh_token(gateway, http):
     tokens = full_flow(http, gateway.base)
     r = http.post(f"{gateway.base}/revoke",
                   data={"token": tokens.refresh_token, "client_id": tokens.client_id})
@@ -142,7 +142,7 @@ def test_b9_revoke_refresh_token(gateway, http):
                   "invalid_grant")
 
 
-def test_b9_revoke_unknown_token_is_200(gateway, http):
+def test_revoke_unknown_token_is_200(gateway, http):
     cid = register_client_id(http, gateway.base)
     r = http.post(f"{gateway.base}/revoke", data={"token": "garbage", "client_id": cid})
     assert r.status_code == 200, r.text

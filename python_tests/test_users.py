@@ -202,7 +202,7 @@ def browser():
 
 # -- hash-password and config validation ---------------------------------------------
 
-def test_b1_hash_password_prints_a_salted_argon2id_hash():
+def test_hash_password_prints_a_salted_argon2id_hash():
     a = run_hash_password(b"correct horse\n")
     b = run_hash_password(b"correct horse\n")
     assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
@@ -214,14 +214,14 @@ def test_b1_hash_password_prints_a_salted_argon2id_hash():
 
 
 @pytest.mark.parametrize("stdin", [b"", b"\n", b"\r\n"], ids=["eof", "newline", "crlf"])
-def test_b1_hash_password_refuses_an_empty_password(stdin):
+def test_hash_password_refuses_an_empty_password(stdin):
     p = run_hash_password(stdin)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert p.stdout == b"", "no hash printed"
     assert b"empty" in p.stderr, p.stderr
 
 
-def test_b1_non_argon2_password_hash_stops_the_gateway_with_exit_2(tmp_path):
+def test_non_argon2_password_hash_stops_the_gateway_with_exit_2(tmp_path):
     cfg = write_config(tmp_path / "bad.toml",
                        '[[users]]\nname = "mallory"\npassword_hash = "plaintext-password"\n')
     gw = Gateway(tmp_path / "data", ["--config", str(cfg)])
@@ -239,7 +239,7 @@ def test_b1_non_argon2_password_hash_stops_the_gateway_with_exit_2(tmp_path):
 
 # -- login before consent ----------------------------------------------------------
 
-def test_a11_login_page_comes_before_consent(users_gateway, http, browser):
+def test_login_page_comes_before_consent(users_gateway, http, browser):
     gw = users_gateway
     f = Flow(gw, browser, register_client_id(http, gw.base))
     page = f.authorize()
@@ -256,7 +256,7 @@ def test_a11_login_page_comes_before_consent(users_gateway, http, browser):
     assert {"request_id", "csrf_token", "username", "password"} <= input_names(form)
 
 
-def test_a11_wrong_password_and_unknown_user_are_refused(users_gateway, http, browser):
+def test_wrong_password_and_unknown_user_are_refused(users_gateway, http, browser):
     gw = users_gateway
     f = Flow(gw, browser, register_client_id(http, gw.base))
     page = f.authorize()
@@ -277,7 +277,7 @@ def test_a11_wrong_password_and_unknown_user_are_refused(users_gateway, http, br
     assert session_from(resp)[0]
 
 
-def test_a11_sign_in_sets_a_session_cookie_and_consent_needs_it(users_gateway, http, browser):
+def test_sign_in_sets_a_session_cookie_and_consent_needs_it(users_gateway, http, browser):
     gw = users_gateway
     cid = register_client_id(http, gw.base)
     f = Flow(gw, browser, cid)
@@ -325,7 +325,7 @@ def test_a11_sign_in_sets_a_session_cookie_and_consent_needs_it(users_gateway, h
     assert "alice" in result_text(mcp.call_tool("whoami", {}).result)
 
 
-def test_a11_signed_in_user_skips_the_login_page(users_gateway, http, browser):
+def test_signed_in_user_skips_the_login_page(users_gateway, http, browser):
     gw = users_gateway
     cid = register_client_id(http, gw.base)
     cookie, _ = Flow(gw, browser, cid).sign_in("alice", ALICE_PASSWORD)
@@ -337,7 +337,7 @@ def test_a11_signed_in_user_skips_the_login_page(users_gateway, http, browser):
     assert is_login_page(page), page.text[:500]
 
 
-def test_a11_user_grants_only_the_scopes_they_hold(users_gateway, http, browser):
+def test_user_grants_only_the_scopes_they_hold(users_gateway, http, browser):
     gw = users_gateway
     cid = register_client_id(http, gw.base)
     f = Flow(gw, browser, cid, scope="mcp:read mcp:write")
@@ -380,7 +380,7 @@ def _consents(gw: Gateway, browser: httpx.Client, cookie: str | None) -> httpx.R
     return browser.get(f"{gw.base}/consents", headers=cookie_header(cookie))
 
 
-def test_a11_remembered_consent_skips_the_page_until_revoked(users_gateway, http, browser):
+def test_remembered_consent_skips_the_page_until_revoked(users_gateway, http, browser):
     gw = users_gateway
     cid = register_client_id(http, gw.base)
     other = register_client_id(http, gw.base)
@@ -435,7 +435,7 @@ def test_a11_remembered_consent_skips_the_page_until_revoked(users_gateway, http
     assert is_consent_page(page)
 
 
-def test_a11_remember_consent_zero_asks_every_time(start_with_config, hashes, http, browser):
+def test_remember_consent_zero_asks_every_time(start_with_config, hashes, http, browser):
     gw = start_with_config(users_toml(hashes, "remember_consent_seconds = 0"))
     cid = register_client_id(http, gw.base)
     f = Flow(gw, browser, cid, scope="mcp:read")
@@ -454,7 +454,7 @@ def test_a11_remember_consent_zero_asks_every_time(start_with_config, hashes, ht
 
 # -- no users: the one local user -----------------------------------------------------
 
-def test_a11_without_users_there_is_no_login_page(gateway, http, browser):
+def test_without_users_there_is_no_login_page(gateway, http, browser):
     cid = register_client_id(http, gateway.base)
     f = Flow(gateway, browser, cid, scope="mcp:read")
     page = f.authorize()
@@ -476,7 +476,7 @@ def test_a11_without_users_there_is_no_login_page(gateway, http, browser):
     assert session_from(r) == (None, None)
 
 
-def test_a11_one_user_without_password_needs_no_login(start_with_config, http, browser):
+def test_one_user_without_password_needs_no_login(start_with_config, http, browser):
     gw = start_with_config('[[users]]\nname = "carol"\nscopes = ["mcp:read"]\n')
     cid = register_client_id(http, gw.base)
     f = Flow(gw, browser, cid, scope="mcp:read mcp:write")

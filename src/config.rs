@@ -373,7 +373,7 @@ pub enum SigningAlg {
     RS256,
 }
 
-/// Scopes offered and the scope policy (a7: only what an operation needs is asked for).
+/// Scopes offered and the scope policy (only what an operation needs is asked for).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeConfig {
@@ -622,7 +622,7 @@ impl Config {
                 "the public listener speaks TLS: the public URL must be https",
             ));
         }
-        // Tokens and codes must not cross a network in clear text (b8).
+        // Tokens and codes must not cross a network in clear text.
         let public_host_is_loopback = tls
             || match &self.public_url {
                 Some(url) => Url::parse(url).ok().is_some_and(|u| {

@@ -105,7 +105,7 @@ enum Command {
 #[derive(Debug, clap::Subcommand)]
 enum KeysAction {
     /// Make a new signing key; the old one stays in the JWKS until every token it signed
-    /// has expired. Restart the gateway to start signing with the new key.
+    /// has expired. A running gateway picks the new key up within a minute.
     Rotate,
 }
 

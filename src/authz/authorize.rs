@@ -2,7 +2,7 @@
 //! §4.1, RFC 9207 `iss`, RFC 8707 `resource`).
 //!
 //! Client and redirect URI are checked first: if either is wrong the user sees an error
-//! page and is never redirected (b8). Every later error goes back to the redirect URI.
+//! page and is never redirected. Every later error goes back to the redirect URI.
 //!
 //! Pending requests and unredeemed codes are capped (`max_pending_authorizations`,
 //! `max_pending_per_client`), but a new request is never refused: at a cap the oldest
@@ -143,7 +143,7 @@ pub fn validate_request(
         },
     };
     // offline_access is how some clients ask for refresh tokens; refresh tokens are always
-    // issued here, so it is accepted and dropped (a3).
+    // issued here, so it is accepted and dropped.
     let scopes: Vec<String> = scopes
         .into_iter()
         .filter(|s| s != "offline_access")
@@ -520,7 +520,7 @@ fn consent_page(
         .client_name
         .clone()
         .unwrap_or_else(|| format!("Client {}", client.client_id));
-    // A metadata-document client names itself; show where the document lives (b7).
+    // A metadata-document client names itself; show where the document lives.
     let client_host = Url::parse(&client.client_id)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string));
@@ -739,7 +739,7 @@ mod tests {
     }
 
     #[test]
-    fn b8_unknown_client_or_redirect_never_redirects() {
+    fn unknown_client_or_redirect_never_redirects() {
         assert!(matches!(
             check(&q(""), None),
             Err(AuthorizeError::Page { .. })
@@ -752,7 +752,7 @@ mod tests {
     }
 
     #[test]
-    fn b4_pkce_s256_is_required() {
+    fn pkce_s256_is_required() {
         let plain = q("").replace("code_challenge_method=S256", "code_challenge_method=plain");
         assert_eq!(code_of(check(&plain, Some(client()))), "invalid_request");
         let missing = q("").replace(&format!("code_challenge={CHALLENGE}&"), "");
@@ -765,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn b5_resource_must_be_ours() {
+    fn resource_must_be_ours() {
         assert_eq!(
             code_of(check(
                 &q("&resource=http%3A%2F%2Fother%2Fmcp"),
@@ -833,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn b10_redirect_keeps_query_and_encodes() {
+    fn redirect_keeps_query_and_encodes() {
         let loc = redirect_with(
             "http://127.0.0.1:1/cb?x=1",
             &[("code", "a b"), ("iss", "http://h")],

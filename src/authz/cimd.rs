@@ -1,5 +1,5 @@
-//! Client ID Metadata Documents (CIMD; MCP 2025-11-25, draft-ietf-oauth-client-id-metadata-document,
-//! checklist b7): a client whose `client_id` is an https URL is described by the JSON document
+//! Client ID Metadata Documents (CIMD; MCP 2025-11-25, draft-ietf-oauth-client-id-metadata-document):
+//! a client whose `client_id` is an https URL is described by the JSON document
 //! served at that URL, instead of being registered beforehand.
 //!
 //! [`CimdResolver::resolve`] fetches such a document and turns it into a [`Client`] record:
@@ -736,7 +736,7 @@ mod tests {
     }
 
     #[test]
-    fn b7_metadata_url_shape() {
+    fn metadata_url_shape() {
         let r = resolver(false);
         for ok in [
             URL,
@@ -775,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn b7_dev_mode_allows_http_on_loopback_only() {
+    fn dev_mode_allows_http_on_loopback_only() {
         let r = resolver(true);
         assert!(r.is_metadata_url("http://127.0.0.1:8080/meta"));
         assert!(r.is_metadata_url("http://localhost:8080/meta"));
@@ -921,7 +921,7 @@ mod tests {
     }
 
     #[test]
-    fn b7_good_document_becomes_a_public_client() {
+    fn good_document_becomes_a_public_client() {
         let c = validate_document(URL, &good_doc(), 42).unwrap();
         assert_eq!(
             c,
@@ -944,7 +944,7 @@ mod tests {
     }
 
     #[test]
-    fn b7_minimal_document_and_optional_fields() {
+    fn minimal_document_and_optional_fields() {
         let doc = json!({
             "client_id": URL,
             "redirect_uris": ["https://app.example.com/cb"],
@@ -991,7 +991,7 @@ mod tests {
     type Check = fn(&CimdError) -> bool;
 
     #[test]
-    fn b7_documents_refused() {
+    fn documents_refused() {
         let cases: Vec<(Value, Check)> = vec![
             (json!([1, 2]), |e| matches!(e, CimdError::InvalidJson)),
             (without("client_id"), |e| {
@@ -1083,7 +1083,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn b7_resolve_refuses_non_urls_and_forbidden_hosts_without_fetching() {
+    async fn resolve_refuses_non_urls_and_forbidden_hosts_without_fetching() {
         let r = resolver(false);
         assert!(matches!(
             r.resolve("random-client-id", 0).await,

@@ -1,4 +1,4 @@
-//! RFC 8414 authorization server metadata, also served as OIDC discovery (b2, b3, b4, b10).
+//! RFC 8414 authorization server metadata, also served as OIDC discovery.
 //! The issuer is exactly the public URL, and every endpoint is under it, so reachable
 //! through the proxy.
 

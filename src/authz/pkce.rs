@@ -1,4 +1,4 @@
-//! PKCE with S256 only (RFC 7636; OAuth 2.1 §4.1.1; b4).
+//! PKCE with S256 only (RFC 7636; OAuth 2.1 §4.1.1).
 
 use crate::secret::{ct_eq, sha256_b64};
 
@@ -20,7 +20,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn b4_s256_matches_an_independent_computation() {
+    fn s256_matches_an_independent_computation() {
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gXFG6jEBk";
         assert!(verify_s256(
             verifier,
@@ -33,7 +33,7 @@ mod tests {
     }
 
     #[test]
-    fn b4_verifier_shape() {
+    fn verifier_shape() {
         assert!(!is_well_formed(&"a".repeat(42)));
         assert!(is_well_formed(&"a".repeat(43)));
         assert!(is_well_formed(&"a".repeat(128)));

@@ -1,4 +1,4 @@
-//! RFC 7591 dynamic client registration (b6). Cheap and rate-limited per source address:
+//! RFC 7591 dynamic client registration. Cheap and rate-limited per source address:
 //! some clients register on every connect.
 //!
 //! Closed by default: an anonymous registration creates only clients that obtain tokens
@@ -343,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn b6_public_client_defaults() {
+    fn public_client_defaults() {
         let c = register_client(
             req(r#"{"redirect_uris":["http://127.0.0.1/cb"],"client_name":"x"}"#),
             &scopes(),
@@ -358,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn b6_refusals_use_rfc7591_codes() {
+    fn refusals_use_rfc7591_codes() {
         let cases = [
             (r#"{"redirect_uris":[]}"#, "invalid_redirect_uri"),
             (

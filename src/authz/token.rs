@@ -1,5 +1,5 @@
 //! The token endpoint (RFC 6749 §3.2, §4.1.3, §4.4, §6; OAuth 2.1 §4.1.3, §4.3): the
-//! authorization code grant with PKCE, the refresh token grant with rotation (b9), and the
+//! authorization code grant with PKCE, the refresh token grant with rotation, and the
 //! client credentials grant for confidential clients. Every answer carries
 //! `Cache-Control: no-store`.
 
@@ -542,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn b5_resource_binding() {
+    fn resource_binding() {
         assert!(check_resource(None, "http://h/mcp").is_ok());
         assert!(check_resource(Some("http://H/mcp/"), "http://h/mcp").is_ok());
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The client's authorization state: cached tokens first, a refresh when they are rejected or
 //! expired, else discovery, a client identity (configured, client ID metadata document,
-//! cached registration, dynamic registration: checklist c3's order) and a grant; step-up on
+//! cached registration, dynamic registration, in the order the MCP specification gives) and a grant; step-up on
 //! `insufficient_scope` (c4) with a retry limit.
 
 use std::path::PathBuf;

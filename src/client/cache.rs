@@ -1,7 +1,7 @@
 //! The token cache: one JSON file per (issuer, client) under `$XDG_CACHE_HOME` or
 //! `~/.cache/mcp-oauth-gateway/`, holding the authorization server metadata, the client
 //! registration and the tokens per MCP server. Credentials are keyed by issuer and never
-//! reused with another one (checklist c3). The directory is 0700 and every file 0600,
+//! reused with another one. The directory is 0700 and every file 0600,
 //! written whole and renamed into place.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! Finding the authorization server, as a client: the `WWW-Authenticate` challenge
 //! (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1), protected resource metadata
-//! (RFC 9728 §3, MCP checklist c1), authorization server metadata (RFC 8414 §3 and OIDC
+//! (RFC 9728 §3), authorization server metadata (RFC 8414 §3 and OIDC
 //! Discovery in the MCP order, b3/c2, with the `issuer` check of RFC 8414 §3.3), and the
 //! 2025-03-26 fallbacks for servers that have neither.
 
@@ -178,7 +178,7 @@ fn origin(u: &Url) -> String {
     u.origin().ascii_serialization()
 }
 
-/// The authorization server metadata URLs to try for `issuer`, in the MCP order (b3):
+/// The authorization server metadata URLs to try for `issuer`, in the MCP order:
 /// with a path, RFC 8414 path insertion, OIDC path insertion, OIDC path appending; without
 /// one, RFC 8414 then OIDC.
 pub fn as_metadata_urls(issuer: &Url) -> Vec<Url> {
@@ -362,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn b3_metadata_urls_in_order() {
+    fn metadata_urls_in_order() {
         let with_path: Vec<String> = as_metadata_urls(&Url::parse("https://a/tenant1").unwrap())
             .iter()
             .map(|u| u.to_string())

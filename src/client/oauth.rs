@@ -196,7 +196,7 @@ pub async fn authorization_code(
     now: u64,
 ) -> Result<StoredTokens, ClientError> {
     let meta = req.metadata;
-    // MCP checklist b4: S256 must be advertised; refuse rather than downgrade.
+    // The MCP specification requires S256 to be advertised; refuse rather than downgrade.
     if !AsMetadata::supports(&meta.code_challenge_methods_supported, "S256") {
         return Err(ClientError::Protocol(
             "the authorization server does not advertise PKCE S256 (code_challenge_methods_supported); refusing to authorize".into(),

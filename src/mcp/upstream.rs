@@ -1,6 +1,6 @@
 //! Forwarding authorized MCP traffic to an existing streamable-HTTP MCP server
 //! (`--upstream URL`). Sessions, SSE streams and DELETE pass through; `Host` is the
-//! upstream's (SDK servers check it); the client's token never leaves the gateway (a5) —
+//! upstream's (SDK servers check it); the client's token never leaves the gateway —
 //! the upstream may get its own static headers and the verified identity in headers the
 //! operator names. `tools/list` answers are filtered to what the token may call.
 

@@ -1,5 +1,5 @@
 //! RFC 6750 §3 bearer errors with the MCP additions: every 401 and 403 carries
-//! `resource_metadata` (RFC 9728 §5.1) and a `scope` (a2, a3, a7). The JSON body is a
+//! `resource_metadata` (RFC 9728 §5.1) and a `scope`. The JSON body is a
 //! JSON-RPC error so MCP clients can show it; its `data.request_id` names the request (the
 //! `X-Request-Id` the proxy set) for matching a user's report with the logs.
 
@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn a2_missing_token_challenge_has_metadata_and_scope_but_no_error() {
+    fn missing_token_challenge_has_metadata_and_scope_but_no_error() {
         let e = err(None);
         assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
@@ -146,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn a6_status_per_code() {
+    fn status_per_code() {
         assert_eq!(
             err(Some(BearerErrorCode::InvalidRequest)).status(),
             StatusCode::BAD_REQUEST
@@ -162,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn a7_insufficient_scope_challenge() {
+    fn insufficient_scope_challenge() {
         let mut e = err(Some(BearerErrorCode::InsufficientScope));
         e.scope = "mcp:write".into();
         let c = e.challenge();

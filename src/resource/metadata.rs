@@ -1,4 +1,4 @@
-//! RFC 9728 protected resource metadata (a1, a2): served at the root and path-suffixed
+//! RFC 9728 protected resource metadata: served at the root and path-suffixed
 //! well-known URLs, naming the issuer exactly as the authorization server metadata does.
 
 use axum::extract::State;
@@ -14,9 +14,9 @@ pub struct ProtectedResourceMetadata {
     pub resource: String,
     /// Issuers whose tokens are accepted.
     pub authorization_servers: Vec<String>,
-    /// Scopes a client may ask for (a3: no `offline_access`).
+    /// Scopes a client may ask for (no `offline_access`).
     pub scopes_supported: Vec<String>,
-    /// Only the Authorization header (a8).
+    /// Only the Authorization header.
     pub bearer_methods_supported: Vec<&'static str>,
     /// Where the signing keys are, when we sign.
     #[serde(skip_serializing_if = "Option::is_none")]

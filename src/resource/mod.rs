@@ -1,7 +1,7 @@
 //! The resource server (:3001): every MCP request (POST, GET for SSE, DELETE) must carry a
-//! valid bearer token in the Authorization header (a4, a8, a9); the JSON-RPC body decides
-//! which scope it needs (a7); failures get RFC 6750 challenges (a2, a6). The verified
-//! identity travels to the MCP server in request extensions, never the token itself (a5).
+//! valid bearer token in the Authorization header; the JSON-RPC body decides
+//! which scope it needs; failures get RFC 6750 challenges. The verified
+//! identity travels to the MCP server in request extensions, never the token itself.
 
 pub mod api_keys;
 pub mod error;
@@ -108,7 +108,7 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
 }
 
 /// The bearer token from the one Authorization header, if it uses the Bearer scheme
-/// (case-insensitive, a10). `Err` for a malformed header.
+/// (case-insensitive). `Err` for a malformed header.
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -524,7 +524,7 @@ pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) 
     };
     let deleting = req.method() == Method::DELETE;
 
-    // No token passthrough (a5): what follows sees the identity, not the credential.
+    // No token passthrough: what follows sees the identity, not the credential.
     req.headers_mut().remove(header::AUTHORIZATION);
     req.extensions_mut().insert(identity);
     let mut res = next.run(req).await;
@@ -572,7 +572,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a10_bearer_scheme_is_case_insensitive() {
+    fn bearer_scheme_is_case_insensitive() {
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,

@@ -1,5 +1,5 @@
 //! The scope policy: which scope an MCP request needs, decided from the parsed JSON-RPC
-//! body (single messages and legacy batches), honouring the scope hierarchy (a7).
+//! body (single messages and legacy batches), honouring the scope hierarchy.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -96,7 +96,7 @@ impl ScopePolicy {
     }
 
     /// What the body (one message or a batch) needs that `effective` lacks, or `None`
-    /// when it is allowed. The answer lists only the scopes this operation needs (a7).
+    /// when it is allowed. The answer lists only the scopes this operation needs.
     pub fn missing(&self, body: &Value, effective: &BTreeSet<String>) -> Option<Vec<String>> {
         let messages: Vec<&Value> = match body {
             Value::Array(items) => items.iter().collect(),
@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn a7_hierarchy_admin_implies_write_and_read() {
+    fn hierarchy_admin_implies_write_and_read() {
         let p = policy();
         let eff = p.effective(["mcp:admin"]);
         assert!(eff.contains("mcp:write") && eff.contains("mcp:read"));
@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn a7_insufficient_scope_lists_only_needed_scope() {
+    fn insufficient_scope_lists_only_needed_scope() {
         let p = policy();
         let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add_note","arguments":{}}});
         let eff = p.effective(["mcp:read"]);

@@ -69,7 +69,7 @@ fn codes_are_single_use_and_replays_are_reported(s: &dyn Store) {
     );
 }
 
-fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
+fn rotation_grace_and_replay_revokes_family(s: &dyn Store) {
     s.insert_grant(grant("g")).unwrap();
     s.add_access_token("g", "jti-1", 5000).unwrap();
     s.insert_refresh("r1".into(), rt("g")).unwrap();
@@ -100,7 +100,7 @@ fn b9_rotation_grace_and_replay_revokes_family(s: &dyn Store) {
 
 /// A retry of the predecessor inside the grace window must not fork the family: the
 /// superseded successor is dead, and whoever presents it afterwards revokes everything.
-fn b9_a_retry_never_forks_the_family(s: &dyn Store) {
+fn a_retry_never_forks_the_family(s: &dyn Store) {
     s.insert_grant(grant("g")).unwrap();
     s.add_access_token("g", "jti-1", 5000).unwrap();
     s.insert_refresh("r1".into(), rt("g")).unwrap();
@@ -127,7 +127,7 @@ fn b9_a_retry_never_forks_the_family(s: &dyn Store) {
 
 /// A superseded successor stays dead even after the live chain moved on, and presenting it
 /// then is a replay as well.
-fn b9_a_superseded_token_is_a_replay_later_too(s: &dyn Store) {
+fn a_superseded_token_is_a_replay_later_too(s: &dyn Store) {
     s.insert_grant(grant("g")).unwrap();
     s.insert_refresh("r1".into(), rt("g")).unwrap();
     rotated(s, "r1", "r2", 100, 30);
@@ -172,7 +172,7 @@ fn concurrent_rotations_leave_one_live_successor(s: Arc<dyn Store>) {
     assert_eq!(rotated(&*s, live[0], "y", 101, 30), RotateOutcome::Invalid);
 }
 
-fn b9_reuse_after_grace_is_replay(s: &dyn Store) {
+fn reuse_after_grace_is_replay(s: &dyn Store) {
     s.insert_grant(grant("g")).unwrap();
     s.insert_refresh("r1".into(), rt("g")).unwrap();
     rotated(s, "r1", "r2", 100, 30);
@@ -389,7 +389,7 @@ fn pending_requests_evict_the_oldest_at_the_caps(s: &dyn Store) {
     assert_eq!(admit("b1", "b").unwrap(), Admission::Admitted);
     assert_eq!(admit("b2", "b").unwrap(), Admission::Admitted);
     assert!(waiting("b1") && waiting("b2"));
-    // The total (ha, a2, b1, b2): a new client's request evicts the oldest pending one of
+    // The total (ha, a2, b1): a new client's request evicts the oldest pending one of
     // anyone. Same expiry: arrival order decides, and a2 came first (`waiting` re-inserts,
     // which counts as arriving again, but a2's check ran before b1 arrived).
     assert_eq!(admit("c1", "c").unwrap(), Admission::EvictedForTotal);
@@ -470,10 +470,10 @@ macro_rules! contract {
 
 contract!(
     codes_are_single_use_and_replays_are_reported,
-    b9_rotation_grace_and_replay_revokes_family,
-    b9_reuse_after_grace_is_replay,
-    b9_a_retry_never_forks_the_family,
-    b9_a_superseded_token_is_a_replay_later_too,
+    rotation_grace_and_replay_revokes_family,
+    reuse_after_grace_is_replay,
+    a_retry_never_forks_the_family,
+    a_superseded_token_is_a_replay_later_too,
     revoking_before_storing_still_revokes,
     clients_and_pending_round_trip,
     clients_are_listed_and_revoking_one_revokes_its_grants,

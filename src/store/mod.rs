@@ -213,7 +213,7 @@ pub enum RotationDecision {
     Replay,
 }
 
-/// The rotation rule (refresh tokens for public clients rotate on every use, b9): a rotated
+/// The rotation rule (refresh tokens for public clients rotate on every use): a rotated
 /// token keeps working until its successor is first used or `grace` seconds pass (a grace
 /// of 0 turns retries off); any use after that is a replay. A retry supersedes the unused
 /// successor, and presenting a superseded token is a replay too: whichever of the two
@@ -424,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn b9_first_use_rotates() {
+    fn first_use_rotates() {
         assert_eq!(
             decide_rotation(&token(None), false, 100, 30),
             RotationDecision::Rotate
@@ -432,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn b9_retry_within_grace_with_unused_successor_is_allowed() {
+    fn retry_within_grace_with_unused_successor_is_allowed() {
         assert_eq!(
             decide_rotation(&token(Some(100)), false, 129, 30),
             RotationDecision::Retry {
@@ -442,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn b9_reuse_after_grace_or_after_successor_use_is_replay() {
+    fn reuse_after_grace_or_after_successor_use_is_replay() {
         assert_eq!(
             decide_rotation(&token(Some(100)), false, 130, 30),
             RotationDecision::Replay
@@ -459,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn b9_a_superseded_token_is_always_a_replay() {
+    fn a_superseded_token_is_always_a_replay() {
         let dead = RefreshToken {
             rotated: Some(Rotation::superseded(100)),
             ..token(None)

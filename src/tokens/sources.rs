@@ -47,7 +47,7 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> 
     serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))
 }
 
-/// The well-known URLs of an issuer's metadata, in the order clients try them (b3).
+/// The well-known URLs of an issuer's metadata, in the order clients try them.
 pub fn discovery_urls(issuer: &str) -> Vec<String> {
     let issuer = issuer.trim_end_matches('/');
     let Ok(url) = url::Url::parse(issuer) else {
@@ -384,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn b3_discovery_order() {
+    fn discovery_order() {
         assert_eq!(
             discovery_urls("https://idp.example"),
             [

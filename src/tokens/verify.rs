@@ -474,7 +474,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a4_valid_token_passes_and_keys_are_cached() {
+    async fn valid_token_passes_and_keys_are_cached() {
         let (key, v, fetches) = setup();
         let token = sign(&key, &claims()).unwrap();
         let c = v.verify(&token, NOW).await.unwrap();
@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a4_wrong_audience_is_refused() {
+    async fn wrong_audience_is_refused() {
         let (key, v, _) = setup();
         let mut c = claims();
         c.aud = "http://other.example/mcp".into();
@@ -511,7 +511,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a4_wrong_issuer_is_refused() {
+    async fn wrong_issuer_is_refused() {
         let (key, v, _) = setup();
         let mut c = claims();
         c.iss = "http://evil.example".into();
@@ -520,7 +520,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a4_expiry_and_nbf_use_the_given_clock_with_leeway() {
+    async fn expiry_and_nbf_use_the_given_clock_with_leeway() {
         let (key, v, _) = setup();
         let token = sign(&key, &claims()).unwrap();
         assert!(v.verify(&token, NOW + 60 + 5).await.is_ok());
@@ -533,7 +533,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a4_token_from_another_key_is_refused() {
+    async fn token_from_another_key_is_refused() {
         let (_, v, _) = setup();
         let stranger = SigningKey::generate(SigningAlg::ES256).unwrap();
         let token = sign(&stranger, &claims()).unwrap();
@@ -541,7 +541,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a4_tampered_payload_fails_signature() {
+    async fn tampered_payload_fails_signature() {
         let (key, v, _) = setup();
         let token = sign(&key, &claims()).unwrap();
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();

@@ -1,4 +1,4 @@
-//! Redirect URIs and resource identifiers: what may be registered (b8; RFC 8252 §7),
+//! Redirect URIs and resource identifiers: what may be registered (RFC 8252 §7),
 //! how a presented redirect URI matches a registered one (exactly, except the port of an
 //! http loopback URI, RFC 8252 §7.3), and the canonical form of `resource` (RFC 8707).
 
@@ -102,7 +102,7 @@ pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
 }
 
 /// The canonical form of a resource URI: lower-case scheme and host (the `url` crate does
-/// that), no fragment, no trailing slash on the path (a10). `None` if it is not a URL.
+/// that), no fragment, no trailing slash on the path. `None` if it is not a URL.
 pub fn canonical_resource(raw: &str) -> Option<String> {
     let url = Url::parse(raw).ok()?;
     if url.fragment().is_some() || url.cannot_be_a_base() {
@@ -117,7 +117,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn b8_registration_accepts_https_loopback_and_private_schemes() {
+    fn registration_accepts_https_loopback_and_private_schemes() {
         for ok in [
             "https://claude.ai/api/mcp/auth_callback",
             "http://127.0.0.1:33418/callback",
@@ -131,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn b8_registration_refuses_the_rest() {
+    fn registration_refuses_the_rest() {
         for bad in [
             "http://example.com/cb",
             "https://example.com/cb#frag",
@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn b8_exact_match_with_floating_loopback_port() {
+    fn exact_match_with_floating_loopback_port() {
         let reg = "http://127.0.0.1/callback";
         assert!(redirect_uri_matches(reg, "http://127.0.0.1:51234/callback"));
         assert!(redirect_uri_matches(
@@ -191,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn a10_resource_is_canonicalized() {
+    fn resource_is_canonicalized() {
         assert_eq!(
             canonical_resource("HTTP://LocalHost:3002/mcp/").as_deref(),
             Some("http://localhost:3002/mcp")

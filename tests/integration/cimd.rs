@@ -1,4 +1,4 @@
-//! Client ID Metadata Documents (b7): `CimdResolver` against tiny document servers on
+//! Client ID Metadata Documents: `CimdResolver` against tiny document servers on
 //! loopback, port 0. Every server counts the requests it answers, so the tests can tell a
 //! cache hit, and a refusal before any connection, from a fetch.
 
@@ -216,7 +216,7 @@ fn dev_resolver() -> CimdResolver {
 }
 
 #[tokio::test]
-async fn b7_good_document_resolves_to_a_public_client() {
+async fn good_document_resolves_to_a_public_client() {
     let docs = spawn_docs().await;
     let resolver = dev_resolver();
     let url = docs.url("/good");
@@ -243,7 +243,7 @@ async fn b7_good_document_resolves_to_a_public_client() {
 }
 
 #[tokio::test]
-async fn b7_localhost_name_is_resolved_and_pinned_in_dev_mode() {
+async fn localhost_name_is_resolved_and_pinned_in_dev_mode() {
     let docs = spawn_docs().await;
     let url = format!("http://localhost:{}/good", docs.port);
     let client = dev_resolver().resolve(&url, T0).await.unwrap();
@@ -255,7 +255,7 @@ async fn b7_localhost_name_is_resolved_and_pinned_in_dev_mode() {
 type Check = fn(&CimdError) -> bool;
 
 #[tokio::test]
-async fn b7_bad_documents_and_responses_are_refused() {
+async fn bad_documents_and_responses_are_refused() {
     let docs = spawn_docs().await;
     let resolver = dev_resolver();
     let cases: Vec<(&str, Check)> = vec![
@@ -296,7 +296,7 @@ async fn b7_bad_documents_and_responses_are_refused() {
 }
 
 #[tokio::test]
-async fn b7_timeout_is_enforced() {
+async fn timeout_is_enforced() {
     let docs = spawn_docs().await;
     let resolver = CimdResolver::new(CimdConfig {
         allow_loopback_http: true,
@@ -308,7 +308,7 @@ async fn b7_timeout_is_enforced() {
 }
 
 #[tokio::test]
-async fn b7_documents_are_cached_for_max_age() {
+async fn documents_are_cached_for_max_age() {
     let docs = spawn_docs().await;
     let resolver = dev_resolver();
     let url = docs.url("/good"); // Cache-Control: public, max-age=60
@@ -327,7 +327,7 @@ async fn b7_documents_are_cached_for_max_age() {
 }
 
 #[tokio::test]
-async fn b7_default_ttl_cap_and_no_store() {
+async fn default_ttl_cap_and_no_store() {
     let docs = spawn_docs().await;
     let resolver = CimdResolver::new(CimdConfig {
         allow_loopback_http: true,
@@ -357,7 +357,7 @@ async fn b7_default_ttl_cap_and_no_store() {
 }
 
 #[tokio::test]
-async fn b7_loopback_refused_before_connecting_when_not_in_dev_mode() {
+async fn loopback_refused_before_connecting_when_not_in_dev_mode() {
     let docs = spawn_docs().await;
     let resolver = CimdResolver::new(CimdConfig::default());
     let http = docs.url("/good");
@@ -379,7 +379,7 @@ async fn b7_loopback_refused_before_connecting_when_not_in_dev_mode() {
 /// The whole code flow with a URL `client_id`, through the gateway (dev allowance for a
 /// loopback document server): no registration, the document is the client.
 #[tokio::test]
-async fn b7_cimd_client_completes_the_code_flow() {
+async fn cimd_client_completes_the_code_flow() {
     let docs = spawn_docs().await;
     let gw = crate::common::spawn_with(|c| c.cimd_allow_loopback_http = true).await;
     let meta: Value = gw

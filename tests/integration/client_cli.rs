@@ -145,7 +145,7 @@ async fn c1_c3_c5_discovery_registration_pkce_then_the_cache_is_reused() {
 }
 
 #[tokio::test]
-async fn b9_an_expired_token_is_refreshed_and_the_rotated_refresh_token_stored() {
+async fn an_expired_token_is_refreshed_and_the_rotated_refresh_token_stored() {
     let gw = common::spawn_with(|c| c.auto_approve = true).await;
     let dir = tempfile::tempdir().unwrap();
     let url = mcp_url(&gw);
@@ -191,7 +191,7 @@ async fn b9_an_expired_token_is_refreshed_and_the_rotated_refresh_token_stored()
 }
 
 #[tokio::test]
-async fn b9_a_refused_refresh_falls_back_to_a_new_authorization() {
+async fn a_refused_refresh_falls_back_to_a_new_authorization() {
     let gw = common::spawn_with(|c| c.auto_approve = true).await;
     let dir = tempfile::tempdir().unwrap();
     let url = mcp_url(&gw);

@@ -9,7 +9,7 @@ fn bearer_error(headers: &reqwest::header::HeaderMap) -> String {
 }
 
 #[tokio::test]
-async fn a4_expired_token_is_401_invalid_token() {
+async fn expired_token_is_401_invalid_token() {
     let gw = common::spawn().await;
     let (_, t) = gw.login(None).await;
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
@@ -28,7 +28,7 @@ async fn a4_expired_token_is_401_invalid_token() {
 }
 
 #[tokio::test]
-async fn a4_tokens_for_another_audience_or_issuer_are_refused() {
+async fn tokens_for_another_audience_or_issuer_are_refused() {
     let gw = common::spawn().await;
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}});
     let good = gw.mint(gw.claims());
@@ -105,7 +105,7 @@ async fn own_tokens_are_typed_at_jwt_with_jti_no_crit_and_no_leeway() {
 }
 
 #[tokio::test]
-async fn a8_token_in_query_string_and_malformed_headers_are_400() {
+async fn token_in_query_string_and_malformed_headers_are_400() {
     let gw = common::spawn().await;
     let (_, t) = gw.login(None).await;
     let res = gw
@@ -135,7 +135,7 @@ async fn a8_token_in_query_string_and_malformed_headers_are_400() {
         .unwrap();
     assert_eq!(res.status(), 401);
     assert!(!bearer_error(res.headers()).contains("error="));
-    // Upper-case scheme is fine (a10).
+    // Upper-case scheme is fine.
     let (s, _, _) = {
         let res = gw
             .http
@@ -181,7 +181,7 @@ async fn replayed_code_is_refused_and_revokes_what_it_issued() {
 }
 
 #[tokio::test]
-async fn b4_wrong_pkce_verifier_and_other_code_mismatches_are_invalid_grant() {
+async fn wrong_pkce_verifier_and_other_code_mismatches_are_invalid_grant() {
     let gw = common::spawn().await;
     let client_id = gw.register().await;
     let other_client = gw.register().await;
@@ -217,7 +217,7 @@ async fn b4_wrong_pkce_verifier_and_other_code_mismatches_are_invalid_grant() {
 }
 
 #[tokio::test]
-async fn b8_unknown_client_or_redirect_shows_a_page_and_never_redirects() {
+async fn unknown_client_or_redirect_shows_a_page_and_never_redirects() {
     let gw = common::spawn().await;
     let client_id = gw.register().await;
     let p = pkce();
@@ -243,7 +243,7 @@ async fn b8_unknown_client_or_redirect_shows_a_page_and_never_redirects() {
 }
 
 #[tokio::test]
-async fn b4_plain_or_missing_pkce_and_bad_scope_redirect_with_error() {
+async fn plain_or_missing_pkce_and_bad_scope_redirect_with_error() {
     let gw = common::spawn().await;
     let client_id = gw.register().await;
     let p = pkce();
@@ -437,7 +437,7 @@ async fn token_endpoint_request_errors() {
 }
 
 #[tokio::test]
-async fn b6_registration_errors_and_rate_limit() {
+async fn registration_errors_and_rate_limit() {
     let gw = common::spawn_with(|c| c.register_rate_per_minute = 3).await;
     for (body, code) in [
         (

@@ -8,7 +8,7 @@ use crate::common::{self, REDIRECT, jwt_claims, pkce, query_param};
 async fn the_whole_flow_through_the_proxy() {
     let gw = common::spawn().await;
 
-    // 1. No token: 401 with a challenge naming the metadata and the scope (a2, a3).
+    // 1. No token: 401 with a challenge naming the metadata and the scope.
     let (status, headers, _) = gw
         .mcp(
             None,
@@ -24,7 +24,7 @@ async fn the_whole_flow_through_the_proxy() {
         format!("Bearer resource_metadata=\"{prm_url}\", scope=\"mcp:read\"")
     );
 
-    // 2. Protected resource metadata, both forms (a1).
+    // 2. Protected resource metadata, both forms.
     for url in [
         prm_url.clone(),
         gw.url("/.well-known/oauth-protected-resource"),
@@ -41,7 +41,7 @@ async fn the_whole_flow_through_the_proxy() {
         );
     }
 
-    // 3. Authorization server metadata: issuer is exactly the URL it was fetched under, S256 (b2, b3, b4, b10).
+    // 3. Authorization server metadata: issuer is exactly the URL it was fetched under, S256.
     for path in [
         "/.well-known/oauth-authorization-server",
         "/.well-known/openid-configuration",
@@ -144,7 +144,7 @@ async fn the_whole_flow_through_the_proxy() {
     assert_eq!(who["client_id"], client_id);
     assert_eq!(who["scopes"], json!(["mcp:read"]));
 
-    // 7b. Insufficient scope: 403 naming only what this call needs (a7).
+    // 7b. Insufficient scope: 403 naming only what this call needs.
     let (status, headers, _) = gw
         .call_tool(&access, &sid, "add_note", json!({"text": "x"}))
         .await;
@@ -179,7 +179,7 @@ async fn the_whole_flow_through_the_proxy() {
 }
 
 #[tokio::test]
-async fn b9_refresh_retry_in_grace_window_then_replay_revokes_family() {
+async fn refresh_retry_in_grace_window_then_replay_revokes_family() {
     let gw = common::spawn().await;
     let (client_id, t) = gw.login(None).await;
     let (s, r2) = gw.refresh(&client_id, &t.refresh).await;
@@ -250,7 +250,7 @@ async fn ping_status(gw: &common::TestGateway, access: &str) -> u16 {
 /// replay: the whole family goes (the other chain included), with an event and a metric,
 /// rather than the legitimate client being locked out while the other chain lives on.
 #[tokio::test]
-async fn b9_a_retry_in_the_grace_window_never_forks_the_family() {
+async fn a_retry_in_the_grace_window_never_forks_the_family() {
     let gw = common::spawn().await;
     let (client_id, t) = gw.login(None).await;
     let (s, mine) = gw.refresh(&client_id, &t.refresh).await;
@@ -285,7 +285,7 @@ async fn b9_a_retry_in_the_grace_window_never_forks_the_family() {
 /// of the refresh tokens handed out, at most one works afterwards (never two), and the
 /// others are replays that revoke the family with an event and a metric.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b9_twenty_parallel_refreshes_leave_at_most_one_live_chain() {
+async fn twenty_parallel_refreshes_leave_at_most_one_live_chain() {
     let gw = common::spawn().await;
     let (client_id, t) = gw.login(None).await;
     let results =
@@ -327,7 +327,7 @@ async fn b9_twenty_parallel_refreshes_leave_at_most_one_live_chain() {
 }
 
 #[tokio::test]
-async fn b9_retry_after_grace_period_is_replay() {
+async fn retry_after_grace_period_is_replay() {
     let gw = common::spawn().await;
     let (client_id, t) = gw.login(None).await;
     let (s, r2) = gw.refresh(&client_id, &t.refresh).await;

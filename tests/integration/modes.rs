@@ -67,7 +67,7 @@ async fn fake_idp(keys: Arc<Mutex<Vec<Arc<SigningKey>>>>) -> (String, Cancellati
 }
 
 #[tokio::test]
-async fn a4_external_issuer_tokens_for_our_audience_pass_others_fail() {
+async fn external_issuer_tokens_for_our_audience_pass_others_fail() {
     let first = Arc::new(SigningKey::generate(SigningAlg::ES256).unwrap());
     let keys = Arc::new(Mutex::new(vec![first.clone()]));
     let (issuer, idp_stop) = fake_idp(keys.clone()).await;

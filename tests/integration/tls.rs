@@ -56,7 +56,7 @@ async fn spawn_tls(cert: &TestCert) -> TestGateway {
 }
 
 #[tokio::test]
-async fn b8_tls_listener_serves_discovery_login_and_mcp_over_https() {
+async fn tls_listener_serves_discovery_login_and_mcp_over_https() {
     let cert = test_cert();
     let gw = spawn_tls(&cert).await;
     assert!(gw.base.starts_with("https://127.0.0.1:"));
@@ -99,7 +99,7 @@ async fn b8_tls_listener_serves_discovery_login_and_mcp_over_https() {
 }
 
 #[tokio::test]
-async fn b8_plain_http_to_the_tls_listener_gets_no_http_answer() {
+async fn plain_http_to_the_tls_listener_gets_no_http_answer() {
     let cert = test_cert();
     let gw = spawn_tls(&cert).await;
     let plain = gw.base.replacen("https://", "http://", 1);
@@ -109,7 +109,7 @@ async fn b8_plain_http_to_the_tls_listener_gets_no_http_answer() {
 }
 
 #[tokio::test]
-async fn b8_a_client_that_never_finishes_its_handshake_does_not_stall_others() {
+async fn a_client_that_never_finishes_its_handshake_does_not_stall_others() {
     let cert = test_cert();
     let gw = spawn_tls(&cert).await;
     let addr = gw.base.trim_start_matches("https://").to_string();
@@ -137,7 +137,7 @@ async fn build_with_tls(cert: PathBuf, key: PathBuf) -> Option<GatewayError> {
 }
 
 #[tokio::test]
-async fn b8_a_key_that_does_not_match_the_certificate_stops_the_start() {
+async fn a_key_that_does_not_match_the_certificate_stops_the_start() {
     let cert = test_cert();
     let other = test_cert();
     assert!(
@@ -160,7 +160,7 @@ async fn b8_a_key_that_does_not_match_the_certificate_stops_the_start() {
 }
 
 #[tokio::test]
-async fn b8_the_per_source_cap_closes_connections_before_their_handshake() {
+async fn the_per_source_cap_closes_connections_before_their_handshake() {
     let cert = test_cert();
     let (c, k) = (cert.cert.clone(), cert.key.clone());
     let gw = spawn_with(|config| {

@@ -154,7 +154,7 @@ async fn upstream_gets_identity_not_token_and_tools_are_filtered() {
     );
     assert_eq!(seen["scopes"], "mcp:read mcp:write");
     assert_eq!(seen["key"], "k-123", "the upstream's own credential");
-    assert_eq!(seen["authorization"], "", "no token passthrough (a5)");
+    assert_eq!(seen["authorization"], "", "no token passthrough");
     assert_eq!(seen["host"], addr.to_string());
 
     let (s, h, _) = gw.call_tool(&t.access, &sid, "delete_all", json!({})).await;
