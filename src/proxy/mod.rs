@@ -6,6 +6,7 @@
 
 pub mod cors;
 pub mod forward;
+pub mod hop;
 pub mod listen;
 pub mod trace;
 
