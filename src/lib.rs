@@ -17,6 +17,7 @@
 //!   RFC 6750 challenges, RFC 9728 metadata.
 //! - [`mcp`]: the built-in MCP server (rmcp, streamable HTTP).
 //! - [`store`]: storage traits and their in-memory implementation.
+//! - [`wellknown`]: the well-known URLs of an issuer's metadata, for whoever discovers it.
 //! - [`gateway`]: takes four bound listeners and a shutdown future, runs everything.
 
 pub mod admin;
@@ -35,6 +36,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod wellknown;
 
 pub use config::Config;
 pub use gateway::{Gateway, Listeners};
