@@ -738,13 +738,25 @@ fn authorized_post(
     Ok((viewer, params))
 }
 
-fn missing(state: &AppState, what: &str) -> Response {
-    error_page(
-        &state.templates,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &format!("{what} is missing"),
-    )
+/// An [`authorized_post`] that names what it acts on in the form field `field`: the viewer
+/// and that name. A post without it is refused.
+fn authorized_post_naming(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    field: &str,
+) -> Result<(Viewer, String), Box<Response>> {
+    let (viewer, params) = authorized_post(state, peer, headers, body, state.clock.now())?;
+    let Some(value) = params.get(field) else {
+        return Err(Box::new(error_page(
+            &state.templates,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("{field} is missing"),
+        )));
+    };
+    Ok((viewer, value.to_string()))
 }
 
 /// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens).
@@ -755,15 +767,12 @@ pub async fn revoke_grant_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let now = state.clock.now();
-    let (viewer, params) = match authorized_post(&state, peer, &headers, &body, now) {
+    let (viewer, grant_id) = match authorized_post_naming(&state, peer, &headers, &body, "grant_id")
+    {
         Ok(ok) => ok,
         Err(res) => return *res,
     };
-    let Some(grant_id) = params.get("grant_id") else {
-        return missing(&state, "grant_id");
-    };
-    let grant = match state.store.grant(grant_id) {
+    let grant = match state.store.grant(&grant_id) {
         Ok(Some(g)) => g,
         Ok(None) => {
             return error_page(
@@ -800,14 +809,12 @@ pub async fn revoke_client_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let now = state.clock.now();
-    let (viewer, params) = match authorized_post(&state, peer, &headers, &body, now) {
-        Ok(ok) => ok,
-        Err(res) => return *res,
-    };
-    let Some(client_id) = params.get("client_id") else {
-        return missing(&state, "client_id");
-    };
+    let (viewer, client_id) =
+        match authorized_post_naming(&state, peer, &headers, &body, "client_id") {
+            Ok(ok) => ok,
+            Err(res) => return *res,
+        };
+    let client_id = client_id.as_str();
     let revoked = match state.store.revoke_client(client_id) {
         Ok(r) => r,
         Err(e) => {
