@@ -3,21 +3,30 @@
 //!
 //! # Layout
 //!
-//! One role per module; each role that serves HTTP exports `router(state) -> Router` so a
-//! test can drive it alone with `oneshot`, and [`gateway`] serves each router on its own
-//! listener.
+//! Layers, bottom to top; a module imports only from layers below it (files of its own
+//! module excepted), which `tests/integration/layers.rs` checks on every run.
 //!
-//! - [`config`]: the one `Config` (TOML file, env, CLI flags), validated at start.
-//! - [`clock`]: time, read once at the edge and passed down.
-//! - [`proxy`]: the public smart proxy (:3002): route table, streaming forwarder, CORS.
-//! - [`authz`]: the authorization server (:3003): metadata, registration, authorize and
-//!   consent, token grants, revocation.
-//! - [`tokens`]: signing keys, JWT access tokens, the JWKS document (:3004), verification.
-//! - [`resource`]: the resource server layer (:3001): bearer validation, scope policy,
-//!   RFC 6750 challenges, RFC 9728 metadata.
-//! - [`mcp`]: the built-in MCP server (rmcp, streamable HTTP).
-//! - [`store`]: storage traits and their in-memory implementation.
-//! - [`gateway`]: takes four bound listeners and a shutdown future, runs everything.
+//! 1. [`clock`], [`secret`] (random values, hashing, constant-time comparison, password
+//!    hashes), [`metrics`], [`store`] (the storage trait, SQLite and in-memory stores).
+//! 2. [`web`]: what every HTTP role uses: client address, request id, origin checks, the
+//!    HTML kit, sessions and cookies, the path table, redirect URI rules, well-known URLs.
+//! 3. [`config`]: the one `Config` (TOML file, env, CLI flags), validated at start.
+//! 4. [`settings`]: what the config means once the public URL is known.
+//! 5. [`tokens`]: signing keys, JWT access tokens, the JWKS router, verification, and the
+//!    token sources of the external-issuer and shared-secret modes.
+//! 6. [`audit`]: security events (log target and the ring the operator's page reads).
+//! 7. [`shared`]: the parts of the state every role reads.
+//! 8. The roles, which never import each other: [`authz`] (the authorization server),
+//!    [`resource`] (bearer validation in front of the MCP server, RFC 9728 metadata),
+//!    [`proxy`] (the public smart proxy), [`ops`] (health, readiness, metrics), [`client`]
+//!    (the OAuth client of `mcp-oauth-gateway client`).
+//! 9. Built on a role: [`admin`] (the operator's page, on the authorization server's
+//!    state), [`mcp`] (the MCP server behind the resource layer: built-in, HTTP or stdio
+//!    upstream), [`tls`] (the proxy's listener over TLS).
+//! 10. [`gateway`]: builds each role's state and serves each router on its listener.
+//!
+//! Each role that serves HTTP exports `router(state) -> Router`, so a test can drive it
+//! alone with `oneshot`.
 
 pub mod admin;
 pub mod audit;

@@ -141,6 +141,10 @@ impl Cli {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
         }
+        // Optional settings: a flag given replaces the file's value, an absent one keeps it.
+        macro_rules! set_some {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = Some(v); } )* };
+        }
         set!(
             proxy_addr,
             mcp_addr,
@@ -154,24 +158,14 @@ impl Cli {
             store,
             key_rotation_seconds
         );
-        if let Some(path) = self.audit_log {
-            c.audit_log = Some(path);
-        }
-        if let Some(path) = self.tls_cert {
-            c.tls_cert = Some(path);
-        }
-        if let Some(path) = self.tls_key {
-            c.tls_key = Some(path);
-        }
-        if let Some(cmd) = self.upstream_cmd {
-            c.upstream_cmd = Some(cmd);
-        }
-        if let Some(url) = self.upstream {
-            c.upstream = Some(url);
-        }
-        if let Some(url) = self.public_url {
-            c.public_url = Some(url);
-        }
+        set_some!(
+            audit_log,
+            tls_cert,
+            tls_key,
+            upstream_cmd,
+            upstream,
+            public_url
+        );
         c.auto_approve |= self.auto_approve;
         c.debug_trace |= self.debug_trace;
         c.insecure_http |= self.insecure_http;

@@ -17,7 +17,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::listen::{Accepted, Sources};
+use crate::proxy::listen::{Accepted, Sources, next_admitted};
 
 /// How long a client may take to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,24 +89,14 @@ pub fn accept(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let accepted = tokio::select! {
-                a = tcp.accept() => a,
-                () = stop.cancelled() => return,
+            let Some(Accepted {
+                io: stream,
+                peer,
+                slot,
+            }) = next_admitted(&tcp, &sources, &stop).await
+            else {
+                return;
             };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, as axum does.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = sources.admit(peer.ip()) else {
-                tracing::debug!(%peer, "too many connections from this source; closed");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -297,7 +297,7 @@ fn operator_authority(req: &axum::extract::Request) -> Result<Option<String>, &'
 /// Whether a path is an operator page: `/admin*`, `/consents*`, `/debug/requests`.
 pub fn is_operator_path(path: &str) -> bool {
     matches!(
-        crate::proxy::route_name(path),
+        crate::web::routes::route_name(path),
         "admin" | "consents" | "debug"
     )
 }
@@ -788,13 +788,27 @@ fn authorized_post(
     Ok((viewer, params))
 }
 
-fn missing(what: &str) -> Response {
-    PageError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        format!("{what} is missing"),
-    )
-    .into_response()
+/// An [`authorized_post`] that names what it acts on in the form field `field`: the viewer
+/// and that name. A post without it is refused.
+fn authorized_post_naming(
+    state: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    field: &str,
+) -> Result<(Viewer, String), Box<Response>> {
+    let (viewer, params) = authorized_post(state, peer, headers, body, state.clock.now())?;
+    let Some(value) = params.get(field) else {
+        return Err(Box::new(
+            PageError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{field} is missing"),
+            )
+            .into_response(),
+        ));
+    };
+    Ok((viewer, value.to_string()))
 }
 
 /// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens).
@@ -805,15 +819,12 @@ pub async fn revoke_grant_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let now = state.clock.now();
-    let (viewer, params) = match authorized_post(&state, peer, &headers, &body, now) {
+    let (viewer, grant_id) = match authorized_post_naming(&state, peer, &headers, &body, "grant_id")
+    {
         Ok(ok) => ok,
         Err(res) => return *res,
     };
-    let Some(grant_id) = params.get("grant_id") else {
-        return missing("grant_id");
-    };
-    let grant = match state.store.grant(grant_id) {
+    let grant = match state.store.grant(&grant_id) {
         Ok(Some(g)) => g,
         Ok(None) => {
             return PageError::new(StatusCode::NOT_FOUND, "invalid_request", "no such grant")
@@ -846,14 +857,12 @@ pub async fn revoke_client_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let now = state.clock.now();
-    let (viewer, params) = match authorized_post(&state, peer, &headers, &body, now) {
-        Ok(ok) => ok,
-        Err(res) => return *res,
-    };
-    let Some(client_id) = params.get("client_id") else {
-        return missing("client_id");
-    };
+    let (viewer, client_id) =
+        match authorized_post_naming(&state, peer, &headers, &body, "client_id") {
+            Ok(ok) => ok,
+            Err(res) => return *res,
+        };
+    let client_id = client_id.as_str();
     let revoked = match state.store.revoke_client(client_id) {
         Ok(r) => r,
         Err(e) => {

@@ -9,6 +9,7 @@ use url::Url;
 
 use super::ClientError;
 use super::http::Http;
+pub use crate::web::wellknown::as_metadata_urls;
 
 /// The parameters of a `Bearer` challenge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -178,30 +179,6 @@ fn origin(u: &Url) -> String {
     u.origin().ascii_serialization()
 }
 
-/// The authorization server metadata URLs to try for `issuer`, in the MCP order:
-/// with a path, RFC 8414 path insertion, OIDC path insertion, OIDC path appending; without
-/// one, RFC 8414 then OIDC.
-pub fn as_metadata_urls(issuer: &Url) -> Vec<Url> {
-    let origin = origin(issuer);
-    let path = issuer.path().trim_end_matches('/');
-    let candidates = if path.is_empty() {
-        vec![
-            format!("{origin}/.well-known/oauth-authorization-server"),
-            format!("{origin}/.well-known/openid-configuration"),
-        ]
-    } else {
-        vec![
-            format!("{origin}/.well-known/oauth-authorization-server{path}"),
-            format!("{origin}/.well-known/openid-configuration{path}"),
-            format!("{origin}{path}/.well-known/openid-configuration"),
-        ]
-    };
-    candidates
-        .iter()
-        .filter_map(|c| Url::parse(c).ok())
-        .collect()
-}
-
 /// Is `resource` (from the metadata) allowed for the server at `server`: same origin, and
 /// its path a prefix of the server's path on a segment boundary.
 pub fn resource_matches(server: &Url, resource: &str) -> bool {
@@ -357,33 +334,6 @@ mod tests {
             [
                 "http://h:1/.well-known/oauth-protected-resource/public/mcp",
                 "http://h:1/.well-known/oauth-protected-resource"
-            ]
-        );
-    }
-
-    #[test]
-    fn metadata_urls_in_order() {
-        let with_path: Vec<String> = as_metadata_urls(&Url::parse("https://a/tenant1").unwrap())
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
-        assert_eq!(
-            with_path,
-            [
-                "https://a/.well-known/oauth-authorization-server/tenant1",
-                "https://a/.well-known/openid-configuration/tenant1",
-                "https://a/tenant1/.well-known/openid-configuration"
-            ]
-        );
-        let root: Vec<String> = as_metadata_urls(&Url::parse("https://a/").unwrap())
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
-        assert_eq!(
-            root,
-            [
-                "https://a/.well-known/oauth-authorization-server",
-                "https://a/.well-known/openid-configuration"
             ]
         );
     }

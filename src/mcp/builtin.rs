@@ -4,7 +4,6 @@
 //! The bearer layer has already authorized each request; this server additionally hides
 //! the tools a token may not call from `tools/list` and refuses them in `tools/call`.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use rmcp::handler::server::common::Extension;
@@ -79,13 +78,6 @@ pub struct BuiltinServer {
     tool_router: ToolRouter<Self>,
 }
 
-fn identity(ctx: &RequestContext<RoleServer>) -> Option<Identity> {
-    ctx.extensions
-        .get::<http::request::Parts>()
-        .and_then(|p| p.extensions.get::<Identity>())
-        .cloned()
-}
-
 #[tool_router]
 impl BuiltinServer {
     /// A server over shared notes.
@@ -158,8 +150,7 @@ impl BuiltinServer {
         if ctx.extensions.get::<http::request::Parts>().is_none() {
             return true;
         }
-        let allowed: BTreeSet<String> = identity(ctx).map(|i| i.effective).unwrap_or_default();
-        self.policy.may_call(&allowed, tool)
+        self.policy.may_call(&super::effective_scopes(ctx), tool)
     }
 }
 
@@ -205,10 +196,7 @@ impl ServerHandler for BuiltinServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         if !self.may_call(&ctx, &request.name) {
-            return Err(ErrorData::invalid_request(
-                "the token may not call this tool",
-                None,
-            ));
+            return Err(super::tool_refused());
         }
         self.tool_router
             .call(ToolCallContext::new(self, request, ctx))

@@ -5,13 +5,31 @@ pub mod builtin;
 pub mod stdio;
 pub mod upstream;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer};
 use tokio_util::sync::CancellationToken;
 
-use crate::resource::ResourceState;
+use crate::resource::{Identity, ResourceState};
+
+/// The scopes an MCP request served over HTTP may use: those of the verified identity the
+/// bearer layer put in it; none without one.
+fn effective_scopes(ctx: &RequestContext<RoleServer>) -> BTreeSet<String> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Identity>())
+        .map(|i| i.effective.clone())
+        .unwrap_or_default()
+}
+
+/// The answer to a `tools/call` the token may not make.
+fn tool_refused() -> ErrorData {
+    ErrorData::invalid_request("the token may not call this tool", None)
+}
 
 /// How our MCP servers are served: the proxy rewrites Host to our listener's address and
 /// the bearer layer checks Origin; sessions end when `shutdown` is cancelled, so graceful

@@ -4,7 +4,6 @@
 //! own MCP server in front of it serves streamable HTTP and applies the tool policy:
 //! `tools/list` shows only what the token may call, `tools/call` refuses the rest.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -22,7 +21,6 @@ use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Mutex;
 
-use crate::resource::Identity;
 use crate::resource::policy::ScopePolicy;
 
 type Child = RunningService<RoleClient, ()>;
@@ -210,14 +208,6 @@ impl StdioBridge {
     }
 }
 
-fn effective(ctx: &RequestContext<RoleServer>) -> BTreeSet<String> {
-    ctx.extensions
-        .get::<http::request::Parts>()
-        .and_then(|p| p.extensions.get::<Identity>())
-        .map(|i| i.effective.clone())
-        .unwrap_or_default()
-}
-
 impl ServerHandler for StdioBridge {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -267,7 +257,7 @@ impl ServerHandler for StdioBridge {
         request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let allowed = effective(&ctx);
+        let allowed = super::effective_scopes(&ctx);
         let mut result = self
             .upstream
             .with_child(|p| async move { p.list_tools(request).await })
@@ -283,11 +273,11 @@ impl ServerHandler for StdioBridge {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !self.policy.may_call(&effective(&ctx), &request.name) {
-            return Err(ErrorData::invalid_request(
-                "the token may not call this tool",
-                None,
-            ));
+        if !self
+            .policy
+            .may_call(&super::effective_scopes(&ctx), &request.name)
+        {
+            return Err(super::tool_refused());
         }
         self.upstream
             .with_child(|p| async move { p.call_tool_once(request).await })

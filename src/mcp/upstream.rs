@@ -11,17 +11,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::IdentityHeaders;
 use crate::metrics::Metrics;
-use crate::proxy::forward::strip_hop_by_hop;
+use crate::proxy::hop::{self, HttpClient, SendError};
 use crate::resource::policy::ScopePolicy;
 use crate::resource::{Identity, JsonRpcId, JsonRpcMethods};
 
@@ -41,7 +38,7 @@ pub struct UpstreamError {
 pub struct Upstream {
     authority: String,
     path: String,
-    client: Client<HttpConnector, Body>,
+    client: HttpClient,
     static_headers: HeaderMap,
     identity: IdentityHeaders,
     policy: Arc<ScopePolicy>,
@@ -78,12 +75,10 @@ impl Upstream {
             let value = HeaderValue::try_from(v.as_str()).map_err(|_| bad("bad header value"))?;
             headers.insert(name, value);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Ok(Self {
             authority,
             path: parsed.path().to_string(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: hop::client(None),
             static_headers: headers,
             identity,
             policy,
@@ -173,23 +168,12 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         Some(q) => format!("{}?{q}", up.path),
         None => up.path.clone(),
     };
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(up.authority.as_str())
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return jsonrpc_failure(StatusCode::BAD_REQUEST, &id, "invalid request target"),
-    };
-    parts.version = axum::http::Version::HTTP_11;
+    if hop::retarget(&mut parts, &up.authority, &pq).is_err() {
+        return jsonrpc_failure(StatusCode::BAD_REQUEST, &id, "invalid request target");
+    }
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
     h.remove(header::AUTHORIZATION);
     h.remove(header::COOKIE);
-    if let Ok(v) = HeaderValue::try_from(up.authority.as_str()) {
-        h.insert(header::HOST, v);
-    }
     // Identity headers come from the gateway only: drop any the client sent.
     for name in [
         &up.identity.subject,
@@ -213,14 +197,10 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     for (k, v) in &up.static_headers {
         h.insert(k.clone(), v.clone());
     }
-    let sent = tokio::time::timeout(
-        up.timeout,
-        up.client.request(Request::from_parts(parts, body)),
-    )
-    .await;
+    let sent = hop::send(&up.client, up.timeout, Request::from_parts(parts, body)).await;
     let res = match sent {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => {
+        Ok(res) => res,
+        Err(SendError::Unreachable(e)) => {
             up.metrics.upstream_error();
             tracing::warn!(upstream = %up.authority, error = %e, "upstream unreachable");
             return jsonrpc_failure(
@@ -229,7 +209,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
                 "upstream MCP server unavailable",
             );
         }
-        Err(_) => {
+        Err(SendError::TimedOut) => {
             up.metrics.upstream_error();
             return jsonrpc_failure(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -238,17 +218,16 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             );
         }
     };
-    let (mut parts, body) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let Some(who) = identity.filter(|_| lists_tools && parts.status.is_success()) else {
-        return Response::from_parts(parts, Body::new(body));
+    let Some(who) = identity.filter(|_| lists_tools && res.status().is_success()) else {
+        return res;
     };
+    let (mut parts, body) = res.into_parts();
     let is_sse = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_LIST_BODY).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_LIST_BODY).await else {
         return jsonrpc_failure(
             StatusCode::BAD_GATEWAY,
             &id,

@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::{Backend, backend_for, route_name};
+use super::{Backend, backend_for};
 use crate::settings::Settings;
+use crate::web::routes::route_name;
 
 /// How a route answers browsers from other origins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

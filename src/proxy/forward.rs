@@ -10,16 +10,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, Version, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
-use super::trace::{RequestTrace, TRACE_PATH, TraceEntry, redacted_headers};
-use super::{Backend, Backends, backend_for, cors, route_name};
+use super::hop::{self, HttpClient, SendError};
+use super::trace::{RequestTrace, TraceEntry, redacted_headers};
+use super::{Backend, Backends, backend_for, cors};
 use crate::shared::Shared;
+use crate::web::routes::route_name;
 
 /// What the proxy needs.
 #[derive(Clone)]
@@ -28,7 +27,7 @@ pub struct ProxyState {
     metrics: Arc<crate::metrics::Metrics>,
     trace: Option<Arc<RequestTrace>>,
     backends: Backends,
-    client: Client<HttpConnector, Body>,
+    client: HttpClient,
     scheme: &'static str,
     timeout: Duration,
 }
@@ -36,11 +35,7 @@ pub struct ProxyState {
 impl ProxyState {
     /// A proxy to `backends`.
     pub fn new(shared: &Shared, trace: Option<Arc<RequestTrace>>, backends: Backends) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = hop::client(Some(Duration::from_secs(30)));
         let scheme = if shared.settings.issuer.starts_with("https:") {
             "https"
         } else {
@@ -97,48 +92,6 @@ async fn size_limits(req: Request, next: axum::middleware::Next) -> Response {
             .into_response();
     }
     next.run(req).await
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// Headers a `Connection` list may not remove: what the backends use to tell where a request
-/// comes from and which name it was sent to. Letting a client strip them would let it hide
-/// its host name or its address from the operator pages' checks.
-const NEVER_HOP_BY_HOP: [&str; 5] = [
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-real-ip",
-    "forwarded",
-];
-
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && !NEVER_HOP_BY_HOP.contains(&s.as_str()))
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(listed.iter().map(String::as_str))
-    {
-        headers.remove(name);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// A 400 for a request the proxy cannot forward, in the backend's error format.
@@ -218,7 +171,9 @@ pub async fn proxy_handler(
     // backend, returned to the client, and in the log and the trace.
     let request_id = crate::web::request_id::assign(&mut parts.headers);
     let traced_headers = match &ps.trace {
-        Some(_) if path != TRACE_PATH => Some(redacted_headers(&parts.headers)),
+        Some(_) if path != crate::web::routes::DEBUG_REQUESTS => {
+            Some(redacted_headers(&parts.headers))
+        }
         _ => None,
     };
     // Read before anything is rewritten: the backends' host checks (the operator pages'
@@ -227,20 +182,15 @@ pub async fn proxy_handler(
         Ok(a) => a,
         Err(message) => return bad_request(backend, message, &request_id),
     };
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return (StatusCode::BAD_REQUEST, "invalid request target").into_response(),
-    };
-    parts.version = Version::HTTP_11;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if hop::retarget(&mut parts, &addr.to_string(), &pq).is_err() {
+        return (StatusCode::BAD_REQUEST, "invalid request target").into_response();
+    }
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    h.remove(header::HOST);
     match authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
         Some(v) => {
             h.insert("x-forwarded-host", v);
@@ -257,9 +207,6 @@ pub async fn proxy_handler(
         h.insert("x-forwarded-for", v);
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static(ps.scheme));
-    if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
-        h.insert(header::HOST, v);
-    }
 
     // The authorization server's bodies are small forms and JSON: read them here, whole and
     // bounded, so an oversized one gets the same RFC 6749 answer however it was sent (the
@@ -272,18 +219,10 @@ pub async fn proxy_handler(
         },
         _ => body,
     };
-    let result = tokio::time::timeout(
-        ps.timeout,
-        ps.client.request(Request::from_parts(parts, body)),
-    )
-    .await;
-    let res = match result {
-        Ok(Ok(res)) => {
-            let (mut parts, body) = res.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
-        }
-        Ok(Err(e)) => {
+    let sent = hop::send(&ps.client, ps.timeout, Request::from_parts(parts, body)).await;
+    let res = match sent {
+        Ok(res) => res,
+        Err(SendError::Unreachable(e)) => {
             tracing::warn!(backend = backend.name(), error = %e, "backend unreachable");
             failure(
                 backend,
@@ -292,7 +231,7 @@ pub async fn proxy_handler(
                 &request_id,
             )
         }
-        Err(_) => {
+        Err(SendError::TimedOut) => {
             tracing::warn!(backend = backend.name(), "backend timed out");
             failure(
                 backend,
@@ -364,21 +303,5 @@ mod tests {
         let v = body_json(res).await;
         assert_eq!(v["error"], "temporarily_unavailable");
         assert_eq!(v["request_id"], "req-2");
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_including_connection_listed_ones() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::AUTHORIZATION));
     }
 }

@@ -123,6 +123,42 @@ pub struct Accepted<I> {
     pub slot: Slot,
 }
 
+/// The next connection on `tcp` that its source may open, with its slot and Nagle's
+/// algorithm off (small SSE events and JSON-RPC answers must not wait for it); `None` once
+/// `stop` is cancelled. A failed accept backs off; a connection over its source's cap is
+/// closed as soon as it is accepted.
+pub async fn next_admitted(
+    tcp: &TcpListener,
+    sources: &Arc<Sources>,
+    stop: &CancellationToken,
+) -> Option<Accepted<TcpStream>> {
+    loop {
+        let accepted = tokio::select! {
+            a = tcp.accept() => a,
+            () = stop.cancelled() => return None,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, as axum does.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = sources.admit(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this source; closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        return Some(Accepted {
+            io: stream,
+            peer,
+            slot,
+        });
+    }
+}
+
 /// Accept plain TCP connections on `tcp`, admitting them by source.
 pub fn accept_plain(
     tcp: TcpListener,
@@ -131,31 +167,7 @@ pub fn accept_plain(
 ) -> mpsc::Receiver<Accepted<TcpStream>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = tcp.accept() => a,
-                () = stop.cancelled() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, as axum does.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = sources.admit(peer.ip()) else {
-                tracing::debug!(%peer, "too many connections from this source; closed");
-                continue;
-            };
-            // Small SSE events and JSON-RPC answers must not wait for Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
-            let conn = Accepted {
-                io: stream,
-                peer,
-                slot,
-            };
+        while let Some(conn) = next_admitted(&tcp, &sources, &stop).await {
             if tx.send(conn).await.is_err() {
                 return;
             }

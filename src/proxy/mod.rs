@@ -6,10 +6,13 @@
 
 pub mod cors;
 pub mod forward;
+pub mod hop;
 pub mod listen;
 pub mod trace;
 
 use std::net::SocketAddr;
+
+use crate::web::routes::route_name;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,38 +42,14 @@ pub fn route(path: &str, metrics_public: bool) -> Backend {
     backend_for(route_name(path), metrics_public)
 }
 
-/// Where the route named `name` ([`route_name`]) goes.
+/// Where the route named `name` ([`route_name`]) goes: the JWKS server, the MCP server
+/// (the MCP endpoint and anything without a name of its own), or the routes server.
 pub fn backend_for(name: &str, metrics_public: bool) -> Backend {
     match name {
         "jwks" => Backend::Jwks,
         "mcp" | "other" => Backend::Mcp,
         "metrics" if !metrics_public => Backend::Mcp,
         _ => Backend::Routes,
-    }
-}
-
-/// The route a path takes, by name: the one table [`route`] reads, and a metrics label
-/// from a fixed vocabulary, so no label carries what a client put in its URL.
-pub fn route_name(path: &str) -> &'static str {
-    match path {
-        "/mcp" | "/mcp/" => "mcp",
-        "/register" => "register",
-        "/authorize" => "authorize",
-        "/consent" => "consent",
-        "/login" => "login",
-        "/token" => "token",
-        "/revoke" => "revoke",
-        "/introspect" => "introspect",
-        "/consents" | "/consents/revoke" => "consents",
-        "/jwks.json" | "/.well-known/jwks.json" => "jwks",
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        trace::TRACE_PATH => "debug",
-        p if p == "/admin" || p.starts_with("/admin/") => "admin",
-        p if p.contains("/.well-known/oauth-protected-resource") => "resource_metadata",
-        p if p.contains("/.well-known/") => "authorization_server_metadata",
-        _ => "other",
     }
 }
 
@@ -131,21 +110,5 @@ mod tests {
         }
         assert_eq!(route("/metrics", false), Backend::Mcp);
         assert_eq!(route("/metrics", true), Backend::Routes);
-    }
-
-    #[test]
-    fn route_names_are_a_fixed_vocabulary() {
-        assert_eq!(route_name("/mcp"), "mcp");
-        assert_eq!(route_name("/token"), "token");
-        assert_eq!(route_name("/admin/grants/revoke"), "admin");
-        assert_eq!(
-            route_name("/.well-known/oauth-protected-resource/mcp"),
-            "resource_metadata"
-        );
-        assert_eq!(
-            route_name("/.well-known/openid-configuration"),
-            "authorization_server_metadata"
-        );
-        assert_eq!(route_name("/eyJhbGciOi.secret"), "other");
     }
 }

@@ -12,9 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-/// Path of the trace endpoint on the routes server (and through the proxy).
-pub const TRACE_PATH: &str = "/debug/requests";
-
 /// One proxied request.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceEntry {
@@ -108,7 +105,7 @@ struct SinceQuery {
 /// The trace endpoint's router (404 unless tracing is on).
 pub fn router(trace: Option<Arc<RequestTrace>>) -> Router {
     Router::new()
-        .route(TRACE_PATH, get(requests_get))
+        .route(crate::web::routes::DEBUG_REQUESTS, get(requests_get))
         .with_state(trace)
 }
 

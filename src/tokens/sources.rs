@@ -49,24 +49,13 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> 
 
 /// The well-known URLs of an issuer's metadata, in the order clients try them.
 pub fn discovery_urls(issuer: &str) -> Vec<String> {
-    let issuer = issuer.trim_end_matches('/');
-    let Ok(url) = url::Url::parse(issuer) else {
+    let Ok(url) = url::Url::parse(issuer.trim_end_matches('/')) else {
         return Vec::new();
     };
-    let origin = url.origin().ascii_serialization();
-    let path = url.path().trim_end_matches('/');
-    if path.is_empty() {
-        vec![
-            format!("{origin}/.well-known/oauth-authorization-server"),
-            format!("{origin}/.well-known/openid-configuration"),
-        ]
-    } else {
-        vec![
-            format!("{origin}/.well-known/oauth-authorization-server{path}"),
-            format!("{origin}/.well-known/openid-configuration{path}"),
-            format!("{issuer}/.well-known/openid-configuration"),
-        ]
-    }
+    crate::web::wellknown::as_metadata_urls(&url)
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 /// Find the issuer's `jwks_uri`; its metadata must name the same issuer.

@@ -14,3 +14,4 @@ pub mod request_id;
 pub mod routes;
 pub mod sessions;
 pub mod uris;
+pub mod wellknown;

@@ -42,3 +42,55 @@ pub const AS_METADATA: &str = "/.well-known/oauth-authorization-server";
 pub const OIDC_METADATA: &str = "/.well-known/openid-configuration";
 /// Protected resource metadata (RFC 9728 §3).
 pub const RESOURCE_METADATA: &str = "/.well-known/oauth-protected-resource";
+
+/// The route a path takes, by name: the one table the proxy routes by, and a metrics label
+/// from a fixed vocabulary, so no label carries what a client put in its URL. What has no
+/// name of its own is `other` (the MCP server's).
+pub fn route_name(path: &str) -> &'static str {
+    match path {
+        MCP | "/mcp/" => "mcp",
+        REGISTER => "register",
+        AUTHORIZE => "authorize",
+        CONSENT => "consent",
+        LOGIN => "login",
+        TOKEN => "token",
+        REVOKE => "revoke",
+        INTROSPECT => "introspect",
+        CONSENTS | CONSENTS_REVOKE => "consents",
+        JWKS | JWKS_WELL_KNOWN => "jwks",
+        HEALTHZ => "healthz",
+        READYZ => "readyz",
+        METRICS => "metrics",
+        DEBUG_REQUESTS => "debug",
+        p if p == ADMIN
+            || p.strip_prefix(ADMIN)
+                .is_some_and(|rest| rest.starts_with('/')) =>
+        {
+            "admin"
+        }
+        p if p.contains(RESOURCE_METADATA) => "resource_metadata",
+        p if p.contains("/.well-known/") => "authorization_server_metadata",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_names_are_a_fixed_vocabulary() {
+        assert_eq!(route_name("/mcp"), "mcp");
+        assert_eq!(route_name("/token"), "token");
+        assert_eq!(route_name("/admin/grants/revoke"), "admin");
+        assert_eq!(
+            route_name("/.well-known/oauth-protected-resource/mcp"),
+            "resource_metadata"
+        );
+        assert_eq!(
+            route_name("/.well-known/openid-configuration"),
+            "authorization_server_metadata"
+        );
+        assert_eq!(route_name("/eyJhbGciOi.secret"), "other");
+    }
+}
