@@ -277,6 +277,23 @@ def test_wrong_password_and_unknown_user_are_refused(users_gateway, http, browse
     assert session_from(resp)[0]
 
 
+def test_a_sign_in_post_with_a_forged_token_does_not_spend_the_request(users_gateway, http,
+                                                                      browser):
+    gw = users_gateway
+    f = Flow(gw, browser, register_client_id(http, gw.base))
+    page = f.authorize()
+    request_id = hidden(the_form(page.text))["request_id"]
+    forged = browser.post(f"{gw.base}/login", data={
+        "request_id": request_id, "csrf_token": "guessed", "username": "alice",
+        "password": ALICE_PASSWORD})
+    assert forged.status_code == 403, forged.status_code
+    assert session_from(forged) == (None, None)
+    # The user's own form still works.
+    resp = f.login(page, "alice", ALICE_PASSWORD)
+    assert resp.status_code == 200, resp.text[:500]
+    assert is_consent_page(resp)
+
+
 def test_sign_in_sets_a_session_cookie_and_consent_needs_it(users_gateway, http, browser):
     gw = users_gateway
     cid = register_client_id(http, gw.base)

@@ -558,6 +558,64 @@ fn consent_page(
     }
 }
 
+/// A form that answers a pending authorization request (the consent or the sign-in form):
+/// posted from our own page, naming the request and carrying its CSRF token. The request is
+/// taken from the store, so each works once; a post with the wrong token puts it back, so
+/// whoever learns a request id cannot spend the user's request. `Err` is the page to answer.
+pub(crate) fn take_pending_form(
+    state: &AuthzState,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: u64,
+) -> Result<(Params, PendingAuthorization), Box<Response>> {
+    let page = |status, error, description: &'static str| {
+        Box::new(PageError::new(status, error, description).into_response())
+    };
+    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, headers) {
+        return Err(Box::new(refused));
+    }
+    let params = Params::parse(body).map_err(|d| {
+        Box::new(PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d).into_response())
+    })?;
+    let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form is incomplete",
+        ));
+    };
+    let pending = match state.store.take_pending(id) {
+        Ok(Some(p)) if p.expires_at > now => p,
+        Ok(_) => {
+            return Err(page(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this authorization request has expired or was already answered",
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pending lookup failed");
+            return Err(Box::new(PageError::unavailable().into_response()));
+        }
+    };
+    if !ct_eq(csrf, &pending.csrf_token) {
+        put_back(state, &pending, now);
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the form's security token does not match",
+        ));
+    }
+    Ok((params, pending))
+}
+
+/// Put a pending request back after a post that did not answer it.
+fn put_back(state: &AuthzState, pending: &PendingAuthorization, now: u64) {
+    if let Err(e) = state.store.insert_pending(pending.clone(), now) {
+        tracing::warn!(error = %e, "could not keep the pending request");
+    }
+}
+
 /// `POST /consent`: the user's decision on a pending request. Each request id works once.
 pub async fn consent_post(
     State(state): State<AuthzState>,
@@ -567,54 +625,10 @@ pub async fn consent_post(
 ) -> Response {
     let s = &state.settings;
     let now = state.clock.now();
-    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
-        return refused;
-    }
-    let params = match Params::parse(&body) {
-        Ok(p) => p,
-        Err(d) => {
-            return PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d.to_string())
-                .into_response();
-        }
+    let (params, pending) = match take_pending_form(&state, &headers, &body, now) {
+        Ok(taken) => taken,
+        Err(page) => return *page,
     };
-    let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
-        return PageError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form is incomplete",
-        )
-        .into_response();
-    };
-    let pending = match state.store.take_pending(id) {
-        Ok(Some(p)) if p.expires_at > now => p,
-        Ok(_) => {
-            return PageError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "this authorization request has expired or was already answered",
-            )
-            .into_response();
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "pending lookup failed");
-            return PageError::unavailable().into_response();
-        }
-    };
-    // A refused post must not cost the real user their pending request: put it back.
-    let keep = |pending: &PendingAuthorization| {
-        if let Err(e) = state.store.insert_pending(pending.clone(), now) {
-            tracing::warn!(error = %e, "could not keep the pending request");
-        }
-    };
-    if !ct_eq(csrf, &pending.csrf_token) {
-        keep(&pending);
-        return PageError::new(
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "the form's security token does not match",
-        )
-        .into_response();
-    }
     let Some(sub) = pending.sub.clone() else {
         return PageError::new(StatusCode::BAD_REQUEST, "invalid_request", "sign in first")
             .into_response();
@@ -622,7 +636,8 @@ pub async fn consent_post(
     if users::login_required(&state)
         && users::current_user(&state, &headers, now).as_deref() != Some(sub.as_str())
     {
-        keep(&pending);
+        // Not this user's to answer: the real user keeps the pending request.
+        put_back(&state, &pending, now);
         return PageError::new(
             StatusCode::FORBIDDEN,
             "access_denied",

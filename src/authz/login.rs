@@ -9,12 +9,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
-use super::authorize::{Arrival, proceed};
+use super::authorize::{Arrival, proceed, take_pending_form};
 use super::params::Params;
 use super::state::AuthzState;
 use super::users::{check_password, cookie, current_user, login_page, sign_in_throttled};
 use crate::audit::{RequestMeta, audit};
-use crate::secret::ct_eq;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use crate::web::routes;
 
@@ -31,39 +30,9 @@ pub async fn login_post(
     if let Some(throttled) = sign_in_throttled(&state, peer, &headers, now) {
         return throttled;
     }
-    if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {
-        return refused;
-    }
-    let Ok(params) = Params::parse(&body) else {
-        return PageError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form is malformed",
-        )
-        .into_response();
-    };
-    let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
-        return PageError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form is incomplete",
-        )
-        .into_response();
-    };
-    let pending = match state.store.take_pending(id) {
-        Ok(Some(p)) if p.expires_at > now && ct_eq(csrf, &p.csrf_token) => p,
-        Ok(_) => {
-            return PageError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "this sign-in form has expired or was already used",
-            )
-            .into_response();
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "pending lookup failed");
-            return PageError::unavailable().into_response();
-        }
+    let (params, pending) = match take_pending_form(&state, &headers, &body, now) {
+        Ok(taken) => taken,
+        Err(page) => return *page,
     };
     let client = match state.lookup_client(&pending.client_id, now).await {
         Ok(Some(c)) => c,
