@@ -765,7 +765,10 @@ fn authorized_post(
         }
     };
     let params = Params::parse(body).map_err(|d| {
-        Box::new(PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d).into_response())
+        Box::new(
+            PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d.to_string())
+                .into_response(),
+        )
     })?;
     let binding = match &viewer {
         Viewer::Admin { session, .. } => Some(Binding::Session(session.clone())),

@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 use url::Url;
 
-use super::params::{Params, split_scopes};
+use super::params::{ParamError, Params, split_scopes};
 use super::pkce;
 use super::state::{AuthzState, ClientLookupError};
 use super::token::within_client_scope;
@@ -73,14 +73,14 @@ pub struct ValidRequest {
 
 /// Check an authorization request (pure: the client is looked up by the caller).
 pub fn validate_request(
-    params: Result<Params, String>,
+    params: Result<Params, ParamError>,
     client: Option<Client>,
     supported_scopes: &[String],
     default_scopes: &[String],
     our_resource: &str,
 ) -> Result<ValidRequest, AuthorizeError> {
     let page = |error, description: String| AuthorizeError::Page { error, description };
-    let params = params.map_err(|d| page("invalid_request", d))?;
+    let params = params.map_err(|d| page("invalid_request", d.to_string()))?;
     if params.get("client_id").is_none() {
         return Err(page("invalid_request", "client_id is missing".into()));
     }
@@ -575,7 +575,10 @@ pub(crate) fn take_pending_form(
         return Err(Box::new(refused));
     }
     let params = Params::parse(body).map_err(|d| {
-        Box::new(PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d).into_response())
+        Box::new(
+            PageError::new(StatusCode::BAD_REQUEST, "invalid_request", d.to_string())
+                .into_response(),
+        )
     })?;
     let (Some(id), Some(csrf)) = (params.get("request_id"), params.get("csrf_token")) else {
         return Err(page(

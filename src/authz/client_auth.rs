@@ -168,10 +168,7 @@ pub async fn client_and_token(
     body: &[u8],
 ) -> Result<(Client, String), OAuthError> {
     let params = super::params::form_params(headers, body)?;
-    let token = params
-        .require("token")
-        .map_err(OAuthError::InvalidRequest)?
-        .to_string();
+    let token = params.require("token")?.to_string();
     let client = authenticated_client(state, presented(headers, &params)?).await?;
     Ok((client, token))
 }

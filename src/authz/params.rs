@@ -8,6 +8,26 @@ use axum::http::{HeaderMap, header};
 
 use super::error::OAuthError;
 
+/// Why a form body or one of its parameters was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// A name or value is not valid UTF-8 once decoded.
+    #[error("the parameters are not UTF-8")]
+    NotUtf8,
+    /// A parameter was sent twice.
+    #[error("parameter `{0}` is repeated")]
+    Repeated(String),
+    /// A required parameter is absent (or empty).
+    #[error("parameter `{0}` is missing")]
+    Missing(String),
+}
+
+impl From<ParamError> for OAuthError {
+    fn from(e: ParamError) -> Self {
+        Self::InvalidRequest(e.to_string())
+    }
+}
+
 /// Parameters by name.
 #[derive(Debug, Default, Clone)]
 pub struct Params(HashMap<String, String>);
@@ -15,10 +35,9 @@ pub struct Params(HashMap<String, String>);
 impl Params {
     /// Parse `input`; `Err` names a repeated parameter or one that is not UTF-8
     /// (Appendix B of RFC 6749: values are returned exactly, so none may be mangled).
-    pub fn parse(input: &[u8]) -> Result<Self, String> {
+    pub fn parse(input: &[u8]) -> Result<Self, ParamError> {
         let mut map = HashMap::new();
-        let text =
-            std::str::from_utf8(input).map_err(|_| "the parameters are not UTF-8".to_string())?;
+        let text = std::str::from_utf8(input).map_err(|_| ParamError::NotUtf8)?;
         for pair in text.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let k = decode(k)?;
@@ -27,7 +46,7 @@ impl Params {
                 continue;
             }
             if map.insert(k.clone(), v).is_some() {
-                return Err(format!("parameter `{k}` is repeated"));
+                return Err(ParamError::Repeated(k));
             }
         }
         Ok(Self(map))
@@ -39,19 +58,19 @@ impl Params {
     }
 
     /// A parameter that must be there.
-    pub fn require(&self, name: &str) -> Result<&str, String> {
+    pub fn require(&self, name: &str) -> Result<&str, ParamError> {
         self.get(name)
-            .ok_or_else(|| format!("parameter `{name}` is missing"))
+            .ok_or_else(|| ParamError::Missing(name.to_string()))
     }
 }
 
 /// Decode one form-urlencoded component strictly.
-fn decode(component: &str) -> Result<String, String> {
+fn decode(component: &str) -> Result<String, ParamError> {
     let plus_as_space = component.replace('+', " ");
     percent_encoding::percent_decode_str(&plus_as_space)
         .decode_utf8()
         .map(|c| c.into_owned())
-        .map_err(|_| "a parameter is not valid UTF-8".to_string())
+        .map_err(|_| ParamError::NotUtf8)
 }
 
 /// Split a space-delimited scope string, refusing duplicates silently (set semantics).
@@ -84,7 +103,7 @@ pub fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthErro
             "the body must be application/x-www-form-urlencoded".into(),
         ));
     }
-    Params::parse(body).map_err(OAuthError::InvalidRequest)
+    Ok(Params::parse(body)?)
 }
 
 #[cfg(test)]
@@ -93,7 +112,10 @@ mod tests {
 
     #[test]
     fn repeated_parameters_are_refused() {
-        assert!(Params::parse(b"a=1&a=2").unwrap_err().contains("`a`"));
+        assert_eq!(
+            Params::parse(b"a=1&a=2").unwrap_err(),
+            ParamError::Repeated("a".into())
+        );
         let p = Params::parse(b"a=1&b=&c=x%20y").unwrap();
         assert_eq!(p.get("a"), Some("1"));
         assert_eq!(p.get("b"), None);

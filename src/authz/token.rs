@@ -62,7 +62,7 @@ impl TokenRequest {
         let need = |name| {
             p.require(name)
                 .map(str::to_string)
-                .map_err(OAuthError::InvalidRequest)
+                .map_err(OAuthError::from)
         };
         let opt = |name| p.get(name).map(str::to_string);
         match p.get("grant_type") {
