@@ -17,6 +17,7 @@ mod ops;
 mod proxy;
 mod restart;
 mod rmcp_client;
+mod roles;
 mod soak;
 mod tls;
 mod transport;
