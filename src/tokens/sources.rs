@@ -214,6 +214,32 @@ pub fn verifier(settings: &Settings, keys: Arc<KeyRing>) -> Result<Verifier, Con
     }
 }
 
+/// Why an opaque token is refused after asking its issuer (RFC 7662). The text is what the
+/// client reads in the RFC 6750 `error_description` of its `invalid_token` answer: it names
+/// the reason, never the token, the issuer's answer or our credentials.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[non_exhaustive]
+pub enum IntrospectError {
+    /// The introspection request failed (connection, timeout).
+    #[error("the issuer could not be asked about the token")]
+    Unreachable,
+    /// The answer is not a JSON document.
+    #[error("the issuer's introspection answer is unreadable")]
+    Unreadable,
+    /// The issuer says the token is not active (unknown, revoked or expired there).
+    #[error("the token is not active")]
+    Inactive,
+    /// `aud` does not name this resource.
+    #[error("the token is meant for another resource")]
+    WrongAudience,
+    /// The answer lacks `exp`, or a `sub` (or `client_id`) we can use.
+    #[error("the issuer's introspection answer lacks sub or exp")]
+    MissingClaims,
+    /// `exp` has passed, whatever the issuer says.
+    #[error("the token has expired")]
+    Expired,
+}
+
 /// An RFC 7662 introspection client for opaque tokens of an external issuer. Answers are
 /// cached by the token's hash no longer than the token lives (and at most a minute), so a
 /// revocation at the issuer takes effect soon.
@@ -264,12 +290,13 @@ impl Introspector {
         self.counters = counters;
     }
 
-    /// What the issuer says about `token`; `Err` with a client-safe reason when inactive.
+    /// What the issuer says about `token`; `Err` with a client-safe reason when it is not
+    /// to be accepted.
     pub async fn introspect(
         &self,
         token: &str,
         now: u64,
-    ) -> Result<super::verify::VerifiedClaims, String> {
+    ) -> Result<super::verify::VerifiedClaims, IntrospectError> {
         let key = crate::secret::sha256_b64(token);
         if let Some((claims, until)) = self.cache.read().ok().and_then(|c| c.get(&key).cloned())
             && now < until
@@ -289,15 +316,15 @@ impl Introspector {
             ))
             .send()
             .await
-            .map_err(|_| "the issuer could not be asked about the token".to_string())?;
+            .map_err(|_| IntrospectError::Unreachable)?;
         let body: Value = res
             .bytes()
             .await
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| "the issuer's introspection answer is unreadable".to_string())?;
+            .ok_or(IntrospectError::Unreadable)?;
         if body.get("active").and_then(Value::as_bool) != Some(true) {
-            return Err("the token is not active".into());
+            return Err(IntrospectError::Inactive);
         }
         let aud_ok = match body.get("aud") {
             Some(Value::String(a)) => a == &self.audience,
@@ -307,12 +334,12 @@ impl Introspector {
             _ => false,
         };
         if !aud_ok {
-            return Err("the token is meant for another resource".into());
+            return Err(IntrospectError::WrongAudience);
         }
         let claims: super::verify::VerifiedClaims = serde_json::from_value(json_claims(&body))
-            .map_err(|_| "the issuer's introspection answer lacks sub or exp".to_string())?;
+            .map_err(|_| IntrospectError::MissingClaims)?;
         if now > claims.exp {
-            return Err("the token has expired".into());
+            return Err(IntrospectError::Expired);
         }
         let until = claims.exp.min(now + 60);
         if let Ok(mut cache) = self.cache.write() {
@@ -501,6 +528,75 @@ mod tests {
             fetch(gone)().await,
             Err(FetchError::Unreachable { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn introspection_refusals_are_typed_and_keep_their_texts() {
+        let answer = |body: Value| {
+            axum::Router::new().route(
+                "/introspect",
+                axum::routing::post(move || async move { axum::Json(body) }),
+            )
+        };
+        let introspector = |endpoint: String| Introspector {
+            endpoint,
+            client_id: "rs".into(),
+            secret: "s".into(),
+            audience: "https://rs.example/mcp".into(),
+            client: reqwest::Client::new(),
+            cache: std::sync::RwLock::new(std::collections::HashMap::new()),
+            counters: crate::metrics::CacheCounters::default(),
+        };
+        let now = 1_800_000_000u64;
+        let cases = [
+            (
+                serde_json::json!({"active": false}),
+                IntrospectError::Inactive,
+                "the token is not active",
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": "https://other.example", "exp": now + 60}),
+                IntrospectError::WrongAudience,
+                "the token is meant for another resource",
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": ["https://rs.example/mcp"]}),
+                IntrospectError::MissingClaims,
+                "the issuer's introspection answer lacks sub or exp",
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": "https://rs.example/mcp", "exp": now - 1}),
+                IntrospectError::Expired,
+                "the token has expired",
+            ),
+        ];
+        for (body, want, text) in cases {
+            let base = serve(answer(body)).await;
+            let err = introspector(format!("{base}/introspect"))
+                .introspect("opaque", now)
+                .await
+                .unwrap_err();
+            assert_eq!(err, want);
+            assert_eq!(err.to_string(), text);
+        }
+        let unreadable = serve(
+            axum::Router::new().route("/introspect", axum::routing::post(|| async { "not json" })),
+        )
+        .await;
+        assert_eq!(
+            introspector(format!("{unreadable}/introspect"))
+                .introspect("opaque", now)
+                .await,
+            Err(IntrospectError::Unreadable)
+        );
+        let gone = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            format!("http://{}/introspect", listener.local_addr().unwrap())
+        };
+        assert_eq!(
+            introspector(gone).introspect("opaque", now).await,
+            Err(IntrospectError::Unreachable)
+        );
     }
 
     #[test]
