@@ -30,6 +30,27 @@ type Child = RunningService<RoleClient, ()>;
 #[error("upstream command: {0}")]
 pub struct CommandError(String);
 
+/// Why the child could not be (re)started; logged, never shown to MCP clients.
+#[derive(Debug, thiserror::Error)]
+enum SpawnError {
+    /// The process could not be started (no such program, not executable, ...).
+    #[error("cannot start `{command}`: {source}")]
+    Start {
+        /// The program.
+        command: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The process started but did not answer `initialize` as an MCP server.
+    #[error("`{command}` did not complete the MCP handshake: {source}")]
+    Handshake {
+        /// The program.
+        command: String,
+        /// What the MCP client said (boxed: it is large, and rare).
+        source: Box<rmcp::service::ClientInitializeError>,
+    },
+}
+
 /// Variables a child gets from the gateway's environment whenever they are set there.
 pub const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 
@@ -115,7 +136,7 @@ impl StdioUpstream {
         }))
     }
 
-    async fn spawn(&self) -> Result<Child, String> {
+    async fn spawn(&self) -> Result<Child, SpawnError> {
         let mut cmd = tokio::process::Command::new(&self.argv[0]);
         // A clean environment: the gateway's own (its secrets included) never reaches it.
         cmd.args(&self.argv[1..])
@@ -125,7 +146,10 @@ impl StdioUpstream {
         let (transport, stderr) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start `{}`: {e}", self.argv[0]))?;
+            .map_err(|source| SpawnError::Start {
+                command: self.argv[0].clone(),
+                source,
+            })?;
         if let Some(stderr) = stderr {
             let name = self.argv[0].clone();
             tokio::spawn(async move {
@@ -137,7 +161,10 @@ impl StdioUpstream {
         }
         ().serve(transport)
             .await
-            .map_err(|e| format!("`{}` did not complete the MCP handshake: {e}", self.argv[0]))
+            .map_err(|source| SpawnError::Handshake {
+                command: self.argv[0].clone(),
+                source: Box::new(source),
+            })
     }
 
     /// Run `f` against a live child, starting or restarting it as needed. Restarts back
@@ -328,6 +355,31 @@ impl ServerHandler for StdioBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_start_says_whether_the_program_ran() {
+        let missing = StdioUpstream::new("/nonexistent/mcp-server --stdio", Vec::new()).unwrap();
+        match missing.spawn().await {
+            Err(SpawnError::Start { command, source }) => {
+                assert_eq!(command, "/nonexistent/mcp-server");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            Err(other) => panic!("expected a start failure, got {other}"),
+            Ok(_) => panic!("a missing program started"),
+        }
+        // Runs, but exits without answering `initialize`.
+        let silent = StdioUpstream::new("/bin/sh -c 'exit 0'", Vec::new()).unwrap();
+        match silent.spawn().await {
+            Err(e @ SpawnError::Handshake { .. }) => {
+                assert!(
+                    e.to_string()
+                        .starts_with("`/bin/sh` did not complete the MCP handshake")
+                );
+            }
+            Err(other) => panic!("expected a handshake failure, got {other}"),
+            Ok(_) => panic!("`exit 0` completed an MCP handshake"),
+        }
+    }
 
     #[test]
     fn children_get_only_the_allowed_environment() {

@@ -315,7 +315,7 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
             let claims = introspector
                 .introspect(token, now)
                 .await
-                .map_err(|why| Refusal::Token("inactive", why))?;
+                .map_err(|why| Refusal::Token("inactive", why.to_string()))?;
             let scopes = claims.scopes().map(str::to_string).collect();
             (claims.sub, claims.client_id, scopes)
         }

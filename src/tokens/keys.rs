@@ -30,14 +30,14 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The file exists but does not hold a key for the configured algorithm.
-    #[error("signing key file {path} does not hold an {alg:?} key: {message}")]
+    #[error("signing key file {path} does not hold an {alg:?} key: {source}")]
     Unusable {
         /// The file.
         path: PathBuf,
         /// The configured algorithm.
         alg: SigningAlg,
-        /// The parser's message.
-        message: String,
+        /// What the PEM parser or the JWK conversion said.
+        source: jsonwebtoken::errors::Error,
     },
     /// Key generation failed.
     #[error("could not generate a signing key")]
@@ -89,11 +89,7 @@ impl SigningKey {
             }
             Err(e) => return Err(io(e)),
         };
-        let key = Self::from_pem(&pem, alg).map_err(|message| KeyError::Unusable {
-            path: path.clone(),
-            alg,
-            message,
-        })?;
+        let key = Self::from_pem(&path, &pem, alg)?;
         // Rewritten only when it changed: the ring is re-read every minute.
         let kid_file = dir.join(KID_FILE);
         let kid_line = format!("{}\n", key.kid);
@@ -106,19 +102,24 @@ impl SigningKey {
     /// A fresh key that lives only in memory; for tests.
     pub fn generate(alg: SigningAlg) -> Result<Self, KeyError> {
         let pem = generate_pem(alg)?;
-        Self::from_pem(pem.as_bytes(), alg).map_err(|_| KeyError::Generate)
+        // No file: the path would only be named by `Unusable`, which `Generate` replaces.
+        Self::from_pem(Path::new(""), pem.as_bytes(), alg).map_err(|_| KeyError::Generate)
     }
 
-    fn from_pem(pem: &[u8], alg: SigningAlg) -> Result<Self, String> {
-        let (encoding, alg) = match alg {
+    /// The key in `pem` (read from `path`, which the error names) for `configured`.
+    fn from_pem(path: &Path, pem: &[u8], configured: SigningAlg) -> Result<Self, KeyError> {
+        let unusable = |source| KeyError::Unusable {
+            path: path.to_path_buf(),
+            alg: configured,
+            source,
+        };
+        let (encoding, alg) = match configured {
             SigningAlg::ES256 => (EncodingKey::from_ec_pem(pem), Algorithm::ES256),
             SigningAlg::RS256 => (EncodingKey::from_rsa_pem(pem), Algorithm::RS256),
         };
-        let encoding = encoding.map_err(|e| e.to_string())?;
-        let mut jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| e.to_string())?;
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|e| e.to_string())?;
+        let encoding = encoding.map_err(unusable)?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg).map_err(unusable)?;
+        let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(unusable)?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         Ok(Self {
@@ -165,7 +166,7 @@ impl SigningKey {
                 continue;
             };
             for candidate in [SigningAlg::ES256, SigningAlg::RS256] {
-                if let Ok(old) = Self::from_pem(&pem, candidate) {
+                if let Ok(old) = Self::from_pem(&path, &pem, candidate) {
                     key.retired.push(old.jwk);
                     break;
                 }

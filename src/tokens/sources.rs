@@ -16,6 +16,7 @@ use jsonwebtoken::jwk::JwkSet;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use super::fetch::FetchError;
 use super::keys::KeyRing;
 use super::verify::{JwksCache, JwksFetcher, Keys, Verifier};
 use crate::config::{AuthMode, ConfigError};
@@ -31,20 +32,30 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let res = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+/// The JSON document at `url`: a success status, at most [`MAX_DOC`] bytes.
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, FetchError> {
+    let unreachable = |source| FetchError::Unreachable {
+        url: url.to_string(),
+        source,
+    };
+    let res = client.get(url).send().await.map_err(unreachable)?;
     if !res.status().is_success() {
-        return Err(format!("{url}: status {}", res.status()));
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: res.status(),
+        });
     }
-    let bytes = res.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    let bytes = res.bytes().await.map_err(unreachable)?;
     if bytes.len() > MAX_DOC {
-        return Err(format!("{url}: document too large"));
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            limit: MAX_DOC,
+        });
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))
+    serde_json::from_slice(&bytes).map_err(|source| FetchError::MalformedJson {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// The well-known URLs of an issuer's metadata, in the order clients try them.
@@ -58,9 +69,12 @@ pub fn discovery_urls(issuer: &str) -> Vec<String> {
         .collect()
 }
 
-/// Find the issuer's `jwks_uri`; its metadata must name the same issuer.
-async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, String> {
-    let mut last = String::from("no discovery URL");
+/// Find the issuer's `jwks_uri`; its metadata must name the same issuer. The well-known
+/// URLs are tried in order until one answers; when none does, the last failure is returned.
+async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, FetchError> {
+    let mut last = FetchError::NoDiscoveryUrl {
+        issuer: issuer.to_string(),
+    };
     for url in discovery_urls(issuer) {
         match get_json(client, &url).await {
             Ok(meta) => {
@@ -69,13 +83,17 @@ async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<Str
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
-                    return Err(format!("{url} names issuer `{named}`, not `{issuer}`"));
+                    return Err(FetchError::IssuerMismatch {
+                        url,
+                        named: named.to_string(),
+                        expected: issuer.to_string(),
+                    });
                 }
                 return meta
                     .get("jwks_uri")
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .ok_or_else(|| format!("{url} has no jwks_uri"));
+                    .ok_or(FetchError::NoJwksUri { url });
             }
             Err(e) => last = e,
         }
@@ -106,7 +124,10 @@ pub fn http_jwks_fetcher(
                 .await?
                 .clone();
             let doc = get_json(&client, &jwks_uri).await?;
-            serde_json::from_value::<JwkSet>(doc).map_err(|e| format!("{jwks_uri}: {e}"))
+            serde_json::from_value::<JwkSet>(doc).map_err(|source| FetchError::NotJwkSet {
+                url: jwks_uri,
+                source,
+            })
         })
     }))
 }
@@ -193,6 +214,32 @@ pub fn verifier(settings: &Settings, keys: Arc<KeyRing>) -> Result<Verifier, Con
     }
 }
 
+/// Why an opaque token is refused after asking its issuer (RFC 7662). The text is what the
+/// client reads in the RFC 6750 `error_description` of its `invalid_token` answer: it names
+/// the reason, never the token, the issuer's answer or our credentials.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[non_exhaustive]
+pub enum IntrospectError {
+    /// The introspection request failed (connection, timeout).
+    #[error("the issuer could not be asked about the token")]
+    Unreachable,
+    /// The answer is not a JSON document.
+    #[error("the issuer's introspection answer is unreadable")]
+    Unreadable,
+    /// The issuer says the token is not active (unknown, revoked or expired there).
+    #[error("the token is not active")]
+    Inactive,
+    /// `aud` does not name this resource.
+    #[error("the token is meant for another resource")]
+    WrongAudience,
+    /// The answer lacks `exp`, or a `sub` (or `client_id`) we can use.
+    #[error("the issuer's introspection answer lacks sub or exp")]
+    MissingClaims,
+    /// `exp` has passed, whatever the issuer says.
+    #[error("the token has expired")]
+    Expired,
+}
+
 /// An RFC 7662 introspection client for opaque tokens of an external issuer. Answers are
 /// cached by the token's hash no longer than the token lives (and at most a minute), so a
 /// revocation at the issuer takes effect soon.
@@ -243,12 +290,13 @@ impl Introspector {
         self.counters = counters;
     }
 
-    /// What the issuer says about `token`; `Err` with a client-safe reason when inactive.
+    /// What the issuer says about `token`; `Err` with a client-safe reason when it is not
+    /// to be accepted.
     pub async fn introspect(
         &self,
         token: &str,
         now: u64,
-    ) -> Result<super::verify::VerifiedClaims, String> {
+    ) -> Result<super::verify::VerifiedClaims, IntrospectError> {
         let key = crate::secret::sha256_b64(token);
         if let Some((claims, until)) = self.cache.read().ok().and_then(|c| c.get(&key).cloned())
             && now < until
@@ -268,15 +316,15 @@ impl Introspector {
             ))
             .send()
             .await
-            .map_err(|_| "the issuer could not be asked about the token".to_string())?;
+            .map_err(|_| IntrospectError::Unreachable)?;
         let body: Value = res
             .bytes()
             .await
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| "the issuer's introspection answer is unreadable".to_string())?;
+            .ok_or(IntrospectError::Unreadable)?;
         if body.get("active").and_then(Value::as_bool) != Some(true) {
-            return Err("the token is not active".into());
+            return Err(IntrospectError::Inactive);
         }
         let aud_ok = match body.get("aud") {
             Some(Value::String(a)) => a == &self.audience,
@@ -286,12 +334,12 @@ impl Introspector {
             _ => false,
         };
         if !aud_ok {
-            return Err("the token is meant for another resource".into());
+            return Err(IntrospectError::WrongAudience);
         }
         let claims: super::verify::VerifiedClaims = serde_json::from_value(json_claims(&body))
-            .map_err(|_| "the issuer's introspection answer lacks sub or exp".to_string())?;
+            .map_err(|_| IntrospectError::MissingClaims)?;
         if now > claims.exp {
-            return Err("the token has expired".into());
+            return Err(IntrospectError::Expired);
         }
         let until = claims.exp.min(now + 60);
         if let Ok(mut cache) = self.cache.write() {
@@ -370,6 +418,185 @@ mod tests {
         introspector.introspect("opaque-2", now + 1).await.unwrap();
         assert_eq!(counters.counts(), (1, 2));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// `app` served on a port of its own; its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// An issuer whose RFC 8414 metadata is `meta(base)` and whose `/jwks` answers `jwks`.
+    async fn metadata_server(
+        meta: impl Fn(&str) -> Value + Clone + Send + Sync + 'static,
+        jwks: &'static str,
+    ) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let doc = meta(&base);
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/oauth-authorization-server",
+                axum::routing::get(move || async move { axum::Json(doc) }),
+            )
+            .route("/jwks", axum::routing::get(move || async move { jwks }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn discovery_refuses_metadata_naming_another_issuer() {
+        let issuer = metadata_server(
+            |base| serde_json::json!({"issuer": "https://elsewhere.example", "jwks_uri": format!("{base}/jwks")}),
+            "{\"keys\": []}",
+        )
+        .await;
+        let err = discover_jwks_uri(&reqwest::Client::new(), &issuer)
+            .await
+            .unwrap_err();
+        match &err {
+            FetchError::IssuerMismatch {
+                url,
+                named,
+                expected,
+            } => {
+                assert_eq!(
+                    url,
+                    &format!("{issuer}/.well-known/oauth-authorization-server")
+                );
+                assert_eq!(named, "https://elsewhere.example");
+                assert_eq!(expected, &issuer);
+            }
+            other => panic!("expected an issuer mismatch, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .contains("names issuer `https://elsewhere.example`")
+        );
+    }
+
+    #[tokio::test]
+    async fn discovery_failures_say_what_failed() {
+        let client = reqwest::Client::new();
+        let issuer = metadata_server(|base| serde_json::json!({"issuer": base}), "").await;
+        assert!(matches!(
+            discover_jwks_uri(&client, &issuer).await,
+            Err(FetchError::NoJwksUri { .. })
+        ));
+        // Nothing answers at any well-known URL: the last one's status is reported.
+        let nothing = serve(axum::Router::new()).await;
+        match discover_jwks_uri(&client, &nothing).await {
+            Err(FetchError::Status { url, status }) => {
+                assert_eq!(url, format!("{nothing}/.well-known/openid-configuration"));
+                assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+            }
+            other => panic!("expected a bad status, got {other:?}"),
+        }
+        assert!(matches!(
+            discover_jwks_uri(&client, "not a url").await,
+            Err(FetchError::NoDiscoveryUrl { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_fetcher_tells_a_broken_jwks_from_an_unreachable_issuer() {
+        let meta =
+            |base: &str| serde_json::json!({"issuer": base, "jwks_uri": format!("{base}/jwks")});
+        let fetch = |issuer: String| http_jwks_fetcher(issuer, None).unwrap();
+
+        let issuer = metadata_server(meta, "{\"keys\": \"none\"}").await;
+        assert!(matches!(
+            fetch(issuer)().await,
+            Err(FetchError::NotJwkSet { .. })
+        ));
+        let issuer = metadata_server(meta, "<html>").await;
+        assert!(matches!(
+            fetch(issuer)().await,
+            Err(FetchError::MalformedJson { .. })
+        ));
+        let issuer = metadata_server(meta, "{\"keys\": []}").await;
+        assert!(fetch(issuer)().await.unwrap().keys.is_empty());
+
+        // A port nobody listens on (bound, then released).
+        let gone = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        assert!(matches!(
+            fetch(gone)().await,
+            Err(FetchError::Unreachable { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn introspection_refusals_are_typed_and_keep_their_texts() {
+        let answer = |body: Value| {
+            axum::Router::new().route(
+                "/introspect",
+                axum::routing::post(move || async move { axum::Json(body) }),
+            )
+        };
+        let introspector = |endpoint: String| Introspector {
+            endpoint,
+            client_id: "rs".into(),
+            secret: "s".into(),
+            audience: "https://rs.example/mcp".into(),
+            client: reqwest::Client::new(),
+            cache: std::sync::RwLock::new(std::collections::HashMap::new()),
+            counters: crate::metrics::CacheCounters::default(),
+        };
+        let now = 1_800_000_000u64;
+        let cases = [
+            (
+                serde_json::json!({"active": false}),
+                IntrospectError::Inactive,
+                "the token is not active",
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": "https://other.example", "exp": now + 60}),
+                IntrospectError::WrongAudience,
+                "the token is meant for another resource",
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": ["https://rs.example/mcp"]}),
+                IntrospectError::MissingClaims,
+                "the issuer's introspection answer lacks sub or exp",
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": "https://rs.example/mcp", "exp": now - 1}),
+                IntrospectError::Expired,
+                "the token has expired",
+            ),
+        ];
+        for (body, want, text) in cases {
+            let base = serve(answer(body)).await;
+            let err = introspector(format!("{base}/introspect"))
+                .introspect("opaque", now)
+                .await
+                .unwrap_err();
+            assert_eq!(err, want);
+            assert_eq!(err.to_string(), text);
+        }
+        let unreadable = serve(
+            axum::Router::new().route("/introspect", axum::routing::post(|| async { "not json" })),
+        )
+        .await;
+        assert_eq!(
+            introspector(format!("{unreadable}/introspect"))
+                .introspect("opaque", now)
+                .await,
+            Err(IntrospectError::Unreadable)
+        );
+        let gone = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            format!("http://{}/introspect", listener.local_addr().unwrap())
+        };
+        assert_eq!(
+            introspector(gone).introspect("opaque", now).await,
+            Err(IntrospectError::Unreachable)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::fetch::FetchError;
 use crate::metrics::CacheCounters;
 
 /// Claims of a verified access token, as the rest of the gateway sees them.
@@ -107,8 +108,8 @@ impl VerifyError {
     }
 }
 
-/// A future that yields a key set.
-pub type JwksFuture = Pin<Box<dyn Future<Output = Result<JwkSet, String>> + Send>>;
+/// A future that yields a key set, or why it could not be fetched.
+pub type JwksFuture = Pin<Box<dyn Future<Output = Result<JwkSet, FetchError>> + Send>>;
 
 /// Where a [`JwksCache`] gets keys from: our own key ring in-process, or an HTTP JWKS URI.
 pub type JwksFetcher = Arc<dyn Fn() -> JwksFuture + Send + Sync>;
@@ -196,8 +197,8 @@ impl JwksCache {
                 }
                 found.ok_or(VerifyError::UnknownKey)
             }
-            Err(message) => {
-                tracing::warn!(%message, "JWKS refetch failed; keeping cached keys");
+            Err(error) => {
+                tracing::warn!(%error, "JWKS refetch failed; keeping cached keys");
                 if let Ok(mut inner) = self.inner.write() {
                     // Rate-limit retries against a failing key source too.
                     inner.fetched_at = Some(now);
