@@ -40,6 +40,38 @@ fn code(grant_id: &str) -> AuthCode {
     }
 }
 
+/// A record that must be new whose key is taken is a conflict, and the failed write
+/// changes nothing: the first record stays, and nothing is evicted to make room for it.
+fn taken_keys_are_conflicts_that_change_nothing(s: &dyn Store) {
+    s.insert_code("h".into(), code("g1")).unwrap();
+    assert!(matches!(
+        s.insert_code("h".into(), code("other")),
+        Err(StoreError::Conflict(_))
+    ));
+    let one = PendingLimits {
+        total: 0,
+        per_client: 1,
+    };
+    assert!(matches!(
+        s.admit_code("h".into(), code("other"), 100, one),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        matches!(s.redeem_code("h", 100).unwrap(), CodeRedemption::Fresh(c) if c.grant_id == "g1"),
+        "the first code is kept, not evicted or replaced"
+    );
+    s.insert_grant(grant("g")).unwrap();
+    let other = Grant {
+        sub: "someone else".into(),
+        ..grant("g")
+    };
+    assert!(matches!(
+        s.insert_grant(other),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.grant("g").unwrap().unwrap().sub, "u");
+}
+
 fn rotated(s: &dyn Store, old: &str, new: &str, now: u64, grace: u64) -> RotateOutcome {
     s.rotate_refresh(old, new.into(), rt("g"), now, grace)
         .unwrap()
@@ -469,6 +501,7 @@ macro_rules! contract {
 }
 
 contract!(
+    taken_keys_are_conflicts_that_change_nothing,
     codes_are_single_use_and_replays_are_reported,
     b9_rotation_grace_and_replay_revokes_family,
     b9_reuse_after_grace_is_replay,
@@ -539,6 +572,25 @@ fn sqlite_files_are_private() {
         assert_eq!(mode(f), 0o600, "{}", f.display());
     }
     assert!(s.grant("g").unwrap().is_some(), "the data is kept");
+}
+
+/// A row that does not decode is corruption, and the error does not quote the row.
+#[test]
+fn sqlite_undecodable_rows_are_corrupt_and_not_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.insert_grant(grant("g")).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE grants SET data = json_set(data, '$.scopes', 'top-secret-value') WHERE id = 'g'",
+        [],
+    )
+    .unwrap();
+    let e = s.grant("g").unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+    assert!(!e.to_string().contains("top-secret"), "{e}");
+    assert!(e.to_string().contains("Grant"), "names the record: {e}");
 }
 
 #[test]

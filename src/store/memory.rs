@@ -48,7 +48,7 @@ impl InMemoryStore {
     fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
         self.inner
             .lock()
-            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))
+            .map_err(|_| StoreError::Unavailable("the store lock is poisoned".into()))
     }
 }
 
@@ -131,6 +131,14 @@ impl Inner {
             .min_by(|a, b| (a.1.expires_at, a.0).cmp(&(b.1.expires_at, b.0)))
             .map(|(hash, _)| hash.clone());
         oldest.is_some_and(|hash| self.codes.remove(&hash).is_some())
+    }
+
+    /// Codes are stored once: a taken hash is a conflict, as a unique key is in SQLite.
+    fn check_new_code(&self, code_hash: &str) -> StoreResult<()> {
+        if self.codes.contains_key(code_hash) {
+            return Err(StoreError::Conflict("a code with this hash exists".into()));
+        }
+        Ok(())
     }
 
     fn insert_pending(&mut self, pending: PendingAuthorization) {
@@ -266,7 +274,9 @@ impl Store for InMemoryStore {
     }
 
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()> {
-        self.lock()?.codes.insert(code_hash, code);
+        let mut inner = self.lock()?;
+        inner.check_new_code(&code_hash)?;
+        inner.codes.insert(code_hash, code);
         Ok(())
     }
 
@@ -279,6 +289,7 @@ impl Store for InMemoryStore {
     ) -> StoreResult<Admission> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
+        inner.check_new_code(&code_hash)?;
         let admission = inner.make_room(&code.client_id, now, limits);
         inner.codes.insert(code_hash, code);
         Ok(admission)
@@ -306,6 +317,9 @@ impl Store for InMemoryStore {
 
     fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
         let mut inner = self.lock()?;
+        if inner.grants.contains_key(&grant.id) {
+            return Err(StoreError::Conflict("a grant with this id exists".into()));
+        }
         if inner.revoked_early.remove(&grant.id) {
             grant.revoked = true;
         }

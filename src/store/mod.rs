@@ -302,13 +302,34 @@ pub(crate) fn sort_clients(clients: &mut [Client]) {
     clients.sort_by(|a, b| (b.created_at, &a.client_id).cmp(&(a.created_at, &b.client_id)));
 }
 
-/// A storage failure (never the client's fault).
+/// A storage failure (never the client's fault). Messages say what failed, never a stored
+/// value: keys are hashes of secrets, and records say who granted what.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The store could not be reached or its lock is poisoned.
+    /// A record that must be new exists already (its unique key is taken), or a concurrent
+    /// change won; nothing was written, and a retry with fresh values can succeed.
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// A stored record does not decode (a damaged row, or one an incompatible gateway
+    /// wrote), or the database file itself is damaged. Retrying does not help.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    /// The store cannot be used now: the database is busy, locked, read-only, full or
+    /// unreachable, its I/O failed, its schema is newer than ours, or its lock is poisoned.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+impl StoreError {
+    /// The same failure, its message prefixed with where (a file, say).
+    pub fn context(self, at: impl std::fmt::Display) -> Self {
+        match self {
+            Self::Conflict(m) => Self::Conflict(format!("{at}: {m}")),
+            Self::Corrupt(m) => Self::Corrupt(format!("{at}: {m}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{at}: {m}")),
+        }
+    }
 }
 
 /// Result of a store operation.
@@ -355,7 +376,7 @@ pub trait Store: Send + Sync + 'static {
     /// Forget a user's consent for a client; whether there was one.
     fn forget_consent(&self, sub: &str, client_id: &str) -> StoreResult<bool>;
 
-    /// Save a code under the hash of its value.
+    /// Save a code under the hash of its value ([`StoreError::Conflict`] if it is taken).
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;
     /// Save a code for a new authorization request, evicting the oldest waiting request
     /// when `limits` are reached (counted with pending requests, as [`Store::admit_pending`]).
@@ -369,7 +390,7 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically use up a code; remembers used codes until they would have expired.
     fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption>;
 
-    /// Save a new grant.
+    /// Save a new grant ([`StoreError::Conflict`] if its id is taken).
     fn insert_grant(&self, grant: Grant) -> StoreResult<()>;
     /// Look a grant up.
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>>;

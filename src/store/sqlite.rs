@@ -90,7 +90,39 @@ pub struct SqliteStore {
     last_purge: std::sync::atomic::AtomicU64,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
+/// What a database error means for the caller. A taken unique key is a conflict (the
+/// transaction rolled back); a damaged file or a column of the wrong type is corruption;
+/// everything else (busy, locked, read-only, full, I/O) means the store cannot be used now.
+/// SQLite's messages name tables and columns, never the values bound to a statement.
+fn err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.extended_code,
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ) =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            StoreError::Corrupt(e.to_string())
+        }
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// A file system failure around the database file.
+fn io_err(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -99,12 +131,27 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_json(value: &impl Serialize) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(err)
+/// Why a record does not encode or decode: its kind and where in the JSON, not serde's
+/// message, which quotes the offending value.
+fn json_err<T>(e: &serde_json::Error) -> StoreError {
+    let kind = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("record");
+    StoreError::Corrupt(format!(
+        "a {kind} record: {:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
+}
+
+fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| json_err::<T>(&e))
 }
 
 fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(err)
+    serde_json::from_str(text).map_err(|e| json_err::<T>(&e))
 }
 
 impl SqliteStore {
@@ -115,12 +162,12 @@ impl SqliteStore {
     /// opens it (an existing one is tightened to 0600); SQLite gives the `-wal` and `-shm`
     /// files the database file's mode.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let at = |e: StoreError| StoreError::Unavailable(format!("{}: {e}", path.display()));
+        let at = |e: StoreError| e.context(path.display());
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| at(err(e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| at(io_err(e)))?;
             make_private_dir(dir);
         }
-        make_private_file(path).map_err(|e| at(err(e)))?;
+        make_private_file(path).map_err(|e| at(io_err(e)))?;
         let store = Connection::open(path)
             .map_err(err)
             .and_then(Self::init)
@@ -131,7 +178,7 @@ impl SqliteStore {
             side.push(suffix);
             let side = std::path::PathBuf::from(side);
             if side.exists() {
-                restrict(&side, 0o600).map_err(|e| at(err(e)))?;
+                restrict(&side, 0o600).map_err(|e| at(io_err(e)))?;
             }
         }
         Ok(store)
@@ -182,7 +229,9 @@ impl SqliteStore {
     }
 
     fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
-        self.conn.lock().map_err(|_| err("store lock poisoned"))
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the store lock is poisoned".into()))
     }
 
     /// Run a single read; no transaction (each statement is atomic on its own), so the
@@ -617,6 +666,16 @@ impl Store for SqliteStore {
     ) -> StoreResult<Admission> {
         self.tx(|tx| {
             self.purge_now_and_then(tx, now)?;
+            // Checked first: making room could evict the code whose hash is taken.
+            let taken = tx
+                .query_row("SELECT 1 FROM codes WHERE hash = ?1", [&code_hash], |_| {
+                    Ok(())
+                })
+                .optional()
+                .map_err(err)?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict("a code with this hash exists".into()));
+            }
             let admission = make_room(tx, &code.client_id, now, limits)?;
             put_code(tx, &code_hash, &code)?;
             Ok(admission)
@@ -666,7 +725,7 @@ impl Store for SqliteStore {
             grant.revoked |= early > 0;
             let live_until = if grant.revoked { 0 } else { grant.expires_at };
             tx.execute(
-                "INSERT OR REPLACE INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
                 params![grant.id, to_json(&grant)?, grant.client_id, int(live_until)],
             )
             .map_err(err)?;
@@ -824,5 +883,56 @@ impl Store for SqliteStore {
                 .map(|r| r.is_some())
                 .map_err(err)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn database_errors_say_what_failed() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+        ] {
+            assert!(
+                matches!(err(failure(code)), StoreError::Conflict(_)),
+                "{code}"
+            );
+        }
+        for code in [ffi::SQLITE_CORRUPT, ffi::SQLITE_NOTADB] {
+            assert!(
+                matches!(err(failure(code)), StoreError::Corrupt(_)),
+                "{code}"
+            );
+        }
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_CONSTRAINT_NOTNULL,
+        ] {
+            assert!(
+                matches!(err(failure(code)), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            err(rusqlite::Error::InvalidColumnType(
+                0,
+                "data".into(),
+                rusqlite::types::Type::Integer
+            )),
+            StoreError::Corrupt(_)
+        ));
     }
 }
