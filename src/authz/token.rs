@@ -20,7 +20,7 @@ use super::uris::canonical_resource;
 use crate::admin::events::{RequestMeta, audit};
 use crate::secret::{random_token, sha256_b64};
 use crate::state::AppState;
-use crate::store::{Client, CodeRedemption, Grant, RefreshToken, RotateOutcome};
+use crate::store::{Client, CodeRedemption, Grant, RefreshRotation, RefreshToken, RotateOutcome};
 use crate::tokens::issue::{AccessClaims, sign};
 
 /// A parsed token request, one variant per grant type. The client is authenticated
@@ -349,10 +349,16 @@ fn refresh_token(
         scopes: old.scopes.clone(),
         rotated: None,
     };
-    let grace = state.settings.config.refresh_grace_seconds;
+    let rotation = RefreshRotation {
+        old_hash: &old_hash,
+        new_hash: sha256_b64(&refresh),
+        new_token: successor,
+        now,
+        grace: state.settings.config.refresh_grace_seconds,
+    };
     match state
         .store
-        .rotate_refresh(&old_hash, sha256_b64(&refresh), successor, now, grace)
+        .rotate_refresh(rotation)
         .map_err(OAuthError::server)?
     {
         RotateOutcome::Rotated(grant) => {

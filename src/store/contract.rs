@@ -73,8 +73,14 @@ fn taken_keys_are_conflicts_that_change_nothing(s: &dyn Store) {
 }
 
 fn rotated(s: &dyn Store, old: &str, new: &str, now: u64, grace: u64) -> RotateOutcome {
-    s.rotate_refresh(old, new.into(), rt("g"), now, grace)
-        .unwrap()
+    s.rotate_refresh(RefreshRotation {
+        old_hash: old,
+        new_hash: new.into(),
+        new_token: rt("g"),
+        now,
+        grace,
+    })
+    .unwrap()
 }
 
 fn codes_are_single_use_and_replays_are_reported(s: &dyn Store) {

@@ -5,8 +5,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, RefreshToken, RotateOutcome, Rotation, RotationDecision,
-    Store, StoreError, StoreResult, decide_rotation, sort_clients, sort_grants,
+    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RotateOutcome,
+    Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 #[derive(Default)]
@@ -146,8 +146,23 @@ impl Inner {
         self.next_seq += 1;
         self.pending.insert(pending.id.clone(), (seq, pending));
     }
+}
 
-    fn revoke_grant(&mut self, grant_id: &str) {
+impl Records for Inner {
+    fn refresh(&mut self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+        Ok(self.refresh.get(hash).cloned())
+    }
+
+    fn grant(&mut self, id: &str) -> StoreResult<Option<Grant>> {
+        Ok(self.grants.get(id).cloned())
+    }
+
+    fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()> {
+        self.refresh.insert(hash.to_string(), token.clone());
+        Ok(())
+    }
+
+    fn revoke_grant(&mut self, grant_id: &str) -> StoreResult<()> {
         match self.grants.get_mut(grant_id) {
             Some(g) => g.revoked = true,
             None => {
@@ -158,6 +173,7 @@ impl Inner {
             self.revoked_jti.insert(jti, exp);
         }
         self.refresh.retain(|_, t| t.grant_id != grant_id);
+        Ok(())
     }
 }
 
@@ -205,7 +221,7 @@ impl Store for InMemoryStore {
             .map(|g| g.id.clone())
             .collect();
         for id in &live {
-            inner.revoke_grant(id);
+            inner.revoke_grant(id)?;
         }
         let deleted = inner.clients.remove(client_id).is_some();
         inner.consents.retain(|(_, c), _| c != client_id);
@@ -344,8 +360,7 @@ impl Store for InMemoryStore {
     }
 
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
-        self.lock()?.revoke_grant(grant_id);
-        Ok(())
+        self.lock()?.revoke_grant(grant_id)
     }
 
     fn live_grants(&self, now: u64) -> StoreResult<Vec<Grant>> {
@@ -381,49 +396,8 @@ impl Store for InMemoryStore {
         Ok(self.lock()?.refresh.get(token_hash).cloned())
     }
 
-    fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: String,
-        new_token: RefreshToken,
-        now: u64,
-        grace: u64,
-    ) -> StoreResult<RotateOutcome> {
-        let mut inner = self.lock()?;
-        let Some(old) = inner.refresh.get(old_hash).cloned() else {
-            return Ok(RotateOutcome::Invalid);
-        };
-        let grant = match inner.grants.get(&old.grant_id) {
-            Some(g) if !g.revoked && g.expires_at > now => g.clone(),
-            _ => return Ok(RotateOutcome::Invalid),
-        };
-        let successor_used = old
-            .rotated
-            .as_ref()
-            .and_then(|r| inner.refresh.get(&r.successor))
-            .is_none_or(|s| s.rotated.is_some());
-        let first_at = old.rotated.as_ref().map_or(now, |r| r.at);
-        match decide_rotation(&old, successor_used, now, grace) {
-            RotationDecision::Replay => {
-                inner.revoke_grant(&grant.id);
-                return Ok(RotateOutcome::Replay);
-            }
-            RotationDecision::Retry { drop_successor } => {
-                if let Some(s) = inner.refresh.get_mut(&drop_successor) {
-                    s.rotated = Some(Rotation::superseded(now));
-                }
-            }
-            RotationDecision::Rotate => {}
-        }
-        if let Some(t) = inner.refresh.get_mut(old_hash) {
-            t.rotated = Some(Rotation {
-                at: first_at,
-                successor: new_hash.clone(),
-                superseded: false,
-            });
-        }
-        inner.refresh.insert(new_hash, new_token);
-        Ok(RotateOutcome::Rotated(grant))
+    fn rotate_refresh(&self, rotation: RefreshRotation<'_>) -> StoreResult<RotateOutcome> {
+        super::rotate(&mut *self.lock()?, rotation)
     }
 
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {

@@ -234,6 +234,84 @@ pub fn decide_rotation(
     }
 }
 
+/// A refresh token presented for rotation, and the successor to store if the rule allows.
+#[derive(Debug, Clone)]
+pub struct RefreshRotation<'a> {
+    /// Hash of the presented token.
+    pub old_hash: &'a str,
+    /// Hash of the successor.
+    pub new_hash: String,
+    /// The successor.
+    pub new_token: RefreshToken,
+    /// Now.
+    pub now: u64,
+    /// How long a rotated token may be retried (see [`decide_rotation`]).
+    pub grace: u64,
+}
+
+/// The records the rules below read and write. Each store implements it over what it holds
+/// while it holds its lock (or inside one transaction), and runs a rule in one go, so every
+/// rule is one atomic step and is written once for all stores.
+pub(crate) trait Records {
+    /// A refresh token.
+    fn refresh(&mut self, hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// A grant.
+    fn grant(&mut self, id: &str) -> StoreResult<Option<Grant>>;
+    /// Store a refresh token, replacing the one under the same hash.
+    fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()>;
+    /// [`Store::revoke_grant`].
+    fn revoke_grant(&mut self, id: &str) -> StoreResult<()>;
+}
+
+/// [`Store::rotate_refresh`]: apply [`decide_rotation`] and, when it allows, store the
+/// successor and mark the presented token rotated; on a replay, revoke the family.
+pub(crate) fn rotate(
+    records: &mut impl Records,
+    r: RefreshRotation<'_>,
+) -> StoreResult<RotateOutcome> {
+    let Some(old) = records.refresh(r.old_hash)? else {
+        return Ok(RotateOutcome::Invalid);
+    };
+    let grant = match records.grant(&old.grant_id)? {
+        Some(g) if !g.revoked && g.expires_at > r.now => g,
+        _ => return Ok(RotateOutcome::Invalid),
+    };
+    let successor_used = match &old.rotated {
+        Some(rot) => records
+            .refresh(&rot.successor)?
+            .is_none_or(|s| s.rotated.is_some()),
+        None => false,
+    };
+    let first_at = old.rotated.as_ref().map_or(r.now, |rot| rot.at);
+    match decide_rotation(&old, successor_used, r.now, r.grace) {
+        RotationDecision::Replay => {
+            records.revoke_grant(&grant.id)?;
+            return Ok(RotateOutcome::Replay);
+        }
+        RotationDecision::Retry { drop_successor } => {
+            if let Some(dead) = records.refresh(&drop_successor)? {
+                let dead = RefreshToken {
+                    rotated: Some(Rotation::superseded(r.now)),
+                    ..dead
+                };
+                records.put_refresh(&drop_successor, &dead)?;
+            }
+        }
+        RotationDecision::Rotate => {}
+    }
+    let rotated = RefreshToken {
+        rotated: Some(Rotation {
+            at: first_at,
+            successor: r.new_hash.clone(),
+            superseded: false,
+        }),
+        ..old
+    };
+    records.put_refresh(r.old_hash, &rotated)?;
+    records.put_refresh(&r.new_hash, &r.new_token)?;
+    Ok(RotateOutcome::Rotated(grant))
+}
+
 /// Caps on what waits for someone: authorization requests awaiting the user's decision plus
 /// codes awaiting redemption, counted together. 0 means no cap. A cap bounds memory but never
 /// refuses a new request: the oldest waiting one gives way (so strangers sending abandoned
@@ -411,16 +489,9 @@ pub trait Store: Send + Sync + 'static {
     fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()>;
     /// Look a refresh token up.
     fn refresh(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>>;
-    /// Atomically apply [`decide_rotation`] to `old_hash` and, when it allows, store
-    /// `new_hash` as its successor.
-    fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: String,
-        new_token: RefreshToken,
-        now: u64,
-        grace: u64,
-    ) -> StoreResult<RotateOutcome>;
+    /// Atomically apply [`decide_rotation`] to the presented token and, when it allows,
+    /// store its successor.
+    fn rotate_refresh(&self, rotation: RefreshRotation<'_>) -> StoreResult<RotateOutcome>;
 
     /// Deny an access token until it expires anyway.
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()>;

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Consent, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, RefreshToken, RotateOutcome, Rotation, RotationDecision,
-    Store, StoreError, StoreResult, decide_rotation, sort_clients, sort_grants,
+    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RotateOutcome,
+    Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -457,6 +457,24 @@ fn revoke_grant(tx: &Transaction<'_>, grant_id: &str) -> StoreResult<()> {
     Ok(())
 }
 
+impl Records for &Transaction<'_> {
+    fn refresh(&mut self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+        get_refresh(self, hash)
+    }
+
+    fn grant(&mut self, id: &str) -> StoreResult<Option<Grant>> {
+        get_grant(self, id)
+    }
+
+    fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()> {
+        put_refresh(self, hash, token)
+    }
+
+    fn revoke_grant(&mut self, id: &str) -> StoreResult<()> {
+        revoke_grant(self, id)
+    }
+}
+
 impl Store for SqliteStore {
     fn insert_client(&self, client: Client) -> StoreResult<()> {
         self.tx(|tx| {
@@ -811,55 +829,8 @@ impl Store for SqliteStore {
         self.read(|tx| get_refresh(tx, token_hash))
     }
 
-    fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: String,
-        new_token: RefreshToken,
-        now: u64,
-        grace: u64,
-    ) -> StoreResult<RotateOutcome> {
-        self.tx(|tx| {
-            let Some(old) = get_refresh(tx, old_hash)? else {
-                return Ok(RotateOutcome::Invalid);
-            };
-            let grant = match get_grant(tx, &old.grant_id)? {
-                Some(g) if !g.revoked && g.expires_at > now => g,
-                _ => return Ok(RotateOutcome::Invalid),
-            };
-            let successor_used = match &old.rotated {
-                Some(r) => get_refresh(tx, &r.successor)?.is_none_or(|s| s.rotated.is_some()),
-                None => false,
-            };
-            let first_at = old.rotated.as_ref().map_or(now, |r| r.at);
-            match decide_rotation(&old, successor_used, now, grace) {
-                RotationDecision::Replay => {
-                    revoke_grant(tx, &grant.id)?;
-                    return Ok(RotateOutcome::Replay);
-                }
-                RotationDecision::Retry { drop_successor } => {
-                    if let Some(dead) = get_refresh(tx, &drop_successor)? {
-                        let dead = RefreshToken {
-                            rotated: Some(Rotation::superseded(now)),
-                            ..dead
-                        };
-                        put_refresh(tx, &drop_successor, &dead)?;
-                    }
-                }
-                RotationDecision::Rotate => {}
-            }
-            let rotated = RefreshToken {
-                rotated: Some(Rotation {
-                    at: first_at,
-                    successor: new_hash.clone(),
-                    superseded: false,
-                }),
-                ..old
-            };
-            put_refresh(tx, old_hash, &rotated)?;
-            put_refresh(tx, &new_hash, &new_token)?;
-            Ok(RotateOutcome::Rotated(grant))
-        })
+    fn rotate_refresh(&self, rotation: RefreshRotation<'_>) -> StoreResult<RotateOutcome> {
+        self.tx(|mut tx| super::rotate(&mut tx, rotation))
     }
 
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {
