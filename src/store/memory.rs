@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Grant, LiveCounts,
+    Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Grant, LiveCounts,
     PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RotateOutcome,
     Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
@@ -175,6 +175,45 @@ impl Records for Inner {
         self.refresh.retain(|_, t| t.grant_id != grant_id);
         Ok(())
     }
+
+    fn insert_grant(&mut self, grant: &Grant) -> StoreResult<()> {
+        if self.grants.contains_key(&grant.id) {
+            return Err(StoreError::Conflict("a grant with this id exists".into()));
+        }
+        let mut grant = grant.clone();
+        grant.revoked |= self.revoked_early.remove(&grant.id);
+        self.grants.insert(grant.id.clone(), grant);
+        Ok(())
+    }
+
+    fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
+        if self.grants.get(grant_id).is_none_or(|g| g.revoked) {
+            // Issued from a grant revoked meanwhile: deny it straight away.
+            self.revoked_jti.insert(jti.to_string(), exp);
+            return Ok(());
+        }
+        let tokens = self.grant_tokens.entry(grant_id.to_string()).or_default();
+        tokens.push((jti.to_string(), exp));
+        Ok(())
+    }
+
+    fn code(&mut self, hash: &str) -> StoreResult<Option<AuthCode>> {
+        Ok(self.codes.get(hash).cloned())
+    }
+
+    fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .used_codes
+            .get(hash)
+            .map(|(grant_id, _)| grant_id.clone()))
+    }
+
+    fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()> {
+        self.codes.remove(hash);
+        self.used_codes
+            .insert(hash.to_string(), (grant_id.to_string(), until));
+        Ok(())
+    }
 }
 
 impl Store for InMemoryStore {
@@ -311,36 +350,14 @@ impl Store for InMemoryStore {
         Ok(admission)
     }
 
-    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
+    fn redeem_code(&self, exchange: CodeExchange<'_>) -> StoreResult<CodeRedemption> {
         let mut inner = self.lock()?;
-        inner.purge_now_and_then(now);
-        if let Some((grant_id, _)) = inner.used_codes.get(code_hash) {
-            return Ok(CodeRedemption::Replayed {
-                grant_id: grant_id.clone(),
-            });
-        }
-        match inner.codes.remove(code_hash) {
-            Some(code) if code.expires_at > now => {
-                inner.used_codes.insert(
-                    code_hash.to_string(),
-                    (code.grant_id.clone(), code.expires_at),
-                );
-                Ok(CodeRedemption::Fresh(code))
-            }
-            _ => Ok(CodeRedemption::Unknown),
-        }
+        inner.purge_now_and_then(exchange.now);
+        super::redeem(&mut *inner, exchange)
     }
 
-    fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        if inner.grants.contains_key(&grant.id) {
-            return Err(StoreError::Conflict("a grant with this id exists".into()));
-        }
-        if inner.revoked_early.remove(&grant.id) {
-            grant.revoked = true;
-        }
-        inner.grants.insert(grant.id.clone(), grant);
-        Ok(())
+    fn insert_grant(&self, grant: Grant) -> StoreResult<()> {
+        self.lock()?.insert_grant(&grant)
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
@@ -348,15 +365,7 @@ impl Store for InMemoryStore {
     }
 
     fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        if inner.grants.get(grant_id).is_none_or(|g| g.revoked) {
-            // Issued from a grant revoked meanwhile: deny it straight away.
-            inner.revoked_jti.insert(jti.to_string(), exp);
-            return Ok(());
-        }
-        let tokens = inner.grant_tokens.entry(grant_id.to_string()).or_default();
-        tokens.push((jti.to_string(), exp));
-        Ok(())
+        self.lock()?.add_access_token(grant_id, jti, exp)
     }
 
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {

@@ -110,11 +110,43 @@ pub struct AuthCode {
     pub expires_at: u64,
 }
 
+/// What a code is exchanged for, stored in the same atomic step that uses the code up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeIssue {
+    /// The grant the code starts (with the code's `grant_id`).
+    pub grant: Grant,
+    /// Hash of the refresh token issued from the grant.
+    pub refresh_hash: String,
+    /// The refresh token.
+    pub refresh: RefreshToken,
+    /// The access token's `jti`, recorded under the grant so revoking the grant revokes it.
+    pub access_jti: String,
+    /// The access token's expiry.
+    pub access_exp: u64,
+}
+
+/// The token endpoint's check of an unused, unexpired code: what to issue for it, or
+/// `None` to refuse it (another client, a wrong verifier or redirect URI). It runs inside
+/// the store's atomic step (under its lock), so it must be quick and must not use the store.
+pub type CodeCheck<'a> = dyn FnMut(&AuthCode) -> Option<CodeIssue> + 'a;
+
+/// A code presented for exchange, and the check that decides what it is exchanged for.
+pub struct CodeExchange<'a> {
+    /// Hash of the code.
+    pub code_hash: &'a str,
+    /// Now.
+    pub now: u64,
+    /// The token endpoint's check of the code.
+    pub check: &'a mut CodeCheck<'a>,
+}
+
 /// What presenting a code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeRedemption {
-    /// The code was valid and is now used up.
-    Fresh(AuthCode),
+    /// The code was valid and is now used up; what the check issued for it is stored.
+    Issued(Box<CodeIssue>),
+    /// The check refused the code; nothing changed, and the code is still redeemable.
+    Refused,
     /// The code was already redeemed: the grant it started should be revoked.
     Replayed {
         /// The grant started by the first redemption.
@@ -261,6 +293,54 @@ pub(crate) trait Records {
     fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()>;
     /// [`Store::revoke_grant`].
     fn revoke_grant(&mut self, id: &str) -> StoreResult<()>;
+    /// [`Store::insert_grant`].
+    fn insert_grant(&mut self, grant: &Grant) -> StoreResult<()>;
+    /// [`Store::add_access_token`].
+    fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()>;
+    /// An unredeemed code (expired or not).
+    fn code(&mut self, hash: &str) -> StoreResult<Option<AuthCode>>;
+    /// The grant a redeemed code started, while the code is remembered.
+    fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>>;
+    /// Use a code up: forget it, and remember until `until` that it started `grant_id`.
+    fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()>;
+}
+
+/// [`Store::redeem_code`]: report a replay or an unknown code; else let the check decide, and
+/// when it issues, use the code up and store the grant, its refresh token and the access
+/// token's record.
+pub(crate) fn redeem(
+    records: &mut impl Records,
+    exchange: CodeExchange<'_>,
+) -> StoreResult<CodeRedemption> {
+    let CodeExchange {
+        code_hash,
+        now,
+        check,
+    } = exchange;
+    if let Some(grant_id) = records.used_code(code_hash)? {
+        return Ok(CodeRedemption::Replayed { grant_id });
+    }
+    let Some(code) = records.code(code_hash)?.filter(|c| c.expires_at > now) else {
+        return Ok(CodeRedemption::Unknown);
+    };
+    let Some(issue) = check(&code) else {
+        return Ok(CodeRedemption::Refused);
+    };
+    // Every conflict is found before the first write: the in-memory store cannot roll a
+    // write back (SQLite would, with the transaction).
+    if records.grant(&issue.grant.id)?.is_some() {
+        return Err(StoreError::Conflict("a grant with this id exists".into()));
+    }
+    if records.refresh(&issue.refresh_hash)?.is_some() {
+        return Err(StoreError::Conflict(
+            "a refresh token with this hash exists".into(),
+        ));
+    }
+    records.use_code(code_hash, &issue.grant.id, code.expires_at)?;
+    records.insert_grant(&issue.grant)?;
+    records.put_refresh(&issue.refresh_hash, &issue.refresh)?;
+    records.add_access_token(&issue.grant.id, &issue.access_jti, issue.access_exp)?;
+    Ok(CodeRedemption::Issued(Box::new(issue)))
 }
 
 /// [`Store::rotate_refresh`]: apply [`decide_rotation`] and, when it allows, store the
@@ -465,8 +545,13 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
         limits: PendingLimits,
     ) -> StoreResult<Admission>;
-    /// Atomically use up a code; remembers used codes until they would have expired.
-    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption>;
+    /// Redeem a code in one atomic step. An unused, unexpired code is shown to the check;
+    /// when it answers with what to issue, the code is used up and the grant, its refresh
+    /// token and the access token's record are stored with it. When it refuses, or any of
+    /// those writes fails (a [`StoreError::Conflict`] on a taken key, say), nothing is
+    /// written and the code stays redeemable. Used codes are remembered until they would
+    /// have expired, so presenting one again is reported as a replay.
+    fn redeem_code(&self, exchange: CodeExchange<'_>) -> StoreResult<CodeRedemption>;
 
     /// Save a new grant ([`StoreError::Conflict`] if its id is taken).
     fn insert_grant(&self, grant: Grant) -> StoreResult<()>;

@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Consent, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RotateOutcome,
-    Store, StoreError, StoreResult, sort_clients, sort_grants,
+    Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
+    LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
+    RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -473,6 +473,68 @@ impl Records for &Transaction<'_> {
     fn revoke_grant(&mut self, id: &str) -> StoreResult<()> {
         revoke_grant(self, id)
     }
+
+    fn insert_grant(&mut self, grant: &Grant) -> StoreResult<()> {
+        let early = self
+            .execute("DELETE FROM revoked_early WHERE grant_id = ?1", [&grant.id])
+            .map_err(err)?;
+        let revoked = grant.revoked || early > 0;
+        let grant = &Grant {
+            revoked,
+            ..grant.clone()
+        };
+        let live_until = if revoked { 0 } else { grant.expires_at };
+        self.execute(
+            "INSERT INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
+            params![grant.id, to_json(grant)?, grant.client_id, int(live_until)],
+        )
+        .map_err(err)?;
+        Ok(())
+    }
+
+    fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
+        let live = get_grant(self, grant_id)?.is_some_and(|g| !g.revoked);
+        let sql = if live {
+            "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)"
+        } else {
+            // Issued from a grant revoked meanwhile: deny it straight away.
+            "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT ?2, ?3 WHERE ?1 IS NOT NULL"
+        };
+        self.execute(sql, params![grant_id, jti, int(exp)])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn code(&mut self, hash: &str) -> StoreResult<Option<AuthCode>> {
+        let data: Option<String> = self
+            .query_row("SELECT data FROM codes WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        data.map(|d| from_json(&d)).transpose()
+    }
+
+    fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>> {
+        self.query_row(
+            "SELECT grant_id FROM used_codes WHERE hash = ?1",
+            [hash],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)
+    }
+
+    fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()> {
+        self.execute("DELETE FROM codes WHERE hash = ?1", [hash])
+            .map_err(err)?;
+        self.execute(
+            "INSERT INTO used_codes (hash, grant_id, until) VALUES (?1, ?2, ?3)",
+            params![hash, grant_id, int(until)],
+        )
+        .map_err(err)?;
+        Ok(())
+    }
 }
 
 impl Store for SqliteStore {
@@ -700,55 +762,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
-        self.tx(|tx| {
-            self.purge_now_and_then(tx, now)?;
-            let used: Option<String> = tx
-                .query_row(
-                    "SELECT grant_id FROM used_codes WHERE hash = ?1",
-                    [code_hash],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            if let Some(grant_id) = used {
-                return Ok(CodeRedemption::Replayed { grant_id });
-            }
-            let data: Option<String> = tx
-                .query_row(
-                    "DELETE FROM codes WHERE hash = ?1 RETURNING data",
-                    [code_hash],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            let code = match data.map(|d| from_json::<AuthCode>(&d)).transpose()? {
-                Some(code) if code.expires_at > now => code,
-                _ => return Ok(CodeRedemption::Unknown),
-            };
-            tx.execute(
-                "INSERT INTO used_codes (hash, grant_id, until) VALUES (?1, ?2, ?3)",
-                params![code_hash, code.grant_id, int(code.expires_at)],
-            )
-            .map_err(err)?;
-            Ok(CodeRedemption::Fresh(code))
+    fn redeem_code(&self, exchange: CodeExchange<'_>) -> StoreResult<CodeRedemption> {
+        self.tx(|mut tx| {
+            self.purge_now_and_then(tx, exchange.now)?;
+            super::redeem(&mut tx, exchange)
         })
     }
 
-    fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
-        self.tx(|tx| {
-            let early = tx
-                .execute("DELETE FROM revoked_early WHERE grant_id = ?1", [&grant.id])
-                .map_err(err)?;
-            grant.revoked |= early > 0;
-            let live_until = if grant.revoked { 0 } else { grant.expires_at };
-            tx.execute(
-                "INSERT INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
-                params![grant.id, to_json(&grant)?, grant.client_id, int(live_until)],
-            )
-            .map_err(err)?;
-            Ok(())
-        })
+    fn insert_grant(&self, grant: Grant) -> StoreResult<()> {
+        self.tx(|mut tx| tx.insert_grant(&grant))
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
@@ -756,18 +778,7 @@ impl Store for SqliteStore {
     }
 
     fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
-        self.tx(|tx| {
-            let live = get_grant(tx, grant_id)?.is_some_and(|g| !g.revoked);
-            let sql = if live {
-                "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)"
-            } else {
-                // Issued from a grant revoked meanwhile: deny it straight away.
-                "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT ?2, ?3 WHERE ?1 IS NOT NULL"
-            };
-            tx.execute(sql, params![grant_id, jti, int(exp)])
-                .map_err(err)?;
-            Ok(())
-        })
+        self.tx(|mut tx| tx.add_access_token(grant_id, jti, exp))
     }
 
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
