@@ -74,65 +74,6 @@ impl Inner {
         self.grant_tokens.retain(|_, tokens| !tokens.is_empty());
     }
 
-    /// Whether one more request of `client_id` may wait: pending requests and unredeemed
-    /// codes still live at `now`, counted together.
-    fn admission(&self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
-        let live_pending = self
-            .pending
-            .values()
-            .map(|(_, p)| p)
-            .filter(|p| p.expires_at > now);
-        let live_codes = self.codes.values().filter(|c| c.expires_at > now);
-        let (mut total, mut client) = (0, 0);
-        for id in live_pending
-            .map(|p| &p.client_id)
-            .chain(live_codes.map(|c| &c.client_id))
-        {
-            total += 1;
-            client += usize::from(id == client_id);
-        }
-        limits.admit(total, client)
-    }
-
-    /// Count what waits and, while a cap is reached, evict the oldest live pending request
-    /// (of `client_id` when its cap is the one reached), else the oldest live code. Returns
-    /// the first verdict: whether anything had to give way.
-    fn make_room(&mut self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
-        let first = self.admission(client_id, now, limits);
-        let mut verdict = first;
-        while verdict != Admission::Admitted {
-            let only = (verdict == Admission::EvictedForClient).then_some(client_id);
-            if !self.evict_oldest(only, now) {
-                break;
-            }
-            verdict = self.admission(client_id, now, limits);
-        }
-        first
-    }
-
-    /// Drop the oldest live pending request (of `only`, when given), else the oldest live
-    /// code; whether there was one.
-    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> bool {
-        let ours = |c: &str| only.is_none_or(|o| o == c);
-        let oldest = self
-            .pending
-            .iter()
-            .filter(|(_, (_, p))| p.expires_at > now && ours(&p.client_id))
-            .min_by_key(|(_, (seq, p))| (p.expires_at, *seq))
-            .map(|(id, _)| id.clone());
-        if let Some(id) = oldest {
-            self.pending.remove(&id);
-            return true;
-        }
-        let oldest = self
-            .codes
-            .iter()
-            .filter(|(_, c)| c.expires_at > now && ours(&c.client_id))
-            .min_by(|a, b| (a.1.expires_at, a.0).cmp(&(b.1.expires_at, b.0)))
-            .map(|(hash, _)| hash.clone());
-        oldest.is_some_and(|hash| self.codes.remove(&hash).is_some())
-    }
-
     /// Codes are stored once: a taken hash is a conflict, as a unique key is in SQLite.
     fn check_new_code(&self, code_hash: &str) -> StoreResult<()> {
         if self.codes.contains_key(code_hash) {
@@ -214,6 +155,45 @@ impl Records for Inner {
             .insert(hash.to_string(), (grant_id.to_string(), until));
         Ok(())
     }
+
+    fn waiting(&mut self, client_id: &str, now: u64) -> StoreResult<(usize, usize)> {
+        let live_pending = self
+            .pending
+            .values()
+            .map(|(_, p)| p)
+            .filter(|p| p.expires_at > now);
+        let live_codes = self.codes.values().filter(|c| c.expires_at > now);
+        let (mut total, mut client) = (0, 0);
+        for id in live_pending
+            .map(|p| &p.client_id)
+            .chain(live_codes.map(|c| &c.client_id))
+        {
+            total += 1;
+            client += usize::from(id == client_id);
+        }
+        Ok((total, client))
+    }
+
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> StoreResult<bool> {
+        let ours = |c: &str| only.is_none_or(|o| o == c);
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|(_, (_, p))| p.expires_at > now && ours(&p.client_id))
+            .min_by_key(|(_, (seq, p))| (p.expires_at, *seq))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.pending.remove(&id);
+            return Ok(true);
+        }
+        let oldest = self
+            .codes
+            .iter()
+            .filter(|(_, c)| c.expires_at > now && ours(&c.client_id))
+            .min_by(|a, b| (a.1.expires_at, a.0).cmp(&(b.1.expires_at, b.0)))
+            .map(|(hash, _)| hash.clone());
+        Ok(oldest.is_some_and(|hash| self.codes.remove(&hash).is_some()))
+    }
 }
 
 impl Store for InMemoryStore {
@@ -280,7 +260,7 @@ impl Store for InMemoryStore {
     ) -> StoreResult<Admission> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
-        let admission = inner.make_room(&pending.client_id, now, limits);
+        let admission = super::make_room(&mut *inner, &pending.client_id, now, limits)?;
         inner.insert_pending(pending);
         Ok(admission)
     }
@@ -345,7 +325,7 @@ impl Store for InMemoryStore {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
         inner.check_new_code(&code_hash)?;
-        let admission = inner.make_room(&code.client_id, now, limits);
+        let admission = super::make_room(&mut *inner, &code.client_id, now, limits)?;
         inner.codes.insert(code_hash, code);
         Ok(admission)
     }

@@ -303,6 +303,36 @@ pub(crate) trait Records {
     fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>>;
     /// Use a code up: forget it, and remember until `until` that it started `grant_id`.
     fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()>;
+    /// Pending requests and unredeemed codes live at `now`: all, and `client_id`'s.
+    fn waiting(&mut self, client_id: &str, now: u64) -> StoreResult<(usize, usize)>;
+    /// Drop the oldest live pending request (of `only`, when given; arrival order breaks
+    /// ties), else the oldest live code; whether there was one.
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> StoreResult<bool>;
+}
+
+/// Count what waits and, while a cap is reached, evict the oldest live pending request (of
+/// `client_id` when its cap is the one reached), else the oldest live code. Returns the
+/// first verdict: whether anything had to give way.
+pub(crate) fn make_room<R: Records>(
+    records: &mut R,
+    client_id: &str,
+    now: u64,
+    limits: PendingLimits,
+) -> StoreResult<Admission> {
+    let verdict = |records: &mut R| -> StoreResult<Admission> {
+        let (total, client) = records.waiting(client_id, now)?;
+        Ok(limits.admit(total, client))
+    };
+    let first = verdict(records)?;
+    let mut current = first;
+    while current != Admission::Admitted {
+        let only = (current == Admission::EvictedForClient).then_some(client_id);
+        if !records.evict_oldest(only, now)? {
+            break;
+        }
+        current = verdict(records)?;
+    }
+    Ok(first)
 }
 
 /// [`Store::redeem_code`]: report a replay or an unknown code; else let the check decide, and

@@ -353,31 +353,6 @@ fn waiting(tx: &Transaction<'_>, client_id: &str, now: u64) -> StoreResult<(usiz
     Ok((count(total), count(client)))
 }
 
-/// Count what waits and, while a cap is reached, evict the oldest live pending request (of
-/// `client_id` when its cap is the one reached), else the oldest live code. Returns the
-/// first verdict: whether anything had to give way.
-fn make_room(
-    tx: &Transaction<'_>,
-    client_id: &str,
-    now: u64,
-    limits: PendingLimits,
-) -> StoreResult<Admission> {
-    let verdict = |tx: &Transaction<'_>| -> StoreResult<Admission> {
-        let (total, client) = waiting(tx, client_id, now)?;
-        Ok(limits.admit(total, client))
-    };
-    let first = verdict(tx)?;
-    let mut current = first;
-    while current != Admission::Admitted {
-        let only = (current == Admission::EvictedForClient).then_some(client_id);
-        if !evict_oldest(tx, only, now)? {
-            break;
-        }
-        current = verdict(tx)?;
-    }
-    Ok(first)
-}
-
 /// Delete the oldest live pending request (of `only`, when given; arrival order breaks
 /// ties), else the oldest live code; whether there was one.
 fn evict_oldest(tx: &Transaction<'_>, only: Option<&str>, now: u64) -> StoreResult<bool> {
@@ -525,6 +500,14 @@ impl Records for &Transaction<'_> {
         .map_err(err)
     }
 
+    fn waiting(&mut self, client_id: &str, now: u64) -> StoreResult<(usize, usize)> {
+        waiting(self, client_id, now)
+    }
+
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> StoreResult<bool> {
+        evict_oldest(self, only, now)
+    }
+
     fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()> {
         self.execute("DELETE FROM codes WHERE hash = ?1", [hash])
             .map_err(err)?;
@@ -659,9 +642,9 @@ impl Store for SqliteStore {
         now: u64,
         limits: PendingLimits,
     ) -> StoreResult<Admission> {
-        self.tx(|tx| {
+        self.tx(|mut tx| {
             self.purge_now_and_then(tx, now)?;
-            let admission = make_room(tx, &pending.client_id, now, limits)?;
+            let admission = super::make_room(&mut tx, &pending.client_id, now, limits)?;
             put_pending(tx, &pending)?;
             Ok(admission)
         })
@@ -744,7 +727,7 @@ impl Store for SqliteStore {
         now: u64,
         limits: PendingLimits,
     ) -> StoreResult<Admission> {
-        self.tx(|tx| {
+        self.tx(|mut tx| {
             self.purge_now_and_then(tx, now)?;
             // Checked first: making room could evict the code whose hash is taken.
             let taken = tx
@@ -756,7 +739,7 @@ impl Store for SqliteStore {
             if taken.is_some() {
                 return Err(StoreError::Conflict("a code with this hash exists".into()));
             }
-            let admission = make_room(tx, &code.client_id, now, limits)?;
+            let admission = super::make_room(&mut tx, &code.client_id, now, limits)?;
             put_code(tx, &code_hash, &code)?;
             Ok(admission)
         })
