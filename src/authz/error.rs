@@ -97,13 +97,17 @@ impl OAuthError {
         }
     }
 
-    /// Wrap an internal failure; a storage failure is a 503, not a 500.
+    /// Wrap an internal failure. A storage failure a retry can get past (the store is
+    /// unavailable, or a concurrent change won) is a 503, not a 500; a corrupt record is a
+    /// 500 like any other fault of ours.
     pub fn server(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        use crate::store::StoreError;
         let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
-        if boxed.is::<crate::store::StoreError>() {
-            Self::TemporarilyUnavailable(boxed)
-        } else {
-            Self::ServerError(boxed)
+        match boxed.downcast_ref::<StoreError>() {
+            Some(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
+                Self::TemporarilyUnavailable(boxed)
+            }
+            Some(StoreError::Corrupt(_)) | None => Self::ServerError(boxed),
         }
     }
 }
@@ -211,6 +215,16 @@ mod tests {
                 OAuthError::server(crate::store::StoreError::Unavailable("read-only".into())),
                 "temporarily_unavailable",
                 503,
+            ),
+            (
+                OAuthError::server(crate::store::StoreError::Conflict("taken".into())),
+                "temporarily_unavailable",
+                503,
+            ),
+            (
+                OAuthError::server(crate::store::StoreError::Corrupt("a Grant record".into())),
+                "server_error",
+                500,
             ),
         ];
         for (err, code, status) in cases {

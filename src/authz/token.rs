@@ -18,7 +18,10 @@ use super::pkce;
 use super::state::AuthzState;
 use crate::audit::{RequestMeta, audit};
 use crate::secret::{random_token, sha256_b64};
-use crate::store::{Client, CodeRedemption, Grant, RefreshToken, RotateOutcome};
+use crate::store::{
+    AuthCode, Client, CodeExchange, CodeIssue, CodeRedemption, Grant, RefreshRotation,
+    RefreshToken, RotateOutcome,
+};
 use crate::tokens::issue::{AccessClaims, sign};
 use crate::web::client_ip::client_ip;
 use crate::web::uris::canonical_resource;
@@ -129,6 +132,30 @@ fn check_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError
     }
 }
 
+/// Sign an access token under the `jti` chosen for it.
+fn sign_access(
+    state: &AuthzState,
+    sub: &str,
+    client_id: &str,
+    resource: &str,
+    scopes: &[String],
+    jti: &str,
+    now: u64,
+) -> Result<String, OAuthError> {
+    let claims = AccessClaims {
+        iss: state.settings.issuer.clone(),
+        sub: sub.to_string(),
+        aud: resource.to_string(),
+        exp: now + state.settings.config.access_token_ttl,
+        iat: now,
+        nbf: now,
+        jti: jti.to_string(),
+        scope: scopes.join(" "),
+        client_id: client_id.to_string(),
+    };
+    sign(&state.keys.current(), &claims).map_err(OAuthError::server)
+}
+
 /// Sign an access token and, when it belongs to a grant, record its `jti` under it so
 /// revoking the grant revokes the token.
 fn mint(
@@ -141,22 +168,12 @@ fn mint(
     now: u64,
 ) -> Result<(String, u64), OAuthError> {
     let ttl = state.settings.config.access_token_ttl;
-    let claims = AccessClaims {
-        iss: state.settings.issuer.clone(),
-        sub: sub.to_string(),
-        aud: resource.to_string(),
-        exp: now + ttl,
-        iat: now,
-        nbf: now,
-        jti: rng()?,
-        scope: scopes.join(" "),
-        client_id: client_id.to_string(),
-    };
-    let jwt = sign(&state.keys.current(), &claims).map_err(OAuthError::server)?;
+    let jti = rng()?;
+    let jwt = sign_access(state, sub, client_id, resource, scopes, &jti, now)?;
     if let Some(grant_id) = grant_id {
         state
             .store
-            .add_access_token(grant_id, &claims.jti, claims.exp)
+            .add_access_token(grant_id, &jti, now + ttl)
             .map_err(OAuthError::server)?;
     }
     Ok((jwt, ttl))
@@ -214,6 +231,57 @@ pub fn within_client_scope(
     Ok(scopes)
 }
 
+/// What the client presents with a code, besides the code.
+struct CodeProof<'a> {
+    redirect_uri: &'a str,
+    code_verifier: &'a str,
+    resource: Option<&'a str>,
+}
+
+/// The checks a code must pass (issued to this client, for this redirect URI, with this
+/// verifier, for this resource), and the grant it starts.
+fn check_code(
+    state: &AuthzState,
+    client: &Client,
+    code: &AuthCode,
+    proof: &CodeProof<'_>,
+    now: u64,
+) -> Result<Grant, OAuthError> {
+    if code.client_id != client.client_id {
+        return Err(OAuthError::InvalidGrant(
+            "the code was issued to another client".into(),
+        ));
+    }
+    if code.redirect_uri != proof.redirect_uri {
+        return Err(OAuthError::InvalidGrant(
+            "redirect_uri does not match the authorization request".into(),
+        ));
+    }
+    if !pkce::verify_s256(proof.code_verifier, &code.code_challenge) {
+        return Err(OAuthError::InvalidGrant(
+            "code_verifier does not match the code_challenge".into(),
+        ));
+    }
+    check_resource(proof.resource, &code.resource)?;
+    // The code's scopes were bounded at /authorize; bound them again in case the client's
+    // entry changed since.
+    let scopes = within_client_scope(client, code.scopes.clone())?;
+    Ok(Grant {
+        id: code.grant_id.clone(),
+        client_id: client.client_id.clone(),
+        sub: code.sub.clone(),
+        scopes,
+        resource: code.resource.clone(),
+        expires_at: now + state.settings.config.refresh_token_ttl,
+        revoked: false,
+        created_at: now,
+    })
+}
+
+/// Exchange a code. The code is used up in the same store step that stores the grant, its
+/// refresh token and the access token's `jti`: a failure on the way leaves the code
+/// redeemable instead of spent with nothing issued. A code that fails a check is left as
+/// it was too (PKCE, not single use, is what stops someone else who holds it).
 fn authorization_code(
     state: &AuthzState,
     client: &Client,
@@ -226,12 +294,46 @@ fn authorization_code(
             "code_verifier must be 43-128 unreserved characters".into(),
         ));
     }
-    let code = match state
+    let proof = CodeProof {
+        redirect_uri: &redirect_uri,
+        code_verifier: &code_verifier,
+        resource: resource.as_deref(),
+    };
+    let refresh = rng()?;
+    let jti = rng()?;
+    let mut refusal = None;
+    let mut check = |code: &AuthCode| match check_code(state, client, code, &proof, now) {
+        Ok(grant) => Some(CodeIssue {
+            refresh_hash: sha256_b64(&refresh),
+            refresh: RefreshToken {
+                grant_id: grant.id.clone(),
+                scopes: grant.scopes.clone(),
+                rotated: None,
+            },
+            access_jti: jti.clone(),
+            access_exp: now + state.settings.config.access_token_ttl,
+            grant,
+        }),
+        Err(e) => {
+            refusal = Some(e);
+            None
+        }
+    };
+    let redemption = state
         .store
-        .redeem_code(&sha256_b64(&code), now)
-        .map_err(OAuthError::server)?
-    {
-        CodeRedemption::Fresh(c) => c,
+        .redeem_code(CodeExchange {
+            code_hash: &sha256_b64(&code),
+            now,
+            check: &mut check,
+        })
+        .map_err(OAuthError::server)?;
+    let grant = match redemption {
+        CodeRedemption::Issued(issue) => issue.grant,
+        CodeRedemption::Refused => {
+            return Err(refusal.unwrap_or_else(|| {
+                OAuthError::server(std::io::Error::other("code refused for no reason"))
+            }));
+        }
         CodeRedemption::Unknown => {
             return Err(OAuthError::InvalidGrant(
                 "the code is invalid or expired".into(),
@@ -250,58 +352,31 @@ fn authorization_code(
             ));
         }
     };
-    if code.client_id != client.client_id {
-        return Err(OAuthError::InvalidGrant(
-            "the code was issued to another client".into(),
-        ));
-    }
-    if code.redirect_uri != redirect_uri {
-        return Err(OAuthError::InvalidGrant(
-            "redirect_uri does not match the authorization request".into(),
-        ));
-    }
-    if !pkce::verify_s256(&code_verifier, &code.code_challenge) {
-        return Err(OAuthError::InvalidGrant(
-            "code_verifier does not match the code_challenge".into(),
-        ));
-    }
-    check_resource(resource.as_deref(), &code.resource)?;
-    // The code's scopes were bounded at /authorize; bound them again in case the client's
-    // entry changed since.
-    let scopes = within_client_scope(client, code.scopes)?;
-    let grant = Grant {
-        id: code.grant_id,
-        client_id: client.client_id.clone(),
-        sub: code.sub,
-        scopes,
-        resource: code.resource,
-        expires_at: now + state.settings.config.refresh_token_ttl,
-        revoked: false,
-        created_at: now,
+    let signed = sign_access(
+        state,
+        &grant.sub,
+        &grant.client_id,
+        &grant.resource,
+        &grant.scopes,
+        &jti,
+        now,
+    );
+    let access_token = match signed {
+        Ok(token) => token,
+        Err(e) => {
+            // Stored but never handed out: revoke the grant rather than leave it live.
+            if let Err(store) = state.store.revoke_grant(&grant.id) {
+                tracing::error!(error = %store, "could not revoke a grant whose token was not signed");
+            }
+            return Err(e);
+        }
     };
-    state
-        .store
-        .insert_grant(grant.clone())
-        .map_err(OAuthError::server)?;
-    let refresh = rng()?;
-    state
-        .store
-        .insert_refresh(
-            sha256_b64(&refresh),
-            RefreshToken {
-                grant_id: grant.id.clone(),
-                scopes: grant.scopes.clone(),
-                rotated: None,
-            },
-        )
-        .map_err(OAuthError::server)?;
-    let (access_token, expires_in) = for_grant(state, &grant, &grant.scopes, now)?;
     audit!(state, meta, info, "code_redeemed", client: Some(&grant.client_id), sub: Some(&grant.sub);
         client_id = %grant.client_id, sub = %grant.sub, scopes = %grant.scopes.join(" "), "tokens issued for code");
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
-        expires_in,
+        expires_in: state.settings.config.access_token_ttl,
         refresh_token: Some(refresh),
         scope: grant.scopes.join(" "),
     })
@@ -352,10 +427,16 @@ fn refresh_token(
         scopes: old.scopes.clone(),
         rotated: None,
     };
-    let grace = state.settings.config.refresh_grace_seconds;
+    let rotation = RefreshRotation {
+        old_hash: &old_hash,
+        new_hash: sha256_b64(&refresh),
+        new_token: successor,
+        now,
+        grace: state.settings.config.refresh_grace_seconds,
+    };
     match state
         .store
-        .rotate_refresh(&old_hash, sha256_b64(&refresh), successor, now, grace)
+        .rotate_refresh(rotation)
         .map_err(OAuthError::server)?
     {
         RotateOutcome::Rotated(grant) => {

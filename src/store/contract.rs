@@ -40,32 +40,178 @@ fn code(grant_id: &str) -> AuthCode {
     }
 }
 
-fn rotated(s: &dyn Store, old: &str, new: &str, now: u64, grace: u64) -> RotateOutcome {
-    s.rotate_refresh(old, new.into(), rt("g"), now, grace)
+/// What the token endpoint would issue for `code`: the grant it names, refresh token
+/// `rh-<grant>` and access token `jti-<grant>`.
+fn issue(code: &AuthCode) -> CodeIssue {
+    CodeIssue {
+        grant: Grant {
+            client_id: code.client_id.clone(),
+            ..grant(&code.grant_id)
+        },
+        refresh_hash: format!("rh-{}", code.grant_id),
+        refresh: rt(&code.grant_id),
+        access_jti: format!("jti-{}", code.grant_id),
+        access_exp: 5000,
+    }
+}
+
+fn exchange<'a>(code_hash: &'a str, now: u64, check: &'a mut CodeCheck<'a>) -> CodeExchange<'a> {
+    CodeExchange {
+        code_hash,
+        now,
+        check,
+    }
+}
+
+/// Redeem a code, issuing for it whatever it is.
+fn redeem(s: &dyn Store, hash: &str, now: u64) -> CodeRedemption {
+    s.redeem_code(exchange(hash, now, &mut |c| Some(issue(c))))
         .unwrap()
+}
+
+/// A record that must be new whose key is taken is a conflict, and the failed write
+/// changes nothing: the first record stays, and nothing is evicted to make room for it.
+fn taken_keys_are_conflicts_that_change_nothing(s: &dyn Store) {
+    s.insert_code("h".into(), code("g1")).unwrap();
+    assert!(matches!(
+        s.insert_code("h".into(), code("other")),
+        Err(StoreError::Conflict(_))
+    ));
+    let one = PendingLimits {
+        total: 0,
+        per_client: 1,
+    };
+    assert!(matches!(
+        s.admit_code("h".into(), code("other"), 100, one),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        matches!(redeem(s, "h", 100), CodeRedemption::Issued(i) if i.grant.id == "g1"),
+        "the first code is kept, not evicted or replaced"
+    );
+    s.insert_grant(grant("g")).unwrap();
+    let other = Grant {
+        sub: "someone else".into(),
+        ..grant("g")
+    };
+    assert!(matches!(
+        s.insert_grant(other),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.grant("g").unwrap().unwrap().sub, "u");
+}
+
+fn rotated(s: &dyn Store, old: &str, new: &str, now: u64, grace: u64) -> RotateOutcome {
+    s.rotate_refresh(RefreshRotation {
+        old_hash: old,
+        new_hash: new.into(),
+        new_token: rt("g"),
+        now,
+        grace,
+    })
+    .unwrap()
 }
 
 fn codes_are_single_use_and_replays_are_reported(s: &dyn Store) {
     s.insert_code("h".into(), code("g1")).unwrap();
-    assert!(matches!(
-        s.redeem_code("h", 100).unwrap(),
-        CodeRedemption::Fresh(_)
-    ));
+    assert!(matches!(redeem(s, "h", 100), CodeRedemption::Issued(_)));
     assert_eq!(
-        s.redeem_code("h", 101).unwrap(),
+        redeem(s, "h", 101),
         CodeRedemption::Replayed {
             grant_id: "g1".into()
         }
     );
-    assert_eq!(
-        s.redeem_code("other", 101).unwrap(),
-        CodeRedemption::Unknown
-    );
+    assert_eq!(redeem(s, "other", 101), CodeRedemption::Unknown);
     s.insert_code("h2".into(), code("g2")).unwrap();
+    assert_eq!(redeem(s, "h2", 200), CodeRedemption::Unknown, "expired");
+}
+
+/// Redeeming a code stores, in the same step, everything issued for it: the grant, its
+/// refresh token, and the access token's `jti` (so revoking the grant revokes the token).
+/// The check sees the code, and sees no code that is used, unknown or expired.
+fn redeeming_a_code_stores_what_is_issued(s: &dyn Store) {
+    s.insert_code("h".into(), code("g1")).unwrap();
+    let mut seen = Vec::new();
+    let mut check = |c: &AuthCode| {
+        seen.push(c.clone());
+        Some(issue(c))
+    };
+    let r = s.redeem_code(exchange("h", 100, &mut check)).unwrap();
+    assert_eq!(r, CodeRedemption::Issued(Box::new(issue(&code("g1")))));
+    for again in ["h", "unknown"] {
+        s.redeem_code(exchange(again, 101, &mut check)).unwrap();
+    }
+    assert_eq!(seen, [code("g1")], "the check ran once, on the fresh code");
+    assert_eq!(s.grant("g1").unwrap(), Some(issue(&code("g1")).grant));
+    assert_eq!(s.refresh("rh-g1").unwrap(), Some(rt("g1")));
+    assert!(!s.is_access_token_revoked("jti-g1").unwrap());
+    s.revoke_grant("g1").unwrap();
+    assert!(
+        s.is_access_token_revoked("jti-g1").unwrap(),
+        "the access token was recorded under the grant"
+    );
+}
+
+/// A code the check refuses is left as it was: not used up, not a replay, and nothing
+/// stored for it.
+fn a_refused_code_is_left_redeemable(s: &dyn Store) {
+    s.insert_code("h".into(), code("g1")).unwrap();
     assert_eq!(
-        s.redeem_code("h2", 200).unwrap(),
-        CodeRedemption::Unknown,
-        "expired"
+        s.redeem_code(exchange("h", 100, &mut |_| None)).unwrap(),
+        CodeRedemption::Refused
+    );
+    assert!(s.grant("g1").unwrap().is_none());
+    assert!(matches!(redeem(s, "h", 101), CodeRedemption::Issued(_)));
+}
+
+/// Redemption is all or nothing: when what it would issue cannot be stored (a key is
+/// taken), the code is not used up, and no grant, refresh token or token record is left
+/// behind. A redemption done as separate steps (use the code, then store the grant, then
+/// the refresh token) fails this: the code would be spent with nothing issued.
+fn a_redemption_that_cannot_store_everything_changes_nothing(s: &dyn Store) {
+    s.insert_code("h".into(), code("g1")).unwrap();
+    // The refresh token's hash is taken (by another grant's token).
+    s.insert_grant(grant("other")).unwrap();
+    s.insert_refresh("rh-g1".into(), rt("other")).unwrap();
+    assert!(matches!(
+        s.redeem_code(exchange("h", 100, &mut |c| Some(issue(c)))),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.grant("g1").unwrap().is_none(), "no grant");
+    assert_eq!(s.refresh("rh-g1").unwrap(), Some(rt("other")), "untouched");
+    // The grant's id is taken.
+    s.insert_grant(grant("g1")).unwrap();
+    let mut fresh_refresh = |c: &AuthCode| {
+        Some(CodeIssue {
+            refresh_hash: "rh-new".into(),
+            ..issue(c)
+        })
+    };
+    assert!(matches!(
+        s.redeem_code(exchange("h", 100, &mut fresh_refresh)),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.refresh("rh-new").unwrap().is_none(), "no refresh token");
+    s.revoke_grant("g1").unwrap();
+    assert!(
+        !s.is_access_token_revoked("jti-g1").unwrap(),
+        "no token recorded under the taken grant"
+    );
+    // The code was never used up: with fresh keys it redeems, once.
+    let mut fresh_keys = |c: &AuthCode| {
+        Some(CodeIssue {
+            grant: grant("g2"),
+            ..fresh_refresh(c)?
+        })
+    };
+    let r = s.redeem_code(exchange("h", 101, &mut fresh_keys)).unwrap();
+    assert!(matches!(r, CodeRedemption::Issued(i) if i.grant.id == "g2"));
+    assert_eq!(
+        redeem(s, "h", 102),
+        CodeRedemption::Replayed {
+            grant_id: "g2".into()
+        },
+        "a replay names the grant the redemption stored"
     );
 }
 
@@ -224,13 +370,13 @@ fn concurrent_redemptions_yield_exactly_one_fresh(s: Arc<dyn Store>) {
     let handles: Vec<_> = (0..16)
         .map(|_| {
             let s = s.clone();
-            std::thread::spawn(move || s.redeem_code("h", 100).unwrap())
+            std::thread::spawn(move || redeem(&*s, "h", 100))
         })
         .collect();
     let fresh = handles
         .into_iter()
         .map(|h| h.join().unwrap())
-        .filter(|r| matches!(r, CodeRedemption::Fresh(_)))
+        .filter(|r| matches!(r, CodeRedemption::Issued(_)))
         .count();
     assert_eq!(fresh, 1);
 }
@@ -399,7 +545,7 @@ fn pending_requests_evict_the_oldest_at_the_caps(s: &dyn Store) {
     );
     assert!(waiting("b1") && waiting("b2") && waiting("c1"));
     assert!(
-        matches!(s.redeem_code("ha", 100).unwrap(), CodeRedemption::Fresh(_)),
+        matches!(redeem(s, "ha", 100), CodeRedemption::Issued(_)),
         "codes wait while pending requests can give way"
     );
     // Expired entries neither count nor are evicted.
@@ -424,40 +570,39 @@ fn codes_give_way_when_nothing_else_waits(s: &dyn Store) {
         total: 0,
         per_client: 2,
     };
-    let code_d = |exp: u64| AuthCode {
+    // Each code names its own grant, as codes do.
+    let code_d = |hash: &str, exp: u64| AuthCode {
         client_id: "d".into(),
         expires_at: exp,
-        ..code("g")
+        ..code(&format!("g-{hash}"))
     };
     for (hash, exp) in [("hd1", 300), ("hd2", 400)] {
         assert_eq!(
-            s.admit_code(hash.into(), code_d(exp), 100, limits).unwrap(),
+            s.admit_code(hash.into(), code_d(hash, exp), 100, limits)
+                .unwrap(),
             Admission::Admitted
         );
     }
     assert_eq!(
-        s.admit_code("hd3".into(), code_d(400), 100, limits)
+        s.admit_code("hd3".into(), code_d("hd3", 400), 100, limits)
             .unwrap(),
         Admission::EvictedForClient
     );
-    assert_eq!(s.redeem_code("hd1", 100).unwrap(), CodeRedemption::Unknown);
+    assert_eq!(redeem(s, "hd1", 100), CodeRedemption::Unknown);
     for hash in ["hd2", "hd3"] {
-        assert!(matches!(
-            s.redeem_code(hash, 100).unwrap(),
-            CodeRedemption::Fresh(_)
-        ));
+        assert!(matches!(redeem(s, hash, 100), CodeRedemption::Issued(_)));
     }
     // A pending request over the cap evicts a code when the client has nothing pending.
-    s.admit_code("hd4".into(), code_d(400), 100, limits)
+    s.admit_code("hd4".into(), code_d("hd4", 400), 100, limits)
         .unwrap();
-    s.admit_code("hd5".into(), code_d(400), 100, limits)
+    s.admit_code("hd5".into(), code_d("hd5", 400), 100, limits)
         .unwrap();
     assert_eq!(
         s.admit_pending(pending("pd", "d", 500), 100, limits)
             .unwrap(),
         Admission::EvictedForClient
     );
-    assert_eq!(s.redeem_code("hd4", 100).unwrap(), CodeRedemption::Unknown);
+    assert_eq!(redeem(s, "hd4", 100), CodeRedemption::Unknown);
     assert!(s.take_pending("pd").unwrap().is_some());
 }
 
@@ -469,6 +614,10 @@ macro_rules! contract {
 }
 
 contract!(
+    taken_keys_are_conflicts_that_change_nothing,
+    redeeming_a_code_stores_what_is_issued,
+    a_refused_code_is_left_redeemable,
+    a_redemption_that_cannot_store_everything_changes_nothing,
     codes_are_single_use_and_replays_are_reported,
     rotation_grace_and_replay_revokes_family,
     reuse_after_grace_is_replay,
@@ -539,6 +688,54 @@ fn sqlite_files_are_private() {
         assert_eq!(mode(f), 0o600, "{}", f.display());
     }
     assert!(s.grant("g").unwrap().is_some(), "the data is kept");
+}
+
+/// A row that does not decode is corruption, and the error does not quote the row.
+#[test]
+fn sqlite_undecodable_rows_are_corrupt_and_not_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.insert_grant(grant("g")).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE grants SET data = json_set(data, '$.scopes', 'top-secret-value') WHERE id = 'g'",
+        [],
+    )
+    .unwrap();
+    let e = s.grant("g").unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+    assert!(!e.to_string().contains("top-secret"), "{e}");
+    assert!(e.to_string().contains("Grant"), "names the record: {e}");
+}
+
+/// In SQLite the redemption is one transaction: when its last write fails, the earlier
+/// ones (using the code up, storing the grant and the refresh token) are rolled back.
+#[test]
+fn sqlite_redemption_rolls_back_when_a_late_write_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.insert_code("h".into(), code("g1")).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER fail BEFORE INSERT ON grant_tokens BEGIN SELECT RAISE(ABORT, 'no'); END;",
+    )
+    .unwrap();
+    assert!(
+        s.redeem_code(exchange("h", 100, &mut |c| Some(issue(c))))
+            .is_err()
+    );
+    conn.execute_batch("DROP TRIGGER fail;").unwrap();
+    assert!(s.grant("g1").unwrap().is_none(), "the grant is rolled back");
+    assert!(
+        s.refresh("rh-g1").unwrap().is_none(),
+        "and the refresh token"
+    );
+    assert!(
+        matches!(redeem(&s, "h", 101), CodeRedemption::Issued(_)),
+        "and the code is still redeemable"
+    );
 }
 
 #[test]

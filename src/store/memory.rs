@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, RefreshToken, RotateOutcome, Rotation, RotationDecision,
-    Store, StoreError, StoreResult, decide_rotation, sort_clients, sort_grants,
+    Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Grant, LiveCounts,
+    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RotateOutcome,
+    Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 #[derive(Default)]
@@ -48,7 +48,7 @@ impl InMemoryStore {
     fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
         self.inner
             .lock()
-            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))
+            .map_err(|_| StoreError::Unavailable("the store lock is poisoned".into()))
     }
 }
 
@@ -74,9 +74,89 @@ impl Inner {
         self.grant_tokens.retain(|_, tokens| !tokens.is_empty());
     }
 
-    /// Whether one more request of `client_id` may wait: pending requests and unredeemed
-    /// codes still live at `now`, counted together.
-    fn admission(&self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
+    /// Codes are stored once: a taken hash is a conflict, as a unique key is in SQLite.
+    fn check_new_code(&self, code_hash: &str) -> StoreResult<()> {
+        if self.codes.contains_key(code_hash) {
+            return Err(StoreError::Conflict("a code with this hash exists".into()));
+        }
+        Ok(())
+    }
+
+    fn insert_pending(&mut self, pending: PendingAuthorization) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.insert(pending.id.clone(), (seq, pending));
+    }
+}
+
+impl Records for Inner {
+    fn refresh(&mut self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+        Ok(self.refresh.get(hash).cloned())
+    }
+
+    fn grant(&mut self, id: &str) -> StoreResult<Option<Grant>> {
+        Ok(self.grants.get(id).cloned())
+    }
+
+    fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()> {
+        self.refresh.insert(hash.to_string(), token.clone());
+        Ok(())
+    }
+
+    fn revoke_grant(&mut self, grant_id: &str) -> StoreResult<()> {
+        match self.grants.get_mut(grant_id) {
+            Some(g) => g.revoked = true,
+            None => {
+                self.revoked_early.insert(grant_id.to_string());
+            }
+        }
+        for (jti, exp) in self.grant_tokens.remove(grant_id).unwrap_or_default() {
+            self.revoked_jti.insert(jti, exp);
+        }
+        self.refresh.retain(|_, t| t.grant_id != grant_id);
+        Ok(())
+    }
+
+    fn insert_grant(&mut self, grant: &Grant) -> StoreResult<()> {
+        if self.grants.contains_key(&grant.id) {
+            return Err(StoreError::Conflict("a grant with this id exists".into()));
+        }
+        let mut grant = grant.clone();
+        grant.revoked |= self.revoked_early.remove(&grant.id);
+        self.grants.insert(grant.id.clone(), grant);
+        Ok(())
+    }
+
+    fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
+        if self.grants.get(grant_id).is_none_or(|g| g.revoked) {
+            // Issued from a grant revoked meanwhile: deny it straight away.
+            self.revoked_jti.insert(jti.to_string(), exp);
+            return Ok(());
+        }
+        let tokens = self.grant_tokens.entry(grant_id.to_string()).or_default();
+        tokens.push((jti.to_string(), exp));
+        Ok(())
+    }
+
+    fn code(&mut self, hash: &str) -> StoreResult<Option<AuthCode>> {
+        Ok(self.codes.get(hash).cloned())
+    }
+
+    fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .used_codes
+            .get(hash)
+            .map(|(grant_id, _)| grant_id.clone()))
+    }
+
+    fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()> {
+        self.codes.remove(hash);
+        self.used_codes
+            .insert(hash.to_string(), (grant_id.to_string(), until));
+        Ok(())
+    }
+
+    fn waiting(&mut self, client_id: &str, now: u64) -> StoreResult<(usize, usize)> {
         let live_pending = self
             .pending
             .values()
@@ -91,28 +171,10 @@ impl Inner {
             total += 1;
             client += usize::from(id == client_id);
         }
-        limits.admit(total, client)
+        Ok((total, client))
     }
 
-    /// Count what waits and, while a cap is reached, evict the oldest live pending request
-    /// (of `client_id` when its cap is the one reached), else the oldest live code. Returns
-    /// the first verdict: whether anything had to give way.
-    fn make_room(&mut self, client_id: &str, now: u64, limits: PendingLimits) -> Admission {
-        let first = self.admission(client_id, now, limits);
-        let mut verdict = first;
-        while verdict != Admission::Admitted {
-            let only = (verdict == Admission::EvictedForClient).then_some(client_id);
-            if !self.evict_oldest(only, now) {
-                break;
-            }
-            verdict = self.admission(client_id, now, limits);
-        }
-        first
-    }
-
-    /// Drop the oldest live pending request (of `only`, when given), else the oldest live
-    /// code; whether there was one.
-    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> bool {
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> StoreResult<bool> {
         let ours = |c: &str| only.is_none_or(|o| o == c);
         let oldest = self
             .pending
@@ -122,7 +184,7 @@ impl Inner {
             .map(|(id, _)| id.clone());
         if let Some(id) = oldest {
             self.pending.remove(&id);
-            return true;
+            return Ok(true);
         }
         let oldest = self
             .codes
@@ -130,26 +192,7 @@ impl Inner {
             .filter(|(_, c)| c.expires_at > now && ours(&c.client_id))
             .min_by(|a, b| (a.1.expires_at, a.0).cmp(&(b.1.expires_at, b.0)))
             .map(|(hash, _)| hash.clone());
-        oldest.is_some_and(|hash| self.codes.remove(&hash).is_some())
-    }
-
-    fn insert_pending(&mut self, pending: PendingAuthorization) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.pending.insert(pending.id.clone(), (seq, pending));
-    }
-
-    fn revoke_grant(&mut self, grant_id: &str) {
-        match self.grants.get_mut(grant_id) {
-            Some(g) => g.revoked = true,
-            None => {
-                self.revoked_early.insert(grant_id.to_string());
-            }
-        }
-        for (jti, exp) in self.grant_tokens.remove(grant_id).unwrap_or_default() {
-            self.revoked_jti.insert(jti, exp);
-        }
-        self.refresh.retain(|_, t| t.grant_id != grant_id);
+        Ok(oldest.is_some_and(|hash| self.codes.remove(&hash).is_some()))
     }
 }
 
@@ -197,7 +240,7 @@ impl Store for InMemoryStore {
             .map(|g| g.id.clone())
             .collect();
         for id in &live {
-            inner.revoke_grant(id);
+            inner.revoke_grant(id)?;
         }
         let deleted = inner.clients.remove(client_id).is_some();
         inner.consents.retain(|(_, c), _| c != client_id);
@@ -217,7 +260,7 @@ impl Store for InMemoryStore {
     ) -> StoreResult<Admission> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
-        let admission = inner.make_room(&pending.client_id, now, limits);
+        let admission = super::make_room(&mut *inner, &pending.client_id, now, limits)?;
         inner.insert_pending(pending);
         Ok(admission)
     }
@@ -266,7 +309,9 @@ impl Store for InMemoryStore {
     }
 
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()> {
-        self.lock()?.codes.insert(code_hash, code);
+        let mut inner = self.lock()?;
+        inner.check_new_code(&code_hash)?;
+        inner.codes.insert(code_hash, code);
         Ok(())
     }
 
@@ -279,38 +324,20 @@ impl Store for InMemoryStore {
     ) -> StoreResult<Admission> {
         let mut inner = self.lock()?;
         inner.purge_now_and_then(now);
-        let admission = inner.make_room(&code.client_id, now, limits);
+        inner.check_new_code(&code_hash)?;
+        let admission = super::make_room(&mut *inner, &code.client_id, now, limits)?;
         inner.codes.insert(code_hash, code);
         Ok(admission)
     }
 
-    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
+    fn redeem_code(&self, exchange: CodeExchange<'_>) -> StoreResult<CodeRedemption> {
         let mut inner = self.lock()?;
-        inner.purge_now_and_then(now);
-        if let Some((grant_id, _)) = inner.used_codes.get(code_hash) {
-            return Ok(CodeRedemption::Replayed {
-                grant_id: grant_id.clone(),
-            });
-        }
-        match inner.codes.remove(code_hash) {
-            Some(code) if code.expires_at > now => {
-                inner.used_codes.insert(
-                    code_hash.to_string(),
-                    (code.grant_id.clone(), code.expires_at),
-                );
-                Ok(CodeRedemption::Fresh(code))
-            }
-            _ => Ok(CodeRedemption::Unknown),
-        }
+        inner.purge_now_and_then(exchange.now);
+        super::redeem(&mut *inner, exchange)
     }
 
-    fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        if inner.revoked_early.remove(&grant.id) {
-            grant.revoked = true;
-        }
-        inner.grants.insert(grant.id.clone(), grant);
-        Ok(())
+    fn insert_grant(&self, grant: Grant) -> StoreResult<()> {
+        self.lock()?.insert_grant(&grant)
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
@@ -318,20 +345,11 @@ impl Store for InMemoryStore {
     }
 
     fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        if inner.grants.get(grant_id).is_none_or(|g| g.revoked) {
-            // Issued from a grant revoked meanwhile: deny it straight away.
-            inner.revoked_jti.insert(jti.to_string(), exp);
-            return Ok(());
-        }
-        let tokens = inner.grant_tokens.entry(grant_id.to_string()).or_default();
-        tokens.push((jti.to_string(), exp));
-        Ok(())
+        self.lock()?.add_access_token(grant_id, jti, exp)
     }
 
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
-        self.lock()?.revoke_grant(grant_id);
-        Ok(())
+        self.lock()?.revoke_grant(grant_id)
     }
 
     fn live_grants(&self, now: u64) -> StoreResult<Vec<Grant>> {
@@ -367,49 +385,8 @@ impl Store for InMemoryStore {
         Ok(self.lock()?.refresh.get(token_hash).cloned())
     }
 
-    fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: String,
-        new_token: RefreshToken,
-        now: u64,
-        grace: u64,
-    ) -> StoreResult<RotateOutcome> {
-        let mut inner = self.lock()?;
-        let Some(old) = inner.refresh.get(old_hash).cloned() else {
-            return Ok(RotateOutcome::Invalid);
-        };
-        let grant = match inner.grants.get(&old.grant_id) {
-            Some(g) if !g.revoked && g.expires_at > now => g.clone(),
-            _ => return Ok(RotateOutcome::Invalid),
-        };
-        let successor_used = old
-            .rotated
-            .as_ref()
-            .and_then(|r| inner.refresh.get(&r.successor))
-            .is_none_or(|s| s.rotated.is_some());
-        let first_at = old.rotated.as_ref().map_or(now, |r| r.at);
-        match decide_rotation(&old, successor_used, now, grace) {
-            RotationDecision::Replay => {
-                inner.revoke_grant(&grant.id);
-                return Ok(RotateOutcome::Replay);
-            }
-            RotationDecision::Retry { drop_successor } => {
-                if let Some(s) = inner.refresh.get_mut(&drop_successor) {
-                    s.rotated = Some(Rotation::superseded(now));
-                }
-            }
-            RotationDecision::Rotate => {}
-        }
-        if let Some(t) = inner.refresh.get_mut(old_hash) {
-            t.rotated = Some(Rotation {
-                at: first_at,
-                successor: new_hash.clone(),
-                superseded: false,
-            });
-        }
-        inner.refresh.insert(new_hash, new_token);
-        Ok(RotateOutcome::Rotated(grant))
+    fn rotate_refresh(&self, rotation: RefreshRotation<'_>) -> StoreResult<RotateOutcome> {
+        super::rotate(&mut *self.lock()?, rotation)
     }
 
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {

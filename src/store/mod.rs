@@ -110,11 +110,43 @@ pub struct AuthCode {
     pub expires_at: u64,
 }
 
+/// What a code is exchanged for, stored in the same atomic step that uses the code up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeIssue {
+    /// The grant the code starts (with the code's `grant_id`).
+    pub grant: Grant,
+    /// Hash of the refresh token issued from the grant.
+    pub refresh_hash: String,
+    /// The refresh token.
+    pub refresh: RefreshToken,
+    /// The access token's `jti`, recorded under the grant so revoking the grant revokes it.
+    pub access_jti: String,
+    /// The access token's expiry.
+    pub access_exp: u64,
+}
+
+/// The token endpoint's check of an unused, unexpired code: what to issue for it, or
+/// `None` to refuse it (another client, a wrong verifier or redirect URI). It runs inside
+/// the store's atomic step (under its lock), so it must be quick and must not use the store.
+pub type CodeCheck<'a> = dyn FnMut(&AuthCode) -> Option<CodeIssue> + 'a;
+
+/// A code presented for exchange, and the check that decides what it is exchanged for.
+pub struct CodeExchange<'a> {
+    /// Hash of the code.
+    pub code_hash: &'a str,
+    /// Now.
+    pub now: u64,
+    /// The token endpoint's check of the code.
+    pub check: &'a mut CodeCheck<'a>,
+}
+
 /// What presenting a code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeRedemption {
-    /// The code was valid and is now used up.
-    Fresh(AuthCode),
+    /// The code was valid and is now used up; what the check issued for it is stored.
+    Issued(Box<CodeIssue>),
+    /// The check refused the code; nothing changed, and the code is still redeemable.
+    Refused,
     /// The code was already redeemed: the grant it started should be revoked.
     Replayed {
         /// The grant started by the first redemption.
@@ -234,6 +266,162 @@ pub fn decide_rotation(
     }
 }
 
+/// A refresh token presented for rotation, and the successor to store if the rule allows.
+#[derive(Debug, Clone)]
+pub struct RefreshRotation<'a> {
+    /// Hash of the presented token.
+    pub old_hash: &'a str,
+    /// Hash of the successor.
+    pub new_hash: String,
+    /// The successor.
+    pub new_token: RefreshToken,
+    /// Now.
+    pub now: u64,
+    /// How long a rotated token may be retried (see [`decide_rotation`]).
+    pub grace: u64,
+}
+
+/// The records the rules below read and write. Each store implements it over what it holds
+/// while it holds its lock (or inside one transaction), and runs a rule in one go, so every
+/// rule is one atomic step and is written once for all stores.
+pub(crate) trait Records {
+    /// A refresh token.
+    fn refresh(&mut self, hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// A grant.
+    fn grant(&mut self, id: &str) -> StoreResult<Option<Grant>>;
+    /// Store a refresh token, replacing the one under the same hash.
+    fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()>;
+    /// [`Store::revoke_grant`].
+    fn revoke_grant(&mut self, id: &str) -> StoreResult<()>;
+    /// [`Store::insert_grant`].
+    fn insert_grant(&mut self, grant: &Grant) -> StoreResult<()>;
+    /// [`Store::add_access_token`].
+    fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()>;
+    /// An unredeemed code (expired or not).
+    fn code(&mut self, hash: &str) -> StoreResult<Option<AuthCode>>;
+    /// The grant a redeemed code started, while the code is remembered.
+    fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>>;
+    /// Use a code up: forget it, and remember until `until` that it started `grant_id`.
+    fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()>;
+    /// Pending requests and unredeemed codes live at `now`: all, and `client_id`'s.
+    fn waiting(&mut self, client_id: &str, now: u64) -> StoreResult<(usize, usize)>;
+    /// Drop the oldest live pending request (of `only`, when given; arrival order breaks
+    /// ties), else the oldest live code; whether there was one.
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> StoreResult<bool>;
+}
+
+/// Count what waits and, while a cap is reached, evict the oldest live pending request (of
+/// `client_id` when its cap is the one reached), else the oldest live code. Returns the
+/// first verdict: whether anything had to give way.
+pub(crate) fn make_room<R: Records>(
+    records: &mut R,
+    client_id: &str,
+    now: u64,
+    limits: PendingLimits,
+) -> StoreResult<Admission> {
+    let verdict = |records: &mut R| -> StoreResult<Admission> {
+        let (total, client) = records.waiting(client_id, now)?;
+        Ok(limits.admit(total, client))
+    };
+    let first = verdict(records)?;
+    let mut current = first;
+    while current != Admission::Admitted {
+        let only = (current == Admission::EvictedForClient).then_some(client_id);
+        if !records.evict_oldest(only, now)? {
+            break;
+        }
+        current = verdict(records)?;
+    }
+    Ok(first)
+}
+
+/// [`Store::redeem_code`]: report a replay or an unknown code; else let the check decide, and
+/// when it issues, use the code up and store the grant, its refresh token and the access
+/// token's record.
+pub(crate) fn redeem(
+    records: &mut impl Records,
+    exchange: CodeExchange<'_>,
+) -> StoreResult<CodeRedemption> {
+    let CodeExchange {
+        code_hash,
+        now,
+        check,
+    } = exchange;
+    if let Some(grant_id) = records.used_code(code_hash)? {
+        return Ok(CodeRedemption::Replayed { grant_id });
+    }
+    let Some(code) = records.code(code_hash)?.filter(|c| c.expires_at > now) else {
+        return Ok(CodeRedemption::Unknown);
+    };
+    let Some(issue) = check(&code) else {
+        return Ok(CodeRedemption::Refused);
+    };
+    // Every conflict is found before the first write: the in-memory store cannot roll a
+    // write back (SQLite would, with the transaction).
+    if records.grant(&issue.grant.id)?.is_some() {
+        return Err(StoreError::Conflict("a grant with this id exists".into()));
+    }
+    if records.refresh(&issue.refresh_hash)?.is_some() {
+        return Err(StoreError::Conflict(
+            "a refresh token with this hash exists".into(),
+        ));
+    }
+    records.use_code(code_hash, &issue.grant.id, code.expires_at)?;
+    records.insert_grant(&issue.grant)?;
+    records.put_refresh(&issue.refresh_hash, &issue.refresh)?;
+    records.add_access_token(&issue.grant.id, &issue.access_jti, issue.access_exp)?;
+    Ok(CodeRedemption::Issued(Box::new(issue)))
+}
+
+/// [`Store::rotate_refresh`]: apply [`decide_rotation`] and, when it allows, store the
+/// successor and mark the presented token rotated; on a replay, revoke the family.
+pub(crate) fn rotate(
+    records: &mut impl Records,
+    r: RefreshRotation<'_>,
+) -> StoreResult<RotateOutcome> {
+    let Some(old) = records.refresh(r.old_hash)? else {
+        return Ok(RotateOutcome::Invalid);
+    };
+    let grant = match records.grant(&old.grant_id)? {
+        Some(g) if !g.revoked && g.expires_at > r.now => g,
+        _ => return Ok(RotateOutcome::Invalid),
+    };
+    let successor_used = match &old.rotated {
+        Some(rot) => records
+            .refresh(&rot.successor)?
+            .is_none_or(|s| s.rotated.is_some()),
+        None => false,
+    };
+    let first_at = old.rotated.as_ref().map_or(r.now, |rot| rot.at);
+    match decide_rotation(&old, successor_used, r.now, r.grace) {
+        RotationDecision::Replay => {
+            records.revoke_grant(&grant.id)?;
+            return Ok(RotateOutcome::Replay);
+        }
+        RotationDecision::Retry { drop_successor } => {
+            if let Some(dead) = records.refresh(&drop_successor)? {
+                let dead = RefreshToken {
+                    rotated: Some(Rotation::superseded(r.now)),
+                    ..dead
+                };
+                records.put_refresh(&drop_successor, &dead)?;
+            }
+        }
+        RotationDecision::Rotate => {}
+    }
+    let rotated = RefreshToken {
+        rotated: Some(Rotation {
+            at: first_at,
+            successor: r.new_hash.clone(),
+            superseded: false,
+        }),
+        ..old
+    };
+    records.put_refresh(r.old_hash, &rotated)?;
+    records.put_refresh(&r.new_hash, &r.new_token)?;
+    Ok(RotateOutcome::Rotated(grant))
+}
+
 /// Caps on what waits for someone: authorization requests awaiting the user's decision plus
 /// codes awaiting redemption, counted together. 0 means no cap. A cap bounds memory but never
 /// refuses a new request: the oldest waiting one gives way (so strangers sending abandoned
@@ -302,13 +490,34 @@ pub(crate) fn sort_clients(clients: &mut [Client]) {
     clients.sort_by(|a, b| (b.created_at, &a.client_id).cmp(&(a.created_at, &b.client_id)));
 }
 
-/// A storage failure (never the client's fault).
+/// A storage failure (never the client's fault). Messages say what failed, never a stored
+/// value: keys are hashes of secrets, and records say who granted what.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The store could not be reached or its lock is poisoned.
+    /// A record that must be new exists already (its unique key is taken), or a concurrent
+    /// change won; nothing was written, and a retry with fresh values can succeed.
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// A stored record does not decode (a damaged row, or one an incompatible gateway
+    /// wrote), or the database file itself is damaged. Retrying does not help.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    /// The store cannot be used now: the database is busy, locked, read-only, full or
+    /// unreachable, its I/O failed, its schema is newer than ours, or its lock is poisoned.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+impl StoreError {
+    /// The same failure, its message prefixed with where (a file, say).
+    pub fn context(self, at: impl std::fmt::Display) -> Self {
+        match self {
+            Self::Conflict(m) => Self::Conflict(format!("{at}: {m}")),
+            Self::Corrupt(m) => Self::Corrupt(format!("{at}: {m}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{at}: {m}")),
+        }
+    }
 }
 
 /// Result of a store operation.
@@ -355,7 +564,7 @@ pub trait Store: Send + Sync + 'static {
     /// Forget a user's consent for a client; whether there was one.
     fn forget_consent(&self, sub: &str, client_id: &str) -> StoreResult<bool>;
 
-    /// Save a code under the hash of its value.
+    /// Save a code under the hash of its value ([`StoreError::Conflict`] if it is taken).
     fn insert_code(&self, code_hash: String, code: AuthCode) -> StoreResult<()>;
     /// Save a code for a new authorization request, evicting the oldest waiting request
     /// when `limits` are reached (counted with pending requests, as [`Store::admit_pending`]).
@@ -366,10 +575,15 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
         limits: PendingLimits,
     ) -> StoreResult<Admission>;
-    /// Atomically use up a code; remembers used codes until they would have expired.
-    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption>;
+    /// Redeem a code in one atomic step. An unused, unexpired code is shown to the check;
+    /// when it answers with what to issue, the code is used up and the grant, its refresh
+    /// token and the access token's record are stored with it. When it refuses, or any of
+    /// those writes fails (a [`StoreError::Conflict`] on a taken key, say), nothing is
+    /// written and the code stays redeemable. Used codes are remembered until they would
+    /// have expired, so presenting one again is reported as a replay.
+    fn redeem_code(&self, exchange: CodeExchange<'_>) -> StoreResult<CodeRedemption>;
 
-    /// Save a new grant.
+    /// Save a new grant ([`StoreError::Conflict`] if its id is taken).
     fn insert_grant(&self, grant: Grant) -> StoreResult<()>;
     /// Look a grant up.
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>>;
@@ -390,16 +604,9 @@ pub trait Store: Send + Sync + 'static {
     fn insert_refresh(&self, token_hash: String, token: RefreshToken) -> StoreResult<()>;
     /// Look a refresh token up.
     fn refresh(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>>;
-    /// Atomically apply [`decide_rotation`] to `old_hash` and, when it allows, store
-    /// `new_hash` as its successor.
-    fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: String,
-        new_token: RefreshToken,
-        now: u64,
-        grace: u64,
-    ) -> StoreResult<RotateOutcome>;
+    /// Atomically apply [`decide_rotation`] to the presented token and, when it allows,
+    /// store its successor.
+    fn rotate_refresh(&self, rotation: RefreshRotation<'_>) -> StoreResult<RotateOutcome>;
 
     /// Deny an access token until it expires anyway.
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()>;

@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Admission, AuthCode, Client, ClientRevocation, CodeRedemption, Consent, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, RefreshToken, RotateOutcome, Rotation, RotationDecision,
-    Store, StoreError, StoreResult, decide_rotation, sort_clients, sort_grants,
+    Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
+    LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
+    RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -90,7 +90,39 @@ pub struct SqliteStore {
     last_purge: std::sync::atomic::AtomicU64,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
+/// What a database error means for the caller. A taken unique key is a conflict (the
+/// transaction rolled back); a damaged file or a column of the wrong type is corruption;
+/// everything else (busy, locked, read-only, full, I/O) means the store cannot be used now.
+/// SQLite's messages name tables and columns, never the values bound to a statement.
+fn err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.extended_code,
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ) =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            StoreError::Corrupt(e.to_string())
+        }
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// A file system failure around the database file.
+fn io_err(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -99,12 +131,27 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_json(value: &impl Serialize) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(err)
+/// Why a record does not encode or decode: its kind and where in the JSON, not serde's
+/// message, which quotes the offending value.
+fn json_err<T>(e: &serde_json::Error) -> StoreError {
+    let kind = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("record");
+    StoreError::Corrupt(format!(
+        "a {kind} record: {:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
+}
+
+fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| json_err::<T>(&e))
 }
 
 fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(err)
+    serde_json::from_str(text).map_err(|e| json_err::<T>(&e))
 }
 
 impl SqliteStore {
@@ -115,12 +162,12 @@ impl SqliteStore {
     /// opens it (an existing one is tightened to 0600); SQLite gives the `-wal` and `-shm`
     /// files the database file's mode.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let at = |e: StoreError| StoreError::Unavailable(format!("{}: {e}", path.display()));
+        let at = |e: StoreError| e.context(path.display());
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| at(err(e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| at(io_err(e)))?;
             make_private_dir(dir);
         }
-        make_private_file(path).map_err(|e| at(err(e)))?;
+        make_private_file(path).map_err(|e| at(io_err(e)))?;
         let store = Connection::open(path)
             .map_err(err)
             .and_then(Self::init)
@@ -131,7 +178,7 @@ impl SqliteStore {
             side.push(suffix);
             let side = std::path::PathBuf::from(side);
             if side.exists() {
-                restrict(&side, 0o600).map_err(|e| at(err(e)))?;
+                restrict(&side, 0o600).map_err(|e| at(io_err(e)))?;
             }
         }
         Ok(store)
@@ -182,7 +229,9 @@ impl SqliteStore {
     }
 
     fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
-        self.conn.lock().map_err(|_| err("store lock poisoned"))
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the store lock is poisoned".into()))
     }
 
     /// Run a single read; no transaction (each statement is atomic on its own), so the
@@ -304,31 +353,6 @@ fn waiting(tx: &Transaction<'_>, client_id: &str, now: u64) -> StoreResult<(usiz
     Ok((count(total), count(client)))
 }
 
-/// Count what waits and, while a cap is reached, evict the oldest live pending request (of
-/// `client_id` when its cap is the one reached), else the oldest live code. Returns the
-/// first verdict: whether anything had to give way.
-fn make_room(
-    tx: &Transaction<'_>,
-    client_id: &str,
-    now: u64,
-    limits: PendingLimits,
-) -> StoreResult<Admission> {
-    let verdict = |tx: &Transaction<'_>| -> StoreResult<Admission> {
-        let (total, client) = waiting(tx, client_id, now)?;
-        Ok(limits.admit(total, client))
-    };
-    let first = verdict(tx)?;
-    let mut current = first;
-    while current != Admission::Admitted {
-        let only = (current == Admission::EvictedForClient).then_some(client_id);
-        if !evict_oldest(tx, only, now)? {
-            break;
-        }
-        current = verdict(tx)?;
-    }
-    Ok(first)
-}
-
 /// Delete the oldest live pending request (of `only`, when given; arrival order breaks
 /// ties), else the oldest live code; whether there was one.
 fn evict_oldest(tx: &Transaction<'_>, only: Option<&str>, now: u64) -> StoreResult<bool> {
@@ -406,6 +430,94 @@ fn revoke_grant(tx: &Transaction<'_>, grant_id: &str) -> StoreResult<()> {
     tx.execute("DELETE FROM refresh WHERE grant_id = ?1", [grant_id])
         .map_err(err)?;
     Ok(())
+}
+
+impl Records for &Transaction<'_> {
+    fn refresh(&mut self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+        get_refresh(self, hash)
+    }
+
+    fn grant(&mut self, id: &str) -> StoreResult<Option<Grant>> {
+        get_grant(self, id)
+    }
+
+    fn put_refresh(&mut self, hash: &str, token: &RefreshToken) -> StoreResult<()> {
+        put_refresh(self, hash, token)
+    }
+
+    fn revoke_grant(&mut self, id: &str) -> StoreResult<()> {
+        revoke_grant(self, id)
+    }
+
+    fn insert_grant(&mut self, grant: &Grant) -> StoreResult<()> {
+        let early = self
+            .execute("DELETE FROM revoked_early WHERE grant_id = ?1", [&grant.id])
+            .map_err(err)?;
+        let revoked = grant.revoked || early > 0;
+        let grant = &Grant {
+            revoked,
+            ..grant.clone()
+        };
+        let live_until = if revoked { 0 } else { grant.expires_at };
+        self.execute(
+            "INSERT INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
+            params![grant.id, to_json(grant)?, grant.client_id, int(live_until)],
+        )
+        .map_err(err)?;
+        Ok(())
+    }
+
+    fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
+        let live = get_grant(self, grant_id)?.is_some_and(|g| !g.revoked);
+        let sql = if live {
+            "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)"
+        } else {
+            // Issued from a grant revoked meanwhile: deny it straight away.
+            "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT ?2, ?3 WHERE ?1 IS NOT NULL"
+        };
+        self.execute(sql, params![grant_id, jti, int(exp)])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn code(&mut self, hash: &str) -> StoreResult<Option<AuthCode>> {
+        let data: Option<String> = self
+            .query_row("SELECT data FROM codes WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        data.map(|d| from_json(&d)).transpose()
+    }
+
+    fn used_code(&mut self, hash: &str) -> StoreResult<Option<String>> {
+        self.query_row(
+            "SELECT grant_id FROM used_codes WHERE hash = ?1",
+            [hash],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)
+    }
+
+    fn waiting(&mut self, client_id: &str, now: u64) -> StoreResult<(usize, usize)> {
+        waiting(self, client_id, now)
+    }
+
+    fn evict_oldest(&mut self, only: Option<&str>, now: u64) -> StoreResult<bool> {
+        evict_oldest(self, only, now)
+    }
+
+    fn use_code(&mut self, hash: &str, grant_id: &str, until: u64) -> StoreResult<()> {
+        self.execute("DELETE FROM codes WHERE hash = ?1", [hash])
+            .map_err(err)?;
+        self.execute(
+            "INSERT INTO used_codes (hash, grant_id, until) VALUES (?1, ?2, ?3)",
+            params![hash, grant_id, int(until)],
+        )
+        .map_err(err)?;
+        Ok(())
+    }
 }
 
 impl Store for SqliteStore {
@@ -530,9 +642,9 @@ impl Store for SqliteStore {
         now: u64,
         limits: PendingLimits,
     ) -> StoreResult<Admission> {
-        self.tx(|tx| {
+        self.tx(|mut tx| {
             self.purge_now_and_then(tx, now)?;
-            let admission = make_room(tx, &pending.client_id, now, limits)?;
+            let admission = super::make_room(&mut tx, &pending.client_id, now, limits)?;
             put_pending(tx, &pending)?;
             Ok(admission)
         })
@@ -615,63 +727,33 @@ impl Store for SqliteStore {
         now: u64,
         limits: PendingLimits,
     ) -> StoreResult<Admission> {
-        self.tx(|tx| {
+        self.tx(|mut tx| {
             self.purge_now_and_then(tx, now)?;
-            let admission = make_room(tx, &code.client_id, now, limits)?;
+            // Checked first: making room could evict the code whose hash is taken.
+            let taken = tx
+                .query_row("SELECT 1 FROM codes WHERE hash = ?1", [&code_hash], |_| {
+                    Ok(())
+                })
+                .optional()
+                .map_err(err)?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict("a code with this hash exists".into()));
+            }
+            let admission = super::make_room(&mut tx, &code.client_id, now, limits)?;
             put_code(tx, &code_hash, &code)?;
             Ok(admission)
         })
     }
 
-    fn redeem_code(&self, code_hash: &str, now: u64) -> StoreResult<CodeRedemption> {
-        self.tx(|tx| {
-            self.purge_now_and_then(tx, now)?;
-            let used: Option<String> = tx
-                .query_row(
-                    "SELECT grant_id FROM used_codes WHERE hash = ?1",
-                    [code_hash],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            if let Some(grant_id) = used {
-                return Ok(CodeRedemption::Replayed { grant_id });
-            }
-            let data: Option<String> = tx
-                .query_row(
-                    "DELETE FROM codes WHERE hash = ?1 RETURNING data",
-                    [code_hash],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            let code = match data.map(|d| from_json::<AuthCode>(&d)).transpose()? {
-                Some(code) if code.expires_at > now => code,
-                _ => return Ok(CodeRedemption::Unknown),
-            };
-            tx.execute(
-                "INSERT INTO used_codes (hash, grant_id, until) VALUES (?1, ?2, ?3)",
-                params![code_hash, code.grant_id, int(code.expires_at)],
-            )
-            .map_err(err)?;
-            Ok(CodeRedemption::Fresh(code))
+    fn redeem_code(&self, exchange: CodeExchange<'_>) -> StoreResult<CodeRedemption> {
+        self.tx(|mut tx| {
+            self.purge_now_and_then(tx, exchange.now)?;
+            super::redeem(&mut tx, exchange)
         })
     }
 
-    fn insert_grant(&self, mut grant: Grant) -> StoreResult<()> {
-        self.tx(|tx| {
-            let early = tx
-                .execute("DELETE FROM revoked_early WHERE grant_id = ?1", [&grant.id])
-                .map_err(err)?;
-            grant.revoked |= early > 0;
-            let live_until = if grant.revoked { 0 } else { grant.expires_at };
-            tx.execute(
-                "INSERT OR REPLACE INTO grants (id, data, client_id, live_until) VALUES (?1, ?2, ?3, ?4)",
-                params![grant.id, to_json(&grant)?, grant.client_id, int(live_until)],
-            )
-            .map_err(err)?;
-            Ok(())
-        })
+    fn insert_grant(&self, grant: Grant) -> StoreResult<()> {
+        self.tx(|mut tx| tx.insert_grant(&grant))
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
@@ -679,18 +761,7 @@ impl Store for SqliteStore {
     }
 
     fn add_access_token(&self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
-        self.tx(|tx| {
-            let live = get_grant(tx, grant_id)?.is_some_and(|g| !g.revoked);
-            let sql = if live {
-                "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)"
-            } else {
-                // Issued from a grant revoked meanwhile: deny it straight away.
-                "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT ?2, ?3 WHERE ?1 IS NOT NULL"
-            };
-            tx.execute(sql, params![grant_id, jti, int(exp)])
-                .map_err(err)?;
-            Ok(())
-        })
+        self.tx(|mut tx| tx.add_access_token(grant_id, jti, exp))
     }
 
     fn revoke_grant(&self, grant_id: &str) -> StoreResult<()> {
@@ -752,55 +823,8 @@ impl Store for SqliteStore {
         self.read(|tx| get_refresh(tx, token_hash))
     }
 
-    fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: String,
-        new_token: RefreshToken,
-        now: u64,
-        grace: u64,
-    ) -> StoreResult<RotateOutcome> {
-        self.tx(|tx| {
-            let Some(old) = get_refresh(tx, old_hash)? else {
-                return Ok(RotateOutcome::Invalid);
-            };
-            let grant = match get_grant(tx, &old.grant_id)? {
-                Some(g) if !g.revoked && g.expires_at > now => g,
-                _ => return Ok(RotateOutcome::Invalid),
-            };
-            let successor_used = match &old.rotated {
-                Some(r) => get_refresh(tx, &r.successor)?.is_none_or(|s| s.rotated.is_some()),
-                None => false,
-            };
-            let first_at = old.rotated.as_ref().map_or(now, |r| r.at);
-            match decide_rotation(&old, successor_used, now, grace) {
-                RotationDecision::Replay => {
-                    revoke_grant(tx, &grant.id)?;
-                    return Ok(RotateOutcome::Replay);
-                }
-                RotationDecision::Retry { drop_successor } => {
-                    if let Some(dead) = get_refresh(tx, &drop_successor)? {
-                        let dead = RefreshToken {
-                            rotated: Some(Rotation::superseded(now)),
-                            ..dead
-                        };
-                        put_refresh(tx, &drop_successor, &dead)?;
-                    }
-                }
-                RotationDecision::Rotate => {}
-            }
-            let rotated = RefreshToken {
-                rotated: Some(Rotation {
-                    at: first_at,
-                    successor: new_hash.clone(),
-                    superseded: false,
-                }),
-                ..old
-            };
-            put_refresh(tx, old_hash, &rotated)?;
-            put_refresh(tx, &new_hash, &new_token)?;
-            Ok(RotateOutcome::Rotated(grant))
-        })
+    fn rotate_refresh(&self, rotation: RefreshRotation<'_>) -> StoreResult<RotateOutcome> {
+        self.tx(|mut tx| super::rotate(&mut tx, rotation))
     }
 
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {
@@ -824,5 +848,56 @@ impl Store for SqliteStore {
                 .map(|r| r.is_some())
                 .map_err(err)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn database_errors_say_what_failed() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+        ] {
+            assert!(
+                matches!(err(failure(code)), StoreError::Conflict(_)),
+                "{code}"
+            );
+        }
+        for code in [ffi::SQLITE_CORRUPT, ffi::SQLITE_NOTADB] {
+            assert!(
+                matches!(err(failure(code)), StoreError::Corrupt(_)),
+                "{code}"
+            );
+        }
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_CONSTRAINT_NOTNULL,
+        ] {
+            assert!(
+                matches!(err(failure(code)), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            err(rusqlite::Error::InvalidColumnType(
+                0,
+                "data".into(),
+                rusqlite::types::Type::Integer
+            )),
+            StoreError::Corrupt(_)
+        ));
     }
 }
