@@ -658,6 +658,34 @@ fn concurrent_rotations_sqlite() {
 /// Issue 12: the database and its WAL and shared-memory files are 0600 in a 0700 data dir,
 /// whatever the umask, and files left more open by an older gateway are tightened.
 #[cfg(unix)]
+/// A write that waits on the database (another connection holds the write lock) must not
+/// hold up the runtime's only worker: another task still runs, and once it has, the lock is
+/// released and the write goes through. Were the write to block the worker, the other task
+/// would run only after the write had given up (the busy timeout), and the write would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sqlite_waits_off_the_async_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            started_tx.send(()).unwrap();
+            store.insert_client(client("late", 1))
+        })
+    };
+    started_rx.recv().unwrap();
+    let (ran_tx, ran_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move { ran_tx.send(()).unwrap() });
+    ran_rx.await.unwrap();
+    other.execute_batch("COMMIT").unwrap();
+    writer.await.unwrap().unwrap();
+    assert!(store.client("late").unwrap().is_some());
+}
+
 #[test]
 fn sqlite_files_are_private() {
     use std::os::unix::fs::PermissionsExt as _;

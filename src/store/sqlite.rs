@@ -237,17 +237,34 @@ impl SqliteStore {
     /// Run a single read; no transaction (each statement is atomic on its own), so the
     /// per-request revocation check costs one indexed lookup.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
-        let conn = self.lock()?;
-        f(&conn)
+        blocking(|| {
+            let conn = self.lock()?;
+            f(&conn)
+        })
     }
 
     /// Run `f` in one transaction.
     fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction().map_err(err)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(err)?;
-        Ok(out)
+        blocking(|| {
+            let mut conn = self.lock()?;
+            let tx = conn.transaction().map_err(err)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(err)?;
+            Ok(out)
+        })
+    }
+}
+
+/// Run `f`, which waits on the database file (and on the connection's lock), off the async
+/// workers: on the gateway's multi-threaded runtime the worker hands its other tasks to
+/// another thread for the duration ([`tokio::task::block_in_place`]), so a slow disk or a
+/// busy lock never stalls requests that do not touch the store. Elsewhere (a test's
+/// current-thread runtime, no runtime at all) it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
