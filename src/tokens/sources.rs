@@ -392,18 +392,23 @@ mod tests {
         format!("http://{addr}/introspect")
     }
 
-    #[tokio::test]
-    async fn introspection_cache_counts_hits_and_misses() {
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut introspector = Introspector {
-            endpoint: issuer(calls.clone()).await,
+    /// An introspector for the resource `https://rs.example/mcp` asking `endpoint`.
+    fn test_introspector(endpoint: String) -> Introspector {
+        Introspector {
+            endpoint,
             client_id: "rs".into(),
             secret: "s".into(),
             audience: "https://rs.example/mcp".into(),
             client: reqwest::Client::new(),
             cache: std::sync::RwLock::new(std::collections::HashMap::new()),
             counters: crate::metrics::CacheCounters::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn introspection_cache_counts_hits_and_misses() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut introspector = test_introspector(issuer(calls.clone()).await);
         let counters = crate::metrics::CacheCounters::default();
         introspector.count_into(counters.clone());
         let now = 1_800_000_000;
@@ -538,15 +543,7 @@ mod tests {
                 axum::routing::post(move || async move { axum::Json(body) }),
             )
         };
-        let introspector = |endpoint: String| Introspector {
-            endpoint,
-            client_id: "rs".into(),
-            secret: "s".into(),
-            audience: "https://rs.example/mcp".into(),
-            client: reqwest::Client::new(),
-            cache: std::sync::RwLock::new(std::collections::HashMap::new()),
-            counters: crate::metrics::CacheCounters::default(),
-        };
+        let introspector = test_introspector;
         let now = 1_800_000_000u64;
         let cases = [
             (
