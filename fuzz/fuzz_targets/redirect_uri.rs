@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_oauth_gateway::authz::uris::{
+use mcp_oauth_gateway::web::uris::{
     canonical_resource, redirect_uri_matches, validate_redirect_uri,
 };
 
