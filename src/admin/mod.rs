@@ -222,9 +222,9 @@ fn host_is_local(state: &AdminState, host: &str) -> bool {
 }
 
 /// Whether a request comes from this machine: the peer, every forwarded hop and the host
-/// name are all loopback. Stricter than [`client_ip`] (which trusts the last hop): a proxy
-/// on this host in front of ours makes the peer loopback, but it names the real client in
-/// `X-Forwarded-For`, and that must count.
+/// name are all loopback. Stricter than [`client_ip`] (which believes the last hop and the
+/// trusted proxies): a proxy on this host in front of ours makes the peer loopback, but it
+/// names the real client in `X-Forwarded-For`, and that must count.
 pub fn from_loopback(state: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> bool {
     if !peer.ip().is_loopback() {
         return false;
