@@ -85,3 +85,18 @@ def test_anonymous_consent_opt_in_starts_and_warns(tmp_path):
                    for line in gw.log_lines()), gw.log_tail()
     finally:
         assert gw.stop() == 0, gw.log_tail()
+
+
+def test_a_bad_trusted_proxy_refuses_to_start_naming_the_key(tmp_path):
+    code, lines = _exit_of(tmp_path, "--trusted-proxy", "10.0.0.0/8",
+                           "--trusted-proxy", "lb.internal")
+    assert code == 2, lines
+    errors = [line for line in lines if "mcp-oauth-gateway:" in line]
+    assert len(errors) == 1, lines
+    assert "trusted_proxies" in errors[0] and "lb.internal" in errors[0], errors
+
+
+def test_trusted_proxies_flags_start(tmp_path):
+    gw = Gateway(tmp_path / "data", extra_args=[
+        "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1/128"]).start()
+    assert gw.stop() == 0, gw.log_tail()

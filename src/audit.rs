@@ -8,13 +8,13 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use crate::web::client_ip::client_ip;
+use crate::web::client_ip::ClientIp;
 
 /// How many events the page shows.
 pub const CAPACITY: usize = 200;
@@ -23,8 +23,9 @@ pub const CAPACITY: usize = 200;
 const MAX_NAME: usize = 200;
 
 /// Where a request came from, for the events it causes: the source address (as the rate
-/// limits see it: `X-Forwarded-For` trusted only from our loopback proxy) and the request id
-/// the proxy set. Extracting it never fails.
+/// limits see it: the [`ClientIp`] the router's middleware resolved, believing
+/// `X-Forwarded-For` from our loopback proxy and the configured trusted proxies) and the
+/// request id the proxy set. Extracting it never fails.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMeta {
     /// The client's address, when the connection's peer is known.
@@ -37,12 +38,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| client_ip(*peer, &parts.headers));
         Ok(Self {
-            source,
+            source: ClientIp::of(parts),
             request_id: crate::web::request_id::request_id_of(&parts.headers),
         })
     }
@@ -148,7 +145,9 @@ pub(crate) use audit;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::ConnectInfo;
     use axum::http::{HeaderValue, Request};
+    use std::net::SocketAddr;
 
     #[test]
     fn the_ring_keeps_the_newest_events() {
@@ -218,5 +217,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(m, RequestMeta::default(), "no peer, no odd request id");
+        // The address the router's middleware resolved (trusted proxies) wins.
+        let mut parts = meta("10.0.0.5:9");
+        parts
+            .extensions
+            .insert(ClientIp("203.0.113.8".parse().unwrap()));
+        let m = RequestMeta::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(m.source, Some("203.0.113.8".parse().unwrap()));
     }
 }

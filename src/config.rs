@@ -91,6 +91,11 @@ pub struct Config {
     /// Open connections accepted from one source address at a time on the public listener
     /// (0: no cap); past it new connections are closed at once.
     pub max_connections_per_source: usize,
+    /// Load balancers and proxies in front of the gateway (networks like `10.0.0.0/8` or
+    /// single addresses, IPv4 and IPv6) whose `X-Forwarded-For` entries are believed when
+    /// telling where a request came from (rate limits, security events). Empty: only the
+    /// gateway's own proxy is believed.
+    pub trusted_proxies: Vec<String>,
     /// Where clients, grants and tokens are kept.
     pub store: StoreKind,
     /// Registered clients that obtain no token for this long are forgotten, seconds
@@ -451,6 +456,7 @@ impl Default for Config {
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 120,
             max_connections_per_source: 512,
+            trusted_proxies: Vec::new(),
             store: StoreKind::Sqlite,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
@@ -673,6 +679,12 @@ impl Config {
                 });
             }
         }
+        crate::web::client_ip::TrustedProxies::parse(&self.trusted_proxies).map_err(|message| {
+            ConfigError::Invalid {
+                key: "trusted_proxies",
+                message,
+            }
+        })?;
         if self.access_token_ttl == 0 {
             return Err(invalid("access_token_ttl", "must be at least 1 second"));
         }
@@ -956,6 +968,22 @@ mod tests {
         );
         let external = public("auth_mode = \"external\"");
         external.validate().unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_or_addresses() {
+        let c: Config =
+            toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"192.168.1.10\", \"::1/128\"]")
+                .unwrap();
+        c.validate().unwrap();
+        assert!(Config::default().trusted_proxies.is_empty());
+        let c: Config =
+            toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("trusted_proxies") && err.contains("lb.internal"),
+            "{err}"
+        );
     }
 
     #[test]

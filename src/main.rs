@@ -75,6 +75,16 @@ struct Cli {
     /// Also write security events as JSON lines to this file.
     #[arg(long, env = "MCP_GATEWAY_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// A load balancer or proxy in front of the gateway (an address or a network such as
+    /// 10.0.0.0/8) whose X-Forwarded-For entries are believed; repeat for several. The
+    /// environment variable takes a comma-separated list. Replaces the file's list.
+    #[arg(
+        long = "trusted-proxy",
+        env = "MCP_GATEWAY_TRUSTED_PROXIES",
+        value_name = "ADDR_OR_CIDR",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
     /// Storage backend.
     #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
     store: Option<StoreKind>,
@@ -166,6 +176,16 @@ impl Cli {
             upstream,
             public_url
         );
+        // Blank entries (an empty variable, a trailing comma) are no entries.
+        let trusted_proxies: Vec<String> = self
+            .trusted_proxies
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if !trusted_proxies.is_empty() {
+            c.trusted_proxies = trusted_proxies;
+        }
         c.auto_approve |= self.auto_approve;
         c.debug_trace |= self.debug_trace;
         c.insecure_http |= self.insecure_http;

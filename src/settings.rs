@@ -2,11 +2,13 @@
 //! resource and where its metadata is, the public origin, and the clients the config pins.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use url::Url;
 
 use crate::config::Config;
 use crate::store::Client;
+use crate::web::client_ip::TrustedProxies;
 
 /// Values derived from the config and the bound proxy address.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct Settings {
     /// Clients pinned in the config, by id. The config is their only source: removing an
     /// entry removes the client.
     pub pinned_clients: HashMap<String, Client>,
+    /// The proxies whose `X-Forwarded-For` is believed (`trusted_proxies`, parsed).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl Settings {
@@ -50,7 +54,12 @@ impl Settings {
             .iter()
             .map(|c| (c.client_id.clone(), c.to_client(0)))
             .collect();
+        // `Config::validate` has refused bad entries; should one get here unvalidated, no
+        // proxy is trusted rather than some.
+        let trusted_proxies =
+            Arc::new(TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default());
         Self {
+            trusted_proxies,
             pinned_clients,
             dummy_password_hash,
             config,

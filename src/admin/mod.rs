@@ -47,6 +47,7 @@ use crate::authz::users;
 use crate::secret::{ct_eq, random_token};
 use crate::store::{Client, Grant};
 use crate::web::MAX_FORM_BODY;
+use crate::web::client_ip::{self, ClientIp};
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use crate::web::request_id::request_id_scope;
 use crate::web::routes::ADMIN;
@@ -103,6 +104,10 @@ pub fn router(state: AdminState) -> Router {
         .route(REVOKE_CLIENT_PATH, post(revoke_client_post))
         .route(LOGOUT_PATH, post(logout_post))
         .layer(DefaultBodyLimit::max(MAX_FORM_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.settings.trusted_proxies.clone(),
+            client_ip::resolve,
+        ))
         .layer(middleware::from_fn(request_id_scope))
         .with_state(state)
 }
@@ -217,9 +222,9 @@ fn host_is_local(state: &AdminState, host: &str) -> bool {
 }
 
 /// Whether a request comes from this machine: the peer, every forwarded hop and the host
-/// name are all loopback. Stricter than [`client_ip`] (which trusts the last hop): a proxy
-/// on this host in front of ours makes the peer loopback, but it names the real client in
-/// `X-Forwarded-For`, and that must count.
+/// name are all loopback. Stricter than [`client_ip`] (which believes the last hop and the
+/// trusted proxies): a proxy on this host in front of ours makes the peer loopback, but it
+/// names the real client in `X-Forwarded-For`, and that must count.
 pub fn from_loopback(state: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> bool {
     if !peer.ip().is_loopback() {
         return false;
@@ -633,13 +638,13 @@ pub async fn admin_get(
 /// `POST /admin/login`: an admin signs in; on success, back to the page with a session.
 pub async fn login_post(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(source): ClientIp,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let now = state.clock.now();
-    if let Some(throttled) = users::sign_in_throttled(&state, peer, &headers, now) {
+    if let Some(throttled) = users::sign_in_throttled(&state, source, now) {
         return throttled;
     }
     if let Some(refused) = cross_site_refusal(&state.settings.public_origin, &headers) {

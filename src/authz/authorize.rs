@@ -9,9 +9,7 @@
 //! waiting request gives way (the client's own at its cap; pending requests before codes),
 //! and its consent page then says it expired. Abandoned requests cannot lock a client out.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -27,7 +25,7 @@ use super::users;
 use crate::audit::{RequestMeta, audit};
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::store::{Admission, AuthCode, Client, Consent, PendingAuthorization, StoreResult};
-use crate::web::client_ip::client_ip;
+use crate::web::client_ip::ClientIp;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use crate::web::uris::{canonical_resource, redirect_uri_matches};
 
@@ -340,17 +338,14 @@ fn error_redirect(
 /// `GET /authorize`.
 pub async fn authorize_get(
     State(state): State<AuthzState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(source): ClientIp,
     meta: RequestMeta,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let s = &state.settings;
     let now = state.clock.now();
-    if let Err(retry) = state
-        .authorize_limiter
-        .check(client_ip(peer, &headers), now)
-    {
+    if let Err(retry) = state.authorize_limiter.check(source, now) {
         let mut res = PageError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "slow_down",

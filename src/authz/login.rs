@@ -2,9 +2,7 @@
 //! the gateway remembers.
 
 use axum::body::Bytes;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
@@ -14,20 +12,21 @@ use super::params::Params;
 use super::state::AuthzState;
 use super::users::{check_password, cookie, current_user, login_page, sign_in_throttled};
 use crate::audit::{RequestMeta, audit};
+use crate::web::client_ip::ClientIp;
 use crate::web::pages::{PageError, cross_site_refusal, page_headers};
 use crate::web::routes;
 
 /// `POST /login`: check the password, start a session, go on to consent.
 pub async fn login_post(
     State(state): State<AuthzState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(source): ClientIp,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let now = state.clock.now();
     // Password guessing is bounded per source address.
-    if let Some(throttled) = sign_in_throttled(&state, peer, &headers, now) {
+    if let Some(throttled) = sign_in_throttled(&state, source, now) {
         return throttled;
     }
     let (params, pending) = match take_pending_form(&state, &headers, &body, now) {

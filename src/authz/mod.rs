@@ -69,6 +69,10 @@ pub fn router(state: AuthzState) -> Router {
         .route(routes::INTROSPECT, post(introspect::introspect_post))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(oversized_body_json))
+        .layer(middleware::from_fn_with_state(
+            state.settings.trusted_proxies.clone(),
+            crate::web::client_ip::resolve,
+        ))
         .layer(middleware::from_fn(
             crate::web::request_id::request_id_scope,
         ))

@@ -7,10 +7,8 @@
 //! an initial access token (RFC 7591 §3) the operator handed out, presented as
 //! `Authorization: Bearer`; its scope is bounded by that token's.
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -23,7 +21,7 @@ use crate::audit::{RequestMeta, audit};
 use crate::config::InitialAccessToken;
 use crate::secret::{ct_eq, random_token, sha256_b64};
 use crate::store::Client;
-use crate::web::client_ip::client_ip;
+use crate::web::client_ip::ClientIp;
 use crate::web::uris::validate_redirect_uri;
 
 /// The registration request: the metadata we act on. Other fields are accepted and ignored.
@@ -236,7 +234,7 @@ pub fn initial_access_token<'a>(
 /// `POST /register`.
 pub async fn register_post(
     State(state): State<AuthzState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(source): ClientIp,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
@@ -244,7 +242,7 @@ pub async fn register_post(
     let now = state.clock.now();
     state
         .register_limiter
-        .check(client_ip(peer, &headers), now)
+        .check(source, now)
         .map_err(OAuthError::TooManyRequests)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)

@@ -4,9 +4,8 @@
 //! `Cache-Control: no-store`.
 
 use axum::body::Bytes;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -23,7 +22,7 @@ use crate::store::{
     RefreshToken, RotateOutcome,
 };
 use crate::tokens::issue::{AccessClaims, sign};
-use crate::web::client_ip::client_ip;
+use crate::web::client_ip::ClientIp;
 use crate::web::uris::canonical_resource;
 
 /// A parsed token request, one variant per grant type. The client is authenticated
@@ -558,14 +557,14 @@ pub fn exchange(
 /// `POST /token`.
 pub async fn token_post(
     State(state): State<AuthzState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(source): ClientIp,
     meta: RequestMeta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     state
         .token_limiter
-        .check(client_ip(peer, &headers), state.clock.now())
+        .check(source, state.clock.now())
         .map_err(OAuthError::TooManyRequests)?;
     let params = form_params(&headers, &body)?;
     let req = TokenRequest::from_params(&params)?;

@@ -5,7 +5,7 @@
 //! With no users configured the one local user (`user`, default `local-user`) approves
 //! consent without signing in, which suits a gateway on loopback.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -14,7 +14,6 @@ use minijinja::context;
 use super::state::AuthzState;
 use crate::secret::verify_password;
 use crate::store::{Client, PendingAuthorization};
-use crate::web::client_ip::client_ip;
 use crate::web::pages::{PageError, page_headers};
 use crate::web::sessions::cookie_value;
 
@@ -110,16 +109,8 @@ pub(crate) fn cookie(state: &AuthzState, token: &str) -> Option<HeaderValue> {
 }
 
 /// The 429 page for a source that has tried to sign in too often, or `None`.
-pub(crate) fn sign_in_throttled(
-    state: &AuthzState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    now: u64,
-) -> Option<Response> {
-    let retry = state
-        .login_limiter
-        .check(client_ip(peer, headers), now)
-        .err()?;
+pub(crate) fn sign_in_throttled(state: &AuthzState, source: IpAddr, now: u64) -> Option<Response> {
+    let retry = state.login_limiter.check(source, now).err()?;
     let mut res = PageError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "slow_down",

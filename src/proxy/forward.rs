@@ -199,10 +199,17 @@ pub async fn proxy_handler(
             h.remove("x-forwarded-host");
         }
     }
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+    // Every line of the header, in order: a load balancer may append its own line, and the
+    // client's address it names must not be dropped for a line the client wrote. A line
+    // that is not text becomes `unknown`, which stops the backends' walk there.
+    let mut hops: Vec<&str> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("unknown"))
+        .collect();
+    let peer_ip = peer.ip().to_string();
+    hops.push(&peer_ip);
+    let xff = hops.join(", ");
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }

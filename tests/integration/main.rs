@@ -21,5 +21,6 @@ mod roles;
 mod soak;
 mod tls;
 mod transport;
+mod trusted_proxies;
 mod upstream;
 mod users;
