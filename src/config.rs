@@ -679,12 +679,8 @@ impl Config {
                 });
             }
         }
-        crate::web::client_ip::TrustedProxies::parse(&self.trusted_proxies).map_err(|message| {
-            ConfigError::Invalid {
-                key: "trusted_proxies",
-                message,
-            }
-        })?;
+        crate::web::client_ip::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| invalid("trusted_proxies", &e.to_string()))?;
         if self.access_token_ttl == 0 {
             return Err(invalid("access_token_ttl", "must be at least 1 second"));
         }
