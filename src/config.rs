@@ -302,7 +302,7 @@ pub struct UserConfig {
 }
 
 /// A pre-registered client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The client's id.

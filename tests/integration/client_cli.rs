@@ -251,11 +251,9 @@ async fn client_credentials_for_a_preregistered_confidential_client() {
             client_id: "cli-service".into(),
             client_name: Some("CLI service".into()),
             secret_sha256: Some(mcp_oauth_gateway::secret::sha256_b64(secret)),
-            redirect_uris: vec![],
             grant_types: Some(vec!["client_credentials".into()]),
             scope: Some("mcp:read".into()),
-            token_endpoint_auth_method: None,
-            introspect: false,
+            ..Default::default()
         }]
     })
     .await;

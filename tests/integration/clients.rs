@@ -214,31 +214,21 @@ async fn pre_registered_clients_from_config() {
                 client_id: "internal-service".into(),
                 client_name: Some("Internal".into()),
                 secret_sha256: Some(hash),
-                redirect_uris: vec![],
                 grant_types: Some(vec!["client_credentials".into()]),
                 scope: Some("mcp:read".into()),
-                token_endpoint_auth_method: None,
-                introspect: false,
+                ..Default::default()
             },
             ClientConfig {
                 client_id: "batch-job".into(),
-                client_name: None,
                 secret_sha256: Some(mcp_oauth_gateway::secret::sha256_b64("batch-job-secret")),
-                redirect_uris: vec![],
                 grant_types: Some(vec!["client_credentials".into()]),
-                scope: None,
-                token_endpoint_auth_method: None,
-                introspect: false,
+                ..Default::default()
             },
             ClientConfig {
                 client_id: "claude".into(),
                 client_name: Some("Claude".into()),
-                secret_sha256: None,
                 redirect_uris: vec![REDIRECT.into()],
-                grant_types: None,
-                scope: None,
-                token_endpoint_auth_method: None,
-                introspect: false,
+                ..Default::default()
             },
         ]
     })
@@ -400,11 +390,9 @@ fn resource_server(secret_hash: &str) -> ClientConfig {
         client_id: "resource-server".into(),
         client_name: Some("Resource server".into()),
         secret_sha256: Some(secret_hash.into()),
-        redirect_uris: vec![],
         grant_types: Some(vec![]),
-        scope: None,
-        token_endpoint_auth_method: None,
         introspect: true,
+        ..Default::default()
     }
 }
 
@@ -717,12 +705,8 @@ async fn the_consent_page_marks_self_registered_clients_unverified() {
         c.clients = vec![ClientConfig {
             client_id: "claude".into(),
             client_name: Some("Claude".into()),
-            secret_sha256: None,
             redirect_uris: vec![REDIRECT.into()],
-            grant_types: None,
-            scope: None,
-            token_endpoint_auth_method: None,
-            introspect: false,
+            ..Default::default()
         }]
     })
     .await;
