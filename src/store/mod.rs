@@ -11,6 +11,7 @@
 mod contract;
 pub mod memory;
 pub mod sqlite;
+pub mod view;
 
 use serde::{Deserialize, Serialize};
 
