@@ -10,6 +10,10 @@ use std::sync::{PoisonError, RwLock};
 
 use super::{Store, StoreResult};
 
+/// How often, in seconds, the gateway syncs the view with the store: another replica's
+/// revocation is refused here within about this long.
+pub const SYNC_EVERY: u64 = 1;
+
 /// The longest, in seconds, the gateway trusts its memory of revocations without hearing
 /// from the store: after that, a token not known to be revoked is refused as unverifiable
 /// (503) until a sync succeeds. Syncs run every second, so this rides out a few failed
