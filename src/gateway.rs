@@ -148,6 +148,10 @@ impl AppState {
     ) -> Result<Self, GatewayError> {
         crate::web::pages::check()?;
         let shared = Shared::new(settings, store, clock, keys);
+        // Before serving: a restarted gateway knows every unexpired revocation.
+        shared
+            .revocations
+            .sync(&*shared.store, shared.clock.now())?;
         let mut verifier = tokens::sources::verifier(&shared.settings, shared.keys.clone())?;
         verifier.count_key_lookups(shared.metrics.cache_counters("jwks"));
         let verifier = Arc::new(verifier);
@@ -349,6 +353,7 @@ impl Gateway {
             },
         ];
         tokio::spawn(maintain_keys(state.shared.clone(), stop.clone()));
+        tokio::spawn(sync_revocations(state.shared.clone(), stop.clone()));
         tracing::info!(
             proxy = %addrs.proxy,
             mcp = %addrs.mcp,
@@ -382,6 +387,23 @@ async fn maintain_keys(state: Shared, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         rotate_if_due(&state, interval);
+    }
+}
+
+/// Every second: catch the in-memory revocations up with the store, so a revocation made
+/// by another replica is refused here within about a second. A failure is logged and
+/// retried next round; past `TRUST_WITHOUT_STORE` the resource server refuses (503)
+/// tokens it cannot vouch for.
+async fn sync_revocations(state: Shared, stop: CancellationToken) {
+    let every = std::time::Duration::from_secs(crate::store::view::SYNC_EVERY);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        state.sync_revocations();
     }
 }
 

@@ -1,5 +1,5 @@
 //! What every role reads: the settings, the store, the clock, the signing keys, the
-//! metrics and the security events. Each role's own state holds one [`Shared`] and derefs
+//! revoked tokens in memory, the metrics and the security events. Each role's own state holds one [`Shared`] and derefs
 //! to it, so a handler reads `state.settings` whichever role it belongs to.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::store::view::RevocationView;
 use crate::tokens::keys::KeyRing;
 
 /// The parts of the state every role shares; cheap to clone.
@@ -22,6 +23,9 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// The keys that sign access tokens.
     pub keys: Arc<KeyRing>,
+    /// Revoked access tokens, in memory: the resource server checks tokens here, never in
+    /// the store. Synced every second by the gateway and after every local revocation.
+    pub revocations: Arc<RevocationView>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The last security events, for the operator's page.
@@ -41,8 +45,18 @@ impl Shared {
             store,
             clock,
             keys,
+            revocations: Arc::new(RevocationView::new()),
             metrics: Arc::new(Metrics::new()),
             events: Arc::new(SecurityEvents::default()),
+        }
+    }
+
+    /// Bring the in-memory revocations up to date with the store: every second, and right
+    /// after this process revokes something, so its very next MCP request is refused. A
+    /// failure is logged; the view keeps what it had and goes stale after its bound.
+    pub fn sync_revocations(&self) {
+        if let Err(e) = self.revocations.sync(&*self.store, self.clock.now()) {
+            tracing::warn!(error = %e, "revocations: sync with the store failed");
         }
     }
 }

@@ -844,10 +844,10 @@ pub async fn revoke_grant_post(
         }
     };
     // The user is asked again: a remembered approval would let the client back in without.
-    let revoked = state
-        .store
-        .revoke_grant(&grant.id)
-        .and_then(|()| state.store.forget_consent(&grant.sub, &grant.client_id));
+    let revoked = state.store.revoke_grant(&grant.id);
+    // Refused on the very next MCP request, not the next sync round.
+    state.sync_revocations();
+    let revoked = revoked.and_then(|()| state.store.forget_consent(&grant.sub, &grant.client_id));
     if let Err(e) = revoked {
         tracing::error!(error = %e, "admin: revoking a grant failed");
         return PageError::unavailable().into_response();
@@ -871,7 +871,9 @@ pub async fn revoke_client_post(
             Err(res) => return *res,
         };
     let client_id = client_id.as_str();
-    let revoked = match state.store.revoke_client(client_id) {
+    let revoked = state.store.revoke_client(client_id);
+    state.sync_revocations();
+    let revoked = match revoked {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "admin: revoking a client failed");

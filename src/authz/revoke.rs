@@ -1,6 +1,8 @@
 //! RFC 7009 token revocation: a refresh token revokes its whole grant (the family and its
 //! access tokens); an access token goes on the deny list until it expires. Unknown tokens
-//! get 200, as §2.2 asks. The client authenticates as at the token endpoint.
+//! get 200, as §2.2 asks. The client authenticates as at the token endpoint. Each revocation
+//! is synced into this process's in-memory view at once, so the resource server refuses the
+//! token on its very next request.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -35,6 +37,7 @@ pub async fn revoke_post(
                 return Err(not_yours());
             }
             store.revoke_grant(&grant.id).map_err(OAuthError::server)?;
+            state.sync_revocations();
             audit!(state, &meta, info, "grant_revoked", client: Some(client_id), sub: Some(&grant.sub);
                 %client_id, "refresh token revoked with its grant");
         }
@@ -46,6 +49,7 @@ pub async fn revoke_post(
             store
                 .revoke_access_token(jti, claims.exp)
                 .map_err(OAuthError::server)?;
+            state.sync_revocations();
             audit!(state, &meta, info, "access_token_revoked", client: Some(client_id), sub: Some(&claims.sub);
                 %client_id, "access token revoked");
         }

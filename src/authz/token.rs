@@ -346,6 +346,7 @@ fn authorization_code(
                 .store
                 .revoke_grant(&grant_id)
                 .map_err(OAuthError::server)?;
+            state.sync_revocations();
             return Err(OAuthError::InvalidGrant(
                 "the code was already used; tokens issued from it are revoked".into(),
             ));
@@ -367,6 +368,7 @@ fn authorization_code(
             if let Err(store) = state.store.revoke_grant(&grant.id) {
                 tracing::error!(error = %store, "could not revoke a grant whose token was not signed");
             }
+            state.sync_revocations();
             return Err(e);
         }
     };
@@ -451,6 +453,8 @@ fn refresh_token(
             })
         }
         RotateOutcome::Replay => {
+            // The family was revoked in the rotation: its access tokens stop here now.
+            state.sync_revocations();
             state.metrics.replay("refresh_token");
             audit!(state, meta, warn, "refresh_replayed", client: Some(&client.client_id), sub: None;
                 client_id = %client.client_id, "refresh token replayed; family revoked");

@@ -326,7 +326,8 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
                 .await
                 .map_err(|e| Refusal::Token(e.kind(), e.to_string()))?;
             if let Some(jti) = &claims.jti {
-                match state.store.is_access_token_revoked(jti) {
+                // From memory: the store is read only when the view has gone stale.
+                match state.revocations.check_or_catch_up(&*state.store, jti, now) {
                     Ok(false) => {}
                     Ok(true) => {
                         return Err(Refusal::Token(
@@ -334,8 +335,8 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
                             "the token has been revoked".into(),
                         ));
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "revocation check failed");
+                    Err(stale) => {
+                        tracing::error!(error = %stale, "revocation check failed");
                         return Err(Refusal::Unavailable);
                     }
                 }

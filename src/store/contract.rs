@@ -606,6 +606,97 @@ fn codes_give_way_when_nothing_else_waits(s: &dyn Store) {
     assert!(s.take_pending("pd").unwrap().is_some());
 }
 
+/// The jtis of a batch, sorted (tokens revoked together have no order among them).
+fn jtis(batch: &RevocationBatch) -> Vec<&str> {
+    let mut out: Vec<&str> = batch.revoked.iter().map(|(j, _)| j.as_str()).collect();
+    out.sort_unstable();
+    out
+}
+
+/// Issue 14: every path that revokes an access token appends it to the revocation log, so
+/// the replicas' in-memory views see it; `since(last)` returns only what came after.
+fn every_revocation_reaches_the_log(s: &dyn Store) {
+    assert_eq!(
+        s.revocations_since(0, 100).unwrap(),
+        RevocationBatch::default()
+    );
+    let mut last = 0;
+    let mut step = |expected: &[&str]| {
+        let batch = s.revocations_since(last, 100).unwrap();
+        assert_eq!(jtis(&batch), expected);
+        assert!(batch.last > last, "{expected:?}: the sequence moves on");
+        last = batch.last;
+    };
+    // One access token.
+    s.revoke_access_token("token", 5000).unwrap();
+    step(&["token"]);
+    // A grant, with the access tokens issued from it.
+    s.insert_grant(grant("g1")).unwrap();
+    s.add_access_token("g1", "g1-a", 5000).unwrap();
+    s.add_access_token("g1", "g1-b", 6000).unwrap();
+    s.revoke_grant("g1").unwrap();
+    step(&["g1-a", "g1-b"]);
+    // A token issued from a grant revoked meanwhile.
+    s.add_access_token("g1", "late", 5000).unwrap();
+    step(&["late"]);
+    // A client, with its grants.
+    s.insert_grant(Grant {
+        client_id: "c2".into(),
+        ..grant("g2")
+    })
+    .unwrap();
+    s.add_access_token("g2", "g2-a", 5000).unwrap();
+    assert_eq!(s.revoke_client("c2").unwrap().grants, 1);
+    step(&["g2-a"]);
+    // A refresh token replayed: the family is revoked inside the rotation.
+    s.insert_grant(grant("g")).unwrap();
+    s.add_access_token("g", "g-a", 5000).unwrap();
+    s.insert_refresh("r1".into(), rt("g")).unwrap();
+    assert!(matches!(
+        rotated(s, "r1", "r2", 100, 0),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(rotated(s, "r1", "r3", 101, 0), RotateOutcome::Replay);
+    step(&["g-a"]);
+    // A code replayed: the token endpoint revokes the grant it started.
+    s.insert_code("h".into(), code("g3")).unwrap();
+    assert!(matches!(redeem(s, "h", 100), CodeRedemption::Issued(_)));
+    let CodeRedemption::Replayed { grant_id } = redeem(s, "h", 101) else {
+        panic!("a replay");
+    };
+    s.revoke_grant(&grant_id).unwrap();
+    step(&["jti-g3"]);
+    // Nothing new since the last one.
+    let batch = s.revocations_since(last, 100).unwrap();
+    assert_eq!((batch.revoked.len(), batch.last), (0, last));
+    // Everything from the start, in order; expired ones are left out.
+    let all = s.revocations_since(0, 100).unwrap();
+    assert_eq!(all.revoked.len(), 7);
+    assert_eq!(all.revoked[0], ("token".to_string(), 5000));
+    assert_eq!(all.last, last);
+    let later = s.revocations_since(0, 5000).unwrap();
+    assert_eq!(
+        jtis(&later),
+        ["g1-b"],
+        "only the one still unexpired at 5000"
+    );
+    assert_eq!(later.last, last, "the sequence counts expired ones too");
+}
+
+/// Purging expired log rows never makes a sequence number come round again: a view that
+/// saw the purged row must still see the next revocation.
+fn purged_revocations_do_not_reuse_sequence_numbers(s: &dyn Store) {
+    s.revoke_access_token("old", 200).unwrap();
+    let seen = s.revocations_since(0, 100).unwrap().last;
+    // Any write that sweeps, long after the token expired.
+    s.insert_pending(pending("p", "c", 10_000), 1_000).unwrap();
+    assert_eq!(s.revocations_since(0, 100).unwrap().revoked, []);
+    s.revoke_access_token("new", 5000).unwrap();
+    let batch = s.revocations_since(seen, 1_000).unwrap();
+    assert_eq!(jtis(&batch), ["new"]);
+    assert!(batch.last > seen);
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory { $( #[test] fn $name() { super::$name(&super::InMemoryStore::new()); } )* }
@@ -628,7 +719,9 @@ contract!(
     clients_are_listed_and_revoking_one_revokes_its_grants,
     live_grants_are_listed_and_counted,
     pending_requests_evict_the_oldest_at_the_caps,
-    codes_give_way_when_nothing_else_waits
+    codes_give_way_when_nothing_else_waits,
+    every_revocation_reaches_the_log,
+    purged_revocations_do_not_reuse_sequence_numbers
 );
 
 #[test]
@@ -835,6 +928,33 @@ fn sqlite_migrates_version_3_databases() {
         1,
         "the migrated grant is found by client"
     );
+}
+
+/// An upgraded database's revocation log starts with the tokens it had already revoked, so
+/// a view that syncs from it knows them all; new revocations come after them.
+#[test]
+fn sqlite_upgrade_logs_tokens_revoked_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let before = 6;
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for m in &super::sqlite::MIGRATIONS[..before] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO revoked_jti (jti, exp) VALUES ('a', 5000), ('b', 6000), ('gone', 50);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let batch = s.revocations_since(0, 100).unwrap();
+    assert_eq!(jtis(&batch), ["a", "b"], "expired ones are left out");
+    s.revoke_access_token("c", 5000).unwrap();
+    let next = s.revocations_since(batch.last, 100).unwrap();
+    assert_eq!(jtis(&next), ["c"]);
 }
 
 #[test]

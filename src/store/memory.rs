@@ -5,8 +5,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RotateOutcome,
-    Store, StoreError, StoreResult, sort_clients, sort_grants,
+    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RevocationBatch,
+    RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 #[derive(Default)]
@@ -27,6 +27,10 @@ struct Inner {
     consents: HashMap<(String, String), super::Consent>,
     /// Revoked access token jti -> its exp.
     revoked_jti: HashMap<String, u64>,
+    /// The revocation log, `(sequence, jti, exp)` in sequence order.
+    revocation_log: Vec<(u64, String, u64)>,
+    /// The last sequence number given out.
+    revocation_seq: u64,
     /// When expired entries were last swept.
     last_purge: u64,
     /// Grants revoked before they were stored (a code replay racing its first redemption).
@@ -68,6 +72,7 @@ impl Inner {
         self.codes.retain(|_, c| c.expires_at > now);
         self.used_codes.retain(|_, (_, until)| *until > now);
         self.revoked_jti.retain(|_, exp| *exp > now);
+        self.revocation_log.retain(|(_, _, exp)| *exp > now);
         for tokens in self.grant_tokens.values_mut() {
             tokens.retain(|(_, exp)| *exp > now);
         }
@@ -80,6 +85,14 @@ impl Inner {
             return Err(StoreError::Conflict("a code with this hash exists".into()));
         }
         Ok(())
+    }
+
+    /// Deny an access token and log it for the replicas' views: every revocation comes here.
+    fn revoke_jti(&mut self, jti: String, exp: u64) {
+        self.revocation_seq += 1;
+        self.revocation_log
+            .push((self.revocation_seq, jti.clone(), exp));
+        self.revoked_jti.insert(jti, exp);
     }
 
     fn insert_pending(&mut self, pending: PendingAuthorization) {
@@ -111,7 +124,7 @@ impl Records for Inner {
             }
         }
         for (jti, exp) in self.grant_tokens.remove(grant_id).unwrap_or_default() {
-            self.revoked_jti.insert(jti, exp);
+            self.revoke_jti(jti, exp);
         }
         self.refresh.retain(|_, t| t.grant_id != grant_id);
         Ok(())
@@ -130,7 +143,7 @@ impl Records for Inner {
     fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
         if self.grants.get(grant_id).is_none_or(|g| g.revoked) {
             // Issued from a grant revoked meanwhile: deny it straight away.
-            self.revoked_jti.insert(jti.to_string(), exp);
+            self.revoke_jti(jti.to_string(), exp);
             return Ok(());
         }
         let tokens = self.grant_tokens.entry(grant_id.to_string()).or_default();
@@ -390,11 +403,28 @@ impl Store for InMemoryStore {
     }
 
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {
-        self.lock()?.revoked_jti.insert(jti.to_string(), exp);
+        self.lock()?.revoke_jti(jti.to_string(), exp);
         Ok(())
     }
 
     fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool> {
         Ok(self.lock()?.revoked_jti.contains_key(jti))
+    }
+
+    fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch> {
+        let inner = self.lock()?;
+        // The log is in sequence order: skip to the first entry after `after`.
+        let start = inner
+            .revocation_log
+            .partition_point(|(seq, _, _)| *seq <= after);
+        let revoked = inner.revocation_log[start..]
+            .iter()
+            .filter(|(_, _, exp)| *exp > now)
+            .map(|(_, jti, exp)| (jti.clone(), *exp))
+            .collect();
+        Ok(RevocationBatch {
+            revoked,
+            last: inner.revocation_seq,
+        })
     }
 }

@@ -11,6 +11,7 @@
 mod contract;
 pub mod memory;
 pub mod sqlite;
+pub mod view;
 
 use serde::{Deserialize, Serialize};
 
@@ -480,6 +481,18 @@ pub struct ClientRevocation {
     pub grants: usize,
 }
 
+/// What [`Store::revocations_since`] found: the access tokens revoked after a sequence
+/// number that have not expired, and the newest sequence number the store has assigned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevocationBatch {
+    /// Revoked access tokens, `(jti, exp)`, oldest revocation first.
+    pub revoked: Vec<(String, u64)>,
+    /// The newest sequence number in the log (0 when nothing was ever revoked). Ask for
+    /// revocations since this one next time. Lower than the one asked about only when the
+    /// log started over (another database): then ask again from 0.
+    pub last: u64,
+}
+
 /// The order [`Store::live_grants`] returns: by subject, then oldest first.
 pub(crate) fn sort_grants(grants: &mut [Grant]) {
     grants.sort_by(|a, b| (&a.sub, a.created_at, &a.id).cmp(&(&b.sub, b.created_at, &b.id)));
@@ -612,6 +625,13 @@ pub trait Store: Send + Sync + 'static {
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()>;
     /// Whether an access token was revoked.
     fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool>;
+    /// The revocation log: access tokens revoked (by any path: a token, a grant, a client, a
+    /// replay) after sequence number `after` and not expired at `now`, so a replica's
+    /// in-memory view ([`view::RevocationView`]) catches up with what others revoked. Every
+    /// write that revokes an access token appends to the log in the same atomic step, with
+    /// a sequence number that only grows and is never reused; a write that commits is
+    /// visible together with every lower number.
+    fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch>;
 }
 
 #[cfg(test)]

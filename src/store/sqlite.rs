@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
     LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
-    RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
+    RevocationBatch, RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -73,6 +73,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     WHERE pinned = 0 AND EXISTS (
         SELECT 1 FROM json_each(clients.data, '$.grant_types')
         WHERE value = 'client_credentials');
+"#,
+    // The revocation log every replica's in-memory view catches up from. AUTOINCREMENT:
+    // a sequence number is never reused, even once the newest rows are purged, so a view
+    // that saw it cannot skip a later revocation. Tokens already revoked are copied in, so
+    // an upgraded database's view starts complete.
+    r#"
+    CREATE TABLE revocation_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, jti TEXT NOT NULL,
+                                 exp INTEGER NOT NULL);
+    CREATE INDEX revocation_log_exp ON revocation_log (exp);
+    INSERT INTO revocation_log (jti, exp) SELECT jti, exp FROM revoked_jti ORDER BY exp, jti;
 "#,
 ];
 
@@ -322,6 +332,7 @@ fn purge(tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
          DELETE FROM codes WHERE expires_at <= {now};
          DELETE FROM used_codes WHERE until <= {now};
          DELETE FROM revoked_jti WHERE exp <= {now};
+         DELETE FROM revocation_log WHERE exp <= {now};
          DELETE FROM grant_tokens WHERE exp <= {now};"
     ))
     .map_err(err)
@@ -419,6 +430,22 @@ fn put_code(tx: &Transaction<'_>, code_hash: &str, code: &AuthCode) -> StoreResu
     Ok(())
 }
 
+/// Deny an access token and log it for the replicas' views (in the caller's transaction).
+/// Revoking a grant does the same for its tokens in bulk ([`revoke_grant`]).
+fn revoke_jti(tx: &Transaction<'_>, jti: &str, exp: u64) -> StoreResult<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO revoked_jti (jti, exp) VALUES (?1, ?2)",
+        params![jti, int(exp)],
+    )
+    .map_err(err)?;
+    tx.execute(
+        "INSERT INTO revocation_log (jti, exp) VALUES (?1, ?2)",
+        params![jti, int(exp)],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
 fn revoke_grant(tx: &Transaction<'_>, grant_id: &str) -> StoreResult<()> {
     match get_grant(tx, grant_id)? {
         Some(mut g) => {
@@ -439,6 +466,11 @@ fn revoke_grant(tx: &Transaction<'_>, grant_id: &str) -> StoreResult<()> {
     }
     tx.execute(
         "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT jti, exp FROM grant_tokens WHERE grant_id = ?1",
+        [grant_id],
+    )
+    .map_err(err)?;
+    tx.execute(
+        "INSERT INTO revocation_log (jti, exp) SELECT jti, exp FROM grant_tokens WHERE grant_id = ?1",
         [grant_id],
     )
     .map_err(err)?;
@@ -486,14 +518,15 @@ impl Records for &Transaction<'_> {
 
     fn add_access_token(&mut self, grant_id: &str, jti: &str, exp: u64) -> StoreResult<()> {
         let live = get_grant(self, grant_id)?.is_some_and(|g| !g.revoked);
-        let sql = if live {
-            "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)"
-        } else {
+        if !live {
             // Issued from a grant revoked meanwhile: deny it straight away.
-            "INSERT OR REPLACE INTO revoked_jti (jti, exp) SELECT ?2, ?3 WHERE ?1 IS NOT NULL"
-        };
-        self.execute(sql, params![grant_id, jti, int(exp)])
-            .map_err(err)?;
+            return revoke_jti(self, jti, exp);
+        }
+        self.execute(
+            "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES (?1, ?2, ?3)",
+            params![grant_id, jti, int(exp)],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
@@ -845,14 +878,7 @@ impl Store for SqliteStore {
     }
 
     fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<()> {
-        self.tx(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO revoked_jti (jti, exp) VALUES (?1, ?2)",
-                params![jti, int(exp)],
-            )
-            .map_err(err)?;
-            Ok(())
-        })
+        self.tx(|tx| revoke_jti(tx, jti, exp))
     }
 
     fn is_access_token_revoked(&self, jti: &str) -> StoreResult<bool> {
@@ -864,6 +890,40 @@ impl Store for SqliteStore {
                 .optional()
                 .map(|r| r.is_some())
                 .map_err(err)
+        })
+    }
+
+    fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch> {
+        self.read(|conn| {
+            // The newest number first, then the rows up to it: a revocation committed in
+            // between is left for the next call rather than skipped.
+            let last: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'revocation_log'), 0)",
+                )
+                .map_err(err)?
+                .query_row([], |r| r.get(0))
+                .map_err(err)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT jti, exp FROM revocation_log
+                     WHERE seq > ?1 AND seq <= ?2 AND exp > ?3 ORDER BY seq",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![int(after), last, int(now)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(err)?;
+            let mut revoked = Vec::new();
+            for row in rows {
+                let (jti, exp) = row.map_err(err)?;
+                revoked.push((jti, u64::try_from(exp).unwrap_or(0)));
+            }
+            Ok(RevocationBatch {
+                revoked,
+                last: u64::try_from(last).unwrap_or(0),
+            })
         })
     }
 }

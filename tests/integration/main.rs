@@ -16,6 +16,7 @@ mod modes;
 mod ops;
 mod proxy;
 mod restart;
+mod revocations;
 mod rmcp_client;
 mod roles;
 mod soak;
