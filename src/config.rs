@@ -98,6 +98,13 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Where clients, grants and tokens are kept.
     pub store: StoreKind,
+    /// The database of `store = "postgres"`: `postgres://user:password@host:port/db`, with
+    /// `?sslmode=require` for TLS. Never logged: it may carry a password.
+    pub database_url: Option<String>,
+    /// A file holding the key that encrypts signing keys in a shared store: 32 random bytes,
+    /// base64 (`openssl rand -base64 32`). `MCP_GATEWAY_KEY_ENCRYPTION_KEY` gives the key
+    /// itself instead. Required with `store = "postgres"`.
+    pub key_encryption_key_file: Option<PathBuf>,
     /// Registered clients that obtain no token for this long are forgotten, seconds
     /// (0: never). Pre-registered clients never expire.
     pub client_ttl_seconds: u64,
@@ -366,6 +373,8 @@ pub enum StoreKind {
     Sqlite,
     /// In memory: state is lost on restart.
     Memory,
+    /// A PostgreSQL database (`database_url`) that several replicas share.
+    Postgres,
 }
 
 /// The JWS algorithm of access tokens.
@@ -458,6 +467,8 @@ impl Default for Config {
             max_connections_per_source: 512,
             trusted_proxies: Vec::new(),
             store: StoreKind::Sqlite,
+            database_url: None,
+            key_encryption_key_file: None,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
             auth_mode: AuthMode::Builtin,
@@ -590,6 +601,30 @@ impl Config {
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(invalid("public_url", "must not have a query or fragment"));
             }
+        }
+        match (self.store, &self.database_url) {
+            (StoreKind::Postgres, None) => {
+                return Err(invalid(
+                    "database_url",
+                    "store = \"postgres\" needs database_url (--database-url, MCP_GATEWAY_DATABASE_URL)",
+                ));
+            }
+            (StoreKind::Postgres, Some(url)) => {
+                let scheme = url.split_once("://").map(|(s, _)| s);
+                if !matches!(scheme, Some("postgres" | "postgresql")) {
+                    return Err(invalid(
+                        "database_url",
+                        "must be a postgres://user@host:port/database URL",
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "database_url",
+                    "is only used with store = \"postgres\"",
+                ));
+            }
+            (_, None) => {}
         }
         if self.upstream.is_some() && self.upstream_cmd.is_some() {
             return Err(invalid(

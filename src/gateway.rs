@@ -25,9 +25,10 @@ use crate::resource::ResourceState;
 use crate::settings::Settings;
 use crate::shared::Shared;
 use crate::store::memory::InMemoryStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{DB_FILE, SqliteStore};
 use crate::store::{Store, StoreError};
-use crate::tokens::keys::{KeyError, KeyRing};
+use crate::tokens::keys::{KeyEncryptionKey, KeyError, KeyRing, SharedKeys};
 use crate::{authz, mcp, proxy, resource, tokens};
 
 /// A listener that could not be bound.
@@ -172,6 +173,46 @@ impl AppState {
     }
 }
 
+/// The signing keys of a fleet on `store`, sealed with the key-encryption key from
+/// `MCP_GATEWAY_KEY_ENCRYPTION_KEY` or `key_encryption_key_file`, which a shared store
+/// requires.
+pub fn shared_keys(config: &Config, store: Arc<dyn Store>) -> Result<SharedKeys, GatewayError> {
+    let text = match (
+        std::env::var("MCP_GATEWAY_KEY_ENCRYPTION_KEY").ok(),
+        &config.key_encryption_key_file,
+    ) {
+        (Some(text), _) if !text.trim().is_empty() => text,
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| KeyError::KeyEncryption(format!("reading {}: {e}", path.display())))?,
+        _ => {
+            return Err(KeyError::KeyEncryption(
+                "store = \"postgres\" keeps signing keys in the database, encrypted: set \
+                 MCP_GATEWAY_KEY_ENCRYPTION_KEY or key_encryption_key_file to 32 random bytes \
+                 in base64 (openssl rand -base64 32), the same on every replica"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    Ok(SharedKeys {
+        store,
+        kek: KeyEncryptionKey::from_base64(&text)?,
+        alg: config.signing_alg,
+        keep: config.access_token_ttl + config.leeway_seconds,
+    })
+}
+
+/// Open the configured store (for the subcommands that change state).
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, GatewayError> {
+    Ok(match config.store {
+        StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir.join(DB_FILE))?),
+        StoreKind::Memory => Arc::new(InMemoryStore::new()),
+        StoreKind::Postgres => Arc::new(PostgresStore::open(
+            config.database_url.as_deref().unwrap_or_default(),
+        )?),
+    })
+}
+
 /// A gateway ready to run.
 pub struct Gateway {
     state: AppState,
@@ -185,16 +226,12 @@ impl Gateway {
     /// data dir unless `store = "memory"`), the system clock, the signing key from the data
     /// dir.
     pub fn new(config: Config, listeners: Listeners) -> Result<Self, GatewayError> {
+        let now = SystemClock.now();
         let keep = config.access_token_ttl + config.leeway_seconds;
-        let key = KeyRing::open(
-            &config.data_dir,
-            config.signing_alg,
-            SystemClock.now(),
-            keep,
-        )?;
-        let store: Arc<dyn Store> = match config.store {
-            StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir.join(DB_FILE))?),
-            StoreKind::Memory => Arc::new(InMemoryStore::new()),
+        let store = open_store(&config)?;
+        let key = match config.store {
+            StoreKind::Postgres => KeyRing::open_shared(shared_keys(&config, store.clone())?, now)?,
+            _ => KeyRing::open(&config.data_dir, config.signing_alg, now, keep)?,
         };
         Self::with_parts(config, listeners, store, Arc::new(SystemClock), key)
     }

@@ -88,6 +88,13 @@ struct Cli {
     /// Storage backend.
     #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
     store: Option<StoreKind>,
+    /// The PostgreSQL database of --store postgres (postgres://user:password@host:port/db).
+    #[arg(long, env = "MCP_GATEWAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A file with the key that encrypts signing keys in a shared store (32 random bytes,
+    /// base64). MCP_GATEWAY_KEY_ENCRYPTION_KEY may give the key itself.
+    #[arg(long, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
+    key_encryption_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -117,6 +124,27 @@ enum KeysAction {
     /// Make a new signing key; the old one stays in the JWKS until every token it signed
     /// has expired. A running gateway picks the new key up within a minute.
     Rotate,
+}
+
+/// `keys rotate`: in the data dir, or in the shared store for the whole fleet.
+fn rotate_keys(
+    config: &Config,
+    now: u64,
+) -> Result<String, mcp_oauth_gateway::gateway::GatewayError> {
+    use mcp_oauth_gateway::gateway::{open_store, shared_keys};
+    use mcp_oauth_gateway::tokens::keys::{ANNOUNCE_AHEAD, SigningKey};
+    if config.store == StoreKind::Postgres {
+        let keys = shared_keys(config, open_store(config)?)?;
+        let kid = keys.rotate(now)?;
+        return Ok(format!(
+            "new signing key {kid}; every replica publishes it within a minute and signs with it \
+             {ANNOUNCE_AHEAD} seconds from now"
+        ));
+    }
+    let kid = SigningKey::rotate(&config.data_dir, config.signing_alg, now)?;
+    Ok(format!(
+        "new signing key {kid}; a running gateway signs with it within a minute"
+    ))
 }
 
 fn hash_password_from_stdin() -> ExitCode {
@@ -169,6 +197,8 @@ impl Cli {
             key_rotation_seconds
         );
         set_some!(
+            database_url,
+            key_encryption_key_file,
             audit_log,
             tls_cert,
             tls_key,
@@ -292,15 +322,9 @@ async fn main() -> ExitCode {
             };
             use mcp_oauth_gateway::clock::Clock as _;
             let now = mcp_oauth_gateway::clock::SystemClock.now();
-            return match mcp_oauth_gateway::tokens::keys::SigningKey::rotate(
-                &config.data_dir,
-                config.signing_alg,
-                now,
-            ) {
-                Ok(kid) => {
-                    println!(
-                        "new signing key {kid}; a running gateway signs with it within a minute"
-                    );
+            return match rotate_keys(&config, now) {
+                Ok(message) => {
+                    println!("{message}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -79,7 +79,7 @@ impl AuthzState {
             token_limiter: per_minute(c.token_rate_per_minute),
             authorize_limiter: per_minute(c.authorize_rate_per_minute),
             cimd,
-            sessions: Arc::new(Sessions::default()),
+            sessions: Arc::new(Sessions::new(shared.store.clone())),
             verifier,
             shared,
         }

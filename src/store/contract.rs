@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::memory::InMemoryStore;
+use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::*;
 
@@ -697,11 +698,56 @@ fn purged_revocations_do_not_reuse_sequence_numbers(s: &dyn Store) {
     assert!(batch.last > seen);
 }
 
+/// A sign-in session is found by its hash until it expires or ends.
+fn sessions_expire_and_end(s: &dyn Store) {
+    s.insert_session("h1", "alice", 200).unwrap();
+    s.insert_session("h2", "bob", 200).unwrap();
+    assert_eq!(s.session("h1", 100).unwrap().as_deref(), Some("alice"));
+    assert_eq!(s.session("nope", 100).unwrap(), None);
+    s.end_session("h1").unwrap();
+    assert_eq!(s.session("h1", 100).unwrap(), None, "ended");
+    assert_eq!(s.session("h2", 100).unwrap().as_deref(), Some("bob"));
+    assert_eq!(s.session("h2", 200).unwrap(), None, "expired");
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory { $( #[test] fn $name() { super::$name(&super::InMemoryStore::new()); } )* }
         mod sqlite { $( #[test] fn $name() { super::$name(&super::SqliteStore::open_in_memory().unwrap()); } )* }
+        mod postgres { $( #[test] #[ignore = "needs PostgreSQL: python3 run_tests.py replicas"] fn $name() { super::$name(&super::postgres()); } )* }
     };
+}
+
+/// A [`PostgresStore`] on a database of its own, made for one test in the cluster that
+/// `MCP_GATEWAY_TEST_DATABASE_URL` names (`run_tests.py replicas` starts a throwaway one).
+fn postgres() -> PostgresStore {
+    PostgresStore::open(&fresh_database()).unwrap()
+}
+
+/// The URL of a new, empty database.
+pub(crate) fn fresh_database() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::var("MCP_GATEWAY_TEST_DATABASE_URL")
+        .expect("MCP_GATEWAY_TEST_DATABASE_URL names the test cluster");
+    let name = format!(
+        "contract_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        }
+    );
+    let mut admin = ::postgres::Client::connect(&base, ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&name);
+    url.to_string()
 }
 
 contract!(
@@ -721,6 +767,7 @@ contract!(
     pending_requests_evict_the_oldest_at_the_caps,
     codes_give_way_when_nothing_else_waits,
     every_revocation_reaches_the_log,
+    sessions_expire_and_end,
     purged_revocations_do_not_reuse_sequence_numbers
 );
 
@@ -734,6 +781,18 @@ fn concurrency_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).unwrap();
     concurrent_redemptions_yield_exactly_one_fresh(Arc::new(store));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: python3 run_tests.py replicas"]
+fn concurrency_postgres() {
+    concurrent_redemptions_yield_exactly_one_fresh(Arc::new(postgres()));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: python3 run_tests.py replicas"]
+fn concurrent_rotations_postgres() {
+    concurrent_rotations_leave_one_live_successor(Arc::new(postgres()));
 }
 
 #[test]
@@ -1027,6 +1086,11 @@ fn unused_clients_expire_but_pinned_and_used_ones_stay(s: &dyn Store) {
 
 mod expiry {
     #[test]
+    #[ignore = "needs PostgreSQL: python3 run_tests.py replicas"]
+    fn postgres() {
+        super::unused_clients_expire_but_pinned_and_used_ones_stay(&super::postgres());
+    }
+    #[test]
     fn memory() {
         super::unused_clients_expire_but_pinned_and_used_ones_stay(&super::InMemoryStore::new());
     }
@@ -1061,6 +1125,11 @@ fn consents_are_remembered_per_user_and_client(s: &dyn Store) {
 }
 
 mod consents {
+    #[test]
+    #[ignore = "needs PostgreSQL: python3 run_tests.py replicas"]
+    fn postgres() {
+        super::consents_are_remembered_per_user_and_client(&super::postgres());
+    }
     #[test]
     fn memory() {
         super::consents_are_remembered_per_user_and_client(&super::InMemoryStore::new());

@@ -33,6 +33,10 @@ struct Inner {
     revocation_seq: u64,
     /// When expired entries were last swept.
     last_purge: u64,
+    /// Signing keys, oldest first.
+    signing_keys: Vec<super::SealedKey>,
+    /// Browser sessions: cookie hash -> (user, expiry).
+    sessions: HashMap<String, (String, u64)>,
     /// Grants revoked before they were stored (a code replay racing its first redemption).
     revoked_early: std::collections::HashSet<String>,
 }
@@ -77,6 +81,7 @@ impl Inner {
             tokens.retain(|(_, exp)| *exp > now);
         }
         self.grant_tokens.retain(|_, tokens| !tokens.is_empty());
+        self.sessions.retain(|_, (_, exp)| *exp > now);
     }
 
     /// Codes are stored once: a taken hash is a conflict, as a unique key is in SQLite.
@@ -426,5 +431,46 @@ impl Store for InMemoryStore {
             revoked,
             last: inner.revocation_seq,
         })
+    }
+
+    fn insert_session(&self, hash: &str, sub: &str, expires_at: u64) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        inner
+            .sessions
+            .insert(hash.to_string(), (sub.to_string(), expires_at));
+        Ok(())
+    }
+
+    fn session(&self, hash: &str, now: u64) -> StoreResult<Option<String>> {
+        let mut inner = self.lock()?;
+        inner.purge_now_and_then(now);
+        Ok(inner
+            .sessions
+            .get(hash)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(sub, _)| sub.clone()))
+    }
+
+    fn end_session(&self, hash: &str) -> StoreResult<()> {
+        self.lock()?.sessions.remove(hash);
+        Ok(())
+    }
+
+    fn signing_keys(&self) -> StoreResult<Vec<super::SealedKey>> {
+        Ok(self.lock()?.signing_keys.clone())
+    }
+
+    fn add_signing_key(&self, key: super::SealedKey, newest: Option<&str>) -> StoreResult<bool> {
+        let mut inner = self.lock()?;
+        if inner.signing_keys.last().map(|k| k.kid.as_str()) != newest {
+            return Ok(false);
+        }
+        inner.signing_keys.push(key);
+        Ok(true)
+    }
+
+    fn forget_signing_keys(&self, kids: &[String]) -> StoreResult<()> {
+        self.lock()?.signing_keys.retain(|k| !kids.contains(&k.kid));
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Storage: the [`Store`] trait and the records it keeps. [`sqlite::SqliteStore`] (an
 //! embedded database in the data dir) is the default; [`memory::InMemoryStore`] keeps
-//! everything in maps, for tests and throwaway runs. Several gateway replicas need one
-//! shared store; neither of these is shared.
+//! everything in maps, for tests and throwaway runs; [`postgres::PostgresStore`] is the one
+//! that several replicas share.
 //!
 //! Methods are synchronous and short: implementations hold a lock for one map operation
 //! and never across an `.await`. Each method that must be atomic (taking a code, rotating
@@ -10,6 +10,7 @@
 #[cfg(test)]
 mod contract;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 pub mod view;
 
@@ -503,6 +504,25 @@ pub(crate) fn sort_clients(clients: &mut [Client]) {
     clients.sort_by(|a, b| (b.created_at, &a.client_id).cmp(&(a.created_at, &b.client_id)));
 }
 
+/// A signing key as a shared store keeps it: its PKCS#8 PEM sealed under the fleet's
+/// key-encryption key (see `tokens::keys`), never in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// JWS algorithm (`ES256`, `RS256`).
+    pub alg: String,
+    /// Nonce and AES-256-GCM ciphertext of the private key.
+    pub sealed: Vec<u8>,
+    /// When it was made.
+    pub created_at: u64,
+    /// When it starts signing: published in the JWKS before then, so every replica knows
+    /// it before any token it signs reaches them.
+    pub active_from: u64,
+}
+
+const NO_SHARED_KEYS: &str = "this store keeps no signing keys (they are in the data dir)";
+
 /// A storage failure (never the client's fault). Messages say what failed, never a stored
 /// value: keys are hashes of secrets, and records say who granted what.
 #[derive(Debug, thiserror::Error)]
@@ -632,6 +652,35 @@ pub trait Store: Send + Sync + 'static {
     /// a sequence number that only grows and is never reused; a write that commits is
     /// visible together with every lower number.
     fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch>;
+
+    /// The signing keys of the fleet, oldest first (stores shared by replicas keep them;
+    /// the others refuse, and the keys live in the data dir instead).
+    fn signing_keys(&self) -> StoreResult<Vec<SealedKey>> {
+        Err(StoreError::Unavailable(NO_SHARED_KEYS.into()))
+    }
+
+    /// Add `key` as the newest signing key, provided the newest one is still `newest`
+    /// (`None`: there is none). Returns whether it was added: when several replicas
+    /// rotate at once, one wins and the others adopt its key.
+    fn add_signing_key(&self, key: SealedKey, newest: Option<&str>) -> StoreResult<bool> {
+        let _ = (key, newest);
+        Err(StoreError::Unavailable(NO_SHARED_KEYS.into()))
+    }
+
+    /// Delete the signing keys `kids` (retired, and every token they signed has expired).
+    fn forget_signing_keys(&self, kids: &[String]) -> StoreResult<()> {
+        let _ = kids;
+        Err(StoreError::Unavailable(NO_SHARED_KEYS.into()))
+    }
+
+    /// Start a browser sign-in session: `hash` is the SHA-256 of the cookie value.
+    fn insert_session(&self, hash: &str, sub: &str, expires_at: u64) -> StoreResult<()>;
+
+    /// The user of the live session `hash`.
+    fn session(&self, hash: &str, now: u64) -> StoreResult<Option<String>>;
+
+    /// End the session `hash` (signing out).
+    fn end_session(&self, hash: &str) -> StoreResult<()>;
 }
 
 #[cfg(test)]

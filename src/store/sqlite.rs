@@ -84,6 +84,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX revocation_log_exp ON revocation_log (exp);
     INSERT INTO revocation_log (jti, exp) SELECT jti, exp FROM revoked_jti ORDER BY exp, jti;
 "#,
+    // Browser sign-in sessions, by hash of the cookie value: they survive a restart.
+    r#"
+    CREATE TABLE sessions (hash TEXT PRIMARY KEY, sub TEXT NOT NULL, expires_at INTEGER NOT NULL);
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+"#,
 ];
 
 /// Seconds between sweeps of expired rows.
@@ -333,7 +338,8 @@ fn purge(tx: &Transaction<'_>, now: u64) -> StoreResult<()> {
          DELETE FROM used_codes WHERE until <= {now};
          DELETE FROM revoked_jti WHERE exp <= {now};
          DELETE FROM revocation_log WHERE exp <= {now};
-         DELETE FROM grant_tokens WHERE exp <= {now};"
+         DELETE FROM grant_tokens WHERE exp <= {now};
+         DELETE FROM sessions WHERE expires_at <= {now};"
     ))
     .map_err(err)
 }
@@ -924,6 +930,35 @@ impl Store for SqliteStore {
                 revoked,
                 last: u64::try_from(last).unwrap_or(0),
             })
+        })
+    }
+
+    fn insert_session(&self, hash: &str, sub: &str, expires_at: u64) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO sessions (hash, sub, expires_at) VALUES (?1, ?2, ?3)",
+                params![hash, sub, int(expires_at)],
+            )
+            .map(|_| ())
+            .map_err(err)
+        })
+    }
+
+    fn session(&self, hash: &str, now: u64) -> StoreResult<Option<String>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT sub FROM sessions WHERE hash = ?1 AND expires_at > ?2")
+                .map_err(err)?
+                .query_row(params![hash, int(now)], |r| r.get(0))
+                .optional()
+                .map_err(err)
+        })
+    }
+
+    fn end_session(&self, hash: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM sessions WHERE hash = ?1", [hash])
+                .map(|_| ())
+                .map_err(err)
         })
     }
 }

@@ -198,6 +198,9 @@ mod tests {
             insert_grant(g: crate::store::Grant) -> ();
             grant(id: &str) -> Option<crate::store::Grant>;
             add_access_token(g: &str, jti: &str, exp: u64) -> ();
+            insert_session(h: &str, sub: &str, exp: u64) -> ();
+            session(h: &str, now: u64) -> Option<String>;
+            end_session(h: &str) -> ();
             revoke_grant(id: &str) -> ();
             live_grants(now: u64) -> Vec<crate::store::Grant>;
             live_counts(now: u64) -> crate::store::LiveCounts;

@@ -1,5 +1,10 @@
-//! Signing keys: generated on first start with aws-lc-rs, kept in the data dir as PKCS#8 PEM
-//! (mode 0600), published as JWKs whose `kid` is the RFC 7638 thumbprint.
+//! Signing keys: generated on first start with aws-lc-rs, published as JWKs whose `kid` is
+//! the RFC 7638 thumbprint. One machine keeps them in the data dir as PKCS#8 PEM (mode
+//! 0600). A fleet on a shared store keeps them in the store, sealed with AES-256-GCM under
+//! the key-encryption key every replica is given ([`KeyEncryptionKey`]): one replica makes
+//! each key (the store adds a key only on top of the newest one it was shown), and a new
+//! key is published [`ANNOUNCE_AHEAD`] seconds before it signs, so every replica has it in
+//! its JWKS before a token it signed can reach them.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey};
 
 use crate::config::SigningAlg;
+use crate::store::{SealedKey, Store, StoreError};
 
 /// File holding the current private key.
 pub const KEY_FILE: &str = "signing-key.pem";
@@ -42,6 +48,21 @@ pub enum KeyError {
     /// Key generation failed.
     #[error("could not generate a signing key")]
     Generate,
+    /// The shared store could not be read or written.
+    #[error("signing keys: {0}")]
+    Store(#[from] StoreError),
+    /// The key-encryption key is missing or malformed.
+    #[error("key-encryption key: {0}")]
+    KeyEncryption(String),
+    /// A stored key does not open with the key-encryption key given.
+    #[error(
+        "signing key {kid} in the store does not open with this key-encryption key \
+         (every replica needs the same MCP_GATEWAY_KEY_ENCRYPTION_KEY)"
+    )]
+    Sealed {
+        /// The key.
+        kid: String,
+    },
 }
 
 /// The private key that signs access tokens, with its public half as a JWK.
@@ -54,8 +75,8 @@ pub struct SigningKey {
     pub encoding: EncodingKey,
     /// The public key, with `kid`, `alg` and `use` set.
     pub jwk: Jwk,
-    /// Public halves of retired keys that may still have signed live tokens: published in
-    /// the JWKS until those tokens have expired.
+    /// Public halves of the other keys published: retired keys that may still have signed
+    /// live tokens (until those tokens have expired), and a shared store's next key.
     pub retired: Vec<Jwk>,
 }
 
@@ -218,11 +239,16 @@ pub struct KeyRing {
     source: Option<RingSource>,
 }
 
-struct RingSource {
-    dir: PathBuf,
-    alg: SigningAlg,
-    /// How long a retired key stays published: token lifetime plus leeway.
-    keep: u64,
+enum RingSource {
+    /// Files in the data dir (one machine).
+    Dir {
+        dir: PathBuf,
+        alg: SigningAlg,
+        /// How long a retired key stays published: token lifetime plus leeway.
+        keep: u64,
+    },
+    /// A store the fleet shares.
+    Shared(SharedKeys),
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -249,11 +275,20 @@ impl KeyRing {
         let key = SigningKey::load_ring(dir, alg, now, keep)?;
         Ok(Self {
             current: std::sync::RwLock::new(std::sync::Arc::new(key)),
-            source: Some(RingSource {
+            source: Some(RingSource::Dir {
                 dir: dir.to_path_buf(),
                 alg,
                 keep,
             }),
+        })
+    }
+
+    /// The ring a fleet keeps in `store`, making the first key if there is none.
+    pub fn open_shared(keys: SharedKeys, now: u64) -> Result<Self, KeyError> {
+        let key = keys.ring(now, 0, false)?;
+        Ok(Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(key)),
+            source: Some(RingSource::Shared(keys)),
         })
     }
 
@@ -275,27 +310,211 @@ impl KeyRing {
     /// whose tokens have all expired are withdrawn. Returns the new current kid when it
     /// changed (rotated here or by the CLI). A ring without a data dir never changes.
     pub fn maintain(&self, now: u64, interval: u64) -> Result<Option<String>, KeyError> {
-        let Some(src) = &self.source else {
-            return Ok(None);
+        let fresh = match &self.source {
+            None => return Ok(None),
+            Some(RingSource::Dir { dir, alg, keep }) => {
+                let created = std::fs::metadata(dir.join(KEY_FILE))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(now, |d| d.as_secs());
+                if interval > 0 && now >= created.saturating_add(interval) {
+                    SigningKey::rotate(dir, *alg, now)?;
+                }
+                SigningKey::load_ring(dir, *alg, now, *keep)?
+            }
+            Some(RingSource::Shared(keys)) => keys.ring(now, interval, false)?,
         };
-        let created = std::fs::metadata(src.dir.join(KEY_FILE))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(now, |d| d.as_secs());
-        if interval > 0 && now >= created.saturating_add(interval) {
-            SigningKey::rotate(&src.dir, src.alg, now)?;
-        }
-        let fresh = SigningKey::load_ring(&src.dir, src.alg, now, src.keep)?;
         let current = self.current();
         let new_kid = (current.kid != fresh.kid).then(|| fresh.kid.clone());
-        if new_kid.is_some() || current.retired.len() != fresh.retired.len() {
+        let kids = |k: &SigningKey| -> Vec<Option<String>> {
+            k.retired.iter().map(|j| j.common.key_id.clone()).collect()
+        };
+        if new_kid.is_some() || kids(&current) != kids(&fresh) {
             match self.current.write() {
                 Ok(mut k) => *k = std::sync::Arc::new(fresh),
                 Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(fresh),
             }
         }
         Ok(new_kid)
+    }
+}
+
+/// Seconds a shared store's new key is published before it signs: longer than the rounds
+/// in which replicas re-read the ring (every minute).
+pub const ANNOUNCE_AHEAD: u64 = 120;
+
+/// The key that seals signing keys in a shared store: AES-256-GCM, 32 bytes given in
+/// base64. The sealed form is a fresh 96-bit nonce and the ciphertext with its tag; the
+/// key's `kid` is the additional data, so a sealed key cannot be moved to another row.
+pub struct KeyEncryptionKey(aws_lc_rs::aead::LessSafeKey);
+
+impl std::fmt::Debug for KeyEncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyEncryptionKey(..)")
+    }
+}
+
+const NONCE_LEN: usize = aws_lc_rs::aead::NONCE_LEN;
+
+impl KeyEncryptionKey {
+    /// The key from its base64 form (`openssl rand -base64 32`).
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        use base64::Engine as _;
+        let bad = || {
+            KeyError::KeyEncryption(
+                "must be 32 random bytes in base64 (openssl rand -base64 32)".into(),
+            )
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| bad())?;
+        if bytes.len() != 32 {
+            return Err(bad());
+        }
+        let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &bytes)
+            .map_err(|_| bad())?;
+        Ok(Self(aws_lc_rs::aead::LessSafeKey::new(key)))
+    }
+
+    fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use aws_lc_rs::aead::{Aad, Nonce};
+        use aws_lc_rs::rand::SecureRandom as _;
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| KeyError::Generate)?;
+        let mut out = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kid.as_bytes()),
+                &mut out,
+            )
+            .map_err(|_| KeyError::Generate)?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&out);
+        Ok(sealed)
+    }
+
+    fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use aws_lc_rs::aead::{Aad, Nonce};
+        let wrong = || KeyError::Sealed { kid: kid.into() };
+        if sealed.len() < NONCE_LEN {
+            return Err(wrong());
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
+        let mut body = body.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut body)
+            .map_err(|_| wrong())?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// The signing keys a fleet keeps in its shared store.
+pub struct SharedKeys {
+    /// The store.
+    pub store: std::sync::Arc<dyn Store>,
+    /// What seals them.
+    pub kek: KeyEncryptionKey,
+    /// The algorithm new keys use.
+    pub alg: SigningAlg,
+    /// How long a retired key stays published: token lifetime plus leeway.
+    pub keep: u64,
+}
+
+fn alg_name(alg: SigningAlg) -> &'static str {
+    match alg {
+        SigningAlg::ES256 => "ES256",
+        SigningAlg::RS256 => "RS256",
+    }
+}
+
+impl SharedKeys {
+    /// Make a new key now (the CLI's `keys rotate`): it signs from [`ANNOUNCE_AHEAD`]
+    /// seconds on. Returns its kid.
+    pub fn rotate(&self, now: u64) -> Result<String, KeyError> {
+        self.ring(now, 0, true)?;
+        let keys = self.store.signing_keys()?;
+        keys.last().map(|k| k.kid.clone()).ok_or(KeyError::Generate)
+    }
+
+    /// The ring at `now`, after adding a key when there is none, when the newest is
+    /// `interval` seconds old (0: never) or of another algorithm, or when `force`d.
+    fn ring(&self, now: u64, interval: u64, mut force: bool) -> Result<SigningKey, KeyError> {
+        for _ in 0..3 {
+            let keys = self.store.signing_keys()?;
+            let newest = keys.last();
+            let active_from = match newest {
+                None => Some(now),
+                Some(k)
+                    if force
+                        || k.alg != alg_name(self.alg)
+                        || (interval > 0 && now >= k.created_at.saturating_add(interval)) =>
+                {
+                    Some(now.saturating_add(ANNOUNCE_AHEAD))
+                }
+                Some(_) => None,
+            };
+            let Some(active_from) = active_from else {
+                return self.assemble(&keys, now);
+            };
+            let pem = generate_pem(self.alg)?;
+            let key = SigningKey::from_pem(Path::new(""), pem.as_bytes(), self.alg)
+                .map_err(|_| KeyError::Generate)?;
+            let sealed = SealedKey {
+                sealed: self.kek.seal(&key.kid, pem.as_bytes())?,
+                kid: key.kid,
+                alg: alg_name(self.alg).into(),
+                created_at: now,
+                active_from,
+            };
+            // Lost to another replica's key, or added: read again either way.
+            self.store
+                .add_signing_key(sealed, newest.map(|k| k.kid.as_str()))?;
+            force = false;
+        }
+        let keys = self.store.signing_keys()?;
+        self.assemble(&keys, now)
+    }
+
+    /// The key that signs at `now` (the newest active one), publishing the next one and
+    /// the retired ones whose tokens may still live; older ones are deleted.
+    fn assemble(&self, keys: &[SealedKey], now: u64) -> Result<SigningKey, KeyError> {
+        let signing = keys.iter().rposition(|k| k.active_from <= now).unwrap_or(0);
+        let open = |k: &SealedKey| -> Result<SigningKey, KeyError> {
+            let pem = self.kek.open(&k.kid, &k.sealed)?;
+            let alg = match k.alg.as_str() {
+                "RS256" => SigningAlg::RS256,
+                _ => SigningAlg::ES256,
+            };
+            SigningKey::from_pem(Path::new(&k.kid), &pem, alg)
+        };
+        let Some(first) = keys.get(signing) else {
+            return Err(KeyError::Generate);
+        };
+        let mut key = open(first)?;
+        let mut stale = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let retired_at = keys.get(i + 1).map_or(u64::MAX, |next| next.active_from);
+            if i == signing {
+                continue;
+            }
+            if i < signing && now >= retired_at.saturating_add(self.keep) {
+                stale.push(k.kid.clone());
+                continue;
+            }
+            key.retired.push(open(k)?.jwk);
+        }
+        if !stale.is_empty()
+            && let Err(e) = self.store.forget_signing_keys(&stale)
+        {
+            tracing::warn!(error = %e, "deleting expired signing keys failed");
+        }
+        Ok(key)
     }
 }
 
@@ -419,6 +638,98 @@ mod tests {
         // A ring of one fixed key never changes.
         let fixed = KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap());
         assert_eq!(fixed.maintain(now + 10_000_000, 1).unwrap(), None);
+    }
+
+    fn kek(byte: u8) -> KeyEncryptionKey {
+        use base64::Engine as _;
+        KeyEncryptionKey::from_base64(&base64::engine::general_purpose::STANDARD.encode([byte; 32]))
+            .unwrap()
+    }
+
+    fn shared(store: &std::sync::Arc<dyn Store>, byte: u8) -> SharedKeys {
+        SharedKeys {
+            store: store.clone(),
+            kek: kek(byte),
+            alg: SigningAlg::ES256,
+            keep: 3600,
+        }
+    }
+
+    /// Replicas on one store sign with one key; a rotation is published by every replica
+    /// at its next round, signs only once announced long enough, and the old key stays
+    /// published until its tokens have expired.
+    #[test]
+    fn a_fleet_shares_one_ring_and_announces_a_new_key_before_it_signs() {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(crate::store::memory::InMemoryStore::new());
+        let now = 1_800_000_000;
+        let a = KeyRing::open_shared(shared(&store, 7), now).unwrap();
+        let b = KeyRing::open_shared(shared(&store, 7), now).unwrap();
+        let first = a.current().kid.clone();
+        assert_eq!(
+            b.current().kid,
+            first,
+            "the second replica adopts the first key"
+        );
+        let sealed = store.signing_keys().unwrap();
+        assert_eq!(sealed.len(), 1);
+        let pem = String::from_utf8_lossy(&sealed[0].sealed);
+        assert!(!pem.contains("PRIVATE KEY"), "sealed, not in the clear");
+
+        let new = shared(&store, 7).rotate(now + 10).unwrap();
+        assert_ne!(new, first);
+        assert_eq!(
+            a.maintain(now + 60, 0).unwrap(),
+            None,
+            "announced, not signing"
+        );
+        assert_eq!(a.current().kid, first);
+        let published = |r: &KeyRing| -> Vec<String> {
+            r.jwks()
+                .keys
+                .iter()
+                .filter_map(|k| k.common.key_id.clone())
+                .collect()
+        };
+        assert!(published(&a).contains(&new));
+        let active = now + 10 + ANNOUNCE_AHEAD;
+        assert_eq!(b.maintain(active, 0).unwrap(), Some(new.clone()));
+        assert_eq!(b.current().kid, new);
+        assert!(published(&b).contains(&first), "old tokens still verify");
+        b.maintain(active + 3600, 0).unwrap();
+        assert_eq!(published(&b), [new], "withdrawn once its tokens expired");
+        assert_eq!(store.signing_keys().unwrap().len(), 1, "and deleted");
+    }
+
+    #[test]
+    fn a_shared_ring_rotates_once_when_due() {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(crate::store::memory::InMemoryStore::new());
+        let now = 1_800_000_000;
+        let a = KeyRing::open_shared(shared(&store, 7), now).unwrap();
+        let b = KeyRing::open_shared(shared(&store, 7), now).unwrap();
+        a.maintain(now + 100, 100).unwrap();
+        b.maintain(now + 100, 100).unwrap();
+        assert_eq!(
+            store.signing_keys().unwrap().len(),
+            2,
+            "one rotation for the fleet"
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_malformed_key_encryption_key_is_refused() {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(crate::store::memory::InMemoryStore::new());
+        KeyRing::open_shared(shared(&store, 7), 100).unwrap();
+        let err = KeyRing::open_shared(shared(&store, 8), 100).unwrap_err();
+        assert!(matches!(err, KeyError::Sealed { .. }), "{err}");
+        for bad in ["", "not base64!", "c2hvcnQ="] {
+            assert!(matches!(
+                KeyEncryptionKey::from_base64(bad),
+                Err(KeyError::KeyEncryption(_))
+            ));
+        }
     }
 
     #[test]

@@ -1,42 +1,61 @@
-//! Browser sessions and cookies: a session is a random cookie value whose hash maps to a
-//! user and an expiry. In memory: a restart asks users to sign in again, nothing else.
+//! Browser sessions and cookies: a session is a random cookie value whose hash the store
+//! maps to a user and an expiry, so every replica on a shared store knows it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 
 use crate::secret::{random_token, sha256_b64};
+use crate::store::Store;
 
-/// Browser sessions: hash of the cookie value -> (user, expiry).
-#[derive(Debug, Default)]
+/// Browser sign-in sessions, kept in the store by hash of the cookie value.
 pub struct Sessions {
-    inner: Mutex<HashMap<String, (String, u64)>>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
 }
 
 impl Sessions {
-    /// Start a session for `sub`; returns the cookie value.
+    /// Sessions kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Start a session for `sub`; returns the cookie value, or `None` when the random
+    /// source or the store failed (logged).
     pub fn create(&self, sub: &str, now: u64, ttl: u64) -> Option<String> {
         let token = random_token(32)?;
-        let mut map = self.inner.lock().ok()?;
-        map.retain(|_, (_, exp)| *exp > now);
-        map.insert(sha256_b64(&token), (sub.to_string(), now + ttl));
-        Some(token)
+        match self
+            .store
+            .insert_session(&sha256_b64(&token), sub, now.saturating_add(ttl))
+        {
+            Ok(()) => Some(token),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a sign-in session failed");
+                None
+            }
+        }
     }
 
     /// End a session (signing out).
     pub fn end(&self, token: &str) {
-        if let Ok(mut map) = self.inner.lock() {
-            map.remove(&sha256_b64(token));
+        if let Err(e) = self.store.end_session(&sha256_b64(token)) {
+            tracing::error!(error = %e, "ending a sign-in session failed");
         }
     }
 
-    /// The user of a live session.
+    /// The user of a live session; `None` also when the store cannot say (logged), so the
+    /// person is asked to sign in rather than let through.
     pub fn user(&self, token: &str, now: u64) -> Option<String> {
-        let map = self.inner.lock().ok()?;
-        map.get(&sha256_b64(token))
-            .filter(|(_, exp)| *exp > now)
-            .map(|(sub, _)| sub.clone())
+        self.store
+            .session(&sha256_b64(token), now)
+            .inspect_err(|e| tracing::error!(error = %e, "looking up a sign-in session failed"))
+            .ok()
+            .flatten()
     }
 }
 
@@ -59,7 +78,7 @@ mod tests {
 
     #[test]
     fn sessions_expire() {
-        let s = Sessions::default();
+        let s = Sessions::new(Arc::new(crate::store::memory::InMemoryStore::new()));
         let t = s.create("alice", 100, 10).unwrap();
         assert_eq!(s.user(&t, 105).as_deref(), Some("alice"));
         assert_eq!(s.user(&t, 110), None);
