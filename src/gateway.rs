@@ -435,9 +435,13 @@ async fn sync_revocations(state: Shared, stop: CancellationToken) {
     let every = std::time::Duration::from_secs(crate::store::view::SYNC_EVERY);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A shared store also wakes this loop as soon as another replica revokes.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    state.store.watch_revocations(Arc::downgrade(&wake));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = wake.notified() => {}
             () = stop.cancelled() => return,
         }
         state.sync_revocations();

@@ -653,6 +653,12 @@ pub trait Store: Send + Sync + 'static {
     /// visible together with every lower number.
     fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch>;
 
+    /// Wake `wake` soon after any replica revokes a token, until `wake` is dropped. A
+    /// store without other writers needs nothing: every revocation here syncs at once.
+    fn watch_revocations(&self, wake: std::sync::Weak<tokio::sync::Notify>) {
+        let _ = wake;
+    }
+
     /// The signing keys of the fleet, oldest first (stores shared by replicas keep them;
     /// the others refuse, and the keys live in the data dir instead).
     fn signing_keys(&self) -> StoreResult<Vec<SealedKey>> {

@@ -99,6 +99,8 @@ type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 /// The PostgreSQL [`Store`].
 pub struct PostgresStore {
     pool: Pool,
+    /// Where to connect, for the connection that listens for revocations.
+    config: postgres::Config,
     last_purge: AtomicU64,
 }
 
@@ -225,7 +227,7 @@ impl PostgresStore {
             None => timeouts,
         };
         config.options(&options);
-        let manager = PostgresConnectionManager::new(config, tls()?);
+        let manager = PostgresConnectionManager::new(config.clone(), tls()?);
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -235,6 +237,7 @@ impl PostgresStore {
             .map_err(pool_err)?;
         let store = Self {
             pool,
+            config,
             last_purge: AtomicU64::new(0),
         };
         store.migrate()?;
@@ -980,6 +983,16 @@ impl Store for PostgresStore {
         })
     }
 
+    fn watch_revocations(&self, wake: std::sync::Weak<tokio::sync::Notify>) {
+        let config = self.config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pg-revocations".into())
+            .spawn(move || listen_for_revocations(&config, &wake));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot listen for revocations; polling only");
+        }
+    }
+
     fn signing_keys(&self) -> StoreResult<Vec<SealedKey>> {
         self.read(|c| {
             c.query(
@@ -1038,6 +1051,77 @@ impl Store for PostgresStore {
                 .map(|_| ())
                 .map_err(err)
         })
+    }
+}
+
+/// Hold a connection that listens on [`REVOCATION_CHANNEL`] and wake the view on each
+/// notification, until the view is gone. A lost connection is retried every second;
+/// after reconnecting the view is woken once, to catch up from its sequence number on
+/// whatever was announced meanwhile (its one-second polling goes on regardless).
+fn listen_for_revocations(config: &postgres::Config, wake: &std::sync::Weak<tokio::sync::Notify>) {
+    let wake_up = || match wake.upgrade() {
+        Some(n) => {
+            n.notify_one();
+            true
+        }
+        None => false,
+    };
+    let mut lost = false;
+    loop {
+        let connected = tls()
+            .map_err(|e| e.to_string())
+            .and_then(|tls| config.connect(tls).map_err(|e| e.to_string()))
+            .and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {REVOCATION_CHANNEL}"))
+                    .map(|()| c)
+                    .map_err(|e| e.to_string())
+            });
+        match connected {
+            Ok(mut client) => {
+                if lost {
+                    tracing::info!("listening for revocations again");
+                }
+                if !wake_up() {
+                    return;
+                }
+                let mut notifications = client.notifications();
+                use postgres::fallible_iterator::FallibleIterator as _;
+                let mut iter = notifications.timeout_iter(Duration::from_secs(1));
+                loop {
+                    match iter.next() {
+                        Ok(Some(_)) => {
+                            if !wake_up() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            if wake.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the revocation notifications; polling until they return");
+                            lost = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !lost {
+                    tracing::warn!(error = %e, "cannot listen for revocations; polling until it can");
+                    lost = true;
+                }
+            }
+        }
+        if wake.strong_count() == 0 {
+            return;
+        }
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a back-off between reconnection attempts, not a wait for readiness"
+        )]
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
