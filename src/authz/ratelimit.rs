@@ -1,16 +1,30 @@
-//! A fixed-window counter per source address, for cheap endpoints that must not be
-//! flooded (registration). Windows are keyed on the injected clock.
+//! A fixed-window counter per source address, for endpoints that must not be flooded
+//! (registration, sign-in, authorization, token). Windows are keyed on the injected clock.
+//! On a store that replicas share the count is the fleet's (one row per address and
+//! window); otherwise, and while that store cannot answer, it is this process's.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::store::Store;
 
 /// Allows `limit` events per `window` seconds per address.
-#[derive(Debug)]
 pub struct RateLimiter {
     limit: u32,
     window: u64,
     counts: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    /// The store that counts for the fleet, and this limit's name in it.
+    shared: Option<(Arc<dyn Store>, &'static str)>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("limit", &self.limit)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
@@ -20,6 +34,20 @@ impl RateLimiter {
             limit,
             window: window.max(1),
             counts: Mutex::new(HashMap::new()),
+            shared: None,
+        }
+    }
+
+    /// A limiter that counts in `store` under `bucket` when the store counts for a fleet.
+    pub fn counted_in(
+        limit: u32,
+        window: u64,
+        store: Arc<dyn Store>,
+        bucket: &'static str,
+    ) -> Self {
+        Self {
+            shared: Some((store, bucket)),
+            ..Self::new(limit, window)
         }
     }
 
@@ -29,6 +57,27 @@ impl RateLimiter {
             return Ok(());
         }
         let window_start = now - now % self.window;
+        let retry = window_start + self.window - now;
+        if let Some((store, bucket)) = &self.shared {
+            match store.count_event(
+                bucket,
+                &ip.to_string(),
+                window_start,
+                window_start + self.window,
+            ) {
+                Ok(Some(n)) => {
+                    return if n > u64::from(self.limit) {
+                        Err(retry)
+                    } else {
+                        Ok(())
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "rate limit: the store cannot count; counting here")
+                }
+            }
+        }
         let Ok(mut counts) = self.counts.lock() else {
             return Ok(());
         };
@@ -40,7 +89,7 @@ impl RateLimiter {
             *entry = (window_start, 0);
         }
         if entry.1 >= self.limit {
-            return Err(window_start + self.window - now);
+            return Err(retry);
         }
         entry.1 += 1;
         Ok(())
@@ -61,5 +110,25 @@ mod tests {
         assert_eq!(l.check(a, 130), Err(50));
         assert!(l.check(b, 130).is_ok());
         assert!(l.check(a, 180).is_ok(), "a new window starts afresh");
+    }
+
+    /// A store that counts for the fleet: two replicas' limiters share one count.
+    #[test]
+    fn a_counting_store_limits_the_fleet() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::InMemoryStore::new());
+        let one = RateLimiter::counted_in(3, 60, store.clone(), "register");
+        let two = RateLimiter::counted_in(3, 60, store.clone(), "register");
+        let other = RateLimiter::counted_in(3, 60, store, "token");
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(one.check(a, 120).is_ok());
+        assert!(two.check(a, 121).is_ok());
+        assert!(one.check(a, 122).is_ok());
+        assert_eq!(
+            two.check(a, 130),
+            Err(50),
+            "the fourth, on either replica, is refused"
+        );
+        assert!(other.check(a, 130).is_ok(), "another limit counts apart");
+        assert!(one.check(a, 180).is_ok(), "a new window starts afresh");
     }
 }

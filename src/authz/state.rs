@@ -72,12 +72,14 @@ impl AuthzState {
                 ..CimdConfig::default()
             })
         });
-        let per_minute = |n| Arc::new(RateLimiter::new(n, 60));
+        // Counted by the store when it is shared: the limits are the fleet's.
+        let per_minute =
+            |n, bucket| Arc::new(RateLimiter::counted_in(n, 60, shared.store.clone(), bucket));
         Self {
-            register_limiter: per_minute(c.register_rate_per_minute),
-            login_limiter: per_minute(10),
-            token_limiter: per_minute(c.token_rate_per_minute),
-            authorize_limiter: per_minute(c.authorize_rate_per_minute),
+            register_limiter: per_minute(c.register_rate_per_minute, "register"),
+            login_limiter: per_minute(10, "login"),
+            token_limiter: per_minute(c.token_rate_per_minute, "token"),
+            authorize_limiter: per_minute(c.authorize_rate_per_minute, "authorize"),
             cimd,
             sessions: Arc::new(Sessions::new(shared.store.clone())),
             verifier,

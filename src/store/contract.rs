@@ -710,6 +710,29 @@ fn sessions_expire_and_end(s: &dyn Store) {
     assert_eq!(s.session("h2", 200).unwrap(), None, "expired");
 }
 
+/// Counts per bucket, key and window, for stores that count (the others answer `None`).
+fn events_are_counted_per_bucket_key_and_window(s: &dyn Store) {
+    let Some(1) = s.count_event("register", "10.0.0.1", 60, 120).unwrap() else {
+        return;
+    };
+    assert_eq!(
+        s.count_event("register", "10.0.0.1", 60, 120).unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.count_event("register", "10.0.0.2", 60, 120).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.count_event("token", "10.0.0.1", 60, 120).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.count_event("register", "10.0.0.1", 120, 180).unwrap(),
+        Some(1)
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory { $( #[test] fn $name() { super::$name(&super::InMemoryStore::new()); } )* }
@@ -768,6 +791,7 @@ contract!(
     codes_give_way_when_nothing_else_waits,
     every_revocation_reaches_the_log,
     sessions_expire_and_end,
+    events_are_counted_per_bucket_key_and_window,
     purged_revocations_do_not_reuse_sequence_numbers
 );
 

@@ -33,6 +33,8 @@ struct Inner {
     revocation_seq: u64,
     /// When expired entries were last swept.
     last_purge: u64,
+    /// Rate-limit counts: (bucket, key, window start) -> (count, window end).
+    rate_counts: HashMap<(String, String, u64), (u64, u64)>,
     /// Signing keys, oldest first.
     signing_keys: Vec<super::SealedKey>,
     /// Browser sessions: cookie hash -> (user, expiry).
@@ -82,6 +84,7 @@ impl Inner {
         }
         self.grant_tokens.retain(|_, tokens| !tokens.is_empty());
         self.sessions.retain(|_, (_, exp)| *exp > now);
+        self.rate_counts.retain(|_, (_, until)| *until > now);
     }
 
     /// Codes are stored once: a taken hash is a conflict, as a unique key is in SQLite.
@@ -454,6 +457,23 @@ impl Store for InMemoryStore {
     fn end_session(&self, hash: &str) -> StoreResult<()> {
         self.lock()?.sessions.remove(hash);
         Ok(())
+    }
+
+    fn count_event(
+        &self,
+        bucket: &str,
+        key: &str,
+        window: u64,
+        until: u64,
+    ) -> StoreResult<Option<u64>> {
+        let mut inner = self.lock()?;
+        inner.purge_now_and_then(window);
+        let entry = inner
+            .rate_counts
+            .entry((bucket.to_string(), key.to_string(), window))
+            .or_insert((0, until));
+        entry.0 += 1;
+        Ok(Some(entry.0))
     }
 
     fn signing_keys(&self) -> StoreResult<Vec<super::SealedKey>> {

@@ -659,6 +659,21 @@ pub trait Store: Send + Sync + 'static {
         let _ = wake;
     }
 
+    /// Count one event of `bucket` (an endpoint's rate limit) from `key` (a client address)
+    /// in the window that starts at `window` and ends at `until`; the count so far, this one
+    /// included. A store shared by replicas counts for the whole fleet; the others answer
+    /// `None`, and the limiter counts in memory.
+    fn count_event(
+        &self,
+        bucket: &str,
+        key: &str,
+        window: u64,
+        until: u64,
+    ) -> StoreResult<Option<u64>> {
+        let _ = (bucket, key, window, until);
+        Ok(None)
+    }
+
     /// The signing keys of the fleet, oldest first (stores shared by replicas keep them;
     /// the others refuse, and the keys live in the data dir instead).
     fn signing_keys(&self) -> StoreResult<Vec<SealedKey>> {

@@ -70,6 +70,10 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE TABLE signing_keys (kid TEXT PRIMARY KEY, alg TEXT NOT NULL, sealed BYTEA NOT NULL,
                                created_at BIGINT NOT NULL, active_from BIGINT NOT NULL,
                                position BIGSERIAL NOT NULL);
+    CREATE TABLE rate_counts (bucket TEXT NOT NULL, key TEXT NOT NULL, window_start BIGINT NOT NULL,
+                              until BIGINT NOT NULL, count BIGINT NOT NULL,
+                              PRIMARY KEY (bucket, key, window_start));
+    CREATE INDEX rate_counts_until ON rate_counts (until);
     CREATE TABLE sessions (hash TEXT PRIMARY KEY, sub TEXT NOT NULL, expires_at BIGINT NOT NULL);
     CREATE INDEX sessions_expiry ON sessions (expires_at);
 "#];
@@ -329,6 +333,7 @@ impl PostgresStore {
                 "DELETE FROM revocation_log WHERE exp <= $1",
                 "DELETE FROM grant_tokens WHERE exp <= $1",
                 "DELETE FROM sessions WHERE expires_at <= $1",
+                "DELETE FROM rate_counts WHERE until <= $1",
             ] {
                 tx.execute(sql, &[&now]).map_err(err)?;
             }
@@ -980,6 +985,28 @@ impl Store for PostgresStore {
             c.execute("DELETE FROM sessions WHERE hash = $1", &[&hash])
                 .map(|_| ())
                 .map_err(err)
+        })
+    }
+
+    fn count_event(
+        &self,
+        bucket: &str,
+        key: &str,
+        window: u64,
+        until: u64,
+    ) -> StoreResult<Option<u64>> {
+        self.read(|c| {
+            let row = c
+                .query_one(
+                    "INSERT INTO rate_counts (bucket, key, window_start, until, count)
+                     VALUES ($1, $2, $3, $4, 1)
+                     ON CONFLICT (bucket, key, window_start)
+                     DO UPDATE SET count = rate_counts.count + 1
+                     RETURNING count",
+                    &[&bucket, &key, &int(window), &int(until)],
+                )
+                .map_err(err)?;
+            Ok(Some(uint(get(&row, 0)?)))
         })
     }
 
