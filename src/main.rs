@@ -86,14 +86,19 @@ struct Cli {
     )]
     trusted_proxies: Vec<String>,
     /// Storage backend.
-    #[arg(long, env = "MCP_GATEWAY_STORE", value_enum)]
+    #[arg(long, global = true, env = "MCP_GATEWAY_STORE", value_enum)]
     store: Option<StoreKind>,
     /// The PostgreSQL database of --store postgres (postgres://user:password@host:port/db).
-    #[arg(long, env = "MCP_GATEWAY_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_GATEWAY_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
     /// A file with the key that encrypts signing keys in a shared store (32 random bytes,
     /// base64). MCP_GATEWAY_KEY_ENCRYPTION_KEY may give the key itself.
-    #[arg(long, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
+    #[arg(long, global = true, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
     key_encryption_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
@@ -116,6 +121,28 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Move state between stores.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+/// Store operations.
+#[derive(Debug, clap::Subcommand)]
+enum StoreAction {
+    /// Copy a single machine's state (clients, grants, refresh tokens, revocations,
+    /// consents, sign-in sessions and signing keys) into an empty PostgreSQL database, so
+    /// nobody signs in again after moving to several replicas. Needs the key-encryption key
+    /// (MCP_GATEWAY_KEY_ENCRYPTION_KEY or --key-encryption-key-file).
+    Copy {
+        /// The SQLite database, `sqlite:PATH` (its signing keys are in the same dir).
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// The PostgreSQL database, `postgres://user@host:port/db`.
+        #[arg(long, value_name = "postgres://...")]
+        to: String,
+    },
 }
 
 /// Key operations.
@@ -124,6 +151,52 @@ enum KeysAction {
     /// Make a new signing key; the old one stays in the JWKS until every token it signed
     /// has expired. A running gateway picks the new key up within a minute.
     Rotate,
+}
+
+/// `store copy`: a SQLite data dir into an empty PostgreSQL database.
+fn copy_store(
+    config: &Config,
+    from: &str,
+    to: &str,
+    now: u64,
+) -> Result<String, mcp_oauth_gateway::gateway::GatewayError> {
+    use mcp_oauth_gateway::config::ConfigError;
+    use mcp_oauth_gateway::gateway::shared_keys;
+    use mcp_oauth_gateway::store::Store as _;
+    use mcp_oauth_gateway::store::postgres::PostgresStore;
+    use mcp_oauth_gateway::store::sqlite::SqliteStore;
+    let invalid = |key, message: &str| ConfigError::Invalid {
+        key,
+        message: message.into(),
+    };
+    let path = from
+        .strip_prefix("sqlite:")
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| invalid("from", "must be sqlite:PATH (the gateway.db file)"))?;
+    if !path.is_file() {
+        return Err(invalid("from", &format!("{} is not a file", path.display())).into());
+    }
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        return Err(invalid("to", "must be a postgres:// URL").into());
+    }
+    let source = SqliteStore::open(&path)?;
+    let target: std::sync::Arc<dyn mcp_oauth_gateway::store::Store> =
+        std::sync::Arc::new(PostgresStore::open(to)?);
+    let snapshot = source.snapshot()?;
+    let keys = shared_keys(config, target.clone())?;
+    target.restore(&snapshot)?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let moved = keys.import_dir(dir, now)?;
+    Ok(format!(
+        "copied {} clients, {} grants, {} refresh tokens, {} consents, {} revocations, {} sessions \
+         and {moved} signing keys",
+        snapshot.clients.len(),
+        snapshot.grants.len(),
+        snapshot.refresh.len(),
+        snapshot.consents.len(),
+        snapshot.revoked.len(),
+        snapshot.sessions.len(),
+    ))
 }
 
 /// `keys rotate`: in the data dir, or in the shared store for the whole fleet.
@@ -307,6 +380,30 @@ async fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("mcp-oauth-gateway: {e}");
                     ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Store {
+            action: StoreAction::Copy { from, to },
+        }) => {
+            let (from, to) = (from.clone(), to.clone());
+            let config = match cli.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mcp-oauth-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            use mcp_oauth_gateway::clock::Clock as _;
+            let now = mcp_oauth_gateway::clock::SystemClock.now();
+            return match copy_store(&config, &from, &to, now) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-oauth-gateway: store copy: {e}");
+                    ExitCode::from(2)
                 }
             };
         }

@@ -1165,3 +1165,43 @@ mod consents {
         );
     }
 }
+
+/// `store copy`: what a single machine holds arrives in PostgreSQL, and only into an
+/// empty database.
+#[test]
+#[ignore = "needs PostgreSQL: python3 run_tests.py replicas"]
+fn postgres_takes_a_sqlite_snapshot() {
+    let from = SqliteStore::open_in_memory().unwrap();
+    from.insert_client(client("c1", 100)).unwrap();
+    from.insert_grant(grant("g1")).unwrap();
+    from.insert_refresh("rh".into(), rt("g1")).unwrap();
+    from.add_access_token("g1", "jti-live", 9_000).unwrap();
+    from.revoke_access_token("jti-gone", 9_000).unwrap();
+    from.remember_consent(Consent {
+        sub: "u".into(),
+        client_id: "c1".into(),
+        scopes: vec!["mcp:read".into()],
+        expires_at: 9_000,
+    })
+    .unwrap();
+    from.insert_session("sh", "u", 9_000).unwrap();
+    let snapshot = from.snapshot().unwrap();
+    let to = postgres();
+    to.restore(&snapshot).unwrap();
+    assert_eq!(to.client("c1").unwrap(), from.client("c1").unwrap());
+    assert_eq!(to.grant("g1").unwrap(), from.grant("g1").unwrap());
+    assert_eq!(to.refresh("rh").unwrap(), Some(rt("g1")));
+    assert!(to.consent("u", "c1", 100).unwrap().is_some());
+    assert_eq!(to.session("sh", 100).unwrap().as_deref(), Some("u"));
+    assert!(to.is_access_token_revoked("jti-gone").unwrap());
+    assert!(jtis(&to.revocations_since(0, 100).unwrap()).contains(&"jti-gone"));
+    to.revoke_grant("g1").unwrap();
+    assert!(
+        to.is_access_token_revoked("jti-live").unwrap(),
+        "the grant's tokens came along"
+    );
+    assert!(matches!(
+        to.restore(&snapshot),
+        Err(StoreError::Conflict(_))
+    ));
+}

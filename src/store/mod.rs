@@ -504,6 +504,28 @@ pub(crate) fn sort_clients(clients: &mut [Client]) {
     clients.sort_by(|a, b| (b.created_at, &a.client_id).cmp(&(a.created_at, &b.client_id)));
 }
 
+/// Everything that lets clients and people carry on after a move to another store
+/// (`store copy`): not the authorization requests and codes in flight, which live minutes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Registered clients.
+    pub clients: Vec<Client>,
+    /// Remembered consents.
+    pub consents: Vec<Consent>,
+    /// Grants, live and revoked.
+    pub grants: Vec<Grant>,
+    /// Refresh tokens by hash.
+    pub refresh: Vec<(String, RefreshToken)>,
+    /// Access tokens issued under grants: (grant id, jti, exp).
+    pub grant_tokens: Vec<(String, String, u64)>,
+    /// Revoked access tokens: (jti, exp).
+    pub revoked: Vec<(String, u64)>,
+    /// Redeemed codes, remembered to catch replays: (hash, grant id, until).
+    pub used_codes: Vec<(String, String, u64)>,
+    /// Browser sign-in sessions: (hash, user, expiry).
+    pub sessions: Vec<(String, String, u64)>,
+}
+
 /// A signing key as a shared store keeps it: its PKCS#8 PEM sealed under the fleet's
 /// key-encryption key (see `tokens::keys`), never in the clear.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -652,6 +674,21 @@ pub trait Store: Send + Sync + 'static {
     /// a sequence number that only grows and is never reused; a write that commits is
     /// visible together with every lower number.
     fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch>;
+
+    /// Everything in a [`Snapshot`], for moving to another store.
+    fn snapshot(&self) -> StoreResult<Snapshot> {
+        Err(StoreError::Unavailable(
+            "this store cannot be copied from".into(),
+        ))
+    }
+
+    /// Load `snapshot` into this store, which must hold no clients or grants yet.
+    fn restore(&self, snapshot: &Snapshot) -> StoreResult<()> {
+        let _ = snapshot;
+        Err(StoreError::Unavailable(
+            "this store cannot be copied to".into(),
+        ))
+    }
 
     /// Wake `wake` soon after any replica revokes a token, until `wake` is dropped. A
     /// store without other writers needs nothing: every revocation here syncs at once.

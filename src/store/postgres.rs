@@ -102,7 +102,8 @@ type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 /// The PostgreSQL [`Store`].
 pub struct PostgresStore {
-    pool: Pool,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    pool: Option<Pool>,
     /// Where to connect, for the connection that listens for revocations.
     config: postgres::Config,
     last_purge: AtomicU64,
@@ -240,7 +241,7 @@ impl PostgresStore {
             .build(manager)
             .map_err(pool_err)?;
         let store = Self {
-            pool,
+            pool: Some(pool),
             config,
             last_purge: AtomicU64::new(0),
         };
@@ -248,8 +249,18 @@ impl PostgresStore {
         Ok(store)
     }
 
+    fn connection(
+        &self,
+    ) -> StoreResult<r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?
+            .get()
+            .map_err(pool_err)
+    }
+
     fn migrate(&self) -> StoreResult<()> {
-        let mut conn = self.pool.get().map_err(pool_err)?;
+        let mut conn = self.connection()?;
         conn.execute(
             "SELECT pg_advisory_lock($1, $2)",
             &[&LOCK_SPACE, &MIGRATION_LOCK],
@@ -305,14 +316,14 @@ impl PostgresStore {
 
     fn read<T>(&self, f: impl FnOnce(&mut postgres::Client) -> StoreResult<T>) -> StoreResult<T> {
         blocking(|| {
-            let mut conn = self.pool.get().map_err(pool_err)?;
+            let mut conn = self.connection()?;
             f(&mut conn)
         })
     }
 
     fn tx<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
         blocking(|| {
-            let mut conn = self.pool.get().map_err(pool_err)?;
+            let mut conn = self.connection()?;
             let mut tx = conn.transaction().map_err(err)?;
             let out = f(&mut tx)?;
             tx.commit().map_err(err)?;
@@ -339,6 +350,28 @@ impl PostgresStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The driver closes a connection by blocking on its own runtime, which panics inside an
+/// async worker: the pool is dropped where blocking is allowed.
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(move || drop(pool));
+            }
+            Ok(_) => {
+                let _ = std::thread::Builder::new()
+                    .name("pg-close".into())
+                    .spawn(move || drop(pool));
+            }
+            Err(_) => drop(pool),
+        }
     }
 }
 
@@ -985,6 +1018,72 @@ impl Store for PostgresStore {
             c.execute("DELETE FROM sessions WHERE hash = $1", &[&hash])
                 .map(|_| ())
                 .map_err(err)
+        })
+    }
+
+    fn restore(&self, snap: &super::Snapshot) -> StoreResult<()> {
+        self.tx(|tx| {
+            let row = tx
+                .query_one(
+                    "SELECT (SELECT count(*) FROM clients) + (SELECT count(*) FROM grants)",
+                    &[],
+                )
+                .map_err(err)?;
+            if get::<i64>(&row, 0)? > 0 {
+                return Err(StoreError::Conflict(
+                    "the database already holds clients or grants; copy into an empty one".into(),
+                ));
+            }
+            for c in &snap.clients {
+                tx.execute(
+                    "INSERT INTO clients (client_id, data, last_used, pinned) VALUES ($1, $2, $3, $4)",
+                    &[&c.client_id, &to_json(c)?, &int(c.last_used_at.max(c.created_at)), &c.pinned],
+                )
+                .map_err(err)?;
+            }
+            for c in &snap.consents {
+                tx.execute(
+                    "INSERT INTO consents (sub, client_id, data, expires_at) VALUES ($1, $2, $3, $4)",
+                    &[&c.sub, &c.client_id, &to_json(c)?, &int(c.expires_at)],
+                )
+                .map_err(err)?;
+            }
+            for g in &snap.grants {
+                let live_until = if g.revoked { 0 } else { int(g.expires_at) };
+                tx.execute(
+                    "INSERT INTO grants (id, data, client_id, live_until) VALUES ($1, $2, $3, $4)",
+                    &[&g.id, &to_json(g)?, &g.client_id, &live_until],
+                )
+                .map_err(err)?;
+            }
+            for (hash, token) in &snap.refresh {
+                tx.put_refresh(hash, token)?;
+            }
+            for (grant_id, jti, exp) in &snap.grant_tokens {
+                tx.execute(
+                    "INSERT INTO grant_tokens (grant_id, jti, exp) VALUES ($1, $2, $3)",
+                    &[grant_id, jti, &int(*exp)],
+                )
+                .map_err(err)?;
+            }
+            for (jti, exp) in &snap.revoked {
+                revoke_jti(tx, jti, *exp)?;
+            }
+            for (hash, grant_id, until) in &snap.used_codes {
+                tx.execute(
+                    "INSERT INTO used_codes (hash, grant_id, until) VALUES ($1, $2, $3)",
+                    &[hash, grant_id, &int(*until)],
+                )
+                .map_err(err)?;
+            }
+            for (hash, sub, exp) in &snap.sessions {
+                tx.execute(
+                    "INSERT INTO sessions (hash, sub, expires_at) VALUES ($1, $2, $3)",
+                    &[hash, sub, &int(*exp)],
+                )
+                .map_err(err)?;
+            }
+            Ok(())
         })
     }
 

@@ -933,6 +933,75 @@ impl Store for SqliteStore {
         })
     }
 
+    fn snapshot(&self) -> StoreResult<super::Snapshot> {
+        self.read(|conn| {
+            fn rows<T>(
+                conn: &Connection,
+                sql: &str,
+                map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+            ) -> StoreResult<Vec<T>> {
+                let mut stmt = conn.prepare(sql).map_err(err)?;
+                let out = stmt
+                    .query_map([], map)
+                    .map_err(err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                Ok(out)
+            }
+            let uint = |v: i64| u64::try_from(v).unwrap_or(0);
+            let mut clients = Vec::new();
+            for (data, last_used) in rows(conn, "SELECT data, last_used FROM clients", |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })? {
+                let mut c: Client = from_json(&data)?;
+                c.last_used_at = uint(last_used);
+                clients.push(c);
+            }
+            let json_rows = |sql: &str| rows(conn, sql, |r| r.get::<_, String>(0));
+            let consents = json_rows("SELECT data FROM consents")?
+                .iter()
+                .map(|d| from_json(d))
+                .collect::<StoreResult<_>>()?;
+            let grants = json_rows("SELECT data FROM grants")?
+                .iter()
+                .map(|d| from_json(d))
+                .collect::<StoreResult<_>>()?;
+            let refresh = rows(conn, "SELECT hash, data FROM refresh", |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .into_iter()
+            .map(|(h, d)| Ok((h, from_json(&d)?)))
+            .collect::<StoreResult<_>>()?;
+            let triple = |sql: &str| -> StoreResult<Vec<(String, String, u64)>> {
+                Ok(rows(conn, sql, |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .into_iter()
+                .map(|(a, b, n)| (a, b, uint(n)))
+                .collect())
+            };
+            Ok(super::Snapshot {
+                clients,
+                consents,
+                grants,
+                refresh,
+                grant_tokens: triple("SELECT grant_id, jti, exp FROM grant_tokens")?,
+                revoked: rows(conn, "SELECT jti, exp FROM revoked_jti", |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .into_iter()
+                .map(|(j, n)| (j, uint(n)))
+                .collect(),
+                used_codes: triple("SELECT hash, grant_id, until FROM used_codes")?,
+                sessions: triple("SELECT hash, sub, expires_at FROM sessions")?,
+            })
+        })
+    }
+
     fn insert_session(&self, hash: &str, sub: &str, expires_at: u64) -> StoreResult<()> {
         self.tx(|tx| {
             tx.execute(

@@ -442,6 +442,67 @@ impl SharedKeys {
         keys.last().map(|k| k.kid.clone()).ok_or(KeyError::Generate)
     }
 
+    /// Move one machine's keys (the data dir `dir`: the current key and the retired ones
+    /// still published) into this store, which must hold none yet, keeping which key
+    /// signs and when each was retired. Returns how many were moved.
+    pub fn import_dir(&self, dir: &Path, now: u64) -> Result<usize, KeyError> {
+        if !self.store.signing_keys()?.is_empty() {
+            return Err(StoreError::Conflict("the store holds signing keys already".into()).into());
+        }
+        let mut retired: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join(RETIRED_DIR))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("pem"))
+            .filter_map(|p| Some((modified_secs(&p)?, p)))
+            .filter(|(at, _)| now < at.saturating_add(self.keep))
+            .collect();
+        retired.sort();
+        let current = dir.join(KEY_FILE);
+        let mut newest: Option<String> = None;
+        let mut active_from = 0;
+        let mut chain: Vec<(PathBuf, u64)> = Vec::new();
+        for (retired_at, path) in retired {
+            chain.push((path, active_from));
+            active_from = retired_at;
+        }
+        chain.push((current, active_from));
+        for (path, active_from) in &chain {
+            let pem = std::fs::read(path).map_err(|source| KeyError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (key, alg) = [SigningAlg::ES256, SigningAlg::RS256]
+                .into_iter()
+                .find_map(|alg| Some((SigningKey::from_pem(path, &pem, alg).ok()?, alg)))
+                .ok_or_else(|| KeyError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other("not an ES256 or RS256 private key"),
+                })?;
+            let sealed = SealedKey {
+                sealed: self.kek.seal(&key.kid, &pem)?,
+                kid: key.kid.clone(),
+                alg: alg_name(alg).into(),
+                // The current key's file time is when it was made (rotation sets it).
+                created_at: if *path == dir.join(KEY_FILE) {
+                    modified_secs(path).unwrap_or(now)
+                } else {
+                    (*active_from).min(now)
+                },
+                active_from: *active_from,
+            };
+            if !self.store.add_signing_key(sealed, newest.as_deref())? {
+                return Err(StoreError::Conflict(
+                    "another process added signing keys meanwhile".into(),
+                )
+                .into());
+            }
+            newest = Some(key.kid);
+        }
+        Ok(chain.len())
+    }
+
     /// The ring at `now`, after adding a key when there is none, when the newest is
     /// `interval` seconds old (0: never) or of another algorithm, or when `force`d.
     fn ring(&self, now: u64, interval: u64, mut force: bool) -> Result<SigningKey, KeyError> {
@@ -516,6 +577,15 @@ impl SharedKeys {
         }
         Ok(key)
     }
+}
+
+fn modified_secs(path: &Path) -> Option<u64> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 fn generate_pem(alg: SigningAlg) -> Result<String, KeyError> {
