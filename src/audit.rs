@@ -9,11 +9,12 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
+use crate::store::{Store, StoredEvent};
 use crate::web::client_ip::ClientIp;
 
 /// How many events the page shows.
@@ -51,7 +52,7 @@ pub struct SecurityEvent {
     /// When (seconds since the epoch).
     pub at: u64,
     /// What happened: the `event` field of the audit log line.
-    pub event: &'static str,
+    pub event: String,
     /// The client concerned.
     pub client_id: Option<String>,
     /// The user concerned.
@@ -62,11 +63,21 @@ pub struct SecurityEvent {
     pub request_id: Option<String>,
 }
 
-/// The last [`CAPACITY`] events; older ones fall out.
-#[derive(Debug)]
+/// The last [`CAPACITY`] events; older ones fall out. On a store that replicas share they
+/// are kept there, so the operator's page of any replica shows the fleet's events (and, while
+/// the store cannot answer, this replica's).
 pub struct SecurityEvents {
     capacity: usize,
     ring: Mutex<VecDeque<SecurityEvent>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for SecurityEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityEvents")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SecurityEvents {
@@ -85,6 +96,15 @@ impl SecurityEvents {
         Self {
             capacity,
             ring: Mutex::new(VecDeque::with_capacity(capacity)),
+            store: None,
+        }
+    }
+
+    /// The last [`CAPACITY`] events, in `store` when it keeps them.
+    pub fn in_store(store: Arc<dyn Store>) -> Self {
+        Self {
+            store: Some(store),
+            ..Self::default()
         }
     }
 
@@ -99,12 +119,29 @@ impl SecurityEvents {
     ) {
         let e = SecurityEvent {
             at,
-            event,
+            event: event.to_string(),
             client_id: bounded(client_id),
             sub: bounded(sub),
             source: meta.source,
             request_id: meta.request_id.clone(),
         };
+        if let Some(store) = &self.store {
+            let stored = StoredEvent {
+                at: e.at,
+                event: e.event.clone(),
+                client_id: e.client_id.clone(),
+                sub: e.sub.clone(),
+                source: e.source.map(|ip| ip.to_string()),
+                request_id: e.request_id.clone(),
+            };
+            match store.record_event(&stored, self.capacity) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "keeping a security event in the store failed; kept here")
+                }
+            }
+        }
         if let Ok(mut ring) = self.ring.lock() {
             while ring.len() >= self.capacity.max(1) {
                 ring.pop_front();
@@ -115,6 +152,27 @@ impl SecurityEvents {
 
     /// The events kept, newest first.
     pub fn recent(&self) -> Vec<SecurityEvent> {
+        if let Some(store) = &self.store {
+            match store.recent_events(self.capacity) {
+                Ok(Some(events)) => {
+                    return events
+                        .into_iter()
+                        .map(|e| SecurityEvent {
+                            at: e.at,
+                            event: e.event,
+                            client_id: e.client_id,
+                            sub: e.sub,
+                            source: e.source.and_then(|s| s.parse().ok()),
+                            request_id: e.request_id,
+                        })
+                        .collect();
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading security events from the store failed")
+                }
+            }
+        }
         self.ring
             .lock()
             .map(|ring| ring.iter().rev().cloned().collect())

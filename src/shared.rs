@@ -42,12 +42,12 @@ impl Shared {
     ) -> Self {
         Self {
             settings: Arc::new(settings),
+            events: Arc::new(SecurityEvents::in_store(store.clone())),
             store,
             clock,
             keys,
             revocations: Arc::new(RevocationView::new()),
             metrics: Arc::new(Metrics::new()),
-            events: Arc::new(SecurityEvents::default()),
         }
     }
 

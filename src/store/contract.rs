@@ -733,6 +733,28 @@ fn events_are_counted_per_bucket_key_and_window(s: &dyn Store) {
     );
 }
 
+/// Security events, for stores that keep them: newest first, at most what is asked for.
+fn security_events_are_kept_newest_first(s: &dyn Store) {
+    let event = |at: u64, name: &str| StoredEvent {
+        at,
+        event: name.into(),
+        client_id: Some("c".into()),
+        sub: None,
+        source: Some("10.0.0.1".into()),
+        request_id: Some(format!("r{at}")),
+    };
+    if !s.record_event(&event(1, "login"), 100).unwrap() {
+        assert_eq!(s.recent_events(10).unwrap(), None);
+        return;
+    }
+    for at in 2..=5 {
+        s.record_event(&event(at, "code_issued"), 100).unwrap();
+    }
+    let recent = s.recent_events(3).unwrap().unwrap();
+    assert_eq!(recent.iter().map(|e| e.at).collect::<Vec<_>>(), [5, 4, 3]);
+    assert_eq!(recent[0], event(5, "code_issued"));
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory { $( #[test] fn $name() { super::$name(&super::InMemoryStore::new()); } )* }
@@ -792,6 +814,7 @@ contract!(
     every_revocation_reaches_the_log,
     sessions_expire_and_end,
     events_are_counted_per_bucket_key_and_window,
+    security_events_are_kept_newest_first,
     purged_revocations_do_not_reuse_sequence_numbers
 );
 

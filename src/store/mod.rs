@@ -526,6 +526,23 @@ pub struct Snapshot {
     pub sessions: Vec<(String, String, u64)>,
 }
 
+/// A security event as a shared store keeps it, for the operator's page of any replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// What happened.
+    pub event: String,
+    /// The client concerned.
+    pub client_id: Option<String>,
+    /// The user concerned.
+    pub sub: Option<String>,
+    /// Where the request came from.
+    pub source: Option<String>,
+    /// The request that caused it.
+    pub request_id: Option<String>,
+}
+
 /// A signing key as a shared store keeps it: its PKCS#8 PEM sealed under the fleet's
 /// key-encryption key (see `tokens::keys`), never in the clear.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -694,6 +711,20 @@ pub trait Store: Send + Sync + 'static {
     /// store without other writers needs nothing: every revocation here syncs at once.
     fn watch_revocations(&self, wake: std::sync::Weak<tokio::sync::Notify>) {
         let _ = wake;
+    }
+
+    /// Keep a security event, keeping at most `keep` of the newest; whether it was kept
+    /// (a store not shared by replicas answers `false`, and the events stay in memory).
+    fn record_event(&self, event: &StoredEvent, keep: usize) -> StoreResult<bool> {
+        let _ = (event, keep);
+        Ok(false)
+    }
+
+    /// The newest `limit` security events, newest first; `None` from a store that keeps
+    /// none.
+    fn recent_events(&self, limit: usize) -> StoreResult<Option<Vec<StoredEvent>>> {
+        let _ = limit;
+        Ok(None)
     }
 
     /// Count one event of `bucket` (an endpoint's rate limit) from `key` (a client address)

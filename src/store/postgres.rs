@@ -30,8 +30,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
     LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
-    RevocationBatch, RotateOutcome, SealedKey, Store, StoreError, StoreResult, sort_clients,
-    sort_grants,
+    RevocationBatch, RotateOutcome, SealedKey, Store, StoreError, StoreResult, StoredEvent,
+    sort_clients, sort_grants,
 };
 
 /// Schema migrations, applied in order under an advisory lock; `mcp_gateway_schema`
@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[r#"
                               until BIGINT NOT NULL, count BIGINT NOT NULL,
                               PRIMARY KEY (bucket, key, window_start));
     CREATE INDEX rate_counts_until ON rate_counts (until);
+    CREATE TABLE security_events (seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL,
+                                  event TEXT NOT NULL, client_id TEXT, sub TEXT, source TEXT,
+                                  request_id TEXT);
     CREATE TABLE sessions (hash TEXT PRIMARY KEY, sub TEXT NOT NULL, expires_at BIGINT NOT NULL);
     CREATE INDEX sessions_expiry ON sessions (expires_at);
 "#];
@@ -1084,6 +1087,61 @@ impl Store for PostgresStore {
                 .map_err(err)?;
             }
             Ok(())
+        })
+    }
+
+    fn record_event(&self, e: &StoredEvent, keep: usize) -> StoreResult<bool> {
+        self.read(|c| {
+            let row = c
+                .query_one(
+                    "INSERT INTO security_events (at, event, client_id, sub, source, request_id)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+                    &[
+                        &int(e.at),
+                        &e.event,
+                        &e.client_id,
+                        &e.sub,
+                        &e.source,
+                        &e.request_id,
+                    ],
+                )
+                .map_err(err)?;
+            let seq: i64 = get(&row, 0)?;
+            // Trim now and then, not on every event.
+            if seq % 64 == 0 {
+                let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+                c.execute(
+                    "DELETE FROM security_events WHERE seq <= $1",
+                    &[&seq.saturating_sub(keep)],
+                )
+                .map_err(err)?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn recent_events(&self, limit: usize) -> StoreResult<Option<Vec<StoredEvent>>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.query(
+                "SELECT at, event, client_id, sub, source, request_id FROM security_events
+                 ORDER BY seq DESC LIMIT $1",
+                &[&limit],
+            )
+            .map_err(err)?
+            .iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    at: uint(get(r, 0)?),
+                    event: get(r, 1)?,
+                    client_id: get(r, 2)?,
+                    sub: get(r, 3)?,
+                    source: get(r, 4)?,
+                    request_id: get(r, 5)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
         })
     }
 
