@@ -84,11 +84,16 @@ impl Deref for AdminState {
 }
 
 impl AdminState {
-    /// The page's state over `authz`, with a fresh CSRF key; `None` if the random source
-    /// fails.
+    /// The page's state over `authz`, with a fresh CSRF key (the fleet's, on a shared
+    /// store, so a form from one replica may be posted to another); `None` if the random
+    /// source fails.
     pub fn new(authz: AuthzState) -> Option<Self> {
+        let key = match authz.keys.fleet_secret("mog-admin-csrf") {
+            Some(bytes) => AdminKey(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
+            None => AdminKey::generate()?,
+        };
         Some(Self {
-            admin_key: Arc::new(AdminKey::generate()?),
+            admin_key: Arc::new(key),
             authz,
         })
     }
@@ -112,7 +117,8 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// The per-process key of the CSRF tokens. A restart invalidates open pages, nothing else.
+/// The key of the CSRF tokens: per process (a restart invalidates open pages, nothing
+/// else), or the fleet's.
 pub struct AdminKey(hmac::Key);
 
 impl std::fmt::Debug for AdminKey {

@@ -248,7 +248,7 @@ enum RingSource {
         keep: u64,
     },
     /// A store the fleet shares.
-    Shared(SharedKeys),
+    Shared(Box<SharedKeys>),
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -288,7 +288,7 @@ impl KeyRing {
         let key = keys.ring(now, 0, false)?;
         Ok(Self {
             current: std::sync::RwLock::new(std::sync::Arc::new(key)),
-            source: Some(RingSource::Shared(keys)),
+            source: Some(RingSource::Shared(Box::new(keys))),
         })
     }
 
@@ -298,6 +298,17 @@ impl KeyRing {
             Ok(k) => k.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// 32 bytes every replica of a fleet derives alike for `purpose` (HMAC-SHA-256 under
+    /// the key-encryption key), so what one replica signs for a browser another accepts;
+    /// `None` outside a fleet.
+    pub fn fleet_secret(&self, purpose: &str) -> Option<[u8; 32]> {
+        let Some(RingSource::Shared(keys)) = &self.source else {
+            return None;
+        };
+        let tag = aws_lc_rs::hmac::sign(&keys.kek.derive, purpose.as_bytes());
+        tag.as_ref().try_into().ok()
     }
 
     /// The published key set.
@@ -347,7 +358,11 @@ pub const ANNOUNCE_AHEAD: u64 = 120;
 /// The key that seals signing keys in a shared store: AES-256-GCM, 32 bytes given in
 /// base64. The sealed form is a fresh 96-bit nonce and the ciphertext with its tag; the
 /// key's `kid` is the additional data, so a sealed key cannot be moved to another row.
-pub struct KeyEncryptionKey(aws_lc_rs::aead::LessSafeKey);
+pub struct KeyEncryptionKey {
+    aead: aws_lc_rs::aead::LessSafeKey,
+    /// For keys the fleet derives from it ([`KeyRing::fleet_secret`]).
+    derive: aws_lc_rs::hmac::Key,
+}
 
 impl std::fmt::Debug for KeyEncryptionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,7 +389,10 @@ impl KeyEncryptionKey {
         }
         let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &bytes)
             .map_err(|_| bad())?;
-        Ok(Self(aws_lc_rs::aead::LessSafeKey::new(key)))
+        Ok(Self {
+            aead: aws_lc_rs::aead::LessSafeKey::new(key),
+            derive: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &bytes),
+        })
     }
 
     fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -385,7 +403,7 @@ impl KeyEncryptionKey {
             .fill(&mut nonce)
             .map_err(|_| KeyError::Generate)?;
         let mut out = plain.to_vec();
-        self.0
+        self.aead
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(kid.as_bytes()),
@@ -407,7 +425,7 @@ impl KeyEncryptionKey {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
         let mut body = body.to_vec();
         let plain = self
-            .0
+            .aead
             .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut body)
             .map_err(|_| wrong())?;
         Ok(plain.to_vec())
@@ -785,6 +803,19 @@ mod tests {
             2,
             "one rotation for the fleet"
         );
+    }
+
+    #[test]
+    fn replicas_derive_the_same_fleet_secrets() {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(crate::store::memory::InMemoryStore::new());
+        let a = KeyRing::open_shared(shared(&store, 7), 100).unwrap();
+        let b = KeyRing::open_shared(shared(&store, 7), 100).unwrap();
+        let csrf = a.fleet_secret("csrf").unwrap();
+        assert_eq!(b.fleet_secret("csrf"), Some(csrf));
+        assert_ne!(a.fleet_secret("other"), Some(csrf));
+        let alone = KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap());
+        assert_eq!(alone.fleet_secret("csrf"), None);
     }
 
     #[test]
