@@ -16,7 +16,8 @@
 #
 # Environment: DURATION (seconds per measurement, default 10), CONNECTIONS (default 32),
 # ROUNDS (direct/proxy pairs, default 2), SKIP_BUILD=1 to reuse target/release,
-# BENCH_OUT (file to append the table to, optional).
+# BENCH_OUT (file to append the table to, optional), STORE (memory, the default; sqlite;
+# postgres with DATABASE_URL naming an empty database, and a fresh key-encryption key).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -76,10 +77,18 @@ token_rate_per_minute = 0
 authorize_rate_per_minute = 0
 EOF
 
+STORE=${STORE:-memory}
+DB_ARGS=()
+if [ "$STORE" = postgres ]; then
+  [ -n "${DATABASE_URL:-}" ] || { echo "bench: STORE=postgres needs DATABASE_URL" >&2; exit 1; }
+  DB_ARGS=(--database-url "$DATABASE_URL")
+  MCP_GATEWAY_KEY_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
+  export MCP_GATEWAY_KEY_ENCRYPTION_KEY
+fi
 RUST_LOG=${RUST_LOG:-info} "${GW_PIN[@]}" "$BIN" \
   --config "$WORK/gateway.toml" \
   --proxy-addr 127.0.0.1:0 --mcp-addr 127.0.0.1:0 --routes-addr 127.0.0.1:0 --jwks-addr 127.0.0.1:0 \
-  --data-dir "$WORK/data" --store memory --auto-approve \
+  --data-dir "$WORK/data" --store "$STORE" "${DB_ARGS[@]}" --auto-approve \
   2>"$WORK/gateway.log" >/dev/null &
 GW_PID=$!
 
