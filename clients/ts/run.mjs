@@ -5,7 +5,9 @@
 // (consent approved headlessly, like a browser would), and then calls tools through
 // the gateway's public proxy URL.
 //
-// Usage: node clients/ts/run.mjs   (GATEWAY_BIN overrides the binary path)
+// Usage: node clients/ts/run.mjs   (GATEWAY_BIN overrides the binary path; GATEWAY_URL runs the
+// flow against a gateway that is already running there, e.g. a load balancer in front of
+// several replicas, instead of starting one)
 // Prints "1 passed, 0 failed" and exits 0 on success, "0 passed, 1 failed" and exits 1 otherwise.
 
 import { randomBytes } from 'node:crypto';
@@ -337,7 +339,20 @@ async function runTest(base) {
   }
 }
 
+async function againstRunning(base) {
+  try {
+    await withDeadline(TEST_TIMEOUT_MS, 'the OAuth + MCP flow', runTest(base));
+  } catch (error) {
+    console.error(error instanceof CheckError ? `FAIL: ${error.message}` : `FAIL: ${error.stack ?? error}`);
+    console.log('0 passed, 1 failed');
+    process.exit(1);
+  }
+  console.log('1 passed, 0 failed');
+  process.exit(0);
+}
+
 async function main() {
+  if (process.env.GATEWAY_URL) return againstRunning(process.env.GATEWAY_URL.replace(/\/$/, ''));
   const gateway = new Gateway({ label: 'ts-e2e', log });
   let error;
   try {
