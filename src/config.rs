@@ -98,6 +98,10 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Where clients, grants and tokens are kept.
     pub store: StoreKind,
+    /// How often each gateway re-reads its signing keys (a rotation by `keys rotate` or by
+    /// another replica), seconds, 1 to 60. A new key of a fleet is published 120 s before it
+    /// signs, so every replica has it first.
+    pub key_check_seconds: u64,
     /// The database of `store = "postgres"`: `postgres://user:password@host:port/db`, with
     /// `?sslmode=require` for TLS. Never logged: it may carry a password.
     pub database_url: Option<String>,
@@ -467,6 +471,7 @@ impl Default for Config {
             max_connections_per_source: 512,
             trusted_proxies: Vec::new(),
             store: StoreKind::Sqlite,
+            key_check_seconds: 60,
             database_url: None,
             key_encryption_key_file: None,
             client_ttl_seconds: 30 * 24 * 3600,
@@ -601,6 +606,12 @@ impl Config {
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(invalid("public_url", "must not have a query or fragment"));
             }
+        }
+        if !(1..=60).contains(&self.key_check_seconds) {
+            return Err(invalid(
+                "key_check_seconds",
+                "must be 1 to 60 (a fleet announces a new key 120 s before it signs)",
+            ));
         }
         match (self.store, &self.database_url) {
             (StoreKind::Postgres, None) => {

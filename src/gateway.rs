@@ -413,11 +413,12 @@ impl Gateway {
     }
 }
 
-/// Once a minute: rotate the signing key when it is due, pick up a rotation made by the
+/// Every `key_check_seconds`: rotate the signing key when it is due, pick up a rotation made by the
 /// CLI, withdraw retired keys whose tokens have expired.
 async fn maintain_keys(state: Shared, stop: CancellationToken) {
     let interval = state.settings.config.key_rotation_seconds;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    let every = state.settings.config.key_check_seconds.max(1);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -100,6 +100,9 @@ struct Cli {
     /// base64). MCP_GATEWAY_KEY_ENCRYPTION_KEY may give the key itself.
     #[arg(long, global = true, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
     key_encryption_key_file: Option<PathBuf>,
+    /// How often to re-read the signing keys (a rotation made elsewhere), seconds, 1 to 60.
+    #[arg(long, env = "MCP_GATEWAY_KEY_CHECK_SECONDS")]
+    key_check_seconds: Option<u64>,
     /// Log format.
     #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -267,7 +270,8 @@ impl Cli {
             signing_alg,
             log_format,
             store,
-            key_rotation_seconds
+            key_rotation_seconds,
+            key_check_seconds
         );
         set_some!(
             database_url,
