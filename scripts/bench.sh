@@ -70,11 +70,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$WORK/gateway.toml" <<'EOF'
+# The service client registers with an initial access token (RFC 7591 §3): anonymous
+# registrations cannot use client_credentials.
+IAT="bench-initial-access-token"
+IAT_SHA=$(printf %s "$IAT" | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d '=')
+cat >"$WORK/gateway.toml" <<EOF
 # Benchmark config: registration is not rate-limited, so /register can be measured.
 register_rate_per_minute = 0
 token_rate_per_minute = 0
 authorize_rate_per_minute = 0
+[[initial_access_tokens]]
+name = "bench"
+sha256 = "$IAT_SHA"
+scope = "mcp:read mcp:write"
 EOF
 
 STORE=${STORE:-memory}
@@ -135,8 +143,11 @@ def form(d):
     return urllib.parse.urlencode(d)
 
 
-def register(meta):
-    st, _, body = call("POST", "/register", json.dumps(meta), {"content-type": "application/json"})
+def register(meta, bearer=None):
+    headers = {"content-type": "application/json"}
+    if bearer:
+        headers["authorization"] = f"Bearer {bearer}"
+    st, _, body = call("POST", "/register", json.dumps(meta), headers)
     if st != 201 and st != 200:
         sys.exit(f"register: {st} {body[:200]!r}")
     return json.loads(body)
@@ -171,7 +182,8 @@ out = {}
 public_client = register({"redirect_uris": [redirect], "client_name": "bench"})["client_id"]
 out["public_client"] = public_client
 cc = register({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic",
-               "client_name": "bench-service", "scope": "mcp:read mcp:write"})
+               "client_name": "bench-service", "scope": "mcp:read mcp:write"},
+              bearer="bench-initial-access-token")
 out["cc_basic"] = base64.b64encode(f"{cc['client_id']}:{cc['client_secret']}".encode()).decode()
 
 first = code_flow(public_client)

@@ -1268,15 +1268,26 @@ fn listen_for_revocations(config: &postgres::Config, wake: &std::sync::Weak<toki
                 if !wake_up() {
                     return;
                 }
-                let mut notifications = client.notifications();
                 use postgres::fallible_iterator::FallibleIterator as _;
-                let mut iter = notifications.timeout_iter(Duration::from_secs(1));
                 loop {
-                    match iter.next() {
+                    // A fresh iterator each round: its timer does not re-arm once it has
+                    // fired, and a spent one would return at once, spinning this thread.
+                    let next = client
+                        .notifications()
+                        .timeout_iter(Duration::from_secs(1))
+                        .next();
+                    match next {
                         Ok(Some(_)) => {
                             if !wake_up() {
                                 return;
                             }
+                        }
+                        Ok(None) if client.is_closed() => {
+                            tracing::warn!(
+                                "lost the revocation notifications; polling until they return"
+                            );
+                            lost = true;
+                            break;
                         }
                         Ok(None) => {
                             if wake.strong_count() == 0 {
