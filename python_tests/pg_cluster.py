@@ -199,6 +199,10 @@ class PgCluster:
         """pg_ctl stop -m fast: the server is gone (connections refused) when this returns."""
         if not self._running:
             return
+        if not (self.data_dir / "postmaster.pid").exists():
+            # Already down (e.g. an interrupted stop() whose pg_ctl had done its work).
+            self._running = False
+            return
         self._run(self._server_cmd([self._bin("pg_ctl"), "-w", "-t", str(STOP_TIMEOUT_SECONDS),
                                     "-D", str(self.data_dir), "-m", "fast", "stop"]),
                   "pg_ctl stop", STOP_TIMEOUT_SECONDS + 10)
