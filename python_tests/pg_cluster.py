@@ -118,7 +118,12 @@ class PgCluster:
     def _server_cmd(self, args: list[str]) -> list[str]:
         """A server-side command (initdb, pg_ctl), run as the postgres OS user when root."""
         if self._as_root:
-            return ["runuser", "-u", OS_USER, "--", *args]
+            runuser = shutil.which("runuser") or next(
+                (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None)
+            if runuser is None:
+                raise PgClusterError("running as root needs runuser (util-linux) to run the "
+                                     f"PostgreSQL server commands as `{OS_USER}`")
+            return [runuser, "-u", OS_USER, "--", *args]
         return args
 
     def _run(self, cmd: list[str], what: str, timeout: float) -> str:
