@@ -53,13 +53,17 @@ class Gateway:
     """One running gateway process and the addresses it announced."""
 
     def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
-                 binary: Path | None = None, addrs: dict | None = None):
+                 binary: Path | None = None, addrs: dict | None = None,
+                 env: dict | None = None):
         self.binary = Path(binary) if binary else gateway_binary()
         # Listener addresses; every one is 127.0.0.1:0 unless a test overrides it.
         self.addrs = {"proxy": "127.0.0.1:0", "mcp": "127.0.0.1:0",
                       "routes": "127.0.0.1:0", "jwks": "127.0.0.1:0", **(addrs or {})}
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args or [])
+        # Extra environment variables, merged over this process's own (e.g. a replica's
+        # MCP_GATEWAY_KEY_ENCRYPTION_KEY).
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.proxy_addr = self.mcp_addr = self.routes_addr = self.jwks_addr = None
         self.returncode: int | None = None
@@ -90,6 +94,7 @@ class Gateway:
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.env)
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
