@@ -77,9 +77,9 @@ PYTHON_TESTS = ROOT / "python_tests"
 REPLICAS_TESTS = PYTHON_TESTS / "replicas"
 NGINX = Path("/usr/sbin/nginx")
 # The replicas stage runs the Rust tests whose names contain `postgres` and are #[ignore]d
-# (they need MCP_GATEWAY_TEST_DATABASE_URL). While they are being written, finding none is
-# only reported; set this to True to make "0 Rust postgres tests ran" a stage error.
-REQUIRE_RUST_POSTGRES_TESTS = False
+# (they need MCP_GATEWAY_TEST_DATABASE_URL): finding none is an error (a rename would
+# otherwise silently drop the store contract tests against PostgreSQL).
+REQUIRE_RUST_POSTGRES_TESTS = True
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CARGO_RESULT_RE = re.compile(
@@ -512,7 +512,9 @@ def stage_replicas(build_ok: bool) -> StageResult:
                     log("[run_tests] replicas: no Rust postgres tests yet (0 ran); "
                         "not an error while REQUIRE_RUST_POSTGRES_TESTS is False")
 
-    # (c) Replicas behind nginx. The tests start their own clusters and nginx.
+    # (c) Replicas behind nginx. The tests start their own clusters and nginx; one runs the
+    # official TypeScript SDK client through the balancer.
+    ensure_node_modules(CLIENTS_TS, result)
     ARTIFACTS.mkdir(exist_ok=True)
     junit = ARTIFACTS / "pytest-replicas-junit.xml"
     if junit.exists():

@@ -109,6 +109,7 @@ def render(conf_text: str, backends: list[str], listen: str, prefix: Path) -> st
     upstream_servers_done = False
     listen_done = False
     upstreams = 0
+    upstream_name = ""
     for line in conf_text.splitlines():
         code, _comment = _split_comment(line)
         stripped = code.strip()
@@ -128,7 +129,12 @@ def render(conf_text: str, backends: list[str], listen: str, prefix: Path) -> st
                 if upstream_servers_done:
                     continue
                 params = " ".join(args.split()[1:])
-                for b in backends:
+                # `replica_N` is the N-th replica alone (counting round when there are
+                # fewer); any other upstream has them all.
+                mine = backends
+                if upstream_name.startswith("replica_") and upstream_name[8:].isdigit():
+                    mine = [backends[(int(upstream_name[8:]) - 1) % len(backends)]]
+                for b in mine:
                     out.append(f"{indent}server {b}{' ' + params if params else ''};")
                 upstream_servers_done = True
                 continue
@@ -157,6 +163,7 @@ def render(conf_text: str, backends: list[str], listen: str, prefix: Path) -> st
             if block and block[0] == "upstream":
                 upstreams += 1
                 upstream_servers_done = False
+                upstream_name = block[1] if len(block) > 1 else ""
             if block and block[0] == "http":
                 indent = re.match(r"\s*", line).group(0) + "    "
                 for name in TEMP_PATHS:

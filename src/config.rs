@@ -102,6 +102,11 @@ pub struct Config {
     /// another replica), seconds, 1 to 60. A new key of a fleet is published 120 s before it
     /// signs, so every replica has it first.
     pub key_check_seconds: u64,
+    /// This replica's name among several behind one balancer (`[a-z0-9-]`, at most 32):
+    /// the MCP session ids it hands out start with `<replica_id>.`, so the balancer can send
+    /// a session's requests to the replica that holds it (`deploy/nginx.conf`), and a
+    /// session id of another replica gets 404 here.
+    pub replica_id: Option<String>,
     /// The database of `store = "postgres"`: `postgres://user:password@host:port/db`, with
     /// `?sslmode=require` for TLS. Never logged: it may carry a password.
     pub database_url: Option<String>,
@@ -472,6 +477,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             store: StoreKind::Sqlite,
             key_check_seconds: 60,
+            replica_id: None,
             database_url: None,
             key_encryption_key_file: None,
             client_ttl_seconds: 30 * 24 * 3600,
@@ -606,6 +612,15 @@ impl Config {
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(invalid("public_url", "must not have a query or fragment"));
             }
+        }
+        if let Some(id) = &self.replica_id
+            && (id.is_empty()
+                || id.len() > 32
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        {
+            return Err(invalid("replica_id", "must be 1 to 32 of a-z, 0-9 and -"));
         }
         if !(1..=60).contains(&self.key_check_seconds) {
             return Err(invalid(

@@ -100,6 +100,10 @@ struct Cli {
     /// base64). MCP_GATEWAY_KEY_ENCRYPTION_KEY may give the key itself.
     #[arg(long, global = true, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
     key_encryption_key_file: Option<PathBuf>,
+    /// This replica's name behind a balancer: MCP session ids start with `<id>.`, so the
+    /// balancer can route a session to its replica (see deploy/nginx.conf).
+    #[arg(long, env = "MCP_GATEWAY_REPLICA_ID")]
+    replica_id: Option<String>,
     /// How often to re-read the signing keys (a rotation made elsewhere), seconds, 1 to 60.
     #[arg(long, env = "MCP_GATEWAY_KEY_CHECK_SECONDS")]
     key_check_seconds: Option<u64>,
@@ -274,6 +278,7 @@ impl Cli {
             key_check_seconds
         );
         set_some!(
+            replica_id,
             database_url,
             key_encryption_key_file,
             audit_log,

@@ -102,7 +102,8 @@ class Fleet:
                      data_dir: Path | None = None) -> Gateway:
         gen = self._generation.get(i, 0) + 1
         self._generation[i] = gen
-        return Gateway(data_dir or self.tmp / f"replica-{i}-{gen}", list(self.args),
+        return Gateway(data_dir or self.tmp / f"replica-{i}-{gen}",
+                       [*self.args, "--replica-id", f"replica-{i + 1}"],
                        addrs={"proxy": proxy_addr} if proxy_addr else None,
                        env={"MCP_GATEWAY_KEY_ENCRYPTION_KEY": self.key})
 

@@ -1,36 +1,15 @@
 """Three replicas on one PostgreSQL behind nginx: an OAuth flow and an MCP session through
 the balancer, and a replica that is killed and comes back.
-
-Skipped while the binary has no PostgreSQL store (`--help` does not mention
-database-url); the tests turn on by themselves when it does.
 """
 
 from __future__ import annotations
-
-import functools
-import subprocess
 
 import pytest
 
 from flow import (McpClient, authorize_params, full_flow, get_authorize, http_client,
                   pkce_s256, register_client_id)
-from gateway_proc import gateway_binary
 
 
-@functools.lru_cache(maxsize=1)
-def _has_postgres_store() -> bool:
-    binary = gateway_binary()
-    if not binary.exists():
-        return True  # do not hide a missing binary behind a skip: the fixture reports it
-    try:
-        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return True
-    return "database-url" in out.stdout + out.stderr
-
-
-pytestmark = pytest.mark.skipif(not _has_postgres_store(), reason="needs --store postgres")
 
 
 @pytest.fixture

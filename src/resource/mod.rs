@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -354,6 +354,16 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
     })
 }
 
+/// The server's own part of a session id the client sent: all of it on a lone gateway;
+/// behind a balancer, what follows this replica's `<replica_id>.` (another replica's session
+/// is not found here).
+fn own_session<'a>(replica: Option<&str>, sid: &'a str) -> Option<&'a str> {
+    match replica {
+        None => Some(sid),
+        Some(r) => sid.strip_prefix(r)?.strip_prefix('.'),
+    }
+}
+
 /// The answer for a session this identity may not use: exactly that for an unknown one.
 fn session_not_found(id: Value) -> Response {
     (
@@ -516,13 +526,21 @@ pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) 
         sub: identity.sub.clone(),
         client_id: identity.client_id.clone(),
     };
+    // Behind a balancer the ids we hand out name this replica (`<replica_id>.<id>`); the
+    // server behind us sees only its own part.
+    let replica = state.settings.config.replica_id.as_deref();
     let session = match req.headers().get(SESSION_HEADER) {
         None => None,
-        Some(v) => match v.to_str() {
-            Ok(sid) if gate.sessions.check(sid, &owner, now) => Some(sid.to_string()),
+        Some(v) => match v.to_str().ok().and_then(|sid| own_session(replica, sid)) {
+            Some(sid) if gate.sessions.check(sid, &owner, now) => Some(sid.to_string()),
             _ => return session_not_found(reply_to),
         },
     };
+    if let (Some(_), Some(sid)) = (replica, &session)
+        && let Ok(inner) = HeaderValue::from_str(sid)
+    {
+        req.headers_mut().insert(SESSION_HEADER, inner);
+    }
     let deleting = req.method() == Method::DELETE;
 
     // No token passthrough: what follows sees the identity, not the credential.
@@ -550,6 +568,15 @@ pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) 
             }
         }
     }
+    if let Some(replica) = replica
+        && let Some(sid) = res
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        && let Ok(named) = HeaderValue::from_str(&format!("{replica}.{sid}"))
+    {
+        res.headers_mut().insert(SESSION_HEADER, named);
+    }
     // rmcp answers 415 for a body it cannot read as an MCP message; the Content-Type was
     // checked above, so this is the client's malformed request, and a JSON-RPC error.
     if is_post && res.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
@@ -569,8 +596,16 @@ pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use serde_json::json;
+
+    #[test]
+    fn a_replica_serves_only_the_sessions_it_named() {
+        assert_eq!(own_session(None, "abc"), Some("abc"));
+        assert_eq!(own_session(Some("r1"), "r1.abc"), Some("abc"));
+        assert_eq!(own_session(Some("r1"), "r2.abc"), None);
+        assert_eq!(own_session(Some("r1"), "r1abc"), None);
+        assert_eq!(own_session(Some("r1"), "abc"), None);
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
