@@ -80,7 +80,8 @@ def _quote_ident(name: str) -> str:
 class PgCluster:
     """One PostgreSQL cluster in its own temp dir, listening on 127.0.0.1:<port>."""
 
-    def __init__(self, port: int | None = None, bindir: Path | str | None = None):
+    def __init__(self, port: int | None = None, bindir: Path | str | None = None,
+                 server_options: str = ""):
         found = Path(bindir) if bindir else find_bindir()
         if found is None:
             raise PgClusterError(
@@ -88,6 +89,7 @@ class PgCluster:
                 "initdb on PATH): install Debian's `postgresql` package")
         self.bindir = found
         self.port = port  # chosen on the first start, then kept so a restart reuses it
+        self.server_options = server_options  # more `-c name=value` for the server
         self.dir: Path | None = None
         self._as_root = hasattr(os, "geteuid") and os.geteuid() == 0
         self._initialised = False
@@ -165,7 +167,7 @@ class PgCluster:
     def _pg_ctl_start(self, port: int) -> None:
         options = (f"-c listen_addresses=127.0.0.1 -p {port} "
                    f"-c unix_socket_directories={self.dir} "
-                   "-c fsync=off -c max_connections=200")
+                   f"-c fsync=off -c max_connections=200 {self.server_options}")
         self._run(self._server_cmd([self._bin("pg_ctl"), "-w", "-t", str(START_TIMEOUT_SECONDS),
                                     "-D", str(self.data_dir), "-l", str(self.log_file),
                                     "-o", options, "start"]),

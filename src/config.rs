@@ -110,6 +110,9 @@ pub struct Config {
     /// The database of `store = "postgres"`: `postgres://user:password@host:port/db`, with
     /// `?sslmode=require` for TLS. Never logged: it may carry a password.
     pub database_url: Option<String>,
+    /// The CA certificates (PEM) that sign the database server's certificate, for
+    /// `sslmode=require` against a private CA; the system's roots otherwise.
+    pub database_ca_file: Option<PathBuf>,
     /// A file holding the key that encrypts signing keys in a shared store: 32 random bytes,
     /// base64 (`openssl rand -base64 32`). `MCP_GATEWAY_KEY_ENCRYPTION_KEY` gives the key
     /// itself instead. Required with `store = "postgres"`.
@@ -479,6 +482,7 @@ impl Default for Config {
             key_check_seconds: 60,
             replica_id: None,
             database_url: None,
+            database_ca_file: None,
             key_encryption_key_file: None,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
@@ -652,6 +656,7 @@ impl Config {
             }
             (_, None) => {}
         }
+
         if self.upstream.is_some() && self.upstream_cmd.is_some() {
             return Err(invalid(
                 "upstream_cmd",

@@ -209,6 +209,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, GatewayError> {
         StoreKind::Memory => Arc::new(InMemoryStore::new()),
         StoreKind::Postgres => Arc::new(PostgresStore::open(
             config.database_url.as_deref().unwrap_or_default(),
+            config.database_ca_file.as_deref(),
         )?),
     })
 }

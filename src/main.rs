@@ -96,6 +96,10 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// CA certificates (PEM) for the database server's certificate (sslmode=require against
+    /// a private CA); the system's roots otherwise.
+    #[arg(long, global = true, env = "MCP_GATEWAY_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// A file with the key that encrypts signing keys in a shared store (32 random bytes,
     /// base64). MCP_GATEWAY_KEY_ENCRYPTION_KEY may give the key itself.
     #[arg(long, global = true, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
@@ -188,7 +192,7 @@ fn copy_store(
     }
     let source = SqliteStore::open(&path)?;
     let target: std::sync::Arc<dyn mcp_oauth_gateway::store::Store> =
-        std::sync::Arc::new(PostgresStore::open(to)?);
+        std::sync::Arc::new(PostgresStore::open(to, config.database_ca_file.as_deref())?);
     let snapshot = source.snapshot()?;
     let keys = shared_keys(config, target.clone())?;
     target.restore(&snapshot)?;
@@ -278,6 +282,7 @@ impl Cli {
             key_check_seconds
         );
         set_some!(
+            database_ca_file,
             replica_id,
             database_url,
             key_encryption_key_file,

@@ -766,7 +766,7 @@ macro_rules! contract {
 /// A [`PostgresStore`] on a database of its own, made for one test in the cluster that
 /// `MCP_GATEWAY_TEST_DATABASE_URL` names (`run_tests.py replicas` starts a throwaway one).
 fn postgres() -> PostgresStore {
-    PostgresStore::open(&fresh_database()).unwrap()
+    PostgresStore::open(&fresh_database(), None).unwrap()
 }
 
 /// The URL of a new, empty database.

@@ -109,6 +109,8 @@ pub struct PostgresStore {
     pool: Option<Pool>,
     /// Where to connect, for the connection that listens for revocations.
     config: postgres::Config,
+    /// How, likewise.
+    tls: MakeRustlsConnect,
     last_purge: AtomicU64,
 }
 
@@ -139,7 +141,13 @@ fn err(e: postgres::Error) -> StoreError {
 }
 
 fn pool_err(e: r2d2::Error) -> StoreError {
-    StoreError::Unavailable(format!("no database connection: {e}"))
+    let text = e.to_string();
+    let hint = if text.contains("TLS handshake") {
+        " (does database_ca_file, or the system's roots, hold the CA of the server's certificate?)"
+    } else {
+        ""
+    };
+    StoreError::Unavailable(format!("no database connection: {text}{hint}"))
 }
 
 fn int(v: u64) -> i64 {
@@ -198,23 +206,48 @@ fn blocking<T>(f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
     }
 }
 
-/// TLS to the database when the URL asks for it (`sslmode=require`), with the system's
-/// roots; `sslmode=prefer` (the default) uses it when the server offers it.
-fn tls() -> StoreResult<MakeRustlsConnect> {
-    use rustls_platform_verifier::ConfigVerifierExt as _;
-    let config = rustls::ClientConfig::with_platform_verifier()
-        .map_err(|e| StoreError::Unavailable(format!("TLS roots: {e}")))?;
+/// TLS to the database when the URL asks for it (`sslmode=require`; `prefer`, the default,
+/// uses it when the server offers it), verified against `ca_file` (PEM) when given, else
+/// against the system's roots.
+fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<MakeRustlsConnect> {
+    let failed = |what: String| StoreError::Unavailable(format!("database TLS: {what}"));
+    let Some(path) = ca_file else {
+        use rustls_platform_verifier::ConfigVerifierExt as _;
+        let config =
+            rustls::ClientConfig::with_platform_verifier().map_err(|e| failed(e.to_string()))?;
+        return Ok(MakeRustlsConnect::new(config));
+    };
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(failed(format!("{} holds no certificate", path.display())));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
 impl PostgresStore {
-    /// Connect to `url` (`postgres://user:password@host:port/db?sslmode=...`), migrate the
-    /// schema once for the whole fleet, and keep a pool of connections.
-    pub fn open(url: &str) -> StoreResult<Self> {
-        blocking(|| Self::connect(url))
+    /// Connect to `url` (`postgres://user:password@host:port/db?sslmode=...`), verifying the
+    /// server's certificate against `ca_file` when given (else the system's roots), migrate
+    /// the schema once for the whole fleet, and keep a pool of connections.
+    pub fn open(url: &str, ca_file: Option<&std::path::Path>) -> StoreResult<Self> {
+        blocking(|| Self::connect(url, ca_file))
     }
 
-    fn connect(url: &str) -> StoreResult<Self> {
+    fn connect(url: &str, ca_file: Option<&std::path::Path>) -> StoreResult<Self> {
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("database_url: {e}")))?;
         if config.get_connect_timeout().is_none() {
@@ -235,7 +268,8 @@ impl PostgresStore {
             None => timeouts,
         };
         config.options(&options);
-        let manager = PostgresConnectionManager::new(config.clone(), tls()?);
+        let tls = tls(ca_file)?;
+        let manager = PostgresConnectionManager::new(config.clone(), tls.clone());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -246,6 +280,7 @@ impl PostgresStore {
         let store = Self {
             pool: Some(pool),
             config,
+            tls,
             last_purge: AtomicU64::new(0),
         };
         store.migrate()?;
@@ -1168,10 +1203,10 @@ impl Store for PostgresStore {
     }
 
     fn watch_revocations(&self, wake: std::sync::Weak<tokio::sync::Notify>) {
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let spawned = std::thread::Builder::new()
             .name("pg-revocations".into())
-            .spawn(move || listen_for_revocations(&config, &wake));
+            .spawn(move || listen_for_revocations(&config, &tls, &wake));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot listen for revocations; polling only");
         }
@@ -1242,7 +1277,11 @@ impl Store for PostgresStore {
 /// notification, until the view is gone. A lost connection is retried every second;
 /// after reconnecting the view is woken once, to catch up from its sequence number on
 /// whatever was announced meanwhile (its one-second polling goes on regardless).
-fn listen_for_revocations(config: &postgres::Config, wake: &std::sync::Weak<tokio::sync::Notify>) {
+fn listen_for_revocations(
+    config: &postgres::Config,
+    tls: &MakeRustlsConnect,
+    wake: &std::sync::Weak<tokio::sync::Notify>,
+) {
     let wake_up = || match wake.upgrade() {
         Some(n) => {
             n.notify_one();
@@ -1252,9 +1291,9 @@ fn listen_for_revocations(config: &postgres::Config, wake: &std::sync::Weak<toki
     };
     let mut lost = false;
     loop {
-        let connected = tls()
+        let connected = config
+            .connect(tls.clone())
             .map_err(|e| e.to_string())
-            .and_then(|tls| config.connect(tls).map_err(|e| e.to_string()))
             .and_then(|mut c| {
                 c.batch_execute(&format!("LISTEN {REVOCATION_CHANNEL}"))
                     .map(|()| c)
