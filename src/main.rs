@@ -164,6 +164,33 @@ enum KeysAction {
     Rotate,
 }
 
+/// Run a subcommand that changes state, on the configuration the flags and file give:
+/// print what it says, or the error (exit 2).
+fn state_command(
+    cli: Cli,
+    name: &str,
+    run: impl FnOnce(&Config, u64) -> Result<String, mcp_oauth_gateway::gateway::GatewayError>,
+) -> ExitCode {
+    use mcp_oauth_gateway::clock::Clock as _;
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config, mcp_oauth_gateway::clock::SystemClock.now()) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {name}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `store copy`: a SQLite data dir into an empty PostgreSQL database.
 fn copy_store(
     config: &Config,
@@ -401,49 +428,13 @@ async fn main() -> ExitCode {
             action: StoreAction::Copy { from, to },
         }) => {
             let (from, to) = (from.clone(), to.clone());
-            let config = match cli.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("mcp-oauth-gateway: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            use mcp_oauth_gateway::clock::Clock as _;
-            let now = mcp_oauth_gateway::clock::SystemClock.now();
-            return match copy_store(&config, &from, &to, now) {
-                Ok(message) => {
-                    println!("{message}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mcp-oauth-gateway: store copy: {e}");
-                    ExitCode::from(2)
-                }
-            };
+            return state_command(cli, "store copy", |config, now| {
+                copy_store(config, &from, &to, now)
+            });
         }
         Some(Command::Keys {
             action: KeysAction::Rotate,
-        }) => {
-            let config = match cli.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("mcp-oauth-gateway: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            use mcp_oauth_gateway::clock::Clock as _;
-            let now = mcp_oauth_gateway::clock::SystemClock.now();
-            return match rotate_keys(&config, now) {
-                Ok(message) => {
-                    println!("{message}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mcp-oauth-gateway: {e}");
-                    ExitCode::from(2)
-                }
-            };
-        }
+        }) => return state_command(cli, "keys rotate", rotate_keys),
         None => {}
     }
     let config = match cli.into_config() {

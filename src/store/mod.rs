@@ -595,6 +595,35 @@ impl StoreError {
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A number for a signed 64-bit database column (saturating).
+pub(crate) fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A record that does not decode: its kind and where the decoder stopped, never its text.
+fn json_err<T>(e: &serde_json::Error) -> StoreError {
+    let kind = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("record");
+    StoreError::Corrupt(format!(
+        "a {kind} record: {:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
+}
+
+/// A record as the databases keep it: JSON beside the columns queries need.
+pub(crate) fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| json_err::<T>(&e))
+}
+
+/// A record back from its JSON.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| json_err::<T>(&e))
+}
+
 /// Everything the authorization and resource servers keep.
 pub trait Store: Send + Sync + 'static {
     /// Save a new client.

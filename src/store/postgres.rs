@@ -23,7 +23,6 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -31,7 +30,7 @@ use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
     LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
     RevocationBatch, RotateOutcome, SealedKey, Store, StoreError, StoreResult, StoredEvent,
-    sort_clients, sort_grants,
+    from_json, int, sort_clients, sort_grants, to_json,
 };
 
 /// Schema migrations, applied in order under an advisory lock; `mcp_gateway_schema`
@@ -150,37 +149,12 @@ fn pool_err(e: r2d2::Error) -> StoreError {
     StoreError::Unavailable(format!("no database connection: {text}{hint}"))
 }
 
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn uint(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
 fn count(n: i64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
-}
-
-fn json_err<T>(e: &serde_json::Error) -> StoreError {
-    let kind = std::any::type_name::<T>()
-        .rsplit("::")
-        .next()
-        .unwrap_or("record");
-    StoreError::Corrupt(format!(
-        "a {kind} record: {:?} error at line {} column {}",
-        e.classify(),
-        e.line(),
-        e.column()
-    ))
-}
-
-fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| json_err::<T>(&e))
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| json_err::<T>(&e))
 }
 
 fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {

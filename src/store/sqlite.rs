@@ -7,13 +7,12 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
     LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
-    RevocationBatch, RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
+    RevocationBatch, RotateOutcome, Store, StoreError, StoreResult, from_json, int, sort_clients,
+    sort_grants, to_json,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -139,34 +138,6 @@ fn err(e: rusqlite::Error) -> StoreError {
 /// A file system failure around the database file.
 fn io_err(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-/// SQLite integers are signed; our times are far below `i64::MAX`.
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Why a record does not encode or decode: its kind and where in the JSON, not serde's
-/// message, which quotes the offending value.
-fn json_err<T>(e: &serde_json::Error) -> StoreError {
-    let kind = std::any::type_name::<T>()
-        .rsplit("::")
-        .next()
-        .unwrap_or("record");
-    StoreError::Corrupt(format!(
-        "a {kind} record: {:?} error at line {} column {}",
-        e.classify(),
-        e.line(),
-        e.column()
-    ))
-}
-
-fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| json_err::<T>(&e))
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| json_err::<T>(&e))
 }
 
 impl SqliteStore {
