@@ -268,6 +268,25 @@ def parse_junit(path: Path, result: StageResult) -> bool:
     return True
 
 
+def run_pytest(result: StageResult, args: list[str], junit_name: str, env: dict) -> None:
+    """pytest ARGS in the venv, its junit report counted into RESULT; a run that wrote no
+    report, ran no test or failed without a failing test is an error."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    junit = ARTIFACTS / junit_name
+    if junit.exists():
+        junit.unlink()
+    what = f"pytest {args[0]}"
+    code, _ = run([str(venv_python()), "-m", "pytest", *args, "-q", "-rfE", "--color=no",
+                   "-p", "no:cacheprovider", f"--junitxml={junit}"], env=env)
+    before = result.passed + result.failed
+    if not parse_junit(junit, result):
+        result.error(f"{what} exited {code} and wrote no junit report")
+    elif code == 5 or result.passed + result.failed == before:
+        result.error(f"{what} ran no tests")
+    elif code != 0 and result.failed == 0:
+        result.error(f"{what} exited {code}")
+
+
 def stage_flow(build_ok: bool) -> StageResult:
     result = StageResult("flow")
     banner("flow: pytest python_tests")
@@ -281,23 +300,10 @@ def stage_flow(build_ok: bool) -> StageResult:
     # Third-party servers the flow tests start (server-everything, oidc-provider). A failed
     # install is reported, and the rest of the flow tests still run.
     ensure_node_modules(CLIENTS_THIRDPARTY, result)
-    ARTIFACTS.mkdir(exist_ok=True)
-    junit = ARTIFACTS / "pytest-junit.xml"
-    if junit.exists():
-        junit.unlink()
     env = base_env()
     env["GATEWAY_BIN"] = str(binary)
     # python_tests/replicas needs PostgreSQL and nginx: the replicas stage runs it.
-    code, _ = run([str(venv_python()), "-m", "pytest", "python_tests", "-q", "-rfE",
-                   "--color=no", "-p", "no:cacheprovider", f"--ignore={REPLICAS_TESTS}",
-                   f"--junitxml={junit}"], env=env)
-    if not parse_junit(junit, result):
-        result.error(f"pytest exited {code} and wrote no junit report")
-        return result
-    if code == 5 or result.passed + result.failed == 0:
-        result.error("pytest collected no tests")
-    elif code != 0 and result.failed == 0:
-        result.error(f"pytest exited {code}")
+    run_pytest(result, ["python_tests", f"--ignore={REPLICAS_TESTS}"], "pytest-junit.xml", env)
     return result
 
 
@@ -515,26 +521,13 @@ def stage_replicas(build_ok: bool) -> StageResult:
     # (c) Replicas behind nginx. The tests start their own clusters and nginx; one runs the
     # official TypeScript SDK client through the balancer.
     ensure_node_modules(CLIENTS_TS, result)
-    ARTIFACTS.mkdir(exist_ok=True)
-    junit = ARTIFACTS / "pytest-replicas-junit.xml"
-    if junit.exists():
-        junit.unlink()
     env = base_env()
     env["GATEWAY_BIN"] = str(binary)
     nginx = nginx_bin()
     if nginx is not None:
         env["NGINX_BIN"] = str(nginx)
-    code, _ = run([str(venv_python()), "-m", "pytest", str(REPLICAS_TESTS.relative_to(ROOT)),
-                   "-q", "-rfEs", "--color=no", "-p", "no:cacheprovider",
-                   f"--junitxml={junit}"], env=env)
-    before = result.passed + result.failed
-    if not parse_junit(junit, result):
-        result.error(f"pytest python_tests/replicas exited {code} and wrote no junit report")
-        return result
-    if code == 5 or result.passed + result.failed == before:
-        result.error("pytest python_tests/replicas ran no tests")
-    elif code != 0 and result.failed == 0:
-        result.error(f"pytest python_tests/replicas exited {code}")
+    run_pytest(result, [str(REPLICAS_TESTS.relative_to(ROOT)), "-rs"],
+               "pytest-replicas-junit.xml", env)
     return result
 
 
