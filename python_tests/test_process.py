@@ -28,6 +28,38 @@ def test_process_port_in_use_exits_2(tmp_path):
         assert code == 2, gw.log_tail()
 
 
+def test_a_taken_internal_port_names_the_setting_that_moves_it(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        addr = "127.0.0.1:%d" % busy.getsockname()[1]
+        gw = Gateway(tmp_path / "data", addrs={"mcp": addr})
+        gw.spawn()
+        try:
+            code = gw.wait_exit()
+        finally:
+            gw.stop()
+        assert code == 2, gw.log_tail()
+        line = gw.log_tail()
+        assert f"cannot listen on {addr} (mcp)" in line, line
+        assert "mcp_addr (--mcp-addr, MCP_GATEWAY_MCP_ADDR)" in line, line
+
+
+def test_an_upstream_on_the_gateways_own_listener_is_refused_naming_it(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gw = Gateway(tmp_path / "data", ["--upstream", f"http://localhost:{port}/mcp"],
+                 addrs={"mcp": f"127.0.0.1:{port}"})
+    gw.spawn()
+    try:
+        code = gw.wait_exit()
+    finally:
+        gw.stop()
+    assert code == 2, gw.log_tail()
+    assert f"is the gateway's own mcp_addr (127.0.0.1:{port})" in gw.log_tail(), gw.log_tail()
+
+
 def test_process_all_four_listeners_are_distinct_loopback_ports(gateway):
     addrs = [gateway.proxy_addr, gateway.mcp_addr, gateway.routes_addr, gateway.jwks_addr]
     assert all(a.startswith("127.0.0.1:") for a in addrs), addrs

@@ -669,6 +669,33 @@ impl Config {
         }
         if let Some(url) = &self.upstream {
             let parsed = Url::parse(url).map_err(|e| invalid("upstream", &e.to_string()))?;
+            // An upstream on one of our own listeners' addresses would be the gateway
+            // itself (or refuse to start beside it): say which listener to move.
+            if let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) {
+                let ours = [
+                    ("proxy_addr", self.proxy_addr),
+                    ("mcp_addr", self.mcp_addr),
+                    ("routes_addr", self.routes_addr),
+                    ("jwks_addr", self.jwks_addr),
+                ];
+                let loopback = host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+                if let Some((key, addr)) = ours.iter().find(|(_, a)| {
+                    a.port() == port && port != 0 && (loopback || a.ip().to_string() == host)
+                }) {
+                    return Err(ConfigError::Invalid {
+                        key: "upstream",
+                        message: format!(
+                            "{url} is the gateway's own {key} ({addr}); move that listener \
+                             (e.g. {key} = \"127.0.0.1:0\" or --{}) or the upstream server",
+                            key.replace('_', "-")
+                        ),
+                    });
+                }
+            }
             if parsed.scheme() != "http" || parsed.host().is_none() {
                 return Err(invalid(
                     "upstream",

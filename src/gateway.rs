@@ -31,9 +31,13 @@ use crate::store::{Store, StoreError};
 use crate::tokens::keys::{KeyEncryptionKey, KeyError, KeyRing, SharedKeys};
 use crate::{authz, mcp, proxy, resource, tokens};
 
-/// A listener that could not be bound.
+/// A listener that could not be bound. The message names the setting that moves it: the
+/// internal listeners' default ports (3001, 3003, 3004) are ones other MCP servers like too.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({name}): {source}")]
+#[error(
+    "cannot listen on {addr} ({name}): {source}{hint}",
+    hint = bind_hint(name, source)
+)]
 pub struct BindError {
     /// Which listener.
     pub name: &'static str,
@@ -41,6 +45,28 @@ pub struct BindError {
     pub addr: SocketAddr,
     /// Why.
     pub source: std::io::Error,
+}
+
+/// What to change when a listener's address is taken or not ours.
+fn bind_hint(name: &str, source: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    if !matches!(
+        source.kind(),
+        ErrorKind::AddrInUse | ErrorKind::AddrNotAvailable | ErrorKind::PermissionDenied
+    ) {
+        return String::new();
+    }
+    let key = format!("{name}_addr");
+    let env = format!("MCP_GATEWAY_{}_ADDR", name.to_ascii_uppercase());
+    let busy = if source.kind() == ErrorKind::AddrInUse {
+        "; another program has that port (an MCP server on 3001, say)"
+    } else {
+        ""
+    };
+    format!(
+        "{busy}; move this listener with {key} (--{}-addr, {env}), e.g. 127.0.0.1:0 for any free port",
+        name
+    )
 }
 
 /// Why the gateway could not start.
