@@ -83,6 +83,9 @@ pub struct Config {
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
     /// streams) are not cut by it.
     pub upstream_timeout_seconds: u64,
+    /// On SIGTERM or Ctrl-C, how long open connections (SSE streams included) may take to
+    /// finish before the gateway closes them and exits, seconds.
+    pub shutdown_timeout_seconds: u64,
     /// A connection whose request headers are not complete this long after it opened (or
     /// after the previous response) is closed, seconds.
     pub header_read_timeout_seconds: u64,
@@ -474,6 +477,7 @@ impl Default for Config {
             tls_key: None,
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
+            shutdown_timeout_seconds: 10,
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 120,
             max_connections_per_source: 512,

@@ -427,12 +427,28 @@ impl Gateway {
             "listening"
         );
         let mut first_error = None;
-        for task in tasks {
-            let result = task.await.map_err(std::io::Error::other).and_then(|r| r);
-            if let Err(e) = result {
-                tracing::error!(error = %e, "listener failed");
-                stop.cancel();
-                first_error.get_or_insert(e);
+        let drain = async {
+            for task in tasks {
+                let result = task.await.map_err(std::io::Error::other).and_then(|r| r);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "listener failed");
+                    stop.cancel();
+                    first_error.get_or_insert(e);
+                }
+            }
+        };
+        // Streams that never end on their own (an upstream's SSE, say) get this long after
+        // the stop; then they are dropped with the runtime.
+        let grace =
+            std::time::Duration::from_secs(state.shared.settings.config.shutdown_timeout_seconds);
+        let deadline = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            () = drain => {}
+            () = deadline => {
+                tracing::warn!(seconds = grace.as_secs(), "connections still open after the shutdown timeout: closing them");
             }
         }
         tracing::info!("stopped");
