@@ -86,6 +86,9 @@ pub struct Config {
     /// On SIGTERM or Ctrl-C, how long open connections (SSE streams included) may take to
     /// finish before the gateway closes them and exits, seconds.
     pub shutdown_timeout_seconds: u64,
+    /// CA certificates (PEM) that sign an https `upstream`'s certificate (a private CA);
+    /// the system's roots otherwise.
+    pub upstream_ca_file: Option<PathBuf>,
     /// A connection whose request headers are not complete this long after it opened (or
     /// after the previous response) is closed, seconds.
     pub header_read_timeout_seconds: u64,
@@ -478,6 +481,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             upstream_timeout_seconds: 30,
             shutdown_timeout_seconds: 10,
+            upstream_ca_file: None,
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 120,
             max_connections_per_source: 512,
@@ -700,10 +704,10 @@ impl Config {
                     });
                 }
             }
-            if parsed.scheme() != "http" || parsed.host().is_none() {
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                 return Err(invalid(
                     "upstream",
-                    "must be an http:// URL of a streamable-HTTP MCP server",
+                    "must be an http:// or https:// URL of a streamable-HTTP MCP server",
                 ));
             }
         }

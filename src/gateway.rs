@@ -338,6 +338,7 @@ impl Gateway {
                 let c = &state.shared.settings.config;
                 let upstream = mcp::upstream::Upstream::new(
                     url,
+                    c.upstream_ca_file.as_deref(),
                     &c.upstream_headers,
                     c.identity_headers.clone(),
                     state.resource.policy.clone(),

@@ -6,8 +6,10 @@
 //! Layers, bottom to top; a module imports only from layers below it (files of its own
 //! module excepted), which `tests/integration/layers.rs` checks on every run.
 //!
+//! 0. [`roots`]: whom TLS connections out (the database, upstreams) trust.
 //! 1. [`clock`], [`secret`] (random values, hashing, constant-time comparison, password
-//!    hashes), [`metrics`], [`store`] (the storage trait, SQLite and in-memory stores).
+//!    hashes), [`metrics`], [`store`] (the storage trait; SQLite, in-memory and
+//!    PostgreSQL stores).
 //! 2. [`web`]: what every HTTP role uses: client address, request id, origin checks, the
 //!    HTML kit, sessions and cookies, the path table, redirect URI rules, well-known URLs.
 //! 3. [`config`]: the one `Config` (TOML file, env, CLI flags), validated at start.
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod resource;
+pub mod roots;
 pub mod secret;
 pub mod settings;
 pub mod shared;

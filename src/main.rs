@@ -69,6 +69,9 @@ struct Cli {
     /// Protect this streamable-HTTP MCP server instead of the built-in one.
     #[arg(long, env = "MCP_GATEWAY_UPSTREAM")]
     upstream: Option<String>,
+    /// CA certificates (PEM) for an https --upstream with a private CA (else the system's roots).
+    #[arg(long, env = "MCP_GATEWAY_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<PathBuf>,
     /// Spawn this stdio MCP server and protect it instead of the built-in one.
     #[arg(long, env = "MCP_GATEWAY_UPSTREAM_CMD")]
     upstream_cmd: Option<String>,
@@ -309,6 +312,7 @@ impl Cli {
             key_check_seconds
         );
         set_some!(
+            upstream_ca_file,
             database_ca_file,
             replica_id,
             database_url,

@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::config::IdentityHeaders;
 use crate::metrics::Metrics;
-use crate::proxy::hop::{self, HttpClient, SendError};
+use crate::proxy::hop::{self, SendError, TlsClient};
 use crate::resource::policy::ScopePolicy;
 use crate::resource::{Identity, JsonRpcId, JsonRpcMethods};
 
@@ -36,9 +36,10 @@ pub struct UpstreamError {
 /// The upstream connector's state.
 #[derive(Clone)]
 pub struct Upstream {
+    scheme: &'static str,
     authority: String,
     path: String,
-    client: HttpClient,
+    client: TlsClient,
     static_headers: HeaderMap,
     identity: IdentityHeaders,
     policy: Arc<ScopePolicy>,
@@ -47,9 +48,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A connector to `url` (http only: upstreams sit beside the gateway).
+    /// A connector to `url`: http, or https verified against `ca_file` (PEM) when given,
+    /// else the system's roots, with SNI and `Host` from the URL.
     pub fn new(
         url: &str,
+        ca_file: Option<&std::path::Path>,
         static_headers: &BTreeMap<String, String>,
         identity: IdentityHeaders,
         policy: Arc<ScopePolicy>,
@@ -61,9 +64,11 @@ impl Upstream {
             message: message.to_string(),
         };
         let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        if parsed.scheme() != "http" {
-            return Err(bad("only http:// upstreams are supported"));
-        }
+        let scheme = match parsed.scheme() {
+            "http" => "http",
+            "https" => "https",
+            _ => return Err(bad("only http:// and https:// upstreams are supported")),
+        };
         let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
         let authority = match parsed.port() {
             Some(p) => format!("{host}:{p}"),
@@ -75,10 +80,12 @@ impl Upstream {
             let value = HeaderValue::try_from(v.as_str()).map_err(|_| bad("bad header value"))?;
             headers.insert(name, value);
         }
+        let tls = crate::roots::client_config(ca_file).map_err(|e| bad(&e))?;
         Ok(Self {
+            scheme,
             authority,
             path: parsed.path().to_string(),
-            client: hop::client(None),
+            client: hop::tls_client(tls),
             static_headers: headers,
             identity,
             policy,
@@ -168,7 +175,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         Some(q) => format!("{}?{q}", up.path),
         None => up.path.clone(),
     };
-    if hop::retarget(&mut parts, &up.authority, &pq).is_err() {
+    if hop::retarget(&mut parts, up.scheme, &up.authority, &pq).is_err() {
         return jsonrpc_failure(StatusCode::BAD_REQUEST, &id, "invalid request target");
     }
     let h = &mut parts.headers;
@@ -202,7 +209,15 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         Ok(res) => res,
         Err(SendError::Unreachable(e)) => {
             up.metrics.upstream_error();
-            tracing::warn!(upstream = %up.authority, error = %e, "upstream unreachable");
+            // The cause (refused, a certificate that does not verify, ...) is in the chain.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(": ");
+                why.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::warn!(upstream = %up.authority, error = %why, "upstream unreachable");
             return jsonrpc_failure(
                 StatusCode::BAD_GATEWAY,
                 &id,
@@ -267,6 +282,7 @@ mod tests {
         let new = |u: &str| {
             Upstream::new(
                 u,
+                None,
                 &BTreeMap::new(),
                 IdentityHeaders::default(),
                 p.clone(),
@@ -275,7 +291,8 @@ mod tests {
             )
         };
         assert!(new("http://127.0.0.1:9/mcp").is_ok());
-        assert!(new("https://x/mcp").is_err());
+        assert!(new("https://x/mcp").is_ok());
+        assert!(new("ftp://x/mcp").is_err());
         assert!(new("not a url").is_err());
     }
 }

@@ -187,7 +187,7 @@ pub async fn proxy_handler(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    if hop::retarget(&mut parts, &addr.to_string(), &pq).is_err() {
+    if hop::retarget(&mut parts, "http", &addr.to_string(), &pq).is_err() {
         return (StatusCode::BAD_REQUEST, "invalid request target").into_response();
     }
     let h = &mut parts.headers;

@@ -20,6 +20,23 @@ use hyper_util::rt::TokioExecutor;
 /// The client forwarders send with.
 pub type HttpClient = Client<HttpConnector, Body>;
 
+/// The client for targets that may be https (an upstream MCP server): the same pool and
+/// connector, with TLS verified per `tls` when the target's scheme asks for it.
+pub type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// A pooled client for http and https targets; see [`client`].
+pub fn tls_client(tls: rustls::ClientConfig) -> TlsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// A pooled client for plain-HTTP targets beside the gateway, without Nagle's delay (small
 /// SSE events and JSON-RPC answers must not wait). `pool_idle_timeout`: how long an idle
 /// pooled connection is kept (`None`: hyper's default).
@@ -77,16 +94,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// Point a request at `http://{authority}{path_and_query}` over HTTP/1.1: its hop-by-hop
-/// headers dropped and its `Host` the target's (the servers behind check it). Fails, leaving
-/// `parts` as they were, when that is not a URI.
+/// Point a request at `{scheme}://{authority}{path_and_query}` over HTTP/1.1: its
+/// hop-by-hop headers dropped and its `Host` the target's (the servers behind check it).
+/// Fails, leaving `parts` as they were, when that is not a URI.
 pub fn retarget(
     parts: &mut Parts,
+    scheme: &str,
     authority: &str,
     path_and_query: &str,
 ) -> Result<(), axum::http::Error> {
     parts.uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path_and_query)
         .build()?;
@@ -111,11 +129,14 @@ pub enum SendError {
 
 /// Send `req` with `timeout` on the response head only (the bodies stream for as long as
 /// they take), and drop the response's hop-by-hop headers.
-pub async fn send(
-    client: &HttpClient,
+pub async fn send<C>(
+    client: &Client<C, Body>,
     timeout: Duration,
     req: Request,
-) -> Result<Response, SendError> {
+) -> Result<Response, SendError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(res)) => {
             let (mut parts, body) = res.into_parts();
@@ -159,13 +180,13 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        retarget(&mut parts, "127.0.0.1:3001", "/mcp?x=1").unwrap();
+        retarget(&mut parts, "http", "127.0.0.1:3001", "/mcp?x=1").unwrap();
         assert_eq!(parts.uri, "http://127.0.0.1:3001/mcp?x=1");
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers[header::HOST], "127.0.0.1:3001");
         assert!(!parts.headers.contains_key("x-hop"));
         assert!(parts.headers.contains_key(header::AUTHORIZATION));
-        assert!(retarget(&mut parts, "bad host", "/").is_err());
+        assert!(retarget(&mut parts, "http", "bad host", "/").is_err());
         assert_eq!(parts.uri, "http://127.0.0.1:3001/mcp?x=1");
     }
 }

@@ -184,33 +184,9 @@ fn blocking<T>(f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
 /// uses it when the server offers it), verified against `ca_file` (PEM) when given, else
 /// against the system's roots.
 fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<MakeRustlsConnect> {
-    let failed = |what: String| StoreError::Unavailable(format!("database TLS: {what}"));
-    let Some(path) = ca_file else {
-        use rustls_platform_verifier::ConfigVerifierExt as _;
-        let config =
-            rustls::ClientConfig::with_platform_verifier().map_err(|e| failed(e.to_string()))?;
-        return Ok(MakeRustlsConnect::new(config));
-    };
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| failed(format!("{}: {e}", path.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(failed(format!("{} holds no certificate", path.display())));
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    crate::roots::client_config(ca_file)
+        .map(MakeRustlsConnect::new)
+        .map_err(|e| StoreError::Unavailable(format!("database TLS: {e}")))
 }
 
 impl PostgresStore {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// the admin page is built on the authorization server, the MCP server stands behind the
 /// resource server, TLS wraps the proxy's listener; the gateway wires everything.
 const LAYERS: &[&[&str]] = &[
+    &["roots"],
     &["clock", "secret", "metrics", "store"],
     &["web"],
     &["config"],
