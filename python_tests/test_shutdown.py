@@ -20,7 +20,7 @@ from flow import McpClient, full_flow
 class EndlessUpstream:
     def __init__(self):
         self.stopping = threading.Event()
-        self.streaming = threading.Event()  # set once a GET stream has sent its first event
+        self.streaming = threading.Event()  # set once a GET stream is being answered
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +46,7 @@ class EndlessUpstream:
                 self.wfile.write(body)
 
             def do_GET(self):
+                owner.streaming.set()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
@@ -55,7 +56,6 @@ class EndlessUpstream:
                         self.wfile.flush()
                     except OSError:
                         return
-                    owner.streaming.set()
                     owner.stopping.wait(0.2)  # an event every 0.2 s until the test ends
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
