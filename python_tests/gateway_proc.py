@@ -69,6 +69,7 @@ class Gateway:
         self.returncode: int | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=2000)
         self._lines_lock = threading.Lock()
+        self._new_line = threading.Condition(self._lines_lock)  # notified on every line
         self._ready = threading.Event()  # set on the readiness line or on stderr EOF
         self._threads: list[threading.Thread] = []
 
@@ -157,8 +158,9 @@ class Gateway:
     # -- pipe draining -----------------------------------------------------
 
     def _record(self, line: str) -> None:
-        with self._lines_lock:
+        with self._new_line:
             self._lines.append(line)
+            self._new_line.notify_all()
 
     def _drain(self, name: str, pipe, watch_ready: bool) -> None:
         try:
@@ -198,6 +200,16 @@ class Gateway:
     def log_lines(self) -> list[str]:
         with self._lines_lock:
             return list(self._lines)
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The first log line containing `text`, waiting (on the line reader, not on time)
+        for the gateway to write it; AssertionError with the log when it never does."""
+        def found():
+            return next((line for line in self._lines if text in line), None)
+        with self._new_line:
+            line = self._new_line.wait_for(found, timeout)
+        assert line, f"no log line with {text!r} within {timeout}s\n{self.log_tail()}"
+        return line
 
     def log_tail(self, n: int = 80) -> str:
         lines = self.log_lines()[-n:]

@@ -99,7 +99,7 @@ def test_sigterm_with_an_upstream_stream_open_exits_within_the_shutdown_timeout(
         assert upstream.streaming.is_set()
         code = gw.stop()
         assert code == 0, f"exit {code}\n{gw.log_tail()}"
-        assert "closing them" in gw.log_tail(), gw.log_tail()
+        gw.wait_for_log("closing them")
         reader.join(30)
         assert not reader.is_alive(), "the client's stream was not ended"
     finally:
