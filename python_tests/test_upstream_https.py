@@ -37,28 +37,29 @@ def _cert(subject: str, issuer_name, issuer_key, public_key, *, ca: bool, sans=(
 
 
 def make_pki(dest: Path) -> tuple[Path, Path, Path]:
-    """(ca.pem, server.pem, server.key) for 127.0.0.1 and localhost."""
+    """(ca.pem, server.pem, server.key) for 127.0.0.1 and localhost; also client.pem and
+    client.key, a client certificate from the same CA, in `dest`."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream test CA")])
     ca = _cert("upstream test CA", ca_name, ca_key, ca_key.public_key(), ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert("localhost", ca_name, ca_key, key.public_key(), ca=False,
-                 sans=[x509.DNSName("localhost"),
-                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    paths = dest / "ca.pem", dest / "server.pem", dest / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
+    (dest / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name, sans in (("server", [x509.DNSName("localhost"),
+                                   x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       ("client", [x509.DNSName("gateway.test")])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(name, ca_name, ca_key, key.public_key(), ca=False, sans=sans)
+        (dest / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (dest / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    return dest / "ca.pem", dest / "server.pem", dest / "server.key"
 
 
 class TlsUpstream:
     """Answers every JSON-RPC request (initialize, tools/list with one tool) over https,
     and records the Host and SNI it was reached with."""
 
-    def __init__(self, cert: Path, key: Path):
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None):
         self.hosts: list[str] = []
         self.sni: list[str | None] = []
         owner = self
@@ -90,6 +91,9 @@ class TlsUpstream:
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
+        if client_ca is not None:  # mutual TLS: a client certificate from this CA, or no talk
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(client_ca)
         ctx.sni_callback = lambda sock, name, _ctx: owner.sni.append(name)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -133,5 +137,27 @@ def test_an_upstream_certificate_that_does_not_verify_is_502_with_a_reason(
         assert not up.hosts, "no request reached an unverified server"
         line = gw.wait_for_log("upstream unreachable")
         assert "certificate" in line.lower(), line
+    finally:
+        up.close()
+
+
+def test_an_upstream_that_asks_for_a_client_certificate_gets_the_configured_one(
+        gateway_factory, http, tmp_path):
+    ca, cert, key = make_pki(tmp_path)
+    up = TlsUpstream(cert, key, client_ca=ca)
+    try:
+        config = tmp_path / "mtls.toml"
+        config.write_text(f'upstream_client_cert = "{tmp_path / "client.pem"}"\n'
+                          f'upstream_client_key = "{tmp_path / "client.key"}"\n')
+        gw = gateway_factory("--upstream", f"https://localhost:{up.port}/mcp",
+                             "--upstream-ca-file", str(ca), "--config", str(config))
+        tokens = full_flow(http, gw.base)
+        assert McpClient(http, gw.base, tokens.access_token).initialize().status == 200
+        # Without the certificate the upstream refuses the handshake: 502.
+        bare = gateway_factory("--upstream", f"https://localhost:{up.port}/mcp",
+                               "--upstream-ca-file", str(ca))
+        tokens = full_flow(http, bare.base)
+        assert McpClient(http, bare.base, tokens.access_token).initialize().status == 502
+        bare.wait_for_log("upstream unreachable")
     finally:
         up.close()

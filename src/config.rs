@@ -89,6 +89,11 @@ pub struct Config {
     /// CA certificates (PEM) that sign an https `upstream`'s certificate (a private CA);
     /// the system's roots otherwise.
     pub upstream_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, then intermediates) for an https upstream that asks for
+    /// one, with `upstream_client_key`.
+    pub upstream_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `upstream_client_cert`.
+    pub upstream_client_key: Option<PathBuf>,
     /// A connection whose request headers are not complete this long after it opened (or
     /// after the previous response) is closed, seconds.
     pub header_read_timeout_seconds: u64,
@@ -482,6 +487,8 @@ impl Default for Config {
             upstream_timeout_seconds: 30,
             shutdown_timeout_seconds: 10,
             upstream_ca_file: None,
+            upstream_client_cert: None,
+            upstream_client_key: None,
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 120,
             max_connections_per_source: 512,
@@ -669,6 +676,12 @@ impl Config {
             return Err(invalid(
                 "upstream_cmd",
                 "give either upstream or upstream_cmd, not both",
+            ));
+        }
+        if self.upstream_client_cert.is_some() != self.upstream_client_key.is_some() {
+            return Err(invalid(
+                "upstream_client_cert",
+                "give upstream_client_cert and upstream_client_key together",
             ));
         }
         if let Some(cmd) = &self.upstream_cmd {

@@ -336,9 +336,15 @@ impl Gateway {
         let mcp_router = match &state.shared.settings.config.upstream {
             Some(url) => {
                 let c = &state.shared.settings.config;
+                let identity = match (&c.upstream_client_cert, &c.upstream_client_key) {
+                    (Some(cert), Some(key)) => Some(crate::roots::Identity { cert, key }),
+                    _ => None,
+                };
+                let tls = crate::roots::client_config(c.upstream_ca_file.as_deref(), identity)
+                    .map_err(|e| std::io::Error::other(format!("upstream TLS: {e}")))?;
                 let upstream = mcp::upstream::Upstream::new(
                     url,
-                    c.upstream_ca_file.as_deref(),
+                    tls,
                     &c.upstream_headers,
                     c.identity_headers.clone(),
                     state.resource.policy.clone(),

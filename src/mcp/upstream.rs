@@ -48,11 +48,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A connector to `url`: http, or https verified against `ca_file` (PEM) when given,
-    /// else the system's roots, with SNI and `Host` from the URL.
+    /// A connector to `url`: http, or https under `tls` (whom to trust, which client
+    /// certificate to show; see [`crate::roots::client_config`]), with SNI and `Host` from
+    /// the URL.
     pub fn new(
         url: &str,
-        ca_file: Option<&std::path::Path>,
+        tls: rustls::ClientConfig,
         static_headers: &BTreeMap<String, String>,
         identity: IdentityHeaders,
         policy: Arc<ScopePolicy>,
@@ -80,7 +81,6 @@ impl Upstream {
             let value = HeaderValue::try_from(v.as_str()).map_err(|_| bad("bad header value"))?;
             headers.insert(name, value);
         }
-        let tls = crate::roots::client_config(ca_file).map_err(|e| bad(&e))?;
         Ok(Self {
             scheme,
             authority,
@@ -282,7 +282,7 @@ mod tests {
         let new = |u: &str| {
             Upstream::new(
                 u,
-                None,
+                crate::roots::client_config(None, None).unwrap(),
                 &BTreeMap::new(),
                 IdentityHeaders::default(),
                 p.clone(),

@@ -184,7 +184,7 @@ fn blocking<T>(f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
 /// uses it when the server offers it), verified against `ca_file` (PEM) when given, else
 /// against the system's roots.
 fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<MakeRustlsConnect> {
-    crate::roots::client_config(ca_file)
+    crate::roots::client_config(ca_file, None)
         .map(MakeRustlsConnect::new)
         .map_err(|e| StoreError::Unavailable(format!("database TLS: {e}")))
 }
