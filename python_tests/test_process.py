@@ -132,3 +132,20 @@ def test_trusted_proxies_flags_start(tmp_path):
     gw = Gateway(tmp_path / "data", extra_args=[
         "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1/128"]).start()
     assert gw.stop() == 0, gw.log_tail()
+
+
+def test_version_names_the_release_and_the_git_revision():
+    import re
+    import subprocess
+
+    from gateway_proc import REPO_ROOT, gateway_binary
+
+    out = subprocess.run([str(gateway_binary()), "--version"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    m = re.fullmatch(r"mcp-oauth-gateway (\d+\.\d+\.\d+) \(([0-9a-f]{12}|unknown)\)\n", out.stdout)
+    assert m, out.stdout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60)
+    if head.returncode == 0:  # built from this checkout: the revision it was built from
+        assert head.stdout.startswith(m.group(2)), (m.group(2), head.stdout)

@@ -11,7 +11,11 @@ use mcp_oauth_gateway::{Config, Gateway, Listeners};
 
 /// OAuth 2.1 gateway for MCP servers.
 #[derive(Debug, Parser)]
-#[command(name = "mcp-oauth-gateway", version, about)]
+#[command(
+    name = "mcp-oauth-gateway",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MCP_GATEWAY_GIT_REVISION"), ")"),
+    about
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
