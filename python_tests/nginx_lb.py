@@ -31,6 +31,7 @@ import os
 import pwd
 import re
 import shutil
+import select
 import signal
 import socket
 import subprocess
@@ -200,14 +201,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
-
-
 class Nginx:
     """One nginx master (our child) balancing 127.0.0.1:<port> over backends."""
 
@@ -279,19 +272,36 @@ class Nginx:
         self._write_conf(backends)
         offset = self.error_log.stat().st_size if self.error_log.exists() else 0
         old = set(_children(self.proc.pid))
-        os.kill(self.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
-        while True:
-            new_log = self._log_since(offset)
-            if "[emerg]" in new_log:
-                raise NginxError(f"nginx rejected the new config:\n{new_log}")
-            kids = set(_children(self.proc.pid))
-            if (kids - old) and not any(_alive(p) for p in old):
-                break
-            if time.monotonic() > deadline:
-                raise NginxError(f"nginx reload did not finish within {RELOAD_TIMEOUT_SECONDS}s"
-                                 f"\n{self.log_tail()}")
-            time.sleep(POLL_SECONDS)
+        # A pidfd turns readable when its process exits: wait on the old workers' exits
+        # (nginx starts the new workers first, then lets the old ones finish).
+        exits = {}
+        for pid in old:
+            try:
+                exits[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                pass
+        try:
+            os.kill(self.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
+            while exits:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NginxError(f"nginx reload did not finish within "
+                                     f"{RELOAD_TIMEOUT_SECONDS}s\n{self.log_tail()}")
+                # A rejected config leaves the old workers running: look at the log between
+                # waits (each wait ends early on an exit).
+                done, _, _ = select.select(list(exits), [], [], min(left, 1.0))
+                for fd in done:
+                    os.close(fd)
+                    del exits[fd]
+                new_log = self._log_since(offset)
+                if "[emerg]" in new_log:
+                    raise NginxError(f"nginx rejected the new config:\n{new_log}")
+        finally:
+            for fd in exits:
+                os.close(fd)
+        if not set(_children(self.proc.pid)) - old:
+            raise NginxError(f"nginx reload left no new workers\n{self.log_tail()}")
         self.backends = list(backends)
 
     def stop(self) -> int | None:
