@@ -698,6 +698,25 @@ fn purged_revocations_do_not_reuse_sequence_numbers(s: &dyn Store) {
     assert!(batch.last > seen);
 }
 
+/// A view that synced from a store with a longer log, then syncs from this fresh one (the
+/// database was replaced), still learns this store's revocations: the store's newest
+/// number tells the view its log started over.
+fn a_view_moved_to_a_fresh_store_reads_it_from_the_start(s: &dyn Store) {
+    let old = InMemoryStore::new();
+    for n in 0..5 {
+        old.revoke_access_token(&format!("old{n}"), 9_000).unwrap();
+    }
+    let view = super::view::RevocationView::new();
+    view.sync(&old, 100).unwrap();
+    s.revoke_access_token("fresh", 9_000).unwrap();
+    view.sync(s, 100).unwrap();
+    assert_eq!(
+        view.check("fresh", 100),
+        Ok(true),
+        "missed a revocation of the new store"
+    );
+}
+
 /// A sign-in session is found by its hash until it expires or ends.
 fn sessions_expire_and_end(s: &dyn Store) {
     s.insert_session("h1", "alice", 200).unwrap();
@@ -813,6 +832,7 @@ contract!(
     codes_give_way_when_nothing_else_waits,
     every_revocation_reaches_the_log,
     sessions_expire_and_end,
+    a_view_moved_to_a_fresh_store_reads_it_from_the_start,
     events_are_counted_per_bucket_key_and_window,
     security_events_are_kept_newest_first,
     purged_revocations_do_not_reuse_sequence_numbers

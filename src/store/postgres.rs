@@ -947,31 +947,29 @@ impl Store for PostgresStore {
 
     fn revocations_since(&self, after: u64, now: u64) -> StoreResult<RevocationBatch> {
         self.read(|c| {
+            // One statement, one snapshot: the newest number (the view compares it with
+            // its own to tell that the log started over) and the rows after `after`.
             // Writers commit in sequence order (they hold the log's lock until they
             // commit), so every number above the newest visible one is still to come.
             let rows = c
                 .query(
-                    "SELECT seq, jti, exp FROM revocation_log WHERE seq > $1 ORDER BY seq",
+                    "WITH newest AS (SELECT coalesce(max(seq), 0) AS n FROM revocation_log)
+                     SELECT newest.n, log.jti, log.exp FROM newest
+                     LEFT JOIN revocation_log log ON log.seq > $1
+                     ORDER BY log.seq",
                     &[&int(after)],
                 )
                 .map_err(err)?;
-            let mut last = after;
+            let mut last = 0;
             let mut revoked = Vec::new();
             for row in &rows {
-                last = last.max(uint(get(row, 0)?));
-                let exp = uint(get(row, 2)?);
-                if exp > now {
-                    revoked.push((get::<String>(row, 1)?, exp));
+                last = uint(get(row, 0)?);
+                if let (Some(jti), Some(exp)) =
+                    (get::<Option<String>>(row, 1)?, get::<Option<i64>>(row, 2)?)
+                    && uint(exp) > now
+                {
+                    revoked.push((jti, uint(exp)));
                 }
-            }
-            if rows.is_empty() {
-                // Nothing new: learn the newest number anyway, so a view that starts on a
-                // database whose newest rows were purged does not ask from 0 for ever.
-                let newest: Option<i64> = c
-                    .query_one("SELECT max(seq) FROM revocation_log", &[])
-                    .map_err(err)
-                    .and_then(|r| get(&r, 0))?;
-                last = last.max(newest.map_or(0, uint));
             }
             Ok(RevocationBatch { revoked, last })
         })
