@@ -1135,7 +1135,10 @@ impl Store for PostgresStore {
         window: u64,
         until: u64,
     ) -> StoreResult<Option<u64>> {
-        self.read(|c| {
+        // The endpoints counted here may be all a flood touches: sweep expired windows
+        // (and the rest) from here too, not only from the authorization paths.
+        self.tx(|c| {
+            self.purge_now_and_then(c, window)?;
             let row = c
                 .query_one(
                     "INSERT INTO rate_counts (bucket, key, window_start, until, count)
