@@ -120,7 +120,7 @@ pub struct Config {
     pub replica_id: Option<String>,
     /// The database of `store = "postgres"`: `postgres://user:password@host:port/db`, with
     /// `?sslmode=require` for TLS. Never logged: it may carry a password.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// The CA certificates (PEM) that sign the database server's certificate, for
     /// `sslmode=require` against a private CA; the system's roots otherwise.
     pub database_ca_file: Option<PathBuf>,
@@ -387,6 +387,32 @@ impl ClientConfig {
     }
 }
 
+/// The database URL of the PostgreSQL store. It may carry a password, so its `Debug` (the
+/// config's) shows none of it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for the driver.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
 /// The storage backend.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -647,7 +673,10 @@ impl Config {
                 "must be 1 to 60 (a fleet announces a new key 120 s before it signs)",
             ));
         }
-        match (self.store, &self.database_url) {
+        match (
+            self.store,
+            self.database_url.as_ref().map(DatabaseUrl::as_str),
+        ) {
             (StoreKind::Postgres, None) => {
                 return Err(invalid(
                     "database_url",
@@ -906,6 +935,21 @@ pub fn command_words(line: &str) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_database_password_never_shows_in_the_config_debug() {
+        let c: Config = toml::from_str(
+            "store = \"postgres\"\ndatabase_url = \"postgres://gw:hunter2@db:5432/gw\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.database_url.as_ref().map(DatabaseUrl::as_str),
+            Some("postgres://gw:hunter2@db:5432/gw")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
     use super::*;
 
     #[test]

@@ -234,7 +234,11 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, GatewayError> {
         StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir.join(DB_FILE))?),
         StoreKind::Memory => Arc::new(InMemoryStore::new()),
         StoreKind::Postgres => Arc::new(PostgresStore::open(
-            config.database_url.as_deref().unwrap_or_default(),
+            config
+                .database_url
+                .as_ref()
+                .map(crate::config::DatabaseUrl::as_str)
+                .unwrap_or_default(),
             config.database_ca_file.as_deref(),
         )?),
     })

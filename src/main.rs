@@ -102,7 +102,7 @@ struct Cli {
         env = "MCP_GATEWAY_DATABASE_URL",
         hide_env_values = true
     )]
-    database_url: Option<String>,
+    database_url: Option<mcp_oauth_gateway::config::DatabaseUrl>,
     /// CA certificates (PEM) for the database server's certificate (sslmode=require against
     /// a private CA); the system's roots otherwise.
     #[arg(long, global = true, env = "MCP_GATEWAY_DATABASE_CA_FILE")]
