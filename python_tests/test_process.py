@@ -3,6 +3,8 @@ and the signing key persisted in the data directory."""
 
 import socket
 
+import pytest
+
 from flow import http_client
 from gateway_proc import Gateway
 
@@ -14,26 +16,13 @@ def test_process_sigterm_exits_zero(tmp_path):
     assert gw.stop() == 0, gw.log_tail()
 
 
-def test_process_port_in_use_exits_2(tmp_path):
+@pytest.mark.parametrize("listener", ["proxy", "mcp"])
+def test_a_taken_port_exits_2_naming_the_setting_that_moves_it(tmp_path, listener):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         addr = "127.0.0.1:%d" % busy.getsockname()[1]
-        gw = Gateway(tmp_path / "data", addrs={"proxy": addr})
-        gw.spawn()
-        try:
-            code = gw.wait_exit()
-        finally:
-            gw.stop()
-        assert code == 2, gw.log_tail()
-
-
-def test_a_taken_internal_port_names_the_setting_that_moves_it(tmp_path):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        addr = "127.0.0.1:%d" % busy.getsockname()[1]
-        gw = Gateway(tmp_path / "data", addrs={"mcp": addr})
+        gw = Gateway(tmp_path / "data", addrs={listener: addr})
         gw.spawn()
         try:
             code = gw.wait_exit()
@@ -41,8 +30,9 @@ def test_a_taken_internal_port_names_the_setting_that_moves_it(tmp_path):
             gw.stop()
         assert code == 2, gw.log_tail()
         line = gw.log_tail()
-        assert f"cannot listen on {addr} (mcp)" in line, line
-        assert "mcp_addr (--mcp-addr, MCP_GATEWAY_MCP_ADDR)" in line, line
+        assert f"cannot listen on {addr} ({listener})" in line, line
+        env = f"MCP_GATEWAY_{listener.upper()}_ADDR"
+        assert f"{listener}_addr (--{listener}-addr, {env})" in line, line
 
 
 def test_an_upstream_on_the_gateways_own_listener_is_refused_naming_it(tmp_path):
