@@ -729,6 +729,175 @@ fn sessions_expire_and_end(s: &dyn Store) {
     assert_eq!(s.session("h2", 200).unwrap(), None, "expired");
 }
 
+/// Alice, as a provider described her when she signed in.
+fn alice() -> Identity {
+    Identity {
+        sub: "https://idp.example|alice".into(),
+        provider: "idp".into(),
+        email: Some("alice@example.com".into()),
+        name: Some("Alice".into()),
+        scopes: Some(vec!["mcp:read".into(), "mcp:write".into()]),
+        upstream: Some(b"sealed-1".to_vec()),
+        updated_at: 100,
+    }
+}
+
+/// A person who signed in is read back as written; signing in again replaces the record
+/// whole (absent fields included), and nobody else's.
+fn identities_are_kept_and_replaced(s: &dyn Store) {
+    let a = alice();
+    assert_eq!(s.identity(&a.sub).unwrap(), None, "never signed in");
+    s.put_identity(a.clone()).unwrap();
+    let bob = Identity {
+        sub: "https://idp.example|bob".into(),
+        email: None,
+        name: None,
+        scopes: None,
+        upstream: None,
+        ..alice()
+    };
+    s.put_identity(bob.clone()).unwrap();
+    assert_eq!(s.identity(&a.sub).unwrap(), Some(a.clone()));
+    assert_eq!(s.identity(&bob.sub).unwrap(), Some(bob.clone()));
+    let again = Identity {
+        provider: "other".into(),
+        email: None,
+        name: Some("A.".into()),
+        scopes: Some(vec![]),
+        upstream: Some(b"sealed-2".to_vec()),
+        updated_at: 200,
+        ..alice()
+    };
+    s.put_identity(again.clone()).unwrap();
+    assert_eq!(
+        s.identity(&a.sub).unwrap(),
+        Some(again.clone()),
+        "replaced; no scopes at all is not every scope"
+    );
+    let bare = Identity {
+        scopes: None,
+        upstream: None,
+        ..again
+    };
+    s.put_identity(bare.clone()).unwrap();
+    assert_eq!(
+        s.identity(&a.sub).unwrap(),
+        Some(bare),
+        "tokens dropped too"
+    );
+    assert_eq!(s.identity(&bob.sub).unwrap(), Some(bob), "others untouched");
+    assert_eq!(s.identity("https://idp.example|nobody").unwrap(), None);
+}
+
+/// Upstream tokens are replaced only from the value the caller read: a refresh that lost
+/// the race to another replica's is told so and changes nothing.
+fn upstream_tokens_are_swapped_only_from_what_was_read(s: &dyn Store) {
+    let a = alice();
+    s.put_identity(a.clone()).unwrap();
+    assert!(
+        !s.swap_upstream(&a.sub, b"sealed-0", b"sealed-x".to_vec(), 150)
+            .unwrap()
+    );
+    assert_eq!(s.identity(&a.sub).unwrap(), Some(a.clone()), "unchanged");
+    assert!(
+        s.swap_upstream(&a.sub, b"sealed-1", b"sealed-2".to_vec(), 200)
+            .unwrap()
+    );
+    let swapped = Identity {
+        upstream: Some(b"sealed-2".to_vec()),
+        updated_at: 200,
+        ..a.clone()
+    };
+    assert_eq!(s.identity(&a.sub).unwrap(), Some(swapped.clone()));
+    assert!(
+        !s.swap_upstream(&a.sub, b"sealed-1", b"sealed-3".to_vec(), 300)
+            .unwrap(),
+        "a stale refresh loses"
+    );
+    assert_eq!(s.identity(&a.sub).unwrap(), Some(swapped));
+    assert!(
+        !s.swap_upstream("nobody", b"sealed-2", b"sealed-3".to_vec(), 300)
+            .unwrap()
+    );
+    assert_eq!(s.identity("nobody").unwrap(), None, "nobody is made up");
+    let bob = Identity {
+        sub: "bob".into(),
+        upstream: None,
+        ..alice()
+    };
+    s.put_identity(bob.clone()).unwrap();
+    assert!(
+        !s.swap_upstream("bob", b"", b"sealed-3".to_vec(), 300)
+            .unwrap(),
+        "no tokens to replace"
+    );
+    assert_eq!(s.identity("bob").unwrap(), Some(bob));
+}
+
+/// Dropping a person's upstream tokens keeps the rest of what is known of them.
+fn dropping_upstream_tokens_keeps_the_person(s: &dyn Store) {
+    let a = alice();
+    s.put_identity(a.clone()).unwrap();
+    assert!(s.drop_upstream(&a.sub).unwrap());
+    let dropped = Identity {
+        upstream: None,
+        ..a.clone()
+    };
+    assert_eq!(s.identity(&a.sub).unwrap(), Some(dropped.clone()));
+    assert!(!s.drop_upstream(&a.sub).unwrap(), "nothing left to drop");
+    assert_eq!(s.identity(&a.sub).unwrap(), Some(dropped));
+    assert!(
+        !s.swap_upstream(&a.sub, b"sealed-1", b"sealed-2".to_vec(), 200)
+            .unwrap(),
+        "dropped tokens cannot be refreshed"
+    );
+    assert!(!s.drop_upstream("nobody").unwrap());
+}
+
+/// Ending a person's sessions ends all of theirs and nobody else's.
+fn ending_a_persons_sessions_leaves_the_others(s: &dyn Store) {
+    s.insert_session("h1", "alice", 9_000).unwrap();
+    s.insert_session("h2", "alice", 9_000).unwrap();
+    s.insert_session("h3", "bob", 9_000).unwrap();
+    assert_eq!(s.end_sessions_of("alice").unwrap(), 2);
+    assert_eq!(s.session("h1", 100).unwrap(), None);
+    assert_eq!(s.session("h2", 100).unwrap(), None);
+    assert_eq!(s.session("h3", 100).unwrap().as_deref(), Some("bob"));
+    assert_eq!(s.end_sessions_of("alice").unwrap(), 0, "none left");
+    assert_eq!(s.end_sessions_of("nobody").unwrap(), 0);
+}
+
+/// Sixteen refreshes of one person's upstream tokens at once, all from the same tokens:
+/// exactly one replaces them, and its tokens are the ones kept.
+fn concurrent_swaps_have_one_winner(s: Arc<dyn Store>) {
+    let a = alice();
+    s.put_identity(a.clone()).unwrap();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (s, sub) = (s.clone(), a.sub.clone());
+            std::thread::spawn(move || {
+                let new = format!("sealed-n{i}").into_bytes();
+                (
+                    s.swap_upstream(&sub, b"sealed-1", new.clone(), 200)
+                        .unwrap(),
+                    new,
+                )
+            })
+        })
+        .collect();
+    let won: Vec<Vec<u8>> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|(swapped, _)| *swapped)
+        .map(|(_, new)| new)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one refresh wins");
+    assert_eq!(
+        s.identity(&a.sub).unwrap().unwrap().upstream.as_ref(),
+        won.first()
+    );
+}
+
 /// Counts per bucket, key and window, for stores that count (the others answer `None`).
 fn events_are_counted_per_bucket_key_and_window(s: &dyn Store) {
     let Some(1) = s.count_event("register", "10.0.0.1", 60, 120).unwrap() else {
@@ -832,6 +1001,10 @@ contract!(
     codes_give_way_when_nothing_else_waits,
     every_revocation_reaches_the_log,
     sessions_expire_and_end,
+    ending_a_persons_sessions_leaves_the_others,
+    identities_are_kept_and_replaced,
+    upstream_tokens_are_swapped_only_from_what_was_read,
+    dropping_upstream_tokens_keeps_the_person,
     a_view_moved_to_a_fresh_store_reads_it_from_the_start,
     events_are_counted_per_bucket_key_and_window,
     security_events_are_kept_newest_first,
@@ -872,6 +1045,24 @@ fn concurrent_rotations_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).unwrap();
     concurrent_rotations_leave_one_live_successor(Arc::new(store));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: python3 run_tests.py replicas"]
+fn concurrent_swaps_postgres() {
+    concurrent_swaps_have_one_winner(Arc::new(postgres()));
+}
+
+#[test]
+fn concurrent_swaps_memory() {
+    concurrent_swaps_have_one_winner(Arc::new(InMemoryStore::new()));
+}
+
+#[test]
+fn concurrent_swaps_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+    concurrent_swaps_have_one_winner(Arc::new(store));
 }
 
 /// Issue 12: the database and its WAL and shared-memory files are 0600 in a 0700 data dir,
@@ -954,6 +1145,25 @@ fn sqlite_undecodable_rows_are_corrupt_and_not_quoted() {
     assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
     assert!(!e.to_string().contains("top-secret"), "{e}");
     assert!(e.to_string().contains("Grant"), "names the record: {e}");
+}
+
+/// Scopes that do not decode make the identity corrupt, and the error does not quote them.
+#[test]
+fn sqlite_undecodable_identity_scopes_are_corrupt_and_not_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.put_identity(alice()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE identities SET scopes = '\"top-secret-value\"'", [])
+        .unwrap();
+    let e = s.identity(&alice().sub).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+    assert!(!e.to_string().contains("top-secret"), "{e}");
+    assert!(
+        e.to_string().contains("IdentityScopes"),
+        "names the record: {e}"
+    );
 }
 
 /// In SQLite the redemption is one transaction: when its last write fails, the earlier
@@ -1131,6 +1341,33 @@ fn sqlite_upgrade_takes_client_credentials_from_anonymous_registrations() {
         ["authorization_code"],
         "others are untouched"
     );
+}
+
+/// A database from before identities (version 8) gains them, and its sessions can be
+/// ended by user.
+#[test]
+fn sqlite_upgrade_adds_identities_and_finds_sessions_by_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let before = 8;
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for m in &super::sqlite::MIGRATIONS[..before] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO sessions (hash, sub, expires_at)
+             VALUES ('h1', 'alice', 9000), ('h2', 'alice', 9000), ('h3', 'bob', 9000);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.end_sessions_of("alice").unwrap(), 2);
+    assert_eq!(s.session("h3", 100).unwrap().as_deref(), Some("bob"));
+    s.put_identity(alice()).unwrap();
+    assert_eq!(s.identity(&alice().sub).unwrap(), Some(alice()));
 }
 
 fn unused_clients_expire_but_pinned_and_used_ones_stay(s: &dyn Store) {

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Grant, LiveCounts,
-    PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken, RevocationBatch,
-    RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
+    Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Grant, Identity,
+    LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
+    RevocationBatch, RotateOutcome, Store, StoreError, StoreResult, sort_clients, sort_grants,
 };
 
 #[derive(Default)]
@@ -39,6 +39,8 @@ struct Inner {
     signing_keys: Vec<super::SealedKey>,
     /// Browser sessions: cookie hash -> (user, expiry).
     sessions: HashMap<String, (String, u64)>,
+    /// People who signed in through a provider, by subject; never swept.
+    identities: HashMap<String, Identity>,
     /// Grants revoked before they were stored (a code replay racing its first redemption).
     revoked_early: std::collections::HashSet<String>,
 }
@@ -457,6 +459,44 @@ impl Store for InMemoryStore {
     fn end_session(&self, hash: &str) -> StoreResult<()> {
         self.lock()?.sessions.remove(hash);
         Ok(())
+    }
+
+    fn end_sessions_of(&self, sub: &str) -> StoreResult<usize> {
+        let mut inner = self.lock()?;
+        let before = inner.sessions.len();
+        inner.sessions.retain(|_, (s, _)| s != sub);
+        Ok(before - inner.sessions.len())
+    }
+
+    fn put_identity(&self, identity: Identity) -> StoreResult<()> {
+        self.lock()?
+            .identities
+            .insert(identity.sub.clone(), identity);
+        Ok(())
+    }
+
+    fn identity(&self, sub: &str) -> StoreResult<Option<Identity>> {
+        Ok(self.lock()?.identities.get(sub).cloned())
+    }
+
+    fn swap_upstream(&self, sub: &str, old: &[u8], new: Vec<u8>, now: u64) -> StoreResult<bool> {
+        let mut inner = self.lock()?;
+        match inner.identities.get_mut(sub) {
+            Some(i) if i.upstream.as_deref() == Some(old) => {
+                i.upstream = Some(new);
+                i.updated_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn drop_upstream(&self, sub: &str) -> StoreResult<bool> {
+        Ok(self
+            .lock()?
+            .identities
+            .get_mut(sub)
+            .is_some_and(|i| i.upstream.take().is_some()))
     }
 
     fn count_event(

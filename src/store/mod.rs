@@ -505,7 +505,9 @@ pub(crate) fn sort_clients(clients: &mut [Client]) {
 }
 
 /// Everything that lets clients and people carry on after a move to another store
-/// (`store copy`): not the authorization requests and codes in flight, which live minutes.
+/// (`store copy`): not the authorization requests and codes in flight, which live minutes,
+/// nor the [`Identity`] records of people who signed in through a provider (written again
+/// at their next sign-in there).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Registered clients.
@@ -558,6 +560,30 @@ pub struct SealedKey {
     /// When it starts signing: published in the JWKS before then, so every replica knows
     /// it before any token it signs reaches them.
     pub active_from: u64,
+}
+
+/// A person who signed in through an identity provider (`[[identity_providers]]`): who
+/// they are, what they may grant, and the provider's tokens for them, sealed.
+///
+/// Kept until replaced: an identity does not expire on its own (its upstream tokens go
+/// with [`Store::drop_upstream`]). Identities are not part of a [`Snapshot`], so `store
+/// copy` leaves them behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The gateway's subject for the person: the provider's issuer and subject, stable.
+    pub sub: String,
+    /// The provider's id in the config.
+    pub provider: String,
+    /// The person's verified email, when the provider gave one.
+    pub email: Option<String>,
+    /// The person's display name.
+    pub name: Option<String>,
+    /// Scopes the person may grant; `None`: every offered scope.
+    pub scopes: Option<Vec<String>>,
+    /// The provider's access and refresh tokens, sealed by the gateway (opaque bytes here).
+    pub upstream: Option<Vec<u8>>,
+    /// When this record was last written (unix seconds).
+    pub updated_at: u64,
 }
 
 const NO_SHARED_KEYS: &str = "this store keeps no signing keys (they are in the data dir)";
@@ -622,6 +648,25 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
 /// A record back from its JSON.
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| json_err::<T>(&e))
+}
+
+/// An [`Identity`]'s scopes, so a column that does not decode is named as such.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+struct IdentityScopes(Vec<String>);
+
+/// An [`Identity`]'s scopes as the databases keep them: a JSON array, `NULL` (`None`) for
+/// every offered scope.
+pub(crate) fn scopes_to_column(scopes: Option<&[String]>) -> StoreResult<Option<String>> {
+    scopes
+        .map(|s| to_json(&IdentityScopes(s.to_vec())))
+        .transpose()
+}
+
+/// An [`Identity`]'s scopes back from their column.
+pub(crate) fn scopes_from_column(text: Option<&str>) -> StoreResult<Option<Vec<String>>> {
+    text.map(|t| from_json::<IdentityScopes>(t).map(|s| s.0))
+        .transpose()
 }
 
 /// Everything the authorization and resource servers keep.
@@ -799,6 +844,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// End the session `hash` (signing out).
     fn end_session(&self, hash: &str) -> StoreResult<()>;
+
+    /// End every browser session of `sub` (they must sign in again). Returns how many.
+    fn end_sessions_of(&self, sub: &str) -> StoreResult<usize>;
+
+    /// Record a person who signed in, replacing what was known of them.
+    fn put_identity(&self, identity: Identity) -> StoreResult<()>;
+
+    /// The person `sub`, if they ever signed in through a provider.
+    fn identity(&self, sub: &str) -> StoreResult<Option<Identity>>;
+
+    /// Replace the person's sealed upstream tokens with `new`, provided they are still
+    /// `old` (a refresh by another replica may have come first). Returns whether replaced.
+    /// The comparison and the write are one atomic step; `updated_at` becomes `now`.
+    fn swap_upstream(&self, sub: &str, old: &[u8], new: Vec<u8>, now: u64) -> StoreResult<bool>;
+
+    /// Drop the person's upstream tokens (a grant revoked, a sign-out). Returns whether
+    /// there were any. The rest of the record stays, `updated_at` included.
+    fn drop_upstream(&self, sub: &str) -> StoreResult<bool>;
 }
 
 #[cfg(test)]

@@ -28,14 +28,16 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
-    LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
-    RevocationBatch, RotateOutcome, SealedKey, Store, StoreError, StoreResult, StoredEvent,
-    from_json, int, sort_clients, sort_grants, to_json,
+    Identity, LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation,
+    RefreshToken, RevocationBatch, RotateOutcome, SealedKey, Store, StoreError, StoreResult,
+    StoredEvent, from_json, int, scopes_from_column, scopes_to_column, sort_clients, sort_grants,
+    to_json,
 };
 
 /// Schema migrations, applied in order under an advisory lock; `mcp_gateway_schema`
 /// records how many ran. Replicas that start together apply each exactly once.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE clients (client_id TEXT PRIMARY KEY, data TEXT NOT NULL,
                           last_used BIGINT NOT NULL DEFAULT 0,
                           pinned BOOLEAN NOT NULL DEFAULT FALSE);
@@ -78,7 +80,16 @@ const MIGRATIONS: &[&str] = &[r#"
                                   request_id TEXT);
     CREATE TABLE sessions (hash TEXT PRIMARY KEY, sub TEXT NOT NULL, expires_at BIGINT NOT NULL);
     CREATE INDEX sessions_expiry ON sessions (expires_at);
-"#];
+"#,
+    // People who signed in through an identity provider, with the provider's tokens for
+    // them sealed (`upstream`); `scopes` is a JSON array, NULL for every offered scope.
+    // Sessions by user, to sign someone out everywhere.
+    r#"
+    CREATE TABLE identities (sub TEXT PRIMARY KEY, provider TEXT NOT NULL, email TEXT, name TEXT,
+                             scopes TEXT, upstream BYTEA, updated_at BIGINT NOT NULL);
+    CREATE INDEX sessions_sub ON sessions (sub);
+"#,
+];
 
 /// Advisory lock keys of this schema (the first argument of the two-key form).
 const LOCK_SPACE: i32 = 0x4d43_5047; // "MCPG"
@@ -1004,6 +1015,85 @@ impl Store for PostgresStore {
             c.execute("DELETE FROM sessions WHERE hash = $1", &[&hash])
                 .map(|_| ())
                 .map_err(err)
+        })
+    }
+
+    fn end_sessions_of(&self, sub: &str) -> StoreResult<usize> {
+        self.read(|c| {
+            c.execute("DELETE FROM sessions WHERE sub = $1", &[&sub])
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .map_err(err)
+        })
+    }
+
+    fn put_identity(&self, identity: Identity) -> StoreResult<()> {
+        let scopes = scopes_to_column(identity.scopes.as_deref())?;
+        self.read(|c| {
+            c.execute(
+                "INSERT INTO identities (sub, provider, email, name, scopes, upstream, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (sub) DO UPDATE SET provider = excluded.provider,
+                     email = excluded.email, name = excluded.name, scopes = excluded.scopes,
+                     upstream = excluded.upstream, updated_at = excluded.updated_at",
+                &[
+                    &identity.sub,
+                    &identity.provider,
+                    &identity.email,
+                    &identity.name,
+                    &scopes,
+                    &identity.upstream,
+                    &int(identity.updated_at),
+                ],
+            )
+            .map(|_| ())
+            .map_err(err)
+        })
+    }
+
+    fn identity(&self, sub: &str) -> StoreResult<Option<Identity>> {
+        self.read(|c| {
+            c.query_opt(
+                "SELECT sub, provider, email, name, scopes, upstream, updated_at
+                 FROM identities WHERE sub = $1",
+                &[&sub],
+            )
+            .map_err(err)?
+            .map(|r| {
+                Ok(Identity {
+                    sub: get(&r, 0)?,
+                    provider: get(&r, 1)?,
+                    email: get(&r, 2)?,
+                    name: get(&r, 3)?,
+                    scopes: scopes_from_column(get(&r, 4)?)?,
+                    upstream: get(&r, 5)?,
+                    updated_at: uint(get(&r, 6)?),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn swap_upstream(&self, sub: &str, old: &[u8], new: Vec<u8>, now: u64) -> StoreResult<bool> {
+        // One statement: a concurrent swap waits for the row, then finds `old` gone.
+        self.read(|c| {
+            c.execute(
+                "UPDATE identities SET upstream = $3, updated_at = $4
+                 WHERE sub = $1 AND upstream = $2",
+                &[&sub, &old, &new, &int(now)],
+            )
+            .map(|n| n > 0)
+            .map_err(err)
+        })
+    }
+
+    fn drop_upstream(&self, sub: &str) -> StoreResult<bool> {
+        self.read(|c| {
+            c.execute(
+                "UPDATE identities SET upstream = NULL WHERE sub = $1 AND upstream IS NOT NULL",
+                &[&sub],
+            )
+            .map(|n| n > 0)
+            .map_err(err)
         })
     }
 

@@ -10,9 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
     Admission, AuthCode, Client, ClientRevocation, CodeExchange, CodeRedemption, Consent, Grant,
-    LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation, RefreshToken,
-    RevocationBatch, RotateOutcome, Store, StoreError, StoreResult, from_json, int, sort_clients,
-    sort_grants, to_json,
+    Identity, LiveCounts, PendingAuthorization, PendingLimits, Records, RefreshRotation,
+    RefreshToken, RevocationBatch, RotateOutcome, Store, StoreError, StoreResult, from_json, int,
+    scopes_from_column, scopes_to_column, sort_clients, sort_grants, to_json,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
@@ -87,6 +87,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE sessions (hash TEXT PRIMARY KEY, sub TEXT NOT NULL, expires_at INTEGER NOT NULL);
     CREATE INDEX sessions_expiry ON sessions (expires_at);
+"#,
+    // People who signed in through an identity provider, with the provider's tokens for
+    // them sealed (`upstream`); `scopes` is a JSON array, NULL for every offered scope.
+    // Sessions by user, to sign someone out everywhere.
+    r#"
+    CREATE TABLE identities (sub TEXT PRIMARY KEY, provider TEXT NOT NULL, email TEXT, name TEXT,
+                             scopes TEXT, upstream BLOB, updated_at INTEGER NOT NULL);
+    CREATE INDEX sessions_sub ON sessions (sub);
 "#,
 ];
 
@@ -999,6 +1007,104 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM sessions WHERE hash = ?1", [hash])
                 .map(|_| ())
                 .map_err(err)
+        })
+    }
+
+    fn end_sessions_of(&self, sub: &str) -> StoreResult<usize> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM sessions WHERE sub = ?1", [sub])
+                .map_err(err)
+        })
+    }
+
+    fn put_identity(&self, identity: Identity) -> StoreResult<()> {
+        let scopes = scopes_to_column(identity.scopes.as_deref())?;
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO identities
+                 (sub, provider, email, name, scopes, upstream, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    identity.sub,
+                    identity.provider,
+                    identity.email,
+                    identity.name,
+                    scopes,
+                    identity.upstream,
+                    int(identity.updated_at)
+                ],
+            )
+            .map(|_| ())
+            .map_err(err)
+        })
+    }
+
+    fn identity(&self, sub: &str) -> StoreResult<Option<Identity>> {
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            i64,
+        );
+        let row: Option<Row> = self.read(|conn| {
+            conn.query_row(
+                "SELECT sub, provider, email, name, scopes, upstream, updated_at
+                 FROM identities WHERE sub = ?1",
+                [sub],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(err)
+        })?;
+        row.map(
+            |(sub, provider, email, name, scopes, upstream, updated_at)| {
+                Ok(Identity {
+                    sub,
+                    provider,
+                    email,
+                    name,
+                    scopes: scopes_from_column(scopes.as_deref())?,
+                    upstream,
+                    updated_at: u64::try_from(updated_at).unwrap_or(0),
+                })
+            },
+        )
+        .transpose()
+    }
+
+    fn swap_upstream(&self, sub: &str, old: &[u8], new: Vec<u8>, now: u64) -> StoreResult<bool> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE identities SET upstream = ?3, updated_at = ?4
+                 WHERE sub = ?1 AND upstream = ?2",
+                params![sub, old, new, int(now)],
+            )
+            .map(|n| n > 0)
+            .map_err(err)
+        })
+    }
+
+    fn drop_upstream(&self, sub: &str) -> StoreResult<bool> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE identities SET upstream = NULL WHERE sub = ?1 AND upstream IS NOT NULL",
+                [sub],
+            )
+            .map(|n| n > 0)
+            .map_err(err)
         })
     }
 }

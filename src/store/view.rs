@@ -201,6 +201,11 @@ mod tests {
             insert_session(h: &str, sub: &str, exp: u64) -> ();
             session(h: &str, now: u64) -> Option<String>;
             end_session(h: &str) -> ();
+            end_sessions_of(sub: &str) -> usize;
+            put_identity(i: crate::store::Identity) -> ();
+            identity(sub: &str) -> Option<crate::store::Identity>;
+            swap_upstream(sub: &str, old: &[u8], new: Vec<u8>, now: u64) -> bool;
+            drop_upstream(sub: &str) -> bool;
             revoke_grant(id: &str) -> ();
             live_grants(now: u64) -> Vec<crate::store::Grant>;
             live_counts(now: u64) -> crate::store::LiveCounts;
