@@ -56,6 +56,8 @@ fn claims() -> AccessClaims {
         jti: "0123456789abcdef0123456789abcdef".into(),
         scope: "mcp:read mcp:write".into(),
         client_id: "b1f0c1d2-3e4f-5a6b-7c8d-9e0f1a2b3c4d".into(),
+        email: None,
+        name: None,
     }
 }
 

@@ -161,6 +161,9 @@ pub struct Config {
     pub cimd_allow_loopback_http: bool,
     /// Users who may approve consent (`[[users]]`). Empty: the one local user `user`.
     pub users: Vec<UserConfig>,
+    /// Identity providers a person signs in at before consent (`[[identity_providers]]`):
+    /// the sign-in page offers one button per provider, beside any `[[users]]` passwords.
+    pub identity_providers: Vec<IdentityProviderConfig>,
     /// How long a browser stays signed in, seconds.
     pub session_ttl_seconds: u64,
     /// How long an approval is remembered per (user, client), so reconnecting clients are
@@ -285,6 +288,99 @@ pub struct IdentityHeaders {
     pub scopes: Option<String>,
     /// The OAuth client (e.g. `X-MCP-Client-Id`).
     pub client_id: Option<String>,
+    /// The person's email, when they signed in through an identity provider.
+    pub email: Option<String>,
+    /// The person's display name, likewise.
+    pub name: Option<String>,
+    /// The identity provider's access token for the person (e.g. `X-Upstream-Token`), so
+    /// the upstream's tools can call the provider's APIs as them. Never sent to MCP clients.
+    pub upstream_token: Option<String>,
+}
+
+/// Which protocol an identity provider speaks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenID Connect: discovery, authorization code with PKCE, a verified ID token.
+    Oidc,
+    /// GitHub's OAuth apps: identity from its user API.
+    Github,
+}
+
+/// One identity provider (`[[identity_providers]]`). Register `<public_url>/login/callback`
+/// as the redirect URI at the provider.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderConfig {
+    /// A short name for logs and the store (`[a-z0-9-]`); defaults to the kind (`oidc`,
+    /// `github`). Changing it does not change who anyone is.
+    pub id: Option<String>,
+    /// The protocol.
+    pub kind: ProviderKind,
+    /// The button's label ("Sign in with …"); defaults to the issuer's host or `GitHub`.
+    pub name: Option<String>,
+    /// The OIDC issuer; its metadata is read from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: Option<String>,
+    /// The gateway's client id at the provider.
+    pub client_id: String,
+    /// The environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// Or a file holding it (a systemd credential, a mounted secret).
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes asked of the provider; default `openid email profile` (OIDC) or
+    /// `read:user user:email read:org` (GitHub).
+    pub scopes: Option<Vec<String>>,
+    /// The ID token or userinfo claim listing the person's groups (OIDC), e.g. `groups`.
+    pub groups_claim: Option<String>,
+    /// GitHub's authorization endpoint (GitHub Enterprise: `https://HOST/login/oauth/authorize`).
+    pub authorize_url: Option<String>,
+    /// GitHub's token endpoint.
+    pub token_url: Option<String>,
+    /// GitHub's REST API (GitHub Enterprise: `https://HOST/api/v3`).
+    pub api_url: Option<String>,
+    /// People whose verified email is one of these may sign in.
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+    /// People whose verified email is at one of these domains may sign in.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// People in one of these groups may sign in (OIDC: the `groups_claim`; GitHub: an
+    /// organisation `acme` or a team `acme/platform`).
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Everyone who can sign in at the provider may use the gateway. Without it, at least
+    /// one `allowed_*` rule is required: a public provider has the whole world as users.
+    #[serde(default)]
+    pub allow_all_users: bool,
+    /// What a person may grant, by group, domain or email; a person matching several rules
+    /// gets the union. With no rules, every offered scope.
+    #[serde(default)]
+    pub scope_rules: Vec<ScopeRule>,
+}
+
+/// Scopes for the people a rule matches (`[[identity_providers.scope_rules]]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeRule {
+    /// Verified emails.
+    pub emails: Vec<String>,
+    /// Email domains.
+    pub domains: Vec<String>,
+    /// Groups (see `allowed_groups`).
+    pub groups: Vec<String>,
+    /// What they may grant.
+    pub scopes: Vec<String>,
+}
+
+impl IdentityProviderConfig {
+    /// The provider's id: configured, or its kind.
+    pub fn id(&self) -> &str {
+        match (&self.id, self.kind) {
+            (Some(id), _) => id,
+            (None, ProviderKind::Oidc) => "oidc",
+            (None, ProviderKind::Github) => "github",
+        }
+    }
 }
 
 /// The environment given to `upstream_cmd` children besides PATH, HOME, LANG and TZ.
@@ -540,6 +636,7 @@ impl Default for Config {
             cimd_enabled: true,
             cimd_allow_loopback_http: false,
             users: Vec::new(),
+            identity_providers: Vec::new(),
             session_ttl_seconds: 12 * 3600,
             remember_consent_seconds: 30 * 24 * 3600,
             debug_trace: false,
@@ -621,10 +718,11 @@ impl Config {
         }
     }
 
-    /// Whether a person must sign in before approving consent: there are users and every
-    /// one of them has a password.
+    /// Whether a person must sign in before approving consent: there are users or identity
+    /// providers, and every user has a password.
     pub fn sign_in_required(&self) -> bool {
-        !self.users.is_empty() && self.users.iter().all(|u| u.password_hash.is_some())
+        let passwords = self.users.iter().all(|u| u.password_hash.is_some());
+        passwords && (!self.users.is_empty() || !self.identity_providers.is_empty())
     }
 
     /// Conditions that are allowed but that the operator should hear about at every start.
@@ -906,6 +1004,7 @@ impl Config {
                 });
             }
         }
+        self.validate_identity_providers()?;
         let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);
         let referenced = s
             .default
@@ -922,6 +1021,118 @@ impl Config {
                     message: format!("scope `{scope}` is not in scopes.supported"),
                 });
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_identity_providers(&self) -> Result<(), ConfigError> {
+        let mut ids = std::collections::HashSet::new();
+        for p in &self.identity_providers {
+            let id = p.id();
+            let bad = |message: String| ConfigError::Invalid {
+                key: "identity_providers",
+                message: format!("provider `{id}`: {message}"),
+            };
+            if id.is_empty()
+                || id.len() > 32
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(bad("id must be 1 to 32 of a-z, 0-9 and -".into()));
+            }
+            if !ids.insert(id) {
+                return Err(bad(
+                    "two providers have this id; give each its own `id`".into()
+                ));
+            }
+            if self.auth_mode != AuthMode::Builtin {
+                return Err(bad(
+                    "identity providers sign people in to the built-in authorization server: auth_mode must be \"builtin\""
+                        .into(),
+                ));
+            }
+            if p.client_id.is_empty() {
+                return Err(bad("client_id must not be empty".into()));
+            }
+            if p.client_secret_env.is_some() == p.client_secret_file.is_some() {
+                return Err(bad(
+                    "give the client secret as exactly one of client_secret_env and client_secret_file".into(),
+                ));
+            }
+            let url_ok = |u: &str| {
+                Url::parse(u).is_ok_and(|u| {
+                    u.scheme() == "https"
+                        || (u.scheme() == "http"
+                            && u.host_str().is_some_and(|h| {
+                                h == "localhost"
+                                    || h.parse::<std::net::IpAddr>()
+                                        .is_ok_and(|ip| ip.is_loopback())
+                            }))
+                })
+            };
+            match p.kind {
+                ProviderKind::Oidc => {
+                    match &p.issuer {
+                        Some(i) if url_ok(i) => {}
+                        Some(_) => {
+                            return Err(bad(
+                                "issuer must be an https URL (http only on loopback)".into()
+                            ));
+                        }
+                        None => return Err(bad("kind = \"oidc\" needs an issuer".into())),
+                    }
+                    if p.authorize_url.is_some() || p.token_url.is_some() || p.api_url.is_some() {
+                        return Err(bad("authorize_url, token_url and api_url are for kind = \"github\"; an OIDC provider's come from its discovery".into()));
+                    }
+                }
+                ProviderKind::Github => {
+                    if p.issuer.is_some() || p.groups_claim.is_some() {
+                        return Err(bad("issuer and groups_claim are for kind = \"oidc\"".into()));
+                    }
+                    for u in [&p.authorize_url, &p.token_url, &p.api_url]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if !url_ok(u) {
+                            return Err(bad(format!(
+                                "`{u}` must be an https URL (http only on loopback)"
+                            )));
+                        }
+                    }
+                }
+            }
+            let rules = !p.allowed_emails.is_empty()
+                || !p.allowed_domains.is_empty()
+                || !p.allowed_groups.is_empty();
+            if !rules && !p.allow_all_users {
+                return Err(bad(
+                    "say who may sign in: allowed_emails, allowed_domains or allowed_groups (or allow_all_users = true)".into(),
+                ));
+            }
+            for rule in &p.scope_rules {
+                if let Some(s) = rule
+                    .scopes
+                    .iter()
+                    .find(|s| !self.scopes.supported.contains(s))
+                {
+                    return Err(bad(format!(
+                        "scope rule: scope `{s}` is not in scopes.supported"
+                    )));
+                }
+            }
+        }
+        if let Some(h) = &self.identity_headers.upstream_token
+            && self.identity_providers.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "identity_headers.upstream_token",
+                message: format!(
+                    "`{h}` would carry an identity provider's token, but no [[identity_providers]] is configured"
+                ),
+            });
         }
         Ok(())
     }

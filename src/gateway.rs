@@ -174,7 +174,14 @@ impl AppState {
         keys: Arc<KeyRing>,
     ) -> Result<Self, GatewayError> {
         crate::web::pages::check()?;
-        let shared = Shared::new(settings, store, clock, keys);
+        let shared = Shared::new(settings, store, clock, keys)?;
+        for p in shared.providers.iter() {
+            tracing::info!(
+                provider = %p.id(),
+                redirect_uri = %format!("{}{}", shared.settings.issuer, crate::idp::CALLBACK_PATH),
+                "identity provider: register this redirect URI at the provider"
+            );
+        }
         // Before serving: a restarted gateway knows every unexpired revocation.
         shared
             .revocations
@@ -355,7 +362,8 @@ impl Gateway {
                     std::time::Duration::from_secs(c.upstream_timeout_seconds),
                     state.shared.metrics.clone(),
                 )
-                .map_err(std::io::Error::other)?;
+                .map_err(std::io::Error::other)?
+                .with_vault(state.shared.vault.clone(), state.shared.clock.clone());
                 resource::router(state.resource.clone(), upstream.into_router())
             }
             None => match &state.shared.settings.config.upstream_cmd {

@@ -37,6 +37,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod gateway;
+pub mod idp;
 pub mod mcp;
 pub mod metrics;
 pub mod ops;

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use crate::audit::SecurityEvents;
 use crate::clock::Clock;
+use crate::config::ConfigError;
+use crate::idp::Providers;
+use crate::idp::vault::Vault;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -30,17 +33,38 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The last security events, for the operator's page.
     pub events: Arc<SecurityEvents>,
+    /// The identity providers people sign in at (`[[identity_providers]]`).
+    pub providers: Arc<Providers>,
+    /// Their tokens for the people who did.
+    pub vault: Arc<Vault>,
 }
 
 impl Shared {
-    /// The shared parts, with fresh metrics and an empty event ring.
+    /// The shared parts, with fresh metrics and an empty event ring. Fails when an identity
+    /// provider's secret cannot be read.
     pub fn new(
         settings: Settings,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         keys: Arc<KeyRing>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, ConfigError> {
+        let providers = Arc::new(Providers::from_config(
+            &settings.config.identity_providers,
+            &settings.issuer,
+        )?);
+        let vault = Vault::new(
+            settings.config.identity_headers.upstream_token.is_some(),
+            store.clone(),
+            providers.clone(),
+            &keys,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: "identity_headers.upstream_token",
+            message: format!("the token vault's key: {e}"),
+        })?;
+        Ok(Self {
+            providers,
+            vault: Arc::new(vault),
             settings: Arc::new(settings),
             events: Arc::new(SecurityEvents::in_store(store.clone())),
             store,
@@ -48,7 +72,7 @@ impl Shared {
             keys,
             revocations: Arc::new(RevocationView::new()),
             metrics: Arc::new(Metrics::new()),
-        }
+        })
     }
 
     /// Bring the in-memory revocations up to date with the store: every second, and right

@@ -853,6 +853,7 @@ pub async fn revoke_grant_post(
     let revoked = state.store.revoke_grant(&grant.id);
     // Refused on the very next MCP request, not the next sync round.
     state.sync_revocations();
+    state.vault.forget(&grant.sub);
     let revoked = revoked.and_then(|()| state.store.forget_consent(&grant.sub, &grant.client_id));
     if let Err(e) = revoked {
         tracing::error!(error = %e, "admin: revoking a grant failed");
@@ -877,8 +878,26 @@ pub async fn revoke_client_post(
             Err(res) => return *res,
         };
     let client_id = client_id.as_str();
+    // The people whose grants go: their identity-provider tokens go too.
+    let people: Vec<String> = if state.providers.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .store
+            .live_grants(state.clock.now())
+            .map(|gs| {
+                gs.into_iter()
+                    .filter(|g| g.client_id == client_id)
+                    .map(|g| g.sub)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let revoked = state.store.revoke_client(client_id);
     state.sync_revocations();
+    for sub in &people {
+        state.vault.forget(sub);
+    }
     let revoked = match revoked {
         Ok(r) => r,
         Err(e) => {

@@ -446,7 +446,7 @@ pub(crate) fn proceed(
     };
     let Some(sub) = user else {
         return match keep_pending(state, &pending, now, arrival) {
-            Ok(()) => users::login_page(&pending, client, "", None),
+            Ok(()) => users::login_page(state, &pending, client, "", None),
             Err(e) => unavailable(&e),
         };
     };

@@ -60,6 +60,7 @@ pub async fn login_post(
             tracing::error!(error = %e, "storing pending authorization failed");
         }
         return login_page(
+            &state,
             &pending,
             &client,
             &username,
@@ -119,7 +120,7 @@ pub async fn consents_get(State(state): State<AuthzState>, headers: HeaderMap) -
         .collect();
     let html = crate::web::pages::render(
         "consents.html",
-        context! { user, consents => rows, action => routes::CONSENTS_REVOKE },
+        context! { user, consents => rows, action => routes::CONSENTS_REVOKE, logout_action => routes::LOGOUT },
     );
     match html {
         Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
@@ -160,6 +161,8 @@ pub async fn consents_revoke_post(
     };
     match state.store.forget_consent(&user, &client_id) {
         Ok(_) => {
+            // Identity-provider tokens kept for the person go with it.
+            state.vault.forget(&user);
             audit!(state, &meta, info, "consent_revoked", client: Some(&client_id), sub: Some(&user);
                 sub = %user, %client_id, "consent revoked");
             (

@@ -28,6 +28,7 @@ pub mod pkce;
 pub mod ratelimit;
 pub mod register;
 pub mod revoke;
+pub mod sso;
 pub mod state;
 pub mod token;
 pub mod users;
@@ -62,6 +63,9 @@ pub fn router(state: AuthzState) -> Router {
         .route(routes::AUTHORIZE, get(authorize::authorize_get))
         .route(routes::CONSENT, post(authorize::consent_post))
         .route(routes::LOGIN, post(login::login_post))
+        .route(routes::LOGIN_PROVIDER, post(sso::provider_post))
+        .route(routes::LOGIN_CALLBACK, get(sso::callback_get))
+        .route(routes::LOGOUT, post(sso::logout_post))
         .route(routes::CONSENTS, get(login::consents_get))
         .route(routes::CONSENTS_REVOKE, post(login::consents_revoke_post))
         .route(routes::TOKEN, post(token::token_post))

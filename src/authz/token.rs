@@ -141,7 +141,16 @@ fn sign_access(
     jti: &str,
     now: u64,
 ) -> Result<String, OAuthError> {
+    // A person who signed in through an identity provider: their email and name travel in
+    // the token, for `whoami` and the upstream's identity headers.
+    let person = if state.providers.is_empty() {
+        None
+    } else {
+        state.store.identity(sub).map_err(OAuthError::server)?
+    };
     let claims = AccessClaims {
+        email: person.as_ref().and_then(|p| p.email.clone()),
+        name: person.and_then(|p| p.name),
         iss: state.settings.issuer.clone(),
         sub: sub.to_string(),
         aud: resource.to_string(),
@@ -422,6 +431,13 @@ fn refresh_token(
         }
     };
     check_resource(resource.as_deref(), &grant.resource)?;
+    if state.vault.lost(&grant.sub) {
+        // Their provider tokens were dropped (a revocation, a sign-out): the upstream would
+        // get no token for them, so they must go through the provider again.
+        return Err(OAuthError::InvalidGrant(
+            "the sign-in at the identity provider has ended; authorize again".into(),
+        ));
+    }
     let refresh = rng()?;
     let successor = RefreshToken {
         grant_id: grant.id.clone(),
@@ -455,6 +471,7 @@ fn refresh_token(
         RotateOutcome::Replay => {
             // The family was revoked in the rotation: its access tokens stop here now.
             state.sync_revocations();
+            state.vault.forget(&grant.sub);
             state.metrics.replay("refresh_token");
             audit!(state, meta, warn, "refresh_replayed", client: Some(&client.client_id), sub: None;
                 client_id = %client.client_id, "refresh token replayed; family revoked");

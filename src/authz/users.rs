@@ -23,7 +23,9 @@ pub const SESSION_COOKIE: &str = "mog_session";
 /// Whether users must sign in: more than one user, or any password.
 pub fn login_required(state: &AuthzState) -> bool {
     let users = &state.settings.config.users;
-    users.len() > 1 || users.iter().any(|u| u.password_hash.is_some())
+    users.len() > 1
+        || users.iter().any(|u| u.password_hash.is_some())
+        || !state.providers.is_empty()
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
@@ -42,19 +44,29 @@ pub fn current_user(state: &AuthzState, headers: &HeaderMap, now: u64) -> Option
     session_cookie(headers).and_then(|token| state.sessions.user(token, now))
 }
 
-/// Scopes a user may grant; `None` means every offered scope.
+/// Scopes a user may grant; `None` means every offered scope. A person who signed in
+/// through an identity provider has what its scope rules gave them then; one the store
+/// cannot say about gets nothing.
 pub fn user_scopes(state: &AuthzState, sub: &str) -> Option<Vec<String>> {
-    state
-        .settings
-        .config
-        .users
-        .iter()
-        .find(|u| u.name == sub)
-        .and_then(|u| u.scopes.clone())
+    if let Some(u) = state.settings.config.users.iter().find(|u| u.name == sub) {
+        return u.scopes.clone();
+    }
+    if state.providers.is_empty() {
+        return None;
+    }
+    match state.store.identity(sub) {
+        Ok(Some(identity)) => identity.scopes,
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "reading a person's scopes failed");
+            Some(Vec::new())
+        }
+    }
 }
 
 /// The login page for a pending request.
 pub fn login_page(
+    state: &AuthzState,
     pending: &PendingAuthorization,
     client: &Client,
     username: &str,
@@ -70,6 +82,9 @@ pub fn login_page(
             client_name,
             error,
             username,
+            passwords => state.settings.config.users.iter().any(|u| u.password_hash.is_some()),
+            providers => state.providers.iter().map(|p| context! { id => p.id(), label => &p.label }).collect::<Vec<_>>(),
+            provider_action => crate::web::routes::LOGIN_PROVIDER,
             action => crate::web::routes::LOGIN,
             request_id => &pending.id,
             csrf_token => &pending.csrf_token,

@@ -131,12 +131,20 @@ impl BuiltinServer {
     #[tool(description = "Who the caller is: the token's subject, client and scopes")]
     fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> String {
         match parts.extensions.get::<Identity>() {
-            Some(id) => serde_json::json!({
-                "sub": id.sub,
-                "client_id": id.client_id,
-                "scopes": id.scopes,
-            })
-            .to_string(),
+            Some(id) => {
+                let mut who = serde_json::json!({
+                    "sub": id.sub,
+                    "client_id": id.client_id,
+                    "scopes": id.scopes,
+                });
+                // A person who signed in through an identity provider.
+                for (k, v) in [("email", &id.email), ("name", &id.name)] {
+                    if let (Some(v), Some(obj)) = (v, who.as_object_mut()) {
+                        obj.insert(k.into(), v.clone().into());
+                    }
+                }
+                who.to_string()
+            }
             None => "{}".to_string(),
         }
     }

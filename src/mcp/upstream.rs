@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::clock::Clock;
 use crate::config::IdentityHeaders;
+use crate::idp::vault::Vault;
 use crate::metrics::Metrics;
 use crate::proxy::hop::{self, SendError, TlsClient};
 use crate::resource::policy::ScopePolicy;
@@ -45,6 +47,9 @@ pub struct Upstream {
     policy: Arc<ScopePolicy>,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Where the person's identity-provider token comes from, for
+    /// `identity_headers.upstream_token`.
+    vault: Option<(Arc<Vault>, Arc<dyn Clock>)>,
 }
 
 impl Upstream {
@@ -91,7 +96,17 @@ impl Upstream {
             policy,
             timeout,
             metrics,
+            vault: None,
         })
+    }
+
+    /// Send the person's identity-provider token as `identity_headers.upstream_token`,
+    /// from `vault` (refreshed there when it is about to expire).
+    pub fn with_vault(mut self, vault: Arc<Vault>, clock: Arc<dyn Clock>) -> Self {
+        if self.identity.upstream_token.is_some() && vault.enabled() {
+            self.vault = Some((vault, clock));
+        }
+        self
     }
 
     /// The connector as a service for the resource router.
@@ -186,6 +201,9 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         &up.identity.subject,
         &up.identity.scopes,
         &up.identity.client_id,
+        &up.identity.email,
+        &up.identity.name,
+        &up.identity.upstream_token,
     ]
     .into_iter()
     .flatten()
@@ -193,6 +211,36 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         h.remove(name.as_str());
     }
     if let Some(id) = &identity {
+        // Names and emails may be beyond ASCII: percent-encoded as UTF-8.
+        let text = |v: &str| {
+            percent_encoding::utf8_percent_encode(v, percent_encoding::CONTROLS).to_string()
+        };
+        if let Some(email) = &id.email {
+            set_header(h, &up.identity.email, &text(email));
+        }
+        if let Some(name) = &id.name {
+            set_header(h, &up.identity.name, &text(name));
+        }
+        if let Some((vault, clock)) = &up.vault {
+            match vault.access_token(&id.sub, clock.now()).await {
+                Some(token) => {
+                    let bearer = up
+                        .identity
+                        .upstream_token
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case("authorization"));
+                    let value = if bearer {
+                        format!("Bearer {token}")
+                    } else {
+                        token
+                    };
+                    set_header(h, &up.identity.upstream_token, &value);
+                }
+                None => {
+                    tracing::debug!(sub = %id.sub, "no identity-provider token for this person")
+                }
+            }
+        }
         set_header(h, &up.identity.subject, &id.sub);
         set_header(h, &up.identity.scopes, &id.scopes.join(" "));
         set_header(

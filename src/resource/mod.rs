@@ -61,6 +61,11 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Scopes including those the hierarchy implies.
     pub effective: BTreeSet<String>,
+    /// The person's email and name, when the token names them (they signed in through an
+    /// identity provider).
+    pub email: Option<String>,
+    /// Their name.
+    pub name: Option<String>,
 }
 
 /// The resource server router: `/mcp` behind the bearer layer, plus its metadata. Every
@@ -302,12 +307,12 @@ enum Refusal {
 /// Who a bearer token stands for: an API key (when enabled; keys are not JWTs), or a JWT
 /// that verifies and was not revoked.
 async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identity, Refusal> {
-    let (sub, client_id, scopes) = match &state.api_keys {
+    let (sub, client_id, scopes, person) = match &state.api_keys {
         Some(keys) if !token.contains('.') => {
             let key = keys
                 .find(token, now)
                 .ok_or_else(|| Refusal::Token("unknown_api_key", "unknown API key".into()))?;
-            (key.name.clone(), None, key.scopes.clone())
+            (key.name.clone(), None, key.scopes.clone(), (None, None))
         }
         // An external issuer's opaque token: ask the issuer (RFC 7662).
         _ if state.introspector.is_some() && token.split('.').count() != 3 => {
@@ -317,7 +322,7 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
                 .await
                 .map_err(|why| Refusal::Token("inactive", why.to_string()))?;
             let scopes = claims.scopes().map(str::to_string).collect();
-            (claims.sub, claims.client_id, scopes)
+            (claims.sub, claims.client_id, scopes, (None, None))
         }
         _ => {
             let claims = state
@@ -342,7 +347,12 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
                 }
             }
             let scopes = claims.scopes().map(str::to_string).collect();
-            (claims.sub, claims.client_id, scopes)
+            (
+                claims.sub,
+                claims.client_id,
+                scopes,
+                (claims.email, claims.name),
+            )
         }
     };
     let effective = state.policy.effective(scopes.iter().map(String::as_str));
@@ -351,6 +361,8 @@ async fn identify(state: &ResourceState, token: &str, now: u64) -> Result<Identi
         client_id,
         scopes,
         effective,
+        email: person.0,
+        name: person.1,
     })
 }
 

@@ -27,6 +27,12 @@ pub struct AccessClaims {
     pub scope: String,
     /// The OAuth client the token was issued to.
     pub client_id: String,
+    /// The person's verified email, when they signed in through an identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Their display name, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Sign `claims` with `key`.

@@ -228,6 +228,39 @@ impl SigningKey {
     }
 }
 
+/// The data dir's own random secret, from which [`KeyRing::local_secret`] derives the keys
+/// that seal what the gateway keeps for people (their identity providers' tokens).
+pub const LOCAL_SECRET_FILE: &str = "gateway-secret.key";
+
+/// The data dir's secret: read, or made (32 random bytes, mode 0600) when there is none.
+fn dir_secret(dir: &Path) -> Result<[u8; 32], KeyError> {
+    use base64::Engine as _;
+    let path = dir.join(LOCAL_SECRET_FILE);
+    let io = |source| KeyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => engine
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| {
+                KeyError::KeyEncryption(format!("{} must hold 32 bytes in base64", path.display()))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut fresh = [0u8; 32];
+            aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut fresh)
+                .map_err(|_| KeyError::Generate)?;
+            std::fs::create_dir_all(dir).map_err(io)?;
+            write_private(&path, format!("{}\n", engine.encode(fresh)).as_bytes()).map_err(io)?;
+            Ok(fresh)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// Folder (in the data dir) of retired keys.
 pub const RETIRED_DIR: &str = "retired-keys";
 
@@ -309,6 +342,33 @@ impl KeyRing {
         };
         let tag = aws_lc_rs::hmac::sign(&keys.kek.derive, purpose.as_bytes());
         tag.as_ref().try_into().ok()
+    }
+
+    /// A 32-byte secret for `purpose` that every process serving this gateway's data
+    /// derives alike: from the fleet's key-encryption key on a shared store, from a random
+    /// secret kept in the data dir ([`LOCAL_SECRET_FILE`], made on first use) on one
+    /// machine, and from a random one per process for a ring without a data dir.
+    pub fn local_secret(&self, purpose: &str) -> Result<[u8; 32], KeyError> {
+        if let Some(secret) = self.fleet_secret(purpose) {
+            return Ok(secret);
+        }
+        let master = match &self.source {
+            Some(RingSource::Dir { dir, .. }) => dir_secret(dir)?,
+            _ => {
+                static PROCESS: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+                if let Some(m) = PROCESS.get() {
+                    *m
+                } else {
+                    let mut fresh = [0u8; 32];
+                    aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut fresh)
+                        .map_err(|_| KeyError::Generate)?;
+                    *PROCESS.get_or_init(|| fresh)
+                }
+            }
+        };
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &master);
+        let tag = aws_lc_rs::hmac::sign(&key, purpose.as_bytes());
+        tag.as_ref().try_into().map_err(|_| KeyError::Generate)
     }
 
     /// The published key set.
@@ -395,7 +455,19 @@ impl KeyEncryptionKey {
         })
     }
 
-    fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// A key from its 32 bytes (one [`KeyRing::local_secret`] gave).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, bytes)
+            .map_err(|_| KeyError::Generate)?;
+        Ok(Self {
+            aead: aws_lc_rs::aead::LessSafeKey::new(key),
+            derive: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
+        })
+    }
+
+    /// Seal `plain` for the record `kid` (the additional data: the sealed bytes open only
+    /// for the same `kid`).
+    pub fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
         use aws_lc_rs::aead::{Aad, Nonce};
         use aws_lc_rs::rand::SecureRandom as _;
         let mut nonce = [0u8; NONCE_LEN];
@@ -415,7 +487,8 @@ impl KeyEncryptionKey {
         Ok(sealed)
     }
 
-    fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// Open what [`Self::seal`] sealed for `kid`.
+    pub fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
         use aws_lc_rs::aead::{Aad, Nonce};
         let wrong = || KeyError::Sealed { kid: kid.into() };
         if sealed.len() < NONCE_LEN {

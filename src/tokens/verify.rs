@@ -36,6 +36,12 @@ pub struct VerifiedClaims {
     /// The client the token was issued to.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The person's email, when the issuer names it.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The person's name, likewise.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     nbf: Option<u64>,
     #[serde(default)]
@@ -156,6 +162,16 @@ impl JwksCache {
         self.counters = counters;
     }
 
+    /// The key named `kid` and the one algorithm it is for, fetching the set when the
+    /// cache has no fresh copy (see [`JwksCache`] for when it refetches).
+    pub async fn key_for(
+        &self,
+        kid: &str,
+        now: u64,
+    ) -> Result<(Algorithm, DecodingKey), VerifyError> {
+        self.key(kid, now).await.map(|k| (k.alg, k.key))
+    }
+
     fn lookup(&self, kid: &str) -> (Option<CachedKey>, Option<u64>) {
         match self.inner.read() {
             Ok(inner) => (inner.keys.get(kid).cloned(), inner.fetched_at),
@@ -185,7 +201,23 @@ impl JwksCache {
                     .iter()
                     .filter_map(|jwk| {
                         let kid = jwk.common.key_id.clone()?;
-                        let alg = Algorithm::try_from(jwk.common.key_algorithm?).ok()?;
+                        let alg = match jwk.common.key_algorithm {
+                            Some(a) => Algorithm::try_from(a).ok()?,
+                            // Some providers (Entra) publish keys without `alg`: the
+                            // usual algorithm of the key's type.
+                            None => match &jwk.algorithm {
+                                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec)
+                                    if ec.curve == jsonwebtoken::jwk::EllipticCurve::P256 =>
+                                {
+                                    Algorithm::ES256
+                                }
+                                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => {
+                                    Algorithm::EdDSA
+                                }
+                                _ => return None,
+                            },
+                        };
                         let key = DecodingKey::from_jwk(jwk).ok()?;
                         Some((kid, CachedKey { alg, key }))
                     })
@@ -448,6 +480,8 @@ mod tests {
             jti: "j1".into(),
             scope: "mcp:read".into(),
             client_id: "c1".into(),
+            email: None,
+            name: None,
         }
     }
 

@@ -12,6 +12,12 @@ pub const AUTHORIZE: &str = "/authorize";
 pub const CONSENT: &str = "/consent";
 /// Where the sign-in form before consent posts.
 pub const LOGIN: &str = "/login";
+/// Where the sign-in page's provider buttons post: on to the identity provider.
+pub const LOGIN_PROVIDER: &str = "/login/provider";
+/// Where an identity provider sends the browser back (the redirect URI registered there).
+pub const LOGIN_CALLBACK: &str = "/login/callback";
+/// Signing out of the gateway's browser session.
+pub const LOGOUT: &str = "/logout";
 /// The token endpoint.
 pub const TOKEN: &str = "/token";
 /// Token revocation (RFC 7009).
@@ -52,7 +58,7 @@ pub fn route_name(path: &str) -> &'static str {
         REGISTER => "register",
         AUTHORIZE => "authorize",
         CONSENT => "consent",
-        LOGIN => "login",
+        LOGIN | LOGIN_PROVIDER | LOGIN_CALLBACK | LOGOUT => "login",
         TOKEN => "token",
         REVOKE => "revoke",
         INTROSPECT => "introspect",
@@ -82,6 +88,7 @@ mod tests {
     fn route_names_are_a_fixed_vocabulary() {
         assert_eq!(route_name("/mcp"), "mcp");
         assert_eq!(route_name("/token"), "token");
+        assert_eq!(route_name("/login/callback"), "login");
         assert_eq!(route_name("/admin/grants/revoke"), "admin");
         assert_eq!(
             route_name("/.well-known/oauth-protected-resource/mcp"),

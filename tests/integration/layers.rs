@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["tokens"],
     &["audit"],
+    &["idp"],
     &["shared"],
     &["authz", "resource", "proxy", "client", "ops"],
     &["admin", "mcp", "tls"],

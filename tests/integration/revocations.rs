@@ -34,7 +34,8 @@ fn resource_alone() -> (Shared, Arc<FixedClock>, ResourceState) {
         Arc::new(InMemoryStore::new()),
         clock.clone(),
         Arc::new(key.into()),
-    );
+    )
+    .unwrap();
     let verifier = Arc::new(sources::verifier(&shared.settings, shared.keys.clone()).unwrap());
     let state = ResourceState::new(shared.clone(), verifier).unwrap();
     (shared, clock, state)

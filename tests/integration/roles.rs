@@ -37,6 +37,7 @@ fn shared() -> Shared {
         Arc::new(FixedClock::new(T0)),
         Arc::new(key.into()),
     )
+    .unwrap()
 }
 
 fn verifier(shared: &Shared) -> Arc<mcp_oauth_gateway::tokens::verify::Verifier> {

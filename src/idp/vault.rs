@@ -1,0 +1,227 @@
+//! The upstream token vault: the identity provider's tokens for each person who signed in
+//! through one, sealed (AES-256-GCM, the person's subject as additional data) under a key
+//! every replica derives alike ([`KeyRing::local_secret`]), kept in the store so replicas
+//! share them, refreshed shortly before they expire, and handed to the upstream MCP server
+//! only when the operator names a header for them (`identity_headers.upstream_token`).
+//! Tokens are kept at all only then.
+//!
+//! Revoking a person's grant, or their signing out, drops their tokens and ends their
+//! browser sessions, so the next authorization goes through the provider again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{Providers, UpstreamTokens};
+use crate::store::Store;
+use crate::tokens::keys::{KeyEncryptionKey, KeyError, KeyRing};
+
+/// Refresh this long before the provider's access token expires, seconds.
+const REFRESH_AHEAD: u64 = 60;
+/// How long a token read from the store is used before the store is asked again (another
+/// replica may have refreshed or dropped it), seconds.
+const CACHE_SECONDS: u64 = 30;
+
+struct Cached {
+    tokens: UpstreamTokens,
+    read_at: u64,
+}
+
+/// Sealed provider tokens, by person.
+pub struct Vault {
+    enabled: bool,
+    store: Arc<dyn Store>,
+    providers: Arc<Providers>,
+    seal: KeyEncryptionKey,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// One refresh at a time per person in this process.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// A vault over `store`; `enabled` when an upstream is to receive the tokens.
+    pub fn new(
+        enabled: bool,
+        store: Arc<dyn Store>,
+        providers: Arc<Providers>,
+        keys: &KeyRing,
+    ) -> Result<Self, KeyError> {
+        let seal = KeyEncryptionKey::from_bytes(&keys.local_secret("mog-upstream-token-vault")?)?;
+        Ok(Self {
+            enabled,
+            store,
+            providers,
+            seal,
+            cache: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether tokens are kept.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The sealed form of `tokens` for `sub`, or `None` when the vault keeps nothing.
+    pub fn seal(&self, sub: &str, tokens: &UpstreamTokens) -> Option<Vec<u8>> {
+        if !self.enabled {
+            return None;
+        }
+        let plain = serde_json::to_vec(tokens).ok()?;
+        self.seal
+            .seal(sub, &plain)
+            .inspect_err(|e| tracing::error!(error = %e, "sealing provider tokens failed"))
+            .ok()
+    }
+
+    fn open(&self, sub: &str, sealed: &[u8]) -> Option<UpstreamTokens> {
+        let plain = self
+            .seal
+            .open(sub, sealed)
+            .inspect_err(|_| tracing::warn!(%sub, "stored provider tokens do not open (another key?); the person must sign in again"))
+            .ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    fn cached(&self, sub: &str, now: u64) -> Option<UpstreamTokens> {
+        let cache = self.cache.lock().ok()?;
+        let c = cache.get(sub)?;
+        let fresh = now < c.read_at.saturating_add(CACHE_SECONDS);
+        let valid = c
+            .tokens
+            .expires_at
+            .is_none_or(|exp| now.saturating_add(REFRESH_AHEAD) < exp);
+        (fresh && valid).then(|| c.tokens.clone())
+    }
+
+    fn remember(&self, sub: &str, tokens: &UpstreamTokens, now: u64) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= 10_000 {
+                cache.retain(|_, c| now < c.read_at.saturating_add(CACHE_SECONDS));
+            }
+            cache.insert(
+                sub.to_string(),
+                Cached {
+                    tokens: tokens.clone(),
+                    read_at: now,
+                },
+            );
+        }
+    }
+
+    /// The provider's access token for `sub`, refreshed when it is about to expire; `None`
+    /// when there is none (never signed in through a provider, dropped, or the refresh was
+    /// refused: the person must sign in again).
+    pub async fn access_token(&self, sub: &str, now: u64) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(t) = self.cached(sub, now) {
+            return Some(t.access_token);
+        }
+        let _one = self.refreshing.lock().await;
+        if let Some(t) = self.cached(sub, now) {
+            return Some(t.access_token);
+        }
+        let identity = self
+            .store
+            .identity(sub)
+            .inspect_err(|e| tracing::error!(error = %e, "reading provider tokens failed"))
+            .ok()??;
+        let sealed = identity.upstream?;
+        let tokens = self.open(sub, &sealed)?;
+        let expiring = tokens
+            .expires_at
+            .is_some_and(|exp| now.saturating_add(REFRESH_AHEAD) >= exp);
+        if !expiring {
+            self.remember(sub, &tokens, now);
+            return Some(tokens.access_token);
+        }
+        let (Some(refresh_token), Some(provider)) = (
+            tokens.refresh_token.clone(),
+            self.providers.get(&identity.provider),
+        ) else {
+            // Expiring and nothing to refresh with: use it while it lasts.
+            return tokens
+                .expires_at
+                .is_some_and(|exp| now < exp)
+                .then_some(tokens.access_token);
+        };
+        match provider.refresh(&refresh_token, now).await {
+            Ok(mut fresh) => {
+                if fresh.refresh_token.is_none() {
+                    fresh.refresh_token = Some(refresh_token);
+                }
+                let new_sealed = self.seal(sub, &fresh)?;
+                match self.store.swap_upstream(sub, &sealed, new_sealed, now) {
+                    Ok(true) => {
+                        tracing::info!(%sub, provider = %identity.provider, "provider token refreshed");
+                        self.remember(sub, &fresh, now);
+                        Some(fresh.access_token)
+                    }
+                    // Another replica refreshed (or dropped) first: what it stored wins.
+                    Ok(false) => {
+                        let again = self.store.identity(sub).ok()??.upstream?;
+                        let t = self.open(sub, &again)?;
+                        self.remember(sub, &t, now);
+                        Some(t.access_token)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing refreshed provider tokens failed");
+                        Some(fresh.access_token)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%sub, provider = %identity.provider, error = %e, "refreshing the provider token failed; the person must sign in again");
+                None
+            }
+        }
+    }
+
+    /// Whether `sub` signed in through a provider but the vault holds nothing for them
+    /// (dropped): their grants must not be refreshed until they sign in again.
+    pub fn lost(&self, sub: &str) -> bool {
+        self.enabled
+            && self
+                .store
+                .identity(sub)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.upstream.is_none())
+    }
+
+    /// Forget what this process cached for `sub` (they just signed in again).
+    pub fn forget_cached(&self, sub: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(sub);
+        }
+    }
+
+    /// Drop `sub`'s provider tokens and end their browser sessions (a grant revoked, a
+    /// sign-out). A store failure is logged.
+    pub fn forget(&self, sub: &str) {
+        // Only people who signed in through a provider: a password user's sessions stay.
+        if !matches!(self.store.identity(sub), Ok(Some(_))) {
+            return;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(sub);
+        }
+        if let Err(e) = self.store.drop_upstream(sub) {
+            tracing::error!(error = %e, "dropping provider tokens failed");
+        }
+        match self.store.end_sessions_of(sub) {
+            Ok(n) if n > 0 => tracing::info!(%sub, sessions = n, "browser sessions ended"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "ending browser sessions failed"),
+        }
+    }
+}
