@@ -68,6 +68,7 @@ CLIENTS_INSPECTOR = ROOT / "clients" / "inspector"
 CLIENTS_THIRDPARTY = ROOT / "clients" / "thirdparty"
 CLIENTS_CONFORMANCE = ROOT / "clients" / "conformance"
 CLIENTS_ADMIN = ROOT / "clients" / "admin-browser"
+CLIENTS_SSO_BROWSER = ROOT / "clients" / "sso-browser"
 FUZZ = ROOT / "fuzz"
 CARGO_FUZZ_VERSION = "0.13.2"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -565,6 +566,17 @@ def stage_browser(build_ok: bool) -> StageResult:
         return result
     code, out = run(["node", str(admin.relative_to(ROOT))], env=env, timeout=min(600.0, stage_timeout()))
     count_plain_result(out, code, result, "clients/admin-browser/run.mjs")
+    # Sign-in at the organisation's identity provider (oidc-provider in clients/thirdparty),
+    # from the TS SDK client through the provider's pages to whoami.
+    sso = CLIENTS_SSO_BROWSER / "run.mjs"
+    if not sso.exists():
+        result.error("clients/sso-browser/run.mjs is missing")
+        return result
+    if not ensure_node_modules(CLIENTS_SSO_BROWSER, result) \
+            or not ensure_node_modules(CLIENTS_THIRDPARTY, result):
+        return result
+    code, out = run(["node", str(sso.relative_to(ROOT))], env=env, timeout=min(600.0, stage_timeout()))
+    count_plain_result(out, code, result, "clients/sso-browser/run.mjs")
     return result
 
 

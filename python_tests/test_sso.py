@@ -252,7 +252,9 @@ def test_a_person_signs_in_at_the_provider_and_whoami_shows_them(idp, start_sso,
         assert "mog_login" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
         callback = idp.sign_in(b, r.headers["location"], "alice")
         assert parse_qs(urlsplit(callback).query)["iss"] == [idp.issuer]
-        tokens = s.tokens(s.approve(s.back(callback)))
+        consent = s.back(callback)
+        assert "Signed in as <strong>Alice Example &lt;alice@example.com&gt;</strong>" in consent.text
+        tokens = s.tokens(s.approve(consent))
     sent = idp.last_token_request()["fields"]
     assert sent["grant_type"] == "authorization_code" and sent.get("code_verifier")
     claims = unverified_claims(tokens.access_token)

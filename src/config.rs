@@ -1365,4 +1365,52 @@ mod tests {
                 .contains("initial_access_tokens")
         );
     }
+
+    #[test]
+    fn identity_providers_that_cannot_work_are_refused() {
+        let with = |provider: &str, extra: &str| {
+            let text = format!("{extra}\n[[identity_providers]]\n{provider}");
+            toml::from_str::<Config>(&text).unwrap().validate()
+        };
+        let oidc = "kind = \"oidc\"\nissuer = \"https://idp.example\"\nclient_id = \"gw\"\nclient_secret_env = \"S\"\n";
+        assert!(with(&format!("{oidc}allowed_domains = [\"example.com\"]"), "").is_ok());
+        let refused = |provider: &str, extra: &str, why: &str| {
+            let e = with(provider, extra).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(oidc, "", "say who may sign in");
+        refused(
+            &format!("{oidc}allow_all_users = true\nclient_secret_file = \"/x\""),
+            "",
+            "exactly one",
+        );
+        refused(
+            "kind = \"oidc\"\nissuer = \"http://idp.example\"\nclient_id = \"gw\"\nclient_secret_env = \"S\"\nallow_all_users = true",
+            "",
+            "https",
+        );
+        refused(
+            &format!("{oidc}allow_all_users = true\napi_url = \"https://x\""),
+            "",
+            "for kind = \"github\"",
+        );
+        refused(
+            &format!(
+                "{oidc}allow_all_users = true\n[[identity_providers.scope_rules]]\ngroups = [\"a\"]\nscopes = [\"nope\"]"
+            ),
+            "",
+            "not in scopes.supported",
+        );
+        refused(
+            &format!("{oidc}allow_all_users = true"),
+            "auth_mode = \"external\"\n[external]\nissuer = \"https://x\"\naudience = \"a\"",
+            "builtin",
+        );
+        let e = toml::from_str::<Config>("[identity_headers]\nupstream_token = \"X-T\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no [[identity_providers]]"), "{e}");
+    }
 }

@@ -497,8 +497,21 @@ fn consent_page(
     state: &AuthzState,
     pending: &PendingAuthorization,
     client: &Client,
-    user: &str,
+    sub: &str,
 ) -> Response {
+    // A person who signed in at an identity provider is shown as their email or name, not
+    // as the `issuer#subject` the tokens carry.
+    let person = if state.providers.is_empty() {
+        None
+    } else {
+        state.store.identity(sub).ok().flatten()
+    };
+    let user = person
+        .and_then(|p| match (p.name, p.email) {
+            (Some(n), Some(e)) => Some(format!("{n} <{e}>")),
+            (n, e) => e.or(n),
+        })
+        .unwrap_or_else(|| sub.to_string());
     let redirect_host = Url::parse(&pending.redirect_uri)
         .ok()
         .map(|u| match u.host_str() {

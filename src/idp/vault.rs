@@ -31,7 +31,8 @@ pub struct Vault {
     enabled: bool,
     store: Arc<dyn Store>,
     providers: Arc<Providers>,
-    seal: KeyEncryptionKey,
+    /// The sealing key; only when tokens are kept.
+    seal: Option<KeyEncryptionKey>,
     cache: Mutex<HashMap<String, Cached>>,
     /// One refresh at a time per person in this process.
     refreshing: tokio::sync::Mutex<()>,
@@ -53,7 +54,14 @@ impl Vault {
         providers: Arc<Providers>,
         keys: &KeyRing,
     ) -> Result<Self, KeyError> {
-        let seal = KeyEncryptionKey::from_bytes(&keys.local_secret("mog-upstream-token-vault")?)?;
+        // Derived only when tokens are kept: a data dir gets its secret file only then.
+        let seal = if enabled {
+            Some(KeyEncryptionKey::from_bytes(
+                &keys.local_secret("mog-upstream-token-vault")?,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             enabled,
             store,
@@ -71,12 +79,9 @@ impl Vault {
 
     /// The sealed form of `tokens` for `sub`, or `None` when the vault keeps nothing.
     pub fn seal(&self, sub: &str, tokens: &UpstreamTokens) -> Option<Vec<u8>> {
-        if !self.enabled {
-            return None;
-        }
+        let key = self.seal.as_ref()?;
         let plain = serde_json::to_vec(tokens).ok()?;
-        self.seal
-            .seal(sub, &plain)
+        key.seal(sub, &plain)
             .inspect_err(|e| tracing::error!(error = %e, "sealing provider tokens failed"))
             .ok()
     }
@@ -84,6 +89,7 @@ impl Vault {
     fn open(&self, sub: &str, sealed: &[u8]) -> Option<UpstreamTokens> {
         let plain = self
             .seal
+            .as_ref()?
             .open(sub, sealed)
             .inspect_err(|_| tracing::warn!(%sub, "stored provider tokens do not open (another key?); the person must sign in again"))
             .ok()?;
@@ -223,5 +229,102 @@ impl Vault {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "ending browser sessions failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SigningAlg;
+    use crate::store::Identity;
+    use crate::store::memory::InMemoryStore;
+    use crate::tokens::keys::SigningKey;
+
+    fn vault(store: Arc<dyn Store>) -> Vault {
+        let ring = KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap());
+        Vault::new(true, store, Arc::new(Providers::default()), &ring).unwrap()
+    }
+
+    fn person(sub: &str, upstream: Option<Vec<u8>>) -> Identity {
+        Identity {
+            sub: sub.into(),
+            provider: "corp".into(),
+            email: None,
+            name: None,
+            scopes: None,
+            upstream,
+            updated_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_open_only_for_the_person_they_were_sealed_for() {
+        let store: Arc<dyn Store> = Arc::new(InMemoryStore::new());
+        let v = vault(store.clone());
+        let t = UpstreamTokens {
+            access_token: "at-alice".into(),
+            refresh_token: None,
+            expires_at: Some(1_000),
+        };
+        let sealed = v.seal("alice", &t).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&sealed).contains("at-alice"),
+            "sealed at rest"
+        );
+        store
+            .put_identity(person("alice", Some(sealed.clone())))
+            .unwrap();
+        store.put_identity(person("mallory", Some(sealed))).unwrap();
+        assert_eq!(
+            v.access_token("alice", 100).await.as_deref(),
+            Some("at-alice")
+        );
+        assert_eq!(
+            v.access_token("mallory", 100).await,
+            None,
+            "moved to another row"
+        );
+        // Within a minute of expiry and nothing to refresh with: used while it lasts.
+        v.forget_cached("alice");
+        assert_eq!(
+            v.access_token("alice", 990).await.as_deref(),
+            Some("at-alice")
+        );
+        v.forget_cached("alice");
+        assert_eq!(v.access_token("alice", 1_000).await, None);
+    }
+
+    #[tokio::test]
+    async fn forgetting_drops_the_tokens_and_only_for_provider_people() {
+        let store: Arc<dyn Store> = Arc::new(InMemoryStore::new());
+        let v = vault(store.clone());
+        let t = UpstreamTokens {
+            access_token: "at".into(),
+            refresh_token: None,
+            expires_at: None,
+        };
+        store
+            .put_identity(person("alice", v.seal("alice", &t)))
+            .unwrap();
+        assert!(!v.lost("alice"));
+        v.forget("alice");
+        assert!(
+            v.lost("alice"),
+            "a provider person without tokens must sign in again"
+        );
+        assert_eq!(v.access_token("alice", 1).await, None);
+        assert!(!v.lost("password-user"), "never had any");
+        let off = Vault::new(
+            false,
+            store,
+            Arc::new(Providers::default()),
+            &KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            off.seal("alice", &t),
+            None,
+            "nothing kept unless an upstream wants it"
+        );
     }
 }
