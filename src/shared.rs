@@ -52,11 +52,13 @@ impl Shared {
             &settings.config.identity_providers,
             &settings.issuer,
         )?);
+        let revocations = Arc::new(RevocationView::new());
         let vault = Vault::new(
             settings.config.identity_headers.upstream_token.is_some(),
             store.clone(),
             providers.clone(),
             &keys,
+            revocations.clone(),
         )
         .map_err(|e| ConfigError::Invalid {
             key: "identity_headers.upstream_token",
@@ -70,7 +72,7 @@ impl Shared {
             store,
             clock,
             keys,
-            revocations: Arc::new(RevocationView::new()),
+            revocations,
             metrics: Arc::new(Metrics::new()),
         })
     }

@@ -853,7 +853,7 @@ pub async fn revoke_grant_post(
     let revoked = state.store.revoke_grant(&grant.id);
     // Refused on the very next MCP request, not the next sync round.
     state.sync_revocations();
-    state.vault.forget(&grant.sub);
+    state.vault.forget(&grant.sub, state.clock.now());
     let revoked = revoked.and_then(|()| state.store.forget_consent(&grant.sub, &grant.client_id));
     if let Err(e) = revoked {
         tracing::error!(error = %e, "admin: revoking a grant failed");
@@ -896,7 +896,7 @@ pub async fn revoke_client_post(
     let revoked = state.store.revoke_client(client_id);
     state.sync_revocations();
     for sub in &people {
-        state.vault.forget(sub);
+        state.vault.forget(sub, state.clock.now());
     }
     let revoked = match revoked {
         Ok(r) => r,

@@ -162,7 +162,7 @@ pub async fn consents_revoke_post(
     match state.store.forget_consent(&user, &client_id) {
         Ok(_) => {
             // Identity-provider tokens kept for the person go with it.
-            state.vault.forget(&user);
+            state.vault.forget(&user, state.clock.now());
             audit!(state, &meta, info, "consent_revoked", client: Some(&client_id), sub: Some(&user);
                 sub = %user, %client_id, "consent revoked");
             (

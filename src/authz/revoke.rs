@@ -38,7 +38,7 @@ pub async fn revoke_post(
             }
             store.revoke_grant(&grant.id).map_err(OAuthError::server)?;
             state.sync_revocations();
-            state.vault.forget(&grant.sub);
+            state.vault.forget(&grant.sub, state.clock.now());
             audit!(state, &meta, info, "grant_revoked", client: Some(client_id), sub: Some(&grant.sub);
                 %client_id, "refresh token revoked with its grant");
         }

@@ -378,7 +378,7 @@ pub async fn logout_post(
     let now = state.clock.now();
     if let Some(token) = cookie_value(&headers, SESSION_COOKIE) {
         if let Some(sub) = state.sessions.user(token, now) {
-            state.vault.forget(&sub);
+            state.vault.forget(&sub, state.clock.now());
             audit!(state, &meta, info, "logout", client: None, sub: Some(&sub);
                 %sub, "signed out");
         }

@@ -471,7 +471,7 @@ fn refresh_token(
         RotateOutcome::Replay => {
             // The family was revoked in the rotation: its access tokens stop here now.
             state.sync_revocations();
-            state.vault.forget(&grant.sub);
+            state.vault.forget(&grant.sub, state.clock.now());
             state.metrics.replay("refresh_token");
             audit!(state, meta, warn, "refresh_replayed", client: Some(&client.client_id), sub: None;
                 client_id = %client.client_id, "refresh token replayed; family revoked");

@@ -6,13 +6,17 @@
 //! Tokens are kept at all only then.
 //!
 //! Revoking a person's grant, or their signing out, drops their tokens and ends their
-//! browser sessions, so the next authorization goes through the provider again.
+//! browser sessions, so the next authorization goes through the provider again. What other
+//! replicas hold in memory goes within the second: the drop writes a marker into the
+//! revocation log every replica follows, and a cached token whose marker is there is not
+//! used again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{Providers, UpstreamTokens};
 use crate::store::Store;
+use crate::store::view::RevocationView;
 use crate::tokens::keys::{KeyEncryptionKey, KeyError, KeyRing};
 
 /// Refresh this long before the provider's access token expires, seconds.
@@ -24,6 +28,15 @@ const CACHE_SECONDS: u64 = 30;
 struct Cached {
     tokens: UpstreamTokens,
     read_at: u64,
+    /// The stored record's `updated_at`: a drop of this version is announced under
+    /// [`drop_marker`].
+    version: u64,
+}
+
+/// The revocation-log entry that says `sub`'s tokens of record version `version` were
+/// dropped (not an access token's `jti`: those are random, these have a prefix).
+fn drop_marker(sub: &str, version: u64) -> String {
+    format!("upstream-dropped:{version}:{sub}")
 }
 
 /// Sealed provider tokens, by person.
@@ -34,6 +47,8 @@ pub struct Vault {
     /// The sealing key; only when tokens are kept.
     seal: Option<KeyEncryptionKey>,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The revocation log as this process sees it.
+    revocations: Arc<RevocationView>,
     /// One refresh at a time per person in this process.
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -53,6 +68,7 @@ impl Vault {
         store: Arc<dyn Store>,
         providers: Arc<Providers>,
         keys: &KeyRing,
+        revocations: Arc<RevocationView>,
     ) -> Result<Self, KeyError> {
         // Derived only when tokens are kept: a data dir gets its secret file only then.
         let seal = if enabled {
@@ -68,6 +84,7 @@ impl Vault {
             providers,
             seal,
             cache: Mutex::new(HashMap::new()),
+            revocations,
             refreshing: tokio::sync::Mutex::new(()),
         })
     }
@@ -99,6 +116,14 @@ impl Vault {
     fn cached(&self, sub: &str, now: u64) -> Option<UpstreamTokens> {
         let cache = self.cache.lock().ok()?;
         let c = cache.get(sub)?;
+        // Dropped by another replica: the marker arrives with the revocations.
+        if self
+            .revocations
+            .check(&drop_marker(sub, c.version), now)
+            .unwrap_or(true)
+        {
+            return None;
+        }
         let fresh = now < c.read_at.saturating_add(CACHE_SECONDS);
         let valid = c
             .tokens
@@ -107,7 +132,7 @@ impl Vault {
         (fresh && valid).then(|| c.tokens.clone())
     }
 
-    fn remember(&self, sub: &str, tokens: &UpstreamTokens, now: u64) {
+    fn remember(&self, sub: &str, tokens: &UpstreamTokens, version: u64, now: u64) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= 10_000 {
                 cache.retain(|_, c| now < c.read_at.saturating_add(CACHE_SECONDS));
@@ -117,6 +142,7 @@ impl Vault {
                 Cached {
                     tokens: tokens.clone(),
                     read_at: now,
+                    version,
                 },
             );
         }
@@ -147,7 +173,7 @@ impl Vault {
             .expires_at
             .is_some_and(|exp| now.saturating_add(REFRESH_AHEAD) >= exp);
         if !expiring {
-            self.remember(sub, &tokens, now);
+            self.remember(sub, &tokens, identity.updated_at, now);
             return Some(tokens.access_token);
         }
         let (Some(refresh_token), Some(provider)) = (
@@ -169,14 +195,14 @@ impl Vault {
                 match self.store.swap_upstream(sub, &sealed, new_sealed, now) {
                     Ok(true) => {
                         tracing::info!(%sub, provider = %identity.provider, "provider token refreshed");
-                        self.remember(sub, &fresh, now);
+                        self.remember(sub, &fresh, now, now);
                         Some(fresh.access_token)
                     }
                     // Another replica refreshed (or dropped) first: what it stored wins.
                     Ok(false) => {
-                        let again = self.store.identity(sub).ok()??.upstream?;
-                        let t = self.open(sub, &again)?;
-                        self.remember(sub, &t, now);
+                        let again = self.store.identity(sub).ok()??;
+                        let t = self.open(sub, again.upstream.as_deref()?)?;
+                        self.remember(sub, &t, again.updated_at, now);
                         Some(t.access_token)
                     }
                     Err(e) => {
@@ -213,13 +239,21 @@ impl Vault {
 
     /// Drop `sub`'s provider tokens and end their browser sessions (a grant revoked, a
     /// sign-out). A store failure is logged.
-    pub fn forget(&self, sub: &str) {
+    pub fn forget(&self, sub: &str, now: u64) {
         // Only people who signed in through a provider: a password user's sessions stay.
-        if !matches!(self.store.identity(sub), Ok(Some(_))) {
+        let Ok(Some(identity)) = self.store.identity(sub) else {
             return;
-        }
+        };
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(sub);
+        }
+        // Every replica stops using what it cached of this version within the second; the
+        // marker outlives any cache entry.
+        if let Err(e) = self.store.revoke_access_token(
+            &drop_marker(sub, identity.updated_at),
+            now.saturating_add(2 * CACHE_SECONDS),
+        ) {
+            tracing::error!(error = %e, "announcing dropped provider tokens failed");
         }
         if let Err(e) = self.store.drop_upstream(sub) {
             tracing::error!(error = %e, "dropping provider tokens failed");
@@ -242,7 +276,14 @@ mod tests {
 
     fn vault(store: Arc<dyn Store>) -> Vault {
         let ring = KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap());
-        Vault::new(true, store, Arc::new(Providers::default()), &ring).unwrap()
+        Vault::new(
+            true,
+            store,
+            Arc::new(Providers::default()),
+            &ring,
+            Arc::default(),
+        )
+        .unwrap()
     }
 
     fn person(sub: &str, upstream: Option<Vec<u8>>) -> Identity {
@@ -307,7 +348,7 @@ mod tests {
             .put_identity(person("alice", v.seal("alice", &t)))
             .unwrap();
         assert!(!v.lost("alice"));
-        v.forget("alice");
+        v.forget("alice", 5);
         assert!(
             v.lost("alice"),
             "a provider person without tokens must sign in again"
@@ -319,6 +360,7 @@ mod tests {
             store,
             Arc::new(Providers::default()),
             &KeyRing::from(SigningKey::generate(SigningAlg::ES256).unwrap()),
+            Arc::default(),
         )
         .unwrap();
         assert_eq!(
