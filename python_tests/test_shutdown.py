@@ -1,5 +1,7 @@
 """SIGTERM with streams open: the gateway ends them and exits within
-`shutdown_timeout_seconds`, also when an upstream's SSE stream would never end by itself.
+`shutdown_timeout_seconds`, also when an upstream's SSE stream would never end by itself,
+and with the built-in server and stdio upstreams (one child per session, or one shared),
+whose children go with it.
 
 The upstream here is a tiny streamable-HTTP server (standard library): it answers every
 JSON-RPC request with a session id, and a GET opens an event stream that only ends when
@@ -11,10 +13,13 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
+import pytest
 
 from flow import McpClient, full_flow
+from gateway_proc import gateway_binary
 
 
 class EndlessUpstream:
@@ -104,3 +109,65 @@ def test_sigterm_with_an_upstream_stream_open_exits_within_the_shutdown_timeout(
         assert not reader.is_alive(), "the client's stream was not ended"
     finally:
         upstream.close()
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.update(int(c) for c in text)
+    return out
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie awaiting its new parent counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("kind", ["builtin", "stdio", "stdio-shared"])
+def test_sigterm_with_a_stream_open_ends_it_and_the_stdio_children(
+        kind, gateway_factory, http, tmp_path):
+    text = "shutdown_timeout_seconds = 1\n"
+    args = []
+    if kind.startswith("stdio"):
+        # The built-in demo server on stdio, as the upstream: no third-party runtime needed.
+        args = ["--upstream-cmd", f"{gateway_binary()} serve-stdio"]
+        if kind == "stdio-shared":
+            text += "upstream_cmd_per_session = false\n"
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    gw = gateway_factory("--config", str(config), *args)
+    tokens = full_flow(http, gw.base)
+    mcp = McpClient(http, gw.base, tokens.access_token)
+    assert mcp.initialize().status == 200
+    assert mcp.list_tools().status == 200
+    opened = threading.Event()
+
+    def listen():
+        headers = {**mcp.headers(), "Accept": "text/event-stream"}
+        try:
+            with httpx.Client(timeout=None) as c, \
+                    c.stream("GET", mcp.url, headers=headers) as r:
+                assert r.status_code == 200
+                opened.set()
+                for _ in r.iter_raw():
+                    pass
+        except httpx.HTTPError:
+            pass  # the gateway closed it: what this test wants
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert opened.wait(30), "the SSE stream never opened through the gateway"
+    children = children_of(gw.proc.pid)
+    if kind.startswith("stdio"):
+        assert children, "no stdio child running"
+    code = gw.stop()
+    assert code == 0, f"exit {code}\n{gw.log_tail()}"
+    reader.join(30)
+    assert not reader.is_alive(), "the client's stream was not ended"
+    assert all(gone(pid) for pid in children), f"children left running: {children}"

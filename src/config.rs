@@ -629,7 +629,7 @@ impl Default for Config {
             api_keys: ApiKeysConfig::default(),
             upstream: None,
             upstream_cmd: None,
-            upstream_cmd_per_session: false,
+            upstream_cmd_per_session: true,
             upstream_env: UpstreamEnv::default(),
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),

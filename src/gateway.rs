@@ -367,6 +367,13 @@ impl Gateway {
                 resource::router(state.resource.clone(), upstream.into_router())
             }
             None => match &state.shared.settings.config.upstream_cmd {
+                Some(command) if state.shared.settings.config.upstream_cmd_per_session => {
+                    resource::router(
+                        state.resource.clone(),
+                        mcp::passthrough_service(&state.resource, command, stop.child_token())
+                            .map_err(std::io::Error::other)?,
+                    )
+                }
                 Some(command) => resource::router(
                     state.resource.clone(),
                     mcp::stdio_service(&state.resource, command, stop.child_token())

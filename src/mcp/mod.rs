@@ -2,6 +2,7 @@
 //! the connector to an existing MCP server ([`upstream`]).
 
 pub mod builtin;
+pub mod passthrough;
 pub mod stdio;
 pub mod upstream;
 
@@ -97,19 +98,54 @@ pub async fn serve_builtin_stdio(clock: Arc<dyn crate::clock::Clock>) -> std::io
     Ok(())
 }
 
-/// A stdio MCP server (`--upstream-cmd`) served over streamable HTTP.
-pub fn stdio_service(
+/// The environment of `--upstream-cmd` children (see [`stdio::child_env`]).
+fn stdio_env(
     state: &ResourceState,
-    command: &str,
-    shutdown: CancellationToken,
-) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {
+) -> Result<Vec<(String, std::ffi::OsString)>, stdio::CommandError> {
     let c = &state.settings.config;
     // Where the gateway reads its own secrets from: never passed to the child.
     let secrets = [
         c.shared_secret.secret_env.as_str(),
         c.external.introspection_secret_env.as_str(),
     ];
-    let env = stdio::child_env(&c.upstream_env, &secrets, |name| std::env::var_os(name))?;
+    stdio::child_env(&c.upstream_env, &secrets, |name| std::env::var_os(name))
+}
+
+/// A stdio MCP server (`--upstream-cmd`), one child per MCP session, every message passed
+/// through ([`passthrough`]).
+pub fn passthrough_service(
+    state: &ResourceState,
+    command: &str,
+    shutdown: CancellationToken,
+) -> Result<StreamableHttpService<passthrough::Passthrough, LocalSessionManager>, stdio::CommandError>
+{
+    let env = Arc::new(stdio_env(state)?);
+    let argv = Arc::new(
+        crate::config::command_words(command)
+            .ok_or_else(|| stdio::CommandError::new("an unclosed quote or an empty command"))?,
+    );
+    let policy = state.policy.clone();
+    Ok(StreamableHttpService::new(
+        move || {
+            Ok(passthrough::Passthrough::new(
+                argv.clone(),
+                env.clone(),
+                policy.clone(),
+            ))
+        },
+        session_manager(),
+        http_config(state, shutdown),
+    ))
+}
+
+/// A stdio MCP server (`--upstream-cmd`) with `upstream_cmd_per_session = false`: one child
+/// shared by every session, bridged for tools, resources and prompts.
+pub fn stdio_service(
+    state: &ResourceState,
+    command: &str,
+    shutdown: CancellationToken,
+) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {
+    let env = stdio_env(state)?;
     let shared = stdio::StdioUpstream::new(command, env.clone())?;
     let per_session = state.settings.config.upstream_cmd_per_session;
     let command = command.to_string();

@@ -30,6 +30,13 @@ type Child = RunningService<RoleClient, ()>;
 #[error("upstream command: {0}")]
 pub struct CommandError(String);
 
+impl CommandError {
+    /// An error saying `what`.
+    pub fn new(what: &str) -> Self {
+        Self(what.to_string())
+    }
+}
+
 /// Why the child could not be (re)started; logged, never shown to MCP clients.
 #[derive(Debug, thiserror::Error)]
 enum SpawnError {
