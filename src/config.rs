@@ -154,6 +154,10 @@ pub struct Config {
     pub upstream_headers: BTreeMap<String, String>,
     /// Headers carrying the verified identity to the upstream.
     pub identity_headers: IdentityHeaders,
+    /// Several MCP servers behind one gateway (`[[routes]]`), each its own protected
+    /// resource at its own path. Empty: one, at `/mcp` (`upstream`, `upstream_cmd`, or the
+    /// built-in server).
+    pub routes: Vec<RouteConfig>,
     /// Accept Client ID Metadata Documents: a `client_id` that is an https URL is fetched and
     /// validated instead of being registered (MCP 2025-11-25).
     pub cimd_enabled: bool,
@@ -295,6 +299,44 @@ pub struct IdentityHeaders {
     /// The identity provider's access token for the person (e.g. `X-Upstream-Token`), so
     /// the upstream's tools can call the provider's APIs as them. Never sent to MCP clients.
     pub upstream_token: Option<String>,
+}
+
+/// One MCP server behind the gateway at its own path (`[[routes]]`): its own protected
+/// resource (`<public_url><path>`, with RFC 9728 metadata at
+/// `/.well-known/oauth-protected-resource<path>`), and tokens bound to it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Where it is served, e.g. `/github/mcp`.
+    pub path: String,
+    /// A streamable-HTTP MCP server (http or https).
+    pub upstream: Option<String>,
+    /// Or a stdio MCP server to spawn, one child per session. Neither: the built-in server.
+    pub upstream_cmd: Option<String>,
+    /// Headers sent to this upstream on every request.
+    #[serde(default)]
+    pub upstream_headers: BTreeMap<String, String>,
+    /// Headers carrying the verified identity to this upstream (default: the top-level
+    /// `[identity_headers]`).
+    pub identity_headers: Option<IdentityHeaders>,
+    /// Tool name -> required scope, for this route (default: `[scopes.tools]`).
+    pub tools: Option<BTreeMap<String, String>>,
+    /// Required scope for tools not listed (default: `scopes.default_tool`).
+    pub default_tool: Option<String>,
+}
+
+impl RouteConfig {
+    /// The route's scope policy: the top-level one, with this route's tools.
+    pub fn scopes(&self, top: &ScopeConfig) -> ScopeConfig {
+        let mut s = top.clone();
+        if let Some(tools) = &self.tools {
+            s.tools = tools.clone();
+        }
+        if let Some(t) = &self.default_tool {
+            s.default_tool = t.clone();
+        }
+        s
+    }
 }
 
 /// Which protocol an identity provider speaks.
@@ -633,6 +675,7 @@ impl Default for Config {
             upstream_env: UpstreamEnv::default(),
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),
+            routes: Vec::new(),
             cimd_enabled: true,
             cimd_allow_loopback_http: false,
             users: Vec::new(),
@@ -1005,6 +1048,7 @@ impl Config {
             }
         }
         self.validate_identity_providers()?;
+        self.validate_routes()?;
         let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);
         let referenced = s
             .default
@@ -1027,6 +1071,60 @@ impl Config {
 }
 
 impl Config {
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() {
+            return Ok(());
+        }
+        if self.upstream.is_some() || self.upstream_cmd.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "routes",
+                message: "with [[routes]], give each server its own entry: move upstream / upstream_cmd into one (path = \"/mcp\")".into(),
+            });
+        }
+        if self.auth_mode != AuthMode::Builtin {
+            return Err(ConfigError::Invalid {
+                key: "routes",
+                message: "[[routes]] are resources of the built-in authorization server: auth_mode must be \"builtin\"".into(),
+            });
+        }
+        let mut paths = std::collections::HashSet::new();
+        for r in &self.routes {
+            let bad = |message: String| ConfigError::Invalid {
+                key: "routes",
+                message: format!("route `{}`: {message}", r.path),
+            };
+            let ours = crate::web::routes::route_name(&r.path);
+            if !r.path.starts_with('/')
+                || r.path.len() < 2
+                || r.path.ends_with('/')
+                || r.path.contains(['?', '#', ' ', '%'])
+                || r.path.contains("//")
+                || r.path.contains("/.")
+            {
+                return Err(bad(
+                    "path must look like /name/mcp (no query, no trailing slash, no dot segments)"
+                        .into(),
+                ));
+            }
+            if !matches!(ours, "mcp" | "other") {
+                return Err(bad(format!("the gateway serves its own `{ours}` there")));
+            }
+            if !paths.insert(r.path.as_str()) {
+                return Err(bad("two routes have this path".into()));
+            }
+            if r.upstream.is_some() && r.upstream_cmd.is_some() {
+                return Err(bad("give upstream or upstream_cmd, not both".into()));
+            }
+            let s = r.scopes(&self.scopes);
+            for scope in s.tools.values().chain([&s.default_tool]) {
+                if !scope.is_empty() && !s.supported.contains(scope) {
+                    return Err(bad(format!("scope `{scope}` is not in scopes.supported")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_identity_providers(&self) -> Result<(), ConfigError> {
         let mut ids = std::collections::HashSet::new();
         for p in &self.identity_providers {

@@ -149,6 +149,63 @@ impl Listeners {
     }
 }
 
+/// What serves one protected resource: an upstream over HTTP, a stdio command, or (neither)
+/// the built-in server.
+struct Backend<'a> {
+    upstream: Option<&'a str>,
+    upstream_cmd: Option<&'a str>,
+    headers: &'a std::collections::BTreeMap<String, String>,
+    identity: &'a crate::config::IdentityHeaders,
+}
+
+impl Backend<'_> {
+    /// The resource router for `rs` with this server behind it.
+    fn router(
+        &self,
+        state: &AppState,
+        rs: ResourceState,
+        stop: &CancellationToken,
+    ) -> std::io::Result<Router> {
+        let c = &state.shared.settings.config;
+        if let Some(url) = self.upstream {
+            let identity = match (&c.upstream_client_cert, &c.upstream_client_key) {
+                (Some(cert), Some(key)) => Some(crate::roots::Identity { cert, key }),
+                _ => None,
+            };
+            let tls = crate::roots::client_config(c.upstream_ca_file.as_deref(), identity)
+                .map_err(|e| std::io::Error::other(format!("upstream TLS: {e}")))?;
+            let upstream = mcp::upstream::Upstream::new(
+                url,
+                tls,
+                self.headers,
+                self.identity.clone(),
+                rs.policy.clone(),
+                std::time::Duration::from_secs(c.upstream_timeout_seconds),
+                state.shared.metrics.clone(),
+            )
+            .map_err(std::io::Error::other)?
+            .with_vault(state.shared.vault.clone(), state.shared.clock.clone());
+            return Ok(resource::router(rs, upstream.into_router()));
+        }
+        Ok(match self.upstream_cmd {
+            Some(command) if c.upstream_cmd_per_session => {
+                let service = mcp::passthrough_service(&rs, command, stop.child_token())
+                    .map_err(std::io::Error::other)?;
+                resource::router(rs, service)
+            }
+            Some(command) => {
+                let service = mcp::stdio_service(&rs, command, stop.child_token())
+                    .map_err(std::io::Error::other)?;
+                resource::router(rs, service)
+            }
+            None => {
+                let service = mcp::builtin_service(&rs, stop.child_token());
+                resource::router(rs, service)
+            }
+        })
+    }
+}
+
 /// Every role's state, built once: the roles share [`Shared`] and the token verifier,
 /// and own the rest.
 #[derive(Clone)]
@@ -344,47 +401,30 @@ impl Gateway {
             routes: addrs.routes,
             jwks: addrs.jwks,
         };
-        let mcp_router = match &state.shared.settings.config.upstream {
-            Some(url) => {
-                let c = &state.shared.settings.config;
-                let identity = match (&c.upstream_client_cert, &c.upstream_client_key) {
-                    (Some(cert), Some(key)) => Some(crate::roots::Identity { cert, key }),
-                    _ => None,
-                };
-                let tls = crate::roots::client_config(c.upstream_ca_file.as_deref(), identity)
-                    .map_err(|e| std::io::Error::other(format!("upstream TLS: {e}")))?;
-                let upstream = mcp::upstream::Upstream::new(
-                    url,
-                    tls,
-                    &c.upstream_headers,
-                    c.identity_headers.clone(),
-                    state.resource.policy.clone(),
-                    std::time::Duration::from_secs(c.upstream_timeout_seconds),
-                    state.shared.metrics.clone(),
-                )
-                .map_err(std::io::Error::other)?
-                .with_vault(state.shared.vault.clone(), state.shared.clock.clone());
-                resource::router(state.resource.clone(), upstream.into_router())
-            }
-            None => match &state.shared.settings.config.upstream_cmd {
-                Some(command) if state.shared.settings.config.upstream_cmd_per_session => {
-                    resource::router(
-                        state.resource.clone(),
-                        mcp::passthrough_service(&state.resource, command, stop.child_token())
-                            .map_err(std::io::Error::other)?,
-                    )
-                }
-                Some(command) => resource::router(
-                    state.resource.clone(),
-                    mcp::stdio_service(&state.resource, command, stop.child_token())
-                        .map_err(std::io::Error::other)?,
-                ),
-                None => resource::router(
-                    state.resource.clone(),
-                    mcp::builtin_service(&state.resource, stop.child_token()),
-                ),
-            },
-        };
+        // One protected resource per route (`/mcp` alone without `[[routes]]`), each with
+        // its own token audience, tool policy and server behind it.
+        let c = &state.shared.settings.config;
+        let mut mcp_router = Router::new();
+        let mut metadata = Router::new();
+        for (i, _) in state.shared.settings.routes.iter().enumerate() {
+            let rs = state.resource.for_route(i).map_err(std::io::Error::other)?;
+            let server = match c.routes.get(i) {
+                Some(r) => Backend {
+                    upstream: r.upstream.as_deref(),
+                    upstream_cmd: r.upstream_cmd.as_deref(),
+                    headers: &r.upstream_headers,
+                    identity: r.identity_headers.as_ref().unwrap_or(&c.identity_headers),
+                },
+                None => Backend {
+                    upstream: c.upstream.as_deref(),
+                    upstream_cmd: c.upstream_cmd.as_deref(),
+                    headers: &c.upstream_headers,
+                    identity: &c.identity_headers,
+                },
+            };
+            metadata = metadata.merge(resource::metadata_router(rs.clone()));
+            mcp_router = mcp_router.merge(server.router(&state, rs, &stop)?);
+        }
         let serve = |listener: TcpListener, router: Router| {
             let stop = stop.clone();
             // Small SSE events and JSON-RPC answers must not wait for Nagle's algorithm.
@@ -410,7 +450,7 @@ impl Gateway {
                     // Another issuer authorizes: only the resource's own metadata is ours.
                     _ => Router::new(),
                 }
-                .merge(resource::metadata_router(state.resource.clone()))
+                .merge(metadata)
                 .merge(proxy::trace::router(state.trace.clone()))
                 .merge(crate::ops::router(state.shared.clone()))
                 .layer(axum::middleware::from_fn_with_state(

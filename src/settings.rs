@@ -18,7 +18,8 @@ pub struct Settings {
     /// The issuer: the public URL without a trailing slash. Every advertised endpoint is
     /// under it, so all of them go through the proxy.
     pub issuer: String,
-    /// The protected resource (canonical, RFC 8707): `<issuer>/mcp`.
+    /// The first protected resource (canonical, RFC 8707): `<issuer>/mcp` unless
+    /// `[[routes]]` say otherwise; what a request that names none gets.
     pub resource: String,
     /// The public origin (`scheme://host[:port]`), for Origin checks.
     pub public_origin: String,
@@ -31,6 +32,8 @@ pub struct Settings {
     pub pinned_clients: HashMap<String, Client>,
     /// The proxies whose `X-Forwarded-For` is believed (`trusted_proxies`, parsed).
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// Every protected resource: `/mcp`, or one per `[[routes]]` entry, in config order.
+    pub routes: Vec<Arc<Route>>,
 }
 
 impl Settings {
@@ -39,9 +42,25 @@ impl Settings {
         let issuer = public_url.as_str().trim_end_matches('/').to_string();
         let public_origin = public_url.origin().ascii_serialization();
         let path = public_url.path().trim_end_matches('/');
-        let resource = format!("{issuer}/mcp");
-        let resource_metadata_url =
-            format!("{public_origin}/.well-known/oauth-protected-resource{path}/mcp");
+        let paths: Vec<String> = if config.routes.is_empty() {
+            vec![crate::web::routes::MCP.to_string()]
+        } else {
+            config.routes.iter().map(|r| r.path.clone()).collect()
+        };
+        let routes: Vec<Arc<Route>> = paths
+            .into_iter()
+            .map(|p| {
+                Arc::new(Route {
+                    resource: format!("{issuer}{p}"),
+                    metadata_url: format!(
+                        "{public_origin}/.well-known/oauth-protected-resource{path}{p}"
+                    ),
+                    path: p,
+                })
+            })
+            .collect();
+        let resource = routes[0].resource.clone();
+        let resource_metadata_url = routes[0].metadata_url.clone();
         let needs_login =
             config.users.len() > 1 || config.users.iter().any(|u| u.password_hash.is_some());
         let dummy_password_hash = if needs_login {
@@ -67,6 +86,23 @@ impl Settings {
             resource,
             public_origin,
             resource_metadata_url,
+            routes,
         }
     }
+
+    /// Whether `resource` (canonical) is one this gateway serves.
+    pub fn serves(&self, resource: &str) -> bool {
+        self.routes.iter().any(|r| r.resource == resource)
+    }
+}
+
+/// One protected resource the gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Its path under the public URL, e.g. `/mcp`.
+    pub path: String,
+    /// Its canonical resource URL (RFC 8707): `<issuer><path>`.
+    pub resource: String,
+    /// Its protected resource metadata (path-suffixed form, RFC 9728 §3.1).
+    pub metadata_url: String,
 }

@@ -7,7 +7,8 @@
 //
 // Usage: node clients/ts/run.mjs   (GATEWAY_BIN overrides the binary path; GATEWAY_URL runs the
 // flow against a gateway that is already running there, e.g. a load balancer in front of
-// several replicas, instead of starting one)
+// several replicas, instead of starting one; MCP_PATH names the MCP endpoint's path there,
+// default /mcp)
 // Prints "1 passed, 0 failed" and exits 0 on success, "0 passed, 1 failed" and exits 1 otherwise.
 
 import { randomBytes } from 'node:crypto';
@@ -259,7 +260,8 @@ function textOf(result) {
 }
 
 async function runTest(base) {
-  const mcpUrl = new URL(`${base}/mcp`);
+  // MCP_PATH: a route of a gateway with [[routes]] (its own resource and metadata).
+  const mcpUrl = new URL(`${base}${process.env.MCP_PATH ?? '/mcp'}`);
   const callback = await startCallbackServer();
   const clients = [];
   try {

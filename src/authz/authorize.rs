@@ -75,7 +75,7 @@ pub fn validate_request(
     client: Option<Client>,
     supported_scopes: &[String],
     default_scopes: &[String],
-    our_resource: &str,
+    resources: &[&str],
 ) -> Result<ValidRequest, AuthorizeError> {
     let page = |error, description: String| AuthorizeError::Page { error, description };
     let params = params.map_err(|d| page("invalid_request", d.to_string()))?;
@@ -169,9 +169,10 @@ pub fn validate_request(
         )
     })?;
     let resource = match params.get("resource") {
-        None => our_resource.to_string(),
+        // The first resource is what a request that names none gets.
+        None => resources.first().map(|r| r.to_string()).unwrap_or_default(),
         Some(r) => match canonical_resource(r) {
-            Some(c) if c == our_resource => c,
+            Some(c) if resources.contains(&c.as_str()) => c,
             _ => {
                 return Err(redirect(
                     "invalid_target",
@@ -378,7 +379,10 @@ pub async fn authorize_get(
         client,
         &s.config.scopes.supported,
         &s.config.scopes.default,
-        &s.resource,
+        &s.routes
+            .iter()
+            .map(|r| r.resource.as_str())
+            .collect::<Vec<_>>(),
     ) {
         Ok(r) => r,
         Err(AuthorizeError::Page { error, description }) => {
@@ -737,7 +741,7 @@ mod tests {
             client,
             &supported,
             &["mcp:read".into()],
-            RES,
+            &[RES],
         )
     }
 

@@ -508,8 +508,18 @@ fn client_credentials(
             asked
         }
     };
-    let ours = &state.settings.resource;
-    check_resource(resource.as_deref(), ours)?;
+    // A client names the resource it wants (one of the routes); none: the first.
+    let ours = match resource.as_deref().and_then(canonical_resource) {
+        Some(r) if state.settings.serves(&r) => r,
+        Some(_) => {
+            return Err(OAuthError::InvalidTarget(
+                "resource is not served by this authorization server".into(),
+            ));
+        }
+        None => state.settings.resource.clone(),
+    };
+    check_resource(resource.as_deref(), &ours)?;
+    let ours = &ours;
     let (access_token, expires_in) = mint(
         state,
         &client.client_id,

@@ -25,11 +25,11 @@ pub struct ProtectedResourceMetadata {
     pub resource_name: &'static str,
 }
 
-/// `GET /.well-known/oauth-protected-resource[/mcp]`.
+/// `GET /.well-known/oauth-protected-resource[<route path>]`.
 pub async fn protected_resource_get(State(state): State<ResourceState>) -> impl IntoResponse {
     let s = &state.settings;
     axum::Json(ProtectedResourceMetadata {
-        resource: s.resource.clone(),
+        resource: state.route.resource.clone(),
         authorization_servers: vec![crate::tokens::sources::authorization_server(s)],
         scopes_supported: s.config.scopes.supported.clone(),
         bearer_methods_supported: vec!["header"],

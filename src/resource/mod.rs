@@ -81,7 +81,7 @@ where
         sessions: Arc::new(SessionOwners::default()),
     };
     let protected = Router::new()
-        .nest_service("/mcp", mcp)
+        .nest_service(&state.route.path, mcp)
         .layer(middleware::from_fn_with_state(gate, require_bearer));
     metadata_router(state)
         .merge(protected)
@@ -90,22 +90,22 @@ where
         ))
 }
 
-/// The protected resource metadata routes (RFC 9728 §3.1: root and path-suffixed forms).
+/// The protected resource metadata routes (RFC 9728 §3.1): the path-suffixed form for
+/// this route, and the root form for the first (the one a request naming none gets).
 pub fn metadata_router(state: ResourceState) -> Router {
-    Router::new()
-        .route(
+    let suffixed = format!(
+        "{}{}",
+        crate::web::routes::RESOURCE_METADATA,
+        state.route.path
+    );
+    let mut router = Router::new().route(&suffixed, get(metadata::protected_resource_get));
+    if state.settings.routes.first() == Some(&state.route) {
+        router = router.route(
             crate::web::routes::RESOURCE_METADATA,
             get(metadata::protected_resource_get),
-        )
-        .route(
-            &format!(
-                "{}{}",
-                crate::web::routes::RESOURCE_METADATA,
-                crate::web::routes::MCP
-            ),
-            get(metadata::protected_resource_get),
-        )
-        .with_state(state)
+        );
+    }
+    router.with_state(state)
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -394,7 +394,7 @@ pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) 
             code,
             description: description.map(str::to_string),
             scope,
-            resource_metadata: s.resource_metadata_url.clone(),
+            resource_metadata: state.route.metadata_url.clone(),
         }
         .into_response()
     };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::api_keys::ApiKeys;
 use super::policy::ScopePolicy;
 use crate::config::{AuthMode, ConfigError};
+use crate::settings::Route;
 use crate::shared::Shared;
 use crate::tokens::sources::Introspector;
 use crate::tokens::verify::Verifier;
@@ -24,6 +25,8 @@ pub struct ResourceState {
     pub api_keys: Option<Arc<ApiKeys>>,
     /// Introspection of an external issuer's opaque tokens, when configured.
     pub introspector: Option<Arc<Introspector>>,
+    /// The protected resource this state serves (`/mcp`, or one of `[[routes]]`).
+    pub route: Arc<Route>,
 }
 
 impl Deref for ResourceState {
@@ -54,12 +57,43 @@ impl ResourceState {
             }),
             _ => None,
         };
+        let route = shared.settings.routes[0].clone();
+        let scopes = match c.routes.first() {
+            Some(r) => r.scopes(&c.scopes),
+            None => c.scopes.clone(),
+        };
         Ok(Self {
-            policy: Arc::new(ScopePolicy::from_config(&c.scopes)),
+            route,
+            policy: Arc::new(ScopePolicy::from_config(&scopes)),
             api_keys,
             introspector,
             verifier,
             shared,
+        })
+    }
+
+    /// The same server for the `index`th route: its own resource, token audience and tool
+    /// policy.
+    pub fn for_route(&self, index: usize) -> Result<Self, ConfigError> {
+        let s = &self.shared.settings;
+        let Some(route) = s.routes.get(index).cloned() else {
+            return Err(ConfigError::Invalid {
+                key: "routes",
+                message: format!("no route {index}"),
+            });
+        };
+        let scopes = match s.config.routes.get(index) {
+            Some(r) => r.scopes(&s.config.scopes),
+            None => s.config.scopes.clone(),
+        };
+        let mut verifier =
+            crate::tokens::sources::verifier_for(s, self.shared.keys.clone(), &route.resource)?;
+        verifier.count_key_lookups(self.shared.metrics.cache_counters("jwks"));
+        Ok(Self {
+            route,
+            policy: Arc::new(ScopePolicy::from_config(&scopes)),
+            verifier: Arc::new(verifier),
+            ..self.clone()
         })
     }
 }

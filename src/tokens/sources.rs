@@ -142,8 +142,25 @@ pub fn authorization_server(settings: &Settings) -> String {
     }
 }
 
-/// The verifier for the configured `auth_mode`.
+/// The verifier for the configured `auth_mode`, as the authorization server sees tokens:
+/// for any of the resources it serves.
 pub fn verifier(settings: &Settings, keys: Arc<KeyRing>) -> Result<Verifier, ConfigError> {
+    let others = settings
+        .routes
+        .iter()
+        .skip(1)
+        .map(|r| r.resource.clone())
+        .collect();
+    Ok(verifier_for(settings, keys, &settings.resource)?.accepting_also(others))
+}
+
+/// The verifier of one resource (`audience`) the gateway serves; an external issuer's or a
+/// shared secret's tokens name the configured audience instead.
+pub fn verifier_for(
+    settings: &Settings,
+    keys: Arc<KeyRing>,
+    audience: &str,
+) -> Result<Verifier, ConfigError> {
     let c = &settings.config;
     let leeway = c.leeway_seconds;
     match c.auth_mode {
@@ -157,7 +174,7 @@ pub fn verifier(settings: &Settings, keys: Arc<KeyRing>) -> Result<Verifier, Con
             // Our own tokens: typed `at+jwt`, with a `jti`, and no leeway (one clock).
             Ok(Verifier::new(
                 vec![settings.issuer.clone()],
-                settings.resource.clone(),
+                audience.to_string(),
                 leeway,
                 Keys::Jwks(JwksCache::new(fetch, 300, 5)),
             )

@@ -247,6 +247,9 @@ pub struct Verifier {
     pub issuers: Vec<String>,
     /// The audience the token must name: our resource URL.
     pub audience: String,
+    /// Further audiences accepted (the authorization server's view: every resource it
+    /// serves). A resource server's verifier has none.
+    also: Vec<String>,
     /// Tolerated clock skew, seconds.
     pub leeway: u64,
     /// The key source.
@@ -317,6 +320,7 @@ impl Verifier {
     /// A verifier for tokens of `issuers` naming `audience`.
     pub fn new(issuers: Vec<String>, audience: String, leeway: u64, keys: Keys) -> Self {
         Self {
+            also: Vec::new(),
             issuers,
             audience,
             leeway,
@@ -324,6 +328,12 @@ impl Verifier {
             own: false,
             verified: VerifiedCache::default(),
         }
+    }
+
+    /// Also accept tokens for these audiences.
+    pub fn accepting_also(mut self, audiences: Vec<String>) -> Self {
+        self.also = audiences;
+        self
     }
 
     /// Verify the gateway's own tokens (RFC 9068 §4): the header must say `typ: at+jwt`,
@@ -419,7 +429,12 @@ impl Verifier {
         if !self.issuers.iter().any(|i| i == iss) {
             return Err(VerifyError::WrongIssuer);
         }
-        if !audience_matches(raw.get("aud"), &self.audience) {
+        if !audience_matches(raw.get("aud"), &self.audience)
+            && !self
+                .also
+                .iter()
+                .any(|a| audience_matches(raw.get("aud"), a))
+        {
             return Err(VerifyError::WrongAudience);
         }
         let mut claims: VerifiedClaims =
