@@ -589,3 +589,34 @@ def test_github_errors_in_a_200_answer_are_refusals(start_sso):
             assert session_cookie(b) is None
         assert "incorrect_client_credentials" in gw.log_tail(100)
         assert "not-the-secret" not in gw.log_tail(2000)
+
+
+def test_a_route_gets_the_provider_token_as_its_bearer(idp, start_sso, tmp_path):
+    up = RecordingUpstream()
+    try:
+        body = oidc_provider_toml(idp, secret_file(tmp_path, idp), DOMAIN_RULES) + f"""
+[[routes]]
+path = "/gh/mcp"
+upstream = "{up.url}"
+[routes.identity_headers]
+upstream_token = "Authorization"
+
+[[routes]]
+path = "/demo/mcp"
+"""
+        gw = start_sso(body, idp)
+        with browser() as b:
+            s = SignIn(gw, b)
+            s.params["resource"] = f"{gw.base}/gh/mcp"
+            code = s.approve(s.back(s.at_provider(idp, "alice")))
+        with httpx.Client(timeout=30.0) as http:
+            grant = Grant(s.client_id, s.pkce, s.params["state"], code, {})
+            tokens = tokens_from(exchange_code(http, gw.base, grant,
+                                               resource=f"{gw.base}/gh/mcp"), s.client_id)
+            assert McpClient(http, f"{gw.base}/gh", tokens.access_token).initialize().status == 200
+        bearer = up.headers[-1].get("authorization", "")
+        assert bearer.startswith("Bearer "), up.headers[-1]
+        assert idp.userinfo(bearer.removeprefix("Bearer "))[0] == 200, "the provider's token"
+        assert bearer.removeprefix("Bearer ") != tokens.access_token
+    finally:
+        up.close()

@@ -1071,6 +1071,17 @@ impl Config {
 }
 
 impl Config {
+    /// A header some upstream gets the person's identity-provider token in (top-level or a
+    /// route's `identity_headers.upstream_token`): the gateway keeps those tokens only then.
+    pub fn upstream_token_header(&self) -> Option<&str> {
+        self.identity_headers.upstream_token.as_deref().or_else(|| {
+            self.routes
+                .iter()
+                .filter_map(|r| r.identity_headers.as_ref()?.upstream_token.as_deref())
+                .next()
+        })
+    }
+
     fn validate_routes(&self) -> Result<(), ConfigError> {
         if self.routes.is_empty() {
             return Ok(());
@@ -1222,7 +1233,7 @@ impl Config {
                 }
             }
         }
-        if let Some(h) = &self.identity_headers.upstream_token
+        if let Some(h) = self.upstream_token_header()
             && self.identity_providers.is_empty()
         {
             return Err(ConfigError::Invalid {

@@ -54,7 +54,7 @@ impl Shared {
         )?);
         let revocations = Arc::new(RevocationView::new());
         let vault = Vault::new(
-            settings.config.identity_headers.upstream_token.is_some(),
+            settings.config.upstream_token_header().is_some(),
             store.clone(),
             providers.clone(),
             &keys,
