@@ -154,6 +154,10 @@ pub struct Config {
     pub upstream_headers: BTreeMap<String, String>,
     /// Headers carrying the verified identity to the upstream.
     pub identity_headers: IdentityHeaders,
+    /// How the public proxy reaches the gateway's own listeners: `in_process` hands the
+    /// request to the listener's router in memory (no loopback TCP, no second HTTP parse);
+    /// `network` sends it over loopback TCP as to any backend.
+    pub proxy_hop: ProxyHop,
     /// Several MCP servers behind one gateway (`[[routes]]`), each its own protected
     /// resource at its own path. Empty: one, at `/mcp` (`upstream`, `upstream_cmd`, or the
     /// built-in server).
@@ -299,6 +303,17 @@ pub struct IdentityHeaders {
     /// The identity provider's access token for the person (e.g. `X-Upstream-Token`), so
     /// the upstream's tools can call the provider's APIs as them. Never sent to MCP clients.
     pub upstream_token: Option<String>,
+}
+
+/// How the public proxy reaches the gateway's own listeners.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyHop {
+    /// The listener's router, called in memory.
+    #[default]
+    InProcess,
+    /// Loopback TCP to the listener.
+    Network,
 }
 
 /// One MCP server behind the gateway at its own path (`[[routes]]`): its own protected
@@ -676,6 +691,7 @@ impl Default for Config {
             upstream_headers: BTreeMap::new(),
             identity_headers: IdentityHeaders::default(),
             routes: Vec::new(),
+            proxy_hop: ProxyHop::default(),
             cimd_enabled: true,
             cimd_allow_loopback_http: false,
             users: Vec::new(),

@@ -440,31 +440,37 @@ impl Gateway {
                 .into_future(),
             )
         };
+        let routes_router = match state.shared.settings.config.auth_mode {
+            AuthMode::Builtin => {
+                authz::router(state.authz.clone()).merge(crate::admin::router(state.admin.clone()))
+            }
+            // Another issuer authorizes: only the resource's own metadata is ours.
+            _ => Router::new(),
+        }
+        .merge(metadata)
+        .merge(proxy::trace::router(state.trace.clone()))
+        .merge(crate::ops::router(state.shared.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.admin.clone(),
+            crate::admin::operator_guard,
+        ));
+        let jwks_router = tokens::jwks::router(state.shared.keys.clone());
+        // The proxy calls the same routers the listeners serve, in memory, unless the
+        // operator asked for the network hop.
+        let local = (state.shared.settings.config.proxy_hop == crate::config::ProxyHop::InProcess)
+            .then(|| proxy::forward::LocalBackends {
+                mcp: mcp_router.clone(),
+                routes: routes_router.clone(),
+                jwks: jwks_router.clone(),
+            });
         let tasks = [
             serve(listeners.mcp, mcp_router),
-            serve(
-                listeners.routes,
-                match state.shared.settings.config.auth_mode {
-                    AuthMode::Builtin => authz::router(state.authz.clone())
-                        .merge(crate::admin::router(state.admin.clone())),
-                    // Another issuer authorizes: only the resource's own metadata is ours.
-                    _ => Router::new(),
-                }
-                .merge(metadata)
-                .merge(proxy::trace::router(state.trace.clone()))
-                .merge(crate::ops::router(state.shared.clone()))
-                .layer(axum::middleware::from_fn_with_state(
-                    state.admin.clone(),
-                    crate::admin::operator_guard,
-                )),
-            ),
-            serve(
-                listeners.jwks,
-                tokens::jwks::router(state.shared.keys.clone()),
-            ),
+            serve(listeners.routes, routes_router),
+            serve(listeners.jwks, jwks_router),
             {
                 // The public listener: bounded per source, per connection and per header.
-                let router = proxy::forward::router(&state.shared, state.trace.clone(), backends);
+                let router =
+                    proxy::forward::router(&state.shared, state.trace.clone(), backends, local);
                 let limits = proxy::listen::Limits::from_config(&state.shared.settings.config);
                 let sources = proxy::listen::Sources::new(limits.max_per_source);
                 let stop = stop.clone();

@@ -30,11 +30,40 @@ pub struct ProxyState {
     client: HttpClient,
     scheme: &'static str,
     timeout: Duration,
+    /// The backends' routers, when the hop is in-process (`proxy_hop`).
+    local: Option<Arc<LocalBackends>>,
+}
+
+/// The gateway's own listeners' routers, called in memory by the proxy: the same router
+/// (middleware included) each listener serves, without loopback TCP or a second HTTP parse.
+#[derive(Clone)]
+pub struct LocalBackends {
+    /// What :3001 serves.
+    pub mcp: Router,
+    /// What :3003 serves.
+    pub routes: Router,
+    /// What :3004 serves.
+    pub jwks: Router,
+}
+
+impl LocalBackends {
+    fn of(&self, backend: Backend) -> Router {
+        match backend {
+            Backend::Mcp => self.mcp.clone(),
+            Backend::Routes => self.routes.clone(),
+            Backend::Jwks => self.jwks.clone(),
+        }
+    }
 }
 
 impl ProxyState {
     /// A proxy to `backends`.
-    pub fn new(shared: &Shared, trace: Option<Arc<RequestTrace>>, backends: Backends) -> Self {
+    pub fn new(
+        shared: &Shared,
+        trace: Option<Arc<RequestTrace>>,
+        backends: Backends,
+        local: Option<LocalBackends>,
+    ) -> Self {
         let client = hop::client(Some(Duration::from_secs(30)));
         let scheme = if shared.settings.issuer.starts_with("https:") {
             "https"
@@ -49,13 +78,20 @@ impl ProxyState {
             client,
             scheme,
             timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
+            local: local.map(Arc::new),
         }
     }
 }
 
-/// The proxy router: everything goes through [`proxy_handler`], behind CORS.
-pub fn router(shared: &Shared, trace: Option<Arc<RequestTrace>>, backends: Backends) -> Router {
-    let ps = ProxyState::new(shared, trace, backends);
+/// The proxy router: everything goes through [`proxy_handler`], behind CORS. With `local`,
+/// the backends are called in memory.
+pub fn router(
+    shared: &Shared,
+    trace: Option<Arc<RequestTrace>>,
+    backends: Backends,
+    local: Option<LocalBackends>,
+) -> Router {
+    let ps = ProxyState::new(shared, trace, backends, local);
     Router::new()
         .fallback(proxy_handler)
         .with_state(ps)
@@ -154,6 +190,33 @@ fn failure(backend: Backend, status: StatusCode, message: &str, request_id: &str
     (status, axum::Json(body)).into_response()
 }
 
+/// Hand `req` to a backend's router in memory, as its listener would: the peer is the
+/// loopback address the proxy's connection would have come from, and the response head must
+/// come within `timeout` (bodies stream).
+async fn in_process(
+    router: Router,
+    timeout: Duration,
+    mut req: Request,
+    backend: SocketAddr,
+) -> Result<Response, SendError> {
+    use tower::ServiceExt as _;
+    let loopback = match backend.ip() {
+        std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    };
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(loopback, 0)));
+    match tokio::time::timeout(timeout, router.oneshot(req)).await {
+        Ok(Ok(res)) => {
+            let (mut parts, body) = res.into_parts();
+            hop::strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body))
+        }
+        Ok(Err(never)) => match never {},
+        Err(_) => Err(SendError::TimedOut),
+    }
+}
+
 /// Forward one request.
 pub async fn proxy_handler(
     State(ps): State<ProxyState>,
@@ -226,7 +289,11 @@ pub async fn proxy_handler(
         },
         _ => body,
     };
-    let sent = hop::send(&ps.client, ps.timeout, Request::from_parts(parts, body)).await;
+    let req = Request::from_parts(parts, body);
+    let sent = match &ps.local {
+        Some(local) => in_process(local.of(backend), ps.timeout, req, addr).await,
+        None => hop::send(&ps.client, ps.timeout, req).await,
+    };
     let res = match sent {
         Ok(res) => res,
         Err(SendError::Unreachable(e)) => {

@@ -37,7 +37,10 @@ async fn proxy_to(state: AuthzState, mcp: SocketAddr) -> String {
         routes: mcp,
         jwks: mcp,
     };
-    format!("http://{}", serve(router(&state, None, backends)).await)
+    format!(
+        "http://{}",
+        serve(router(&state, None, backends, None)).await
+    )
 }
 
 async fn closed_port() -> SocketAddr {
