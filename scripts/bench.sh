@@ -17,7 +17,8 @@
 # Environment: DURATION (seconds per measurement, default 10), CONNECTIONS (default 32),
 # ROUNDS (direct/proxy pairs, default 2), SKIP_BUILD=1 to reuse target/release,
 # BENCH_OUT (file to append the table to, optional), STORE (memory, the default; sqlite;
-# postgres with DATABASE_URL naming an empty database, and a fresh key-encryption key).
+# postgres with DATABASE_URL naming an empty database, and a fresh key-encryption key),
+# PROXY_HOP (in_process, the default, or network: how the proxy reaches the MCP listener).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -77,6 +78,7 @@ IAT_SHA=$(printf %s "$IAT" | openssl dgst -sha256 -binary | base64 | tr '+/' '-_
 cat >"$WORK/gateway.toml" <<EOF
 # Benchmark config: registration is not rate-limited, so /register can be measured.
 register_rate_per_minute = 0
+proxy_hop = "${PROXY_HOP:-in_process}"
 token_rate_per_minute = 0
 authorize_rate_per_minute = 0
 [[initial_access_tokens]]
