@@ -261,14 +261,26 @@ pub struct Verifier {
     verified: VerifiedCache,
 }
 
-/// SHA-256 of a token -> its claims and until when the entry may be used.
-#[derive(Default)]
+/// SHA-256 of a token -> its claims and until when the entry may be used: a bounded cache
+/// (TinyLFU admission, least-recently-used eviction), so a flood of new tokens evicts a few
+/// entries rather than wiping every one.
 struct VerifiedCache {
-    entries: RwLock<HashMap<[u8; 32], (VerifiedClaims, u64)>>,
+    entries: moka::sync::Cache<[u8; 32], (VerifiedClaims, u64)>,
 }
 
-/// Entries kept at most; past that, expired ones go, and if none did, all.
-const VERIFIED_MAX: usize = 10_000;
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_MAX)
+                .time_to_live(std::time::Duration::from_secs(VERIFIED_TTL))
+                .build(),
+        }
+    }
+}
+
+/// Entries kept at most.
+const VERIFIED_MAX: u64 = 10_000;
 /// An entry is trusted at most this long, so a key withdrawn from the JWKS stops working
 /// soon even for tokens that were cached.
 const VERIFIED_TTL: u64 = 300;
@@ -283,23 +295,14 @@ impl VerifiedCache {
     }
 
     fn get(&self, key: &[u8; 32], now: u64) -> Option<VerifiedClaims> {
-        let entries = self.entries.read().ok()?;
-        entries
+        self.entries
             .get(key)
             .filter(|(_, until)| now < *until)
-            .map(|(claims, _)| claims.clone())
+            .map(|(claims, _)| claims)
     }
 
-    fn put(&self, key: [u8; 32], claims: VerifiedClaims, until: u64, now: u64) {
-        if let Ok(mut entries) = self.entries.write() {
-            if entries.len() >= VERIFIED_MAX {
-                entries.retain(|_, (_, u)| *u > now);
-                if entries.len() >= VERIFIED_MAX {
-                    entries.clear();
-                }
-            }
-            entries.insert(key, (claims, until));
-        }
+    fn put(&self, key: [u8; 32], claims: VerifiedClaims, until: u64, _now: u64) {
+        self.entries.insert(key, (claims, until));
     }
 }
 
@@ -820,6 +823,37 @@ mod tests {
             fetches.load(Ordering::SeqCst),
             2,
             "one refetch after the interval"
+        );
+    }
+
+    #[test]
+    fn the_verified_cache_stays_bounded_and_keeps_what_it_can() {
+        let cache = VerifiedCache::default();
+        let claims: VerifiedClaims = serde_json::from_value(serde_json::json!({
+            "iss": "i", "sub": "s", "exp": NOW + 60
+        }))
+        .unwrap();
+        let hot = VerifiedCache::key("hot");
+        cache.put(hot, claims.clone(), NOW + 60, NOW);
+        for i in 0..(VERIFIED_MAX + 2_000) {
+            cache.put(
+                VerifiedCache::key(&format!("t{i}")),
+                claims.clone(),
+                NOW + 60,
+                NOW,
+            );
+            if i % 100 == 0 {
+                assert!(
+                    cache.get(&hot, NOW).is_some(),
+                    "a token in use is not wiped"
+                );
+            }
+        }
+        cache.entries.run_pending_tasks();
+        assert!(cache.entries.entry_count() <= VERIFIED_MAX);
+        assert!(
+            cache.get(&hot, NOW + 60).is_none(),
+            "never past its own expiry"
         );
     }
 }
