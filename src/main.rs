@@ -47,7 +47,13 @@ struct Cli {
     #[arg(long, env = "MCP_GATEWAY_REFRESH_GRACE_SECONDS")]
     refresh_grace_seconds: Option<u64>,
     /// Signing algorithm of access tokens.
-    #[arg(long, global = true, env = "MCP_GATEWAY_SIGNING_ALG", value_enum)]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_GATEWAY_SIGNING_ALG",
+        value_enum,
+        ignore_case = true
+    )]
     signing_alg: Option<SigningAlg>,
     /// Approve every authorization request without a consent page (development only).
     #[arg(long, env = "MCP_GATEWAY_AUTO_APPROVE")]
@@ -93,7 +99,13 @@ struct Cli {
     )]
     trusted_proxies: Vec<String>,
     /// Storage backend.
-    #[arg(long, global = true, env = "MCP_GATEWAY_STORE", value_enum)]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_GATEWAY_STORE",
+        value_enum,
+        ignore_case = true
+    )]
     store: Option<StoreKind>,
     /// The PostgreSQL database of --store postgres (postgres://user:password@host:port/db).
     #[arg(
@@ -119,7 +131,7 @@ struct Cli {
     #[arg(long, env = "MCP_GATEWAY_KEY_CHECK_SECONDS")]
     key_check_seconds: Option<u64>,
     /// Log format.
-    #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum, ignore_case = true)]
     log_format: Option<LogFormat>,
 }
 

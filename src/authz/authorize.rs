@@ -279,7 +279,7 @@ fn approve(
         Arrival::Admitted => state.store.insert_code(hash, record).map_err(failed)?,
     }
     audit!(state, meta, info, "code_issued", client: Some(&p.client_id), sub: p.sub.as_deref();
-        client_id = %p.client_id, sub = ?p.sub, scopes = %p.scopes.join(" "), "authorization code issued");
+        client_id = %p.client_id, sub = p.sub.as_deref().unwrap_or(""), scopes = %p.scopes.join(" "), "authorization code issued");
     let mut pairs = vec![("code", code.as_str())];
     if let Some(s) = &p.state {
         pairs.push(("state", s));
@@ -688,12 +688,12 @@ pub async fn consent_post(
                 }
             }
             audit!(state, &meta, info, "consent_granted", client: Some(&pending.client_id), sub: pending.sub.as_deref();
-                client_id = %pending.client_id, sub = ?pending.sub, scopes = %pending.scopes.join(" "), "consent granted");
+                client_id = %pending.client_id, sub = pending.sub.as_deref().unwrap_or(""), scopes = %pending.scopes.join(" "), "consent granted");
             approve(&state, &pending, now, &meta, Arrival::Admitted).ok()
         }
         _ => {
             audit!(state, &meta, info, "consent_denied", client: Some(&pending.client_id), sub: pending.sub.as_deref();
-                client_id = %pending.client_id, sub = ?pending.sub, "consent denied");
+                client_id = %pending.client_id, sub = pending.sub.as_deref().unwrap_or(""), "consent denied");
             error_redirect(
                 &s.issuer,
                 &pending.redirect_uri,

@@ -304,7 +304,7 @@ pub async fn register_post(
     // The initial access token is named (by its name, never its value), so an operator sees
     // who created each client that can get tokens without a person.
     audit!(state, &meta, info, "client_registered", client: Some(&client.client_id), sub: None;
-        client_id = %client.client_id, name = ?client.client_name,
+        client_id = %client.client_id, name = client.client_name.as_deref().unwrap_or(""),
         initial_access_token = iat.map(|t| t.name.as_str()),
         grant_types = %client.grant_types.join(" "), "client registered");
     let body = RegistrationResponse {
