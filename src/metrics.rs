@@ -87,6 +87,9 @@ pub struct Metrics {
     live_clients: Gauge,
     live_grants: Gauge,
     over_pending_limit: Counter,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
+    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,6 +123,41 @@ impl Metrics {
         let live_clients = Gauge::default();
         let live_grants = Gauge::default();
         let over_pending_limit = Counter::default();
+        registry.register(
+            "build",
+            "The running build: its version and git revision",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("MCP_GATEWAY_GIT_REVISION")),
+            ]),
+        );
+        let resident_bytes = Gauge::default();
+        let open_fds = Gauge::default();
+        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the gateway process (as of the last scrape)",
+            resident_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of the gateway process (as of the last scrape)",
+            open_fds.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time of the gateway process (as of the last scrape)",
+            cpu_seconds.clone(),
+        );
+        // Every counter of a fixed vocabulary is there from the start, at 0, so a rate()
+        // over the first increment is right and a dashboard has no gaps.
+        for grant in ["authorization_code", "refresh_token", "client_credentials"] {
+            let _ = issued.get_or_create(&GrantLabel { grant });
+        }
+        for outcome in ["code", "refresh_token"] {
+            let _ = replays.get_or_create(&OutcomeLabel { outcome });
+        }
+        let _ = validations.get_or_create(&OutcomeLabel { outcome: "ok" });
         registry.register(
             "proxy_requests",
             "Requests through the public proxy, by backend and status",
@@ -181,6 +219,9 @@ impl Metrics {
             over_pending_limit.clone(),
         );
         Self {
+            resident_bytes,
+            open_fds,
+            cpu_seconds,
             cache_lookups,
             live_clients,
             live_grants,
@@ -277,11 +318,45 @@ impl Metrics {
 
     /// The OpenMetrics text.
     pub fn render(&self) -> String {
+        self.observe_process();
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Read the process's resident memory, open descriptors and CPU time (Linux `/proc`;
+    /// elsewhere they stay 0).
+    fn observe_process(&self) {
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<i64>().ok())
+        {
+            // The kernel reports pages; 4 KiB on every platform the gateway ships for.
+            self.resident_bytes.set(pages.saturating_mul(4096));
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest)
+        {
+            // Fields 14 and 15 (utime, stime), in clock ticks of 1/100 s (USER_HZ).
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            self.cpu_seconds.set((ticks(11) + ticks(12)) / 100.0);
+        }
     }
 }
 
@@ -331,6 +406,15 @@ mod tests {
             assert!(text.contains(line), "{line} in {text}");
         }
         assert_eq!(jwks.counts(), (2, 1));
+        assert!(text.contains("mcp_gateway_build_info{version=\""), "{text}");
+        assert!(text.contains("mcp_gateway_tokens_issued_total{grant=\"client_credentials\"} 0"));
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp_gateway_process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(rss > 1_000_000, "{text}");
+        assert!(!text.contains("mcp_gateway_process_open_fds 0\n"), "{text}");
         m.set_live(0, 0);
         assert!(m.render().contains("mcp_gateway_live_grants 0"));
     }
