@@ -41,3 +41,36 @@ def test_enum_flags_take_any_case_and_json_logs_carry_plain_values(gateway_facto
             assert not str(value).startswith(("Some(", "None")), f"{key}={value!r} in {e}"
     issued = next(e for e in events if e["fields"]["event"] == "code_issued")
     assert issued["fields"]["sub"] == "local-user"
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_access_log_and_trace_context_reach_the_log_and_the_upstream(gateway_factory, http,
+                                                                     tmp_path):
+    from test_sso import RecordingUpstream
+    up = RecordingUpstream()
+    try:
+        cfg = tmp_path / "gw.toml"
+        cfg.write_text("access_log = true\n")
+        gw = gateway_factory("--config", str(cfg), "--upstream", up.url)
+        tokens = full_flow(http, gw.base)
+        from flow import McpClient
+        mcp = McpClient(http, gw.base, tokens.access_token)
+        r = mcp.post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}},
+            extra_headers={"traceparent": TRACEPARENT, "X-Request-Id": "req-trace-1"})
+        assert r.status == 200
+        assert up.headers[-1].get("traceparent") == TRACEPARENT, "propagated to the upstream"
+        line = next(l for l in gw.log_tail(300).splitlines()
+                    if "req-trace-1" in l and "access" in l)
+        for part in ("method=POST", "path=/mcp", "route=\"mcp\"", "status=200", "client=127.0.0.1",
+                     "trace_id=4bf92f3577b34da6a3ce929d0e0e4736"):
+            assert part in line, f"{part} not in {line}"
+        # A malformed traceparent is dropped, not passed on.
+        mcp.post({"jsonrpc": "2.0", "method": "notifications/initialized"},
+                 extra_headers={"traceparent": "00-zz-00f067aa0ba902b7-01"})
+        assert "traceparent" not in up.headers[-1]
+    finally:
+        up.close()

@@ -183,6 +183,9 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Keep a trace of recent proxied requests, served at `/debug/requests`.
     pub debug_trace: bool,
+    /// Write one line per request through the public proxy (target `access`): method, path,
+    /// route, status, duration, client address, request id and W3C trace id.
+    pub access_log: bool,
     /// Scopes and the policy that maps MCP methods and tools to them.
     pub scopes: ScopeConfig,
 }
@@ -699,6 +702,7 @@ impl Default for Config {
             session_ttl_seconds: 12 * 3600,
             remember_consent_seconds: 30 * 24 * 3600,
             debug_trace: false,
+            access_log: false,
             metrics_public: false,
             audit_log: None,
             scopes: ScopeConfig::default(),

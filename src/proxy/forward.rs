@@ -32,6 +32,8 @@ pub struct ProxyState {
     timeout: Duration,
     /// The backends' routers, when the hop is in-process (`proxy_hop`).
     local: Option<Arc<LocalBackends>>,
+    /// Write the access log (`access_log`), telling clients apart through these proxies.
+    access_log: Option<Arc<crate::web::client_ip::TrustedProxies>>,
 }
 
 /// The gateway's own listeners' routers, called in memory by the proxy: the same router
@@ -79,6 +81,11 @@ impl ProxyState {
             scheme,
             timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
             local: local.map(Arc::new),
+            access_log: shared
+                .settings
+                .config
+                .access_log
+                .then(|| shared.settings.trusted_proxies.clone()),
         }
     }
 }
@@ -233,11 +240,33 @@ pub async fn proxy_handler(
     // Every request gets an id, kept when the client sent a sane one, passed to the
     // backend, returned to the client, and in the log and the trace.
     let request_id = crate::web::request_id::assign(&mut parts.headers);
+    // W3C trace context: a well-formed `traceparent` travels on to the backend and the
+    // upstream, and its trace id into the logs; a malformed one is dropped (the next hop
+    // starts a trace of its own).
+    let trace_id = match parts
+        .headers
+        .get("traceparent")
+        .map(|v| trace_id_of(v.as_bytes()))
+    {
+        Some(Some(id)) => id,
+        Some(None) => {
+            parts.headers.remove("traceparent");
+            parts.headers.remove("tracestate");
+            String::new()
+        }
+        None => String::new(),
+    };
     let traced_headers = match &ps.trace {
         Some(_) if path != crate::web::routes::DEBUG_REQUESTS => {
             Some(redacted_headers(&parts.headers))
         }
         _ => None,
+    };
+    // The client's own forwarding headers, for the access log's client address.
+    let client_headers = if ps.access_log.is_some() {
+        parts.headers.clone()
+    } else {
+        axum::http::HeaderMap::new()
     };
     // Read before anything is rewritten: the backends' host checks (the operator pages'
     // loopback rule, same-origin form posts) see it as `X-Forwarded-Host`.
@@ -344,12 +373,50 @@ pub async fn proxy_handler(
         %method,
         path = %path,
         request_id = %request_id,
+        trace_id = %trace_id,
         backend = backend.name(),
         status = res.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,
         "proxied"
     );
+    if let Some(trusted) = &ps.access_log {
+        let client = crate::web::client_ip::client_ip(peer, &client_headers, trusted);
+        tracing::info!(
+            target: "access",
+            %method,
+            path = %path,
+            route,
+            status = res.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            client = %client,
+            request_id = %request_id,
+            trace_id = %trace_id,
+            "request"
+        );
+    }
     res
+}
+
+/// The trace id of a W3C `traceparent` (version 00: `00-<32 hex>-<16 hex>-<2 hex>`, ids
+/// not all zero), or `None` when it is not one.
+fn trace_id_of(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = parts.next().is_none()
+        && version == "00"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    ok.then(|| trace.to_string())
 }
 
 #[cfg(test)]
@@ -359,6 +426,25 @@ mod tests {
     async fn body_json(res: Response) -> serde_json::Value {
         let bytes = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn only_a_well_formed_traceparent_names_a_trace() {
+        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_of(good).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            &b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"garbage",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[tokio::test]
