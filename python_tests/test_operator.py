@@ -2,7 +2,9 @@
 
 - Enum flags take any case (`--signing-alg ES256` as the README spells it, `--store SQLite`).
 - JSON log lines carry plain values: an audit event's `sub` is `local-user`, not the
-  debug form of an optional (`Some("local-user")`).
+  debug form of an optional (`Some("local-user")`); each names its client address and
+  request id.
+- The access log and W3C trace context.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def test_enum_flags_take_any_case_and_json_logs_carry_plain_values(gateway_facto
             assert not str(value).startswith(("Some(", "None")), f"{key}={value!r} in {e}"
     issued = next(e for e in events if e["fields"]["event"] == "code_issued")
     assert issued["fields"]["sub"] == "local-user"
+    # Each security event names where it came from and which request it was.
+    for e in events:
+        assert e["fields"]["source"] == "127.0.0.1", e
+        assert len(e["fields"]["request_id"]) >= 8, e
 
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

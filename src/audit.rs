@@ -188,14 +188,22 @@ impl SecurityEvents {
 ///        client_id = %id, "authorization code issued");
 /// ```
 ///
-/// `client:` and `sub:` (each an `Option<&str>`) go to the ring; the fields after `;` are
-/// the tracing event's, after `event = "<name>"`, exactly as written.
+/// `client:` and `sub:` (each an `Option<&str>`) go to the ring; the tracing event gets
+/// `event = "<name>"`, the client's address (`source`) and the request id, then the fields
+/// after `;` exactly as written.
 macro_rules! audit {
     ($state:expr, $meta:expr, $level:ident, $event:literal, client: $client:expr, sub: $sub:expr; $($fields:tt)+) => {{
+        let meta: &$crate::audit::RequestMeta = $meta;
         $state
             .events
-            .record($state.clock.now(), $event, $client, $sub, $meta);
-        ::tracing::$level!(target: "audit", event = $event, $($fields)+);
+            .record($state.clock.now(), $event, $client, $sub, meta);
+        ::tracing::$level!(
+            target: "audit",
+            event = $event,
+            source = %meta.source.map(|s| s.to_string()).unwrap_or_default(),
+            request_id = meta.request_id.as_deref().unwrap_or(""),
+            $($fields)+
+        );
     }};
 }
 pub(crate) use audit;
