@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::authorize::{Arrival, proceed, take_pending_form};
 use super::params::Params;
 use super::state::AuthzState;
-use super::users::{SESSION_COOKIE, cookie, sign_in_throttled};
+use super::users::{SESSION_COOKIE, cookie, cookie_of, sign_in_throttled};
 use crate::audit::{RequestMeta, audit};
 use crate::idp::{SignInError, rules};
 use crate::secret::{ct_eq, random_token, sha256_b64};
@@ -80,16 +80,7 @@ fn open_flight(state: &AuthzState, headers: &HeaderMap) -> Option<Flight> {
 }
 
 fn flight_cookie(state: &AuthzState, value: &str, max_age: u64) -> Option<HeaderValue> {
-    let secure = if state.settings.issuer.starts_with("https:") {
-        "; Secure"
-    } else {
-        ""
-    };
-    // Lax: the provider's redirect back is a top-level GET from another site.
-    HeaderValue::from_str(&format!(
-        "{FLIGHT_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    ))
-    .ok()
+    cookie_of(state, FLIGHT_COOKIE, value, max_age)
 }
 
 fn page(status: StatusCode, error: &'static str, description: impl Into<String>) -> Response {

@@ -109,18 +109,34 @@ pub fn login_page(
     }
 }
 
-/// The `Set-Cookie` value that starts a session.
-pub(crate) fn cookie(state: &AuthzState, token: &str) -> Option<HeaderValue> {
+/// A `Set-Cookie` value for one of our cookies: HTTP only, same-site lax (a provider's
+/// redirect back is a top-level GET from another site), `Secure` on an https public URL.
+/// `max_age` 0 clears it.
+pub(crate) fn cookie_of(
+    state: &AuthzState,
+    name: &str,
+    value: &str,
+    max_age: u64,
+) -> Option<HeaderValue> {
     let secure = if state.settings.issuer.starts_with("https:") {
         "; Secure"
     } else {
         ""
     };
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        state.settings.config.session_ttl_seconds
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
     ))
     .ok()
+}
+
+/// The `Set-Cookie` value that starts a session.
+pub(crate) fn cookie(state: &AuthzState, token: &str) -> Option<HeaderValue> {
+    cookie_of(
+        state,
+        SESSION_COOKIE,
+        token,
+        state.settings.config.session_ttl_seconds,
+    )
 }
 
 /// The 429 page for a source that has tried to sign in too often, or `None`.

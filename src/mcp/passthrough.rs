@@ -136,28 +136,17 @@ impl Passthrough {
 }
 
 fn spawn(argv: &[String], env: &[(String, OsString)], peer: PeerSlot) -> std::io::Result<Running> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    // A clean environment: the gateway's own (its secrets included) never reaches it.
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
+    let mut child = super::stdio::command(argv, env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
+        .spawn()?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(std::io::Error::other("the child's pipes are missing"));
     };
     let name = argv[0].clone();
     if let Some(stderr) = child.stderr.take() {
-        let name = name.clone();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "upstream_stderr", command = %name, "{line}");
-            }
-        });
+        super::stdio::log_stderr(stderr, name.clone());
     }
     let conn = Arc::new(Conn {
         stdin: tokio::sync::Mutex::new(stdin),

@@ -113,6 +113,27 @@ pub fn child_env(
     Ok(env)
 }
 
+/// The command `argv` with exactly the environment `env`: the gateway's own (its secrets
+/// included) never reaches the child, and the child dies with its handle.
+pub(crate) fn command(argv: &[String], env: &[(String, OsString)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Every line the child writes to stderr, into the log (target `upstream_stderr`).
+pub(crate) fn log_stderr(stderr: tokio::process::ChildStderr, name: String) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "upstream_stderr", command = %name, "{line}");
+        }
+    });
+}
+
 /// The child process and when it was last (re)started.
 struct Slot {
     child: Option<Child>,
@@ -144,13 +165,7 @@ impl StdioUpstream {
     }
 
     async fn spawn(&self) -> Result<Child, SpawnError> {
-        let mut cmd = tokio::process::Command::new(&self.argv[0]);
-        // A clean environment: the gateway's own (its secrets included) never reaches it.
-        cmd.args(&self.argv[1..])
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .kill_on_drop(true);
-        let (transport, stderr) = TokioChildProcess::builder(cmd)
+        let (transport, stderr) = TokioChildProcess::builder(command(&self.argv, &self.env))
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| SpawnError::Start {
@@ -158,13 +173,7 @@ impl StdioUpstream {
                 source,
             })?;
         if let Some(stderr) = stderr {
-            let name = self.argv[0].clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "upstream_stderr", command = %name, "{line}");
-                }
-            });
+            log_stderr(stderr, self.argv[0].clone());
         }
         ().serve(transport)
             .await
