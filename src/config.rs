@@ -749,7 +749,7 @@ impl Config {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: with_suggestion(&e.to_string()),
         })
     }
 
@@ -1069,6 +1069,23 @@ impl Config {
         }
         self.validate_identity_providers()?;
         self.validate_routes()?;
+        // A table for another mode would be silently ignored: say so instead.
+        if self.auth_mode != AuthMode::External
+            && (!self.external.issuer.is_empty() || !self.external.audience.is_empty())
+        {
+            return Err(invalid(
+                "external",
+                "is set, but auth_mode is not \"external\": set auth_mode = \"external\" or remove the [external] table",
+            ));
+        }
+        if self.auth_mode != AuthMode::SharedSecret
+            && (!self.shared_secret.issuer.is_empty() || !self.shared_secret.audience.is_empty())
+        {
+            return Err(invalid(
+                "shared_secret",
+                "is set, but auth_mode is not \"shared_secret\": set auth_mode = \"shared_secret\" or remove the [shared_secret] table",
+            ));
+        }
         let known = |scope: &String| scope.is_empty() || s.supported.contains(scope);
         let referenced = s
             .default
@@ -1265,6 +1282,47 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A parser message about an unknown key, with the long list of every valid key replaced by
+/// the closest one ("did you mean"), when one is close; other messages unchanged.
+fn with_suggestion(message: &str) -> String {
+    let Some((head, list)) = message.split_once(", expected one of ") else {
+        return message.to_string();
+    };
+    let Some(unknown) = head
+        .rsplit_once("unknown field `")
+        .and_then(|(_, rest)| rest.strip_suffix('`'))
+    else {
+        return message.to_string();
+    };
+    let best = list
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`'))
+        .map(|k| (edit_distance(unknown, k), k))
+        .min();
+    match best {
+        Some((d, key)) if d <= unknown.len().max(3) / 3 + 1 => {
+            format!("{head}: did you mean `{key}`?")
+        }
+        _ => format!("{head} (the keys are listed in README.md, Configuration)"),
+    }
+}
+
+/// Levenshtein distance, for key suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The words of `upstream_cmd`, split as a POSIX shell would (quotes, backslashes) without
@@ -1541,5 +1599,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no [[identity_providers]]"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_gets_the_closest_one_suggested() {
+        let err = |text: &str| {
+            let dir = tempfile_dir();
+            let path = dir.join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::from_file(&path).unwrap_err().to_string()
+        };
+        let e = err("proxy_adr = \"127.0.0.1:0\"\n");
+        assert!(e.contains("did you mean `proxy_addr`?"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+        assert!(!e.contains("expected one of"), "{e}");
+        let e = err(
+            "[[identity_providers]]\nkind = \"oidc\"\nclient_id = \"x\"\nallowed_domain = [\"a\"]\n",
+        );
+        assert!(e.contains("did you mean `allowed_domains`?"), "{e}");
+        let e = err("completely_unrelated_setting = 1\n");
+        assert!(
+            e.contains("README.md") && !e.contains("did you mean"),
+            "{e}"
+        );
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "mog-config-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }
