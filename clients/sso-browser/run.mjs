@@ -11,7 +11,7 @@
 // `<gateway>/login/callback` through its /__control/redirect_uris endpoint.
 //
 // The MCP client is the unmodified official TypeScript SDK (Client + StreamableHTTPClientTransport
-// with an OAuthClientProvider, as in clients/ts/run.mjs), against `<gateway>/mcp`. When the SDK
+// with harness.mjs's in-memory OAuthClientProvider), against `<gateway>/mcp`. When the SDK
 // asks to send the person to the authorization URL, headless Chromium (Debian's
 // /usr/bin/chromium, driven by the pinned playwright-core) opens it and a person is played:
 // "Sign in with Corp SSO" on the gateway's sign-in page, username and password on the
@@ -31,20 +31,19 @@
 //        failures go to <repo>/test-artifacts/sso-*.png.
 // Prints "N passed, M failed"; exits 0 only when nothing failed.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 import { chromium } from 'playwright-core';
 
-import { ANSI_RE, CheckError, Gateway, REPO, check, withDeadline } from '../harness.mjs';
+import {
+  CheckError, Gateway, InMemoryOAuthProvider, REPO, ReadyProcess, check, startCallbackServer, withDeadline,
+} from '../harness.mjs';
 
 const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const NODE_BIN = process.env.NODE_BIN || process.execPath;
@@ -71,55 +70,28 @@ const log = (...args) => console.error('[sso-e2e]', ...args);
 // The organisation's identity provider (clients/thirdparty/sso_idp.mjs)
 // ---------------------------------------------------------------------------
 
-class SsoIdp {
+class SsoIdp extends ReadyProcess {
   constructor() {
+    super('sso-idp', log);
     this.clientId = IDP_CLIENT_ID;
     this.clientSecret = randomBytes(24).toString('base64url');
     this.issuer = null;
-    this.output = [];
-    this.child = null;
-    this.exitInfo = null;
   }
 
   /** Spawn it; resolves with the issuer once the readiness line appears. */
-  start() {
+  async start() {
     const args = [SSO_IDP_SCRIPT, '0', '--client-id', this.clientId, '--client-secret', this.clientSecret,
       '--access-token-ttl', '3600'];
     log(`starting ${NODE_BIN} ${SSO_IDP_SCRIPT} 0 --client-id ${this.clientId} --client-secret ***`);
-    const child = spawn(NODE_BIN, args, { cwd: THIRDPARTY, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child = child;
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal };
-        resolve(this.exitInfo);
-      });
+    const m = await this.spawnReady(NODE_BIN, args, {
+      readyRe: IDP_READY_RE,
+      readyOn: 'stdout',
+      readyMs: IDP_READY_MS,
+      options: { cwd: THIRDPARTY },
+      exitHint: '; is oidc-provider installed in clients/thirdparty/node_modules?',
     });
-    const ready = new Promise((resolve, reject) => {
-      let settled = false;
-      const settle = (f, v) => {
-        if (!settled) {
-          settled = true;
-          f(v);
-        }
-      };
-      for (const [stream, label] of [[child.stdout, 'stdout'], [child.stderr, 'stderr']]) {
-        createInterface({ input: stream }).on('line', (raw) => {
-          const line = raw.replace(ANSI_RE, '');
-          this.output.push(`[sso-idp ${label}] ${line}`);
-          if (this.output.length > 400) this.output.shift();
-          const m = label === 'stdout' && !settled ? IDP_READY_RE.exec(line) : null;
-          if (m) {
-            this.issuer = m[1];
-            settle(resolve, this.issuer);
-          }
-        });
-      }
-      child.once('error', (e) => settle(reject, new Error(`cannot start the identity provider: ${e.message}`)));
-      child.once('exit', (code, signal) =>
-        settle(reject, new Error(`the identity provider exited before it was ready (code=${code}, signal=${signal}); `
-          + 'is oidc-provider installed in clients/thirdparty/node_modules?')));
-    });
-    return withDeadline(IDP_READY_MS, 'identity provider readiness', ready);
+    this.issuer = m[1];
+    return this.issuer;
   }
 
   async allowRedirectUris(uris) {
@@ -131,20 +103,6 @@ class SsoIdp {
     const body = await res.json();
     check(res.status === 200 && JSON.stringify(body.redirect_uris) === JSON.stringify(uris),
       `POST /__control/redirect_uris answered ${res.status} ${JSON.stringify(body)}`);
-  }
-
-  /** SIGTERM to the one process started, by its PID; SIGKILL after EXIT_MS. */
-  async stop() {
-    const child = this.child;
-    if (!child || child.pid === undefined || this.exitInfo !== null) return this.exitInfo;
-    child.kill('SIGTERM');
-    try {
-      return await withDeadline(EXIT_MS, 'identity provider exit after SIGTERM', this.exited);
-    } catch {
-      log(`the identity provider ignored SIGTERM; sending SIGKILL to pid ${child.pid}`);
-      child.kill('SIGKILL');
-      return { ...(await this.exited), timedOut: true };
-    }
   }
 }
 
@@ -160,135 +118,6 @@ client_secret_file = ${JSON.stringify(secretFile)}
 groups_claim = "groups"
 allowed_domains = ["example.com"]
 `;
-}
-
-// ---------------------------------------------------------------------------
-// The MCP client's redirect URI: a loopback server that keeps what arrives
-// ---------------------------------------------------------------------------
-
-function startCallbackServer() {
-  const received = []; // URLSearchParams of every GET /callback
-  const waiters = []; // { state, resolve }
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://127.0.0.1');
-    if (req.method === 'GET' && url.pathname === '/callback') {
-      received.push(url.searchParams);
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end('Authorization complete. You may close this window.');
-      for (const w of waiters.splice(0)) {
-        if (url.searchParams.get('state') === w.state) w.resolve(url.searchParams);
-        else waiters.push(w);
-      }
-    } else {
-      res.writeHead(404).end();
-    }
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      resolve({
-        redirectUrl: `http://127.0.0.1:${port}/callback`,
-        received,
-        /** The params of the callback carrying `state` (already arrived, or when it does). */
-        forState: (state) => {
-          const got = received.find((p) => p.get('state') === state);
-          if (got) return Promise.resolve(got);
-          return new Promise((r) => waiters.push({ state, resolve: r }));
-        },
-        close: () => new Promise((r) => {
-          server.closeAllConnections();
-          server.close(() => r());
-        }),
-      });
-    });
-  });
-}
-
-// ---------------------------------------------------------------------------
-// OAuthClientProvider (in memory). redirectToAuthorization only keeps the URL: the test then
-// opens it in the browser, as an application opens the system browser.
-// ---------------------------------------------------------------------------
-
-class InMemoryOAuthProvider {
-  constructor(redirectUrl, name) {
-    this._redirectUrl = redirectUrl;
-    this._name = name;
-    this._clientInformation = undefined;
-    this._tokens = undefined;
-    this._codeVerifier = undefined;
-    this._discoveryState = undefined;
-    this._state = undefined;
-    this.authorizationUrls = []; // every redirectToAuthorization() call
-  }
-
-  get redirectUrl() {
-    return this._redirectUrl;
-  }
-
-  get clientMetadata() {
-    return {
-      client_name: this._name,
-      redirect_uris: [this._redirectUrl],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    };
-  }
-
-  get lastState() {
-    return this._state;
-  }
-
-  state() {
-    this._state = randomBytes(16).toString('base64url');
-    return this._state;
-  }
-
-  clientInformation() {
-    return this._clientInformation;
-  }
-
-  saveClientInformation(info) {
-    this._clientInformation = info;
-  }
-
-  tokens() {
-    return this._tokens;
-  }
-
-  saveTokens(tokens) {
-    this._tokens = tokens;
-  }
-
-  saveCodeVerifier(codeVerifier) {
-    this._codeVerifier = codeVerifier;
-  }
-
-  codeVerifier() {
-    if (!this._codeVerifier) throw new Error('no code verifier saved');
-    return this._codeVerifier;
-  }
-
-  saveDiscoveryState(state) {
-    this._discoveryState = state;
-  }
-
-  discoveryState() {
-    return this._discoveryState;
-  }
-
-  invalidateCredentials(scope) {
-    log(`SDK invalidated credentials: ${scope}`);
-    if (scope === 'all' || scope === 'client') this._clientInformation = undefined;
-    if (scope === 'all' || scope === 'tokens') this._tokens = undefined;
-    if (scope === 'all' || scope === 'verifier') this._codeVerifier = undefined;
-    if (scope === 'all' || scope === 'discovery') this._discoveryState = undefined;
-  }
-
-  redirectToAuthorization(authorizationUrl) {
-    this.authorizationUrls.push(new URL(authorizationUrl));
-  }
 }
 
 /**
@@ -372,7 +201,7 @@ async function signInAtProvider(page, env, authUrl, login, trace) {
 
 async function testSignInWhoami(env, trace) {
   const { browser, gateway, callback, mcpUrl, gwOrigin } = env;
-  const provider = new InMemoryOAuthProvider(callback.redirectUrl, 'SSO browser e2e (alice)');
+  const provider = new InMemoryOAuthProvider({ redirectUrl: callback.redirectUrl, clientName: 'SSO browser e2e (alice)', log });
   const { url, transport } = await startAuthorization(mcpUrl, provider, gwOrigin);
   trace.push('SDK asked for authorization');
 
@@ -437,7 +266,7 @@ async function testSignInWhoami(env, trace) {
 
 async function testRefused(env, trace) {
   const { browser, callback, mcpUrl, gwOrigin } = env;
-  const provider = new InMemoryOAuthProvider(callback.redirectUrl, 'SSO browser e2e (bob)');
+  const provider = new InMemoryOAuthProvider({ redirectUrl: callback.redirectUrl, clientName: 'SSO browser e2e (bob)', log });
   const { url } = await startAuthorization(mcpUrl, provider, gwOrigin);
   const state = provider.lastState;
   const before = callback.received.length;
@@ -560,7 +389,7 @@ async function main() {
   try { if (browser) await browser.close(); } catch { /* browser gone */ }
   if (callback) await callback.close();
   const gatewayExit = gateway ? await gateway.stop(EXIT_MS) : null;
-  const idpExit = await idp.stop();
+  const idpExit = await idp.stop(EXIT_MS);
   rmSync(workDir, { recursive: true, force: true });
   log(`gateway exit ${JSON.stringify(gatewayExit)}, identity provider exit ${JSON.stringify(idpExit)}`);
 

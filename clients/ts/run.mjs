@@ -12,48 +12,20 @@
 // Prints "1 passed, 0 failed" and exits 0 on success, "0 passed, 1 failed" and exits 1 otherwise.
 
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 
-import { CheckError, Gateway, check, withDeadline } from '../harness.mjs';
+import {
+  CheckError, Gateway, InMemoryOAuthProvider, check, startCallbackServer, withDeadline,
+} from '../harness.mjs';
 
 const READY_TIMEOUT_MS = Number(process.env.READY_TIMEOUT_MS ?? 30_000); // only used to fail the test, never to wait
 const TEST_TIMEOUT_MS = 60_000; // overall deadline for the OAuth + MCP part
 const EXIT_TIMEOUT_MS = 10_000; // deadline for the gateway to exit after SIGTERM
 
 const log = (...args) => console.error('[ts-e2e]', ...args);
-
-// ---------------------------------------------------------------------------
-// Loopback redirect target (what a native MCP client would listen on)
-// ---------------------------------------------------------------------------
-
-function startCallbackServer() {
-  const received = [];
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://127.0.0.1');
-    if (req.method === 'GET' && url.pathname === '/callback') {
-      received.push(url.searchParams);
-      res.writeHead(200, { 'Content-Type': 'text/plain' });
-      res.end('Authorization complete. You may close this window.');
-    } else {
-      res.writeHead(404).end();
-    }
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      resolve({
-        redirectUrl: `http://127.0.0.1:${port}/callback`,
-        received,
-        close: () => new Promise((r) => server.close(() => r())),
-      });
-    });
-  });
-}
 
 // ---------------------------------------------------------------------------
 // Headless "browser": approves the consent page
@@ -111,82 +83,15 @@ function cookieHeader(response) {
 }
 
 // ---------------------------------------------------------------------------
-// OAuthClientProvider (in memory)
+// OAuthClientProvider (in memory) that approves consent itself
 // ---------------------------------------------------------------------------
 
-class InMemoryOAuthProvider {
-  constructor(redirectUrl, callback) {
-    this._redirectUrl = redirectUrl;
+class ConsentApprovingProvider extends InMemoryOAuthProvider {
+  /** `callback` is the loopback redirect target (startCallbackServer). */
+  constructor(callback) {
+    super({ redirectUrl: callback.redirectUrl, clientName: 'mcp-oauth-gateway TS SDK e2e', log });
     this._callback = callback;
-    this._clientInformation = undefined;
-    this._tokens = undefined;
-    this._codeVerifier = undefined;
-    this._discoveryState = undefined;
-    this._state = undefined;
     this.authorizationCode = undefined; // filled by redirectToAuthorization
-    this.savedTokens = []; // every saveTokens() call, for assertions
-    this.redirects = 0;
-  }
-
-  get redirectUrl() {
-    return this._redirectUrl;
-  }
-
-  get clientMetadata() {
-    return {
-      client_name: 'mcp-oauth-gateway TS SDK e2e',
-      redirect_uris: [this._redirectUrl],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    };
-  }
-
-  state() {
-    this._state = randomBytes(16).toString('base64url');
-    return this._state;
-  }
-
-  clientInformation() {
-    return this._clientInformation;
-  }
-
-  saveClientInformation(info) {
-    this._clientInformation = info;
-  }
-
-  tokens() {
-    return this._tokens;
-  }
-
-  saveTokens(tokens) {
-    this._tokens = tokens;
-    this.savedTokens.push(tokens);
-  }
-
-  saveCodeVerifier(codeVerifier) {
-    this._codeVerifier = codeVerifier;
-  }
-
-  codeVerifier() {
-    if (!this._codeVerifier) throw new Error('no code verifier saved');
-    return this._codeVerifier;
-  }
-
-  saveDiscoveryState(state) {
-    this._discoveryState = state;
-  }
-
-  discoveryState() {
-    return this._discoveryState;
-  }
-
-  invalidateCredentials(scope) {
-    log(`SDK invalidated credentials: ${scope}`);
-    if (scope === 'all' || scope === 'client') this._clientInformation = undefined;
-    if (scope === 'all' || scope === 'tokens') this._tokens = undefined;
-    if (scope === 'all' || scope === 'verifier') this._codeVerifier = undefined;
-    if (scope === 'all' || scope === 'discovery') this._discoveryState = undefined;
   }
 
   /**
@@ -194,11 +99,11 @@ class InMemoryOAuthProvider {
    * loopback callback, and keeps the authorization code for finishAuth().
    */
   async redirectToAuthorization(authorizationUrl) {
-    this.redirects += 1;
+    super.redirectToAuthorization(authorizationUrl);
     const authUrl = new URL(authorizationUrl);
     log(`authorize: ${authUrl.origin}${authUrl.pathname} scope=${authUrl.searchParams.get('scope')} resource=${authUrl.searchParams.get('resource')}`);
     check(authUrl.searchParams.get('code_challenge_method') === 'S256', 'SDK did not request S256 PKCE');
-    check(authUrl.searchParams.get('state') === this._state, 'authorize URL does not carry the provider state');
+    check(authUrl.searchParams.get('state') === this.lastState, 'authorize URL does not carry the provider state');
 
     const page = await fetch(authUrl, { redirect: 'manual', headers: { Accept: 'text/html' } });
     const html = await page.text();
@@ -224,17 +129,17 @@ class InMemoryOAuthProvider {
     const back = new URL(location, consentUrl);
     log(`consent redirected to ${back.origin}${back.pathname} (code redacted)`);
 
-    const expected = new URL(this._redirectUrl);
+    const expected = new URL(this.redirectUrl);
     check(back.origin === expected.origin && back.pathname === expected.pathname,
-      `consent redirected to ${back.origin}${back.pathname}, expected ${this._redirectUrl}`);
+      `consent redirected to ${back.origin}${back.pathname}, expected ${this.redirectUrl}`);
     check(!back.searchParams.get('error'),
       `consent redirect carries error=${back.searchParams.get('error')} (${back.searchParams.get('error_description')})`);
     const code = back.searchParams.get('code');
     check(code, 'consent redirect has no code');
-    check(back.searchParams.get('state') === this._state,
-      `state mismatch: got ${back.searchParams.get('state')}, sent ${this._state}`);
+    check(back.searchParams.get('state') === this.lastState,
+      `state mismatch: got ${back.searchParams.get('state')}, sent ${this.lastState}`);
     // RFC 9207: the iss parameter must equal the issuer of the metadata the SDK discovered.
-    const issuer = this._discoveryState?.authorizationServerMetadata?.issuer;
+    const issuer = this.discoveryState()?.authorizationServerMetadata?.issuer;
     check(issuer, 'SDK saved no authorization server metadata issuer');
     check(back.searchParams.get('iss') === issuer,
       `iss mismatch: got ${back.searchParams.get('iss')}, metadata issuer ${issuer}`);
@@ -265,7 +170,7 @@ async function runTest(base) {
   const callback = await startCallbackServer();
   const clients = [];
   try {
-    const provider = new InMemoryOAuthProvider(callback.redirectUrl, callback);
+    const provider = new ConsentApprovingProvider(callback);
 
     // 1. First connection: no token -> 401 -> SDK discovers, registers, starts authorization,
     //    our provider approves consent, and the SDK surfaces UnauthorizedError.
@@ -280,7 +185,8 @@ async function runTest(base) {
     }
     check(firstError instanceof UnauthorizedError,
       `first connect should fail with UnauthorizedError, got ${firstError ? firstError.stack ?? firstError : 'success'}`);
-    check(provider.redirects === 1, `redirectToAuthorization called ${provider.redirects} times, expected 1`);
+    check(provider.authorizationUrls.length === 1,
+      `redirectToAuthorization called ${provider.authorizationUrls.length} times, expected 1`);
     const info = provider.clientInformation();
     check(info?.client_id, 'SDK did not register a client');
     log(`registered client_id=${info.client_id}`);
@@ -300,7 +206,7 @@ async function runTest(base) {
     const client2 = new Client({ name: 'mcp-oauth-gateway-ts-e2e', version: '0.0.0' });
     clients.push(client2);
     await client2.connect(transport2);
-    check(provider.redirects === 1, 'SDK asked for authorization again after finishAuth');
+    check(provider.authorizationUrls.length === 1, 'SDK asked for authorization again after finishAuth');
     log(`connected: server=${JSON.stringify(client2.getServerVersion())}`);
 
     // 4. tools/list
