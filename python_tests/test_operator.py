@@ -80,3 +80,51 @@ def test_access_log_and_trace_context_reach_the_log_and_the_upstream(gateway_fac
         assert "traceparent" not in up.headers[-1]
     finally:
         up.close()
+
+
+def test_hash_password_on_a_terminal_prompts_without_echo():
+    """On a terminal, `hash-password` prompts and the typed password is not echoed."""
+    import os
+    import pty
+    import select
+
+    from gateway_proc import gateway_binary
+
+    def read_some(fd, timeout) -> bytes:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return b""
+        try:
+            return os.read(fd, 4096)
+        except OSError:  # the child closed its terminal
+            return b""
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        os.execv(str(gateway_binary()), [str(gateway_binary()), "hash-password"])
+    seen = b""
+    try:
+        while b"Password" not in seen:
+            chunk = read_some(fd, 30)
+            assert chunk, f"no prompt on the terminal: {seen!r}"
+            seen += chunk
+        # Type only once the program has turned echo off (as a person would, after the
+        # prompt): the terminal's own flags say when.
+        import termios
+        import time
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(fd)[3] & termios.ECHO:
+            assert time.monotonic() < deadline, "echo never turned off"
+            select.select([], [], [], 0.005)
+        os.write(fd, b"s3cret-on-a-tty\n")
+        while b"$argon2" not in seen:
+            chunk = read_some(fd, 60)
+            if not chunk:
+                break
+            seen += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert b"$argon2" in seen, seen
+    assert b"s3cret-on-a-tty" not in seen, f"the password was echoed: {seen!r}"

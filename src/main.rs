@@ -138,8 +138,8 @@ struct Cli {
 /// Tools besides serving.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Read a password from standard input and print its argon2 hash, for a `[[users]]`
-    /// entry's `password_hash`.
+    /// Read a password (prompted without echo on a terminal, else one line of standard
+    /// input) and print its argon2 hash, for a `[[users]]` entry's `password_hash`.
     HashPassword,
     /// Serve the built-in demo tools as a stdio MCP server (try `--upstream-cmd` with it).
     ServeStdio,
@@ -278,11 +278,18 @@ fn rotate_keys(
 }
 
 fn hash_password_from_stdin() -> ExitCode {
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() {
+    use std::io::IsTerminal as _;
+    // On a terminal: a prompt, and the password is not echoed. From a pipe: one line.
+    let line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("Password (not shown): ")
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    };
+    let Ok(line) = line else {
         eprintln!("mcp-oauth-gateway: cannot read the password from standard input");
         return ExitCode::from(2);
-    }
+    };
     let password = line.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
         eprintln!("mcp-oauth-gateway: the password is empty");
@@ -367,7 +374,8 @@ fn init_tracing(format: LogFormat, audit_log: Option<&std::path::Path>) -> Resul
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rmcp says "session created" and the like at INFO for every MCP session.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     let main = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
