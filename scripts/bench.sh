@@ -8,24 +8,34 @@
 #   - the token endpoint: the refresh_token grant (each request rotates its own chain) and
 #     the client_credentials grant (confidential client, Basic auth);
 #   - dynamic client registration (rate limit switched off by the config);
-#   - idle and loaded RSS of the gateway (VmRSS / VmHWM from /proc).
+#   - idle and loaded RSS of the gateway (VmRSS / VmHWM from /proc);
+#   - when nginx is installed (Debian's package), the same tools/call through a throwaway
+#     nginx in front of the MCP listener, as the reference for the proxy hop: one worker on
+#     the gateway's core, keep-alive upstream connections, no buffering; measured in the
+#     same interleaved rounds as direct and proxied, and stopped by its master's PID.
 #
 # The gateway is pinned to one core and wrk to another when there are two or more.
 # Prints a table: req/s, p50, p99, errors, and proxied/direct ratios (at CONNECTIONS, and at
 # one connection, where p50 is the service time rather than queueing).
 #
 # Environment: DURATION (seconds per measurement, default 10), CONNECTIONS (default 32),
-# ROUNDS (direct/proxy pairs, default 2), SKIP_BUILD=1 to reuse target/release,
+# ROUNDS (direct/proxy pairs, default 2), SKIP_BUILD=1 to reuse the last release build,
 # BENCH_OUT (file to append the table to, optional), STORE (memory, the default; sqlite;
 # postgres with DATABASE_URL naming an empty database, and a fresh key-encryption key),
-# PROXY_HOP (in_process, the default, or network: how the proxy reaches the MCP listener).
+# PROXY_HOP (in_process, the default, or network: how the proxy reaches the MCP listener),
+# GATEWAY_BIN (a gateway binary to use as it is; otherwise the script builds and runs
+# $CARGO_TARGET_DIR/release/mcp-oauth-gateway, or target/release/... without it),
+# NGINX (0 to leave nginx out; NGINX_BIN names the binary, default nginx on PATH, else
+# /usr/sbin/nginx).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT/target/release/mcp-oauth-gateway"
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN=${GATEWAY_BIN:-"$TARGET_DIR/release/mcp-oauth-gateway"}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
@@ -41,7 +51,7 @@ fi
 need python3 || { echo "bench: python3 is needed" >&2; exit 1; }
 need curl || { echo "bench: curl is needed" >&2; exit 1; }
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${GATEWAY_BIN:-}" ]; then
   (cd "$ROOT" && cargo build --release --bin mcp-oauth-gateway)
 fi
 [ -x "$BIN" ] || { echo "bench: $BIN missing" >&2; exit 1; }
@@ -60,7 +70,24 @@ fi
 # --- gateway -----------------------------------------------------------------------------
 WORK=$(mktemp -d -t mog-bench.XXXXXX)
 GW_PID=""
+NGINX_PID=""
+# nginx is stopped by its master's PID (from its pid file): SIGQUIT, a graceful stop; after
+# 10 s SIGKILL for the master and the workers it started (found by their parent PID).
+stop_nginx() {
+  [ -n "$NGINX_PID" ] || return 0
+  if kill -0 "$NGINX_PID" 2>/dev/null; then
+    kill -QUIT "$NGINX_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$NGINX_PID" 2>/dev/null; then
+      local workers; workers=$(pgrep -P "$NGINX_PID" || true)
+      kill -9 "$NGINX_PID" $workers 2>/dev/null || true
+    fi
+  fi
+  wait "$NGINX_PID" 2>/dev/null || true
+  NGINX_PID=""
+}
 cleanup() {
+  stop_nginx
   if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
     kill "$GW_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
@@ -116,6 +143,75 @@ addr_of() { printf '%s' "$LISTEN" | grep -o "$1=[0-9.:]*" | head -1 | cut -d= -f
 PROXY=$(addr_of proxy); MCP=$(addr_of mcp); ROUTES=$(addr_of routes)
 [ -n "$PROXY" ] && [ -n "$MCP" ] || { echo "bench: cannot parse: $LISTEN" >&2; exit 1; }
 echo "bench: gateway pid $GW_PID proxy=$PROXY mcp=$MCP routes=$ROUTES ($PIN_NOTE)" >&2
+
+# --- nginx, the reference for the proxy hop ------------------------------------------------
+# A throwaway nginx in front of the MCP listener, as a reverse proxy is usually set up for
+# it: one worker, on the gateway's core (the two share it as the gateway's own proxy shares
+# it with its MCP listener), keep-alive connections to the gateway, HTTP/1.1 upstream, no
+# buffering (SSE), Host set to the listener's address (rmcp checks it). keepalive_requests
+# is raised on both sides so that neither nginx nor the gateway closes connections that the
+# direct runs keep.
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)}
+NGINX_ADDR=""
+NGINX_VERSION=""
+if [ "${NGINX:-1}" != 0 ] && [ -x "$NGINX_BIN" ]; then
+  NG="$WORK/nginx"
+  mkdir -p "$NG"
+  # As root nginx's worker runs as nobody: it must reach the prefix's temp directories.
+  chmod 755 "$WORK" "$NG"
+  NGINX_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$NG/nginx.conf" <<EOF
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $NG/client_body;
+    proxy_temp_path $NG/proxy;
+    fastcgi_temp_path $NG/fastcgi;
+    uwsgi_temp_path $NG/uwsgi;
+    scgi_temp_path $NG/scgi;
+    keepalive_requests 1000000;
+    upstream gateway_mcp {
+        server $MCP;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://gateway_mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $MCP;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+EOF
+  "${GW_PIN[@]}" "$NGINX_BIN" -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf" \
+    -g "daemon off; pid $NG/nginx.pid;" </dev/null >/dev/null 2>>"$NG/error.log" &
+  NGINX_JOB=$!
+  for _ in $(seq 1 100); do
+    if [ -s "$NG/nginx.pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null; then
+      NGINX_PID=$(cat "$NG/nginx.pid"); NGINX_ADDR="127.0.0.1:$NGINX_PORT"; break
+    fi
+    kill -0 "$NGINX_JOB" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$NGINX_ADDR" ]; then
+    echo "bench: nginx did not start; measuring without it" >&2
+    cat "$NG/error.log" >&2 || true
+    if [ -s "$NG/nginx.pid" ]; then NGINX_PID=$(cat "$NG/nginx.pid"); fi
+    stop_nginx
+  else
+    NGINX_VERSION="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //') (1 worker, same core as the gateway)"
+    echo "bench: nginx $NGINX_VERSION pid $NGINX_PID at $NGINX_ADDR -> mcp=$MCP" >&2
+  fi
+else
+  echo "bench: nginx not installed (or NGINX=0): no reference proxy" >&2
+fi
 
 rss_kb() { awk -v k="$1:" '$1==k {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0; }
 
@@ -236,6 +332,17 @@ J() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=d[sys.argv[
 ACCESS=$(J access_token); SID=$(J session_id); CLIENT=$(J public_client); CC_BASIC=$(J cc_basic)
 TOKEN_SOURCE=$(J token_source); REFRESH_POOL=$(J refresh_tokens)
 echo "bench: access token from $TOKEN_SOURCE; session $SID" >&2
+if [ -n "$NGINX_ADDR" ]; then
+  # The session answers through nginx as it does directly, or nginx is left out.
+  NGINX_CHECK=$(curl -sS -m 10 "http://$NGINX_ADDR/mcp" -H "Authorization: Bearer $ACCESS" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    -H 'Mcp-Protocol-Version: 2025-06-18' -H "Mcp-Session-Id: $SID" \
+    -d '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}' 2>&1 || true)
+  if ! printf '%s' "$NGINX_CHECK" | grep -q '"text":"hello"'; then
+    echo "bench: tools/call through nginx failed, measuring without it: ${NGINX_CHECK:0:300}" >&2
+    stop_nginx; NGINX_ADDR=""; NGINX_VERSION=""
+  fi
+fi
 
 # --- wrk scripts -------------------------------------------------------------------------
 # Shared reporter: one machine-readable line per run.
@@ -332,21 +439,25 @@ run() {
   echo "bench: $name $line" >&2
 }
 
+SIDES=("direct http://$MCP/mcp" "proxied http://$PROXY/mcp")
+if [ -n "$NGINX_ADDR" ]; then SIDES+=("nginx http://$NGINX_ADDR/mcp"); fi
 for r in $(seq 1 "$ROUNDS"); do
-  # A B B A: alternate which side goes first.
-  if [ $((r % 2)) -eq 1 ]; then
-    run "direct#$r" "http://$MCP/mcp" "$WORK/tools_call.lua"
-    run "proxied#$r" "http://$PROXY/mcp" "$WORK/tools_call.lua"
-  else
-    run "proxied#$r" "http://$PROXY/mcp" "$WORK/tools_call.lua"
-    run "direct#$r" "http://$MCP/mcp" "$WORK/tools_call.lua"
+  # A B C, then C B A: alternate the order, so drift hits every side alike.
+  order=("${SIDES[@]}")
+  if [ $((r % 2)) -eq 0 ]; then
+    order=(); for ((i = ${#SIDES[@]} - 1; i >= 0; i--)); do order+=("${SIDES[$i]}"); done
   fi
+  for side in "${order[@]}"; do
+    run "${side%% *}#$r" "${side#* }" "$WORK/tools_call.lua"
+  done
 done
 MCP_RSS=$(rss_kb VmRSS)
 # One connection: no queueing, so p50 is the service time and the difference is what the
 # proxy hop adds to one call.
 run "direct@1conn" "http://$MCP/mcp" "$WORK/tools_call.lua" 1
 run "proxied@1conn" "http://$PROXY/mcp" "$WORK/tools_call.lua" 1
+if [ -n "$NGINX_ADDR" ]; then run "nginx@1conn" "http://$NGINX_ADDR/mcp" "$WORK/tools_call.lua" 1; fi
+stop_nginx
 if [ -n "$REFRESH_POOL" ]; then
   run "token:refresh_token" "http://$PROXY/token" "$WORK/refresh.lua"
 fi
@@ -380,11 +491,21 @@ if d and p:
     print(f"tools/call mean over {len(d)} rounds: direct {dr:.0f} req/s, proxied {pr:.0f} req/s")
     print(f"proxied/direct throughput: {pr / dr:.2f}x    p50 {p50:.3f} vs {d50:.3f} ms (+{p50 - d50:.3f} ms)"
           f"    p99 {p99:.3f} vs {d99:.3f} ms (+{p99 - d99:.3f} ms)")
+    n = [r for r in rows if r[0].startswith("nginx#")]
+    if n:
+        nr, n50, n99 = mean([r[1] for r in n]), mean([r[2] for r in n]), mean([r[3] for r in n])
+        print(f"nginx (reference) {nr:.0f} req/s: nginx/direct {nr / dr:.2f}x vs proxied/direct {pr / dr:.2f}x"
+              f" (proxied/nginx {pr / nr:.2f}x)    p50 {n50:.3f} ms (+{n50 - d50:.3f} ms)"
+              f"    p99 {n99:.3f} ms (+{n99 - d99:.3f} ms)")
 one = {r[0]: r for r in rows}
 if "direct@1conn" in one and "proxied@1conn" in one:
     d1, p1 = one["direct@1conn"], one["proxied@1conn"]
     print(f"one connection: p50 {p1[2]:.3f} vs {d1[2]:.3f} ms (proxy adds {p1[2] - d1[2]:.3f} ms),"
           f" throughput {p1[1] / d1[1]:.2f}x")
+    if "nginx@1conn" in one:
+        n1 = one["nginx@1conn"]
+        print(f"one connection through nginx: p50 {n1[2]:.3f} ms (nginx adds {n1[2] - d1[2]:.3f} ms),"
+              f" throughput {n1[1] / d1[1]:.2f}x")
 idle, loaded, hwm, end, mcp = (int(x) / 1024 for x in sys.argv[2:7])
 print(f"RSS: idle {idle:.1f} MB, after the tools/call runs {mcp:.1f} MB, loaded peak (sampled) {loaded:.1f} MB,"
       f" VmHWM {hwm:.1f} MB, at the end {end:.1f} MB (the memory store then holds every client and token made)")
@@ -393,6 +514,7 @@ PYEOF
 {
   echo "== mcp-oauth-gateway load benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "== wrk -t1 -c$CONNECTIONS -d${DURATION}s; $PIN_NOTE; nproc $NCPU; token from $TOKEN_SOURCE"
+  echo "== proxy_hop ${PROXY_HOP:-in_process}; store $STORE; nginx reference: ${NGINX_VERSION:-none}"
   echo "== load average before the table: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "$TABLE"
 } | tee -a "${BENCH_OUT:-/dev/null}"
