@@ -15,6 +15,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer};
 use tokio_util::sync::CancellationToken;
 
+use crate::resource::policy::ScopePolicy;
 use crate::resource::{Identity, ResourceState};
 
 /// The scopes an MCP request served over HTTP may use: those of the verified identity the
@@ -30,6 +31,20 @@ fn effective_scopes(ctx: &RequestContext<RoleServer>) -> BTreeSet<String> {
 /// The answer to a `tools/call` the token may not make.
 fn tool_refused() -> ErrorData {
     ErrorData::invalid_request("the token may not call this tool", None)
+}
+
+/// A `tools/call` of `tool` on a bridge to another server: allowed by the token's scopes
+/// under `policy`, or refused.
+fn check_tool_call(
+    policy: &ScopePolicy,
+    ctx: &RequestContext<RoleServer>,
+    tool: &str,
+) -> Result<(), ErrorData> {
+    if policy.may_call(&effective_scopes(ctx), tool) {
+        Ok(())
+    } else {
+        Err(tool_refused())
+    }
 }
 
 /// How our MCP servers are served: the proxy rewrites Host to our listener's address and

@@ -496,12 +496,7 @@ impl ServerHandler for Passthrough {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !self
-            .policy
-            .may_call(&super::effective_scopes(&ctx), &request.name)
-        {
-            return Err(super::tool_refused());
-        }
+        super::check_tool_call(&self.policy, &ctx, &request.name)?;
         let result: Value = self.typed("tools/call", Some(&request), &ctx).await?;
         if let Some(r) = input_required(&result) {
             return Ok(CallToolResponse::InputRequired(r));

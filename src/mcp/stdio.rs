@@ -316,12 +316,7 @@ impl ServerHandler for StdioBridge {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !self
-            .policy
-            .may_call(&super::effective_scopes(&ctx), &request.name)
-        {
-            return Err(super::tool_refused());
-        }
+        super::check_tool_call(&self.policy, &ctx, &request.name)?;
         self.upstream
             .with_child(|p| async move { p.call_tool_once(request).await })
             .await
