@@ -95,6 +95,8 @@ class StageResult:
     passed: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    # The failing tests by name, each with the first line of its failure, for the summary.
+    failures: list[str] = field(default_factory=list)
 
     def error(self, msg: str) -> None:
         self.errors.append(msg)
@@ -127,9 +129,11 @@ def stage_timeout() -> float:
 
 
 def run(cmd: list[str], *, cwd: Path = ROOT, env: dict | None = None,
-        timeout: float | None = None) -> tuple[int, str]:
+        timeout: float | None = None, transcript: Path | None = None) -> tuple[int, str]:
     """Run cmd, streaming its combined output, and return (exit code, output).
 
+    With a transcript file, the output goes there instead of the console (for chatty
+    commands such as the fuzzers), and its last lines are shown when the command fails.
     The child runs in its own process group so that a stage timeout can stop
     it and whatever it started (by that group id, which is the child's PID).
     """
@@ -157,13 +161,20 @@ def run(cmd: list[str], *, cwd: Path = ROOT, env: dict | None = None,
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
             line = raw.decode("utf-8", errors="replace")
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            if transcript is None:
+                sys.stdout.write(line)
+                sys.stdout.flush()
             chunks.append(line)
         code = proc.wait()
     finally:
         timer.cancel()
     out = ANSI_RE.sub("", "".join(chunks))
+    if transcript is not None:
+        transcript.parent.mkdir(parents=True, exist_ok=True)
+        transcript.write_text(out)
+        tail = out.splitlines()[-40:] if code != 0 else out.splitlines()[-1:]
+        log("\n".join(tail))
+        log(f"[run_tests] exit {code}; the whole output is in {transcript.relative_to(ROOT)}")
     if timed_out.is_set():
         out += "\n[run_tests] stage timed out\n"
         return 124, out
@@ -233,7 +244,11 @@ def cargo_build(stages: list[str], result: StageResult) -> bool:
 
 # -- stages -----------------------------------------------------------------------
 
+CARGO_FAILED_RE = re.compile(r"^test (\S+) \.\.\. FAILED$", re.MULTILINE)
+
+
 def parse_cargo(out: str, result: StageResult) -> int:
+    result.failures.extend(CARGO_FAILED_RE.findall(out))
     found = 0
     for m in CARGO_RESULT_RE.finditer(out):
         result.passed += int(m.group(1))
@@ -266,6 +281,15 @@ def parse_junit(path: Path, result: StageResult) -> bool:
         skipped = int(s.get("skipped", 0))
         result.passed += tests - failures - errors - skipped
         result.failed += failures + errors
+        for case in s.iter("testcase"):
+            bad = case.find("failure")
+            if bad is None:
+                bad = case.find("error")
+            if bad is None:
+                continue
+            first = (bad.get("message") or bad.text or "").strip().splitlines()
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            result.failures.append(name + (f": {first[0][:160]}" if first else ""))
     return True
 
 
@@ -628,11 +652,13 @@ def stage_fuzz() -> StageResult:
     seconds = os.environ.get("FUZZ_SECONDS", "20")
     for target in targets:
         code, _ = run(["cargo", "fuzz", "run", "-s", "none", "--dev", target, "--",
-                       f"-max_total_time={seconds}"], cwd=FUZZ)
+                       f"-max_total_time={seconds}"], cwd=FUZZ,
+                      transcript=ARTIFACTS / f"fuzz-{target}.log")
         if code == 0:
             result.passed += 1
         else:
             result.failed += 1
+            result.failures.append(f"fuzz target {target} (see fuzz/artifacts/{target}/)")
             log(f"[run_tests] fuzz target {target} failed (see fuzz/artifacts/{target}/)")
     return result
 
@@ -709,6 +735,8 @@ def main(argv: list[str]) -> int:
         status = "ERROR" if r.errors else ("FAILED" if r.failed else "ok")
         log(f"{r.name:<12} {status:<6} {r.passed} passed, {r.failed} failed"
             + (f"  ({'; '.join(r.errors)})" if r.errors else ""))
+        for name in r.failures:
+            log(f"    failed: {name}")
     log(f"{passed} passed, {failed} failed")
     return 1 if (failed or errored) else 0
 
