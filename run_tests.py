@@ -322,9 +322,11 @@ def stage_flow(build_ok: bool) -> StageResult:
         return result
     if not ensure_venv(result):
         return result
-    # Third-party servers the flow tests start (server-everything, oidc-provider). A failed
+    # Third-party servers the flow tests start (server-everything, oidc-provider), and the
+    # official TypeScript SDK client some of them drive (routes, stdio/HTTP parity). A failed
     # install is reported, and the rest of the flow tests still run.
     ensure_node_modules(CLIENTS_THIRDPARTY, result)
+    ensure_node_modules(CLIENTS_TS, result)
     env = base_env()
     env["GATEWAY_BIN"] = str(binary)
     # python_tests/replicas needs PostgreSQL and nginx: the replicas stage runs it.
