@@ -128,3 +128,15 @@ def test_hash_password_on_a_terminal_prompts_without_echo():
     assert os.waitstatus_to_exitcode(status) == 0, seen
     assert b"$argon2" in seen, seen
     assert b"s3cret-on-a-tty" not in seen, f"the password was echoed: {seen!r}"
+
+
+def test_the_license_file_is_the_license_cargo_toml_names():
+    import tomllib
+
+    from gateway_proc import REPO_ROOT
+
+    declared = tomllib.loads((REPO_ROOT / "Cargo.toml").read_text())["package"]["license"]
+    assert declared == "Apache-2.0"
+    text = (REPO_ROOT / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"], text[:200]
+    assert "END OF TERMS AND CONDITIONS" in text
