@@ -153,8 +153,8 @@ def gateway_help() -> str:
 
 
 def default_shutdown_timeout() -> int:
-    m = re.search(r"shutdown_timeout_seconds:\s*(\d+)", (REPO_ROOT / "src" / "config.rs").read_text())
-    assert m, "no default shutdown_timeout_seconds in src/config.rs"
+    m = re.search(r"shutdown_timeout_seconds:\s*(\d+)", (REPO_ROOT / "src" / "config" / "mod.rs").read_text())
+    assert m, "no default shutdown_timeout_seconds in src/config/mod.rs"
     return int(m.group(1))
 
 
@@ -227,12 +227,21 @@ def test_unit_flags_and_variables_are_the_gateways(unit):
         if arg.startswith("--"):
             assert arg.split("=")[0] in flags, f"ExecStart names {arg}, not a gateway flag"
     # Every MCP_GATEWAY_* variable any deploy file mentions, commented examples included,
-    # is one the gateway reads (a flag's env twin, or a default secret_env name).
-    known = help_text + "".join(p.read_text() for p in (REPO_ROOT / "src").rglob("*.rs"))
+    # is one the gateway reads: MCP_GATEWAY_<KEY> for a key `config check` lists, or a
+    # name the code reads itself (the config file's path, default secret_env names).
+    check = subprocess.run([str(gateway_binary()), "config", "check"], capture_output=True,
+                           text=True, timeout=30, check=True).stdout
+    keys = set(re.findall(r"^\[?([a-z0-9_]+)\]? ", check, re.MULTILINE))
+    keys |= {k.strip() for line in check.splitlines() if line.startswith("# not set:")
+             for k in line.removeprefix("# not set:").split(",")}
+    assert {"proxy_addr", "data_dir", "key_encryption_key_file", "external"} <= keys, keys
+    code = "".join(p.read_text() for p in (REPO_ROOT / "src").rglob("*.rs"))
     for path in (UNIT_FILE, DOCKERFILE, ENV_EXAMPLE):
         if path.exists():
             for name in sorted(set(re.findall(r"MCP_GATEWAY_[A-Z0-9_]+", path.read_text()))):
-                assert name in known, f"{path.name} names {name}, which the gateway never reads"
+                key = name.removeprefix("MCP_GATEWAY_").lower().split("__")[0]
+                assert key in keys or f'"{name}"' in code, \
+                    f"{path.name} names {name}, which the gateway never reads"
 
 
 def test_unit_credentials_point_the_gateway_at_their_files(unit):

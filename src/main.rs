@@ -1,11 +1,11 @@
 //! `mcp-oauth-gateway`: parse flags, load config, bind the four listeners, run until
 //! Ctrl-C or SIGTERM. Bad config or a port in use: one line on stderr and exit code 2.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mcp_oauth_gateway::config::sources::{self, Loaded};
 use mcp_oauth_gateway::config::{LogFormat, SigningAlg, StoreKind};
 use mcp_oauth_gateway::{Config, Gateway, Listeners};
 
@@ -14,125 +14,140 @@ use mcp_oauth_gateway::{Config, Gateway, Listeners};
 #[command(
     name = "mcp-oauth-gateway",
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MCP_GATEWAY_GIT_REVISION"), ")"),
-    about
+    about,
+    after_help = "Every setting of the config file can also be given as an environment variable \
+                  MCP_GATEWAY_<KEY> (a table's key: MCP_GATEWAY_<TABLE>__<KEY>). Flags win over \
+                  variables, which win over the file; `config check` shows where each value \
+                  came from."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// TOML config file (every key optional; flags override it).
-    #[arg(long, global = true, env = "MCP_GATEWAY_CONFIG")]
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// The settings a running gateway takes from its command line. Each flag given replaces
+/// the value of the environment and the file.
+#[derive(Debug, Default, Clone, clap::Args, serde::Serialize)]
+struct ServeArgs {
+    /// TOML config file (every key optional).
+    #[arg(long, env = "MCP_GATEWAY_CONFIG")]
+    #[serde(skip)]
     config: Option<PathBuf>,
-    /// Public smart proxy address.
-    #[arg(long, env = "MCP_GATEWAY_PROXY_ADDR")]
-    proxy_addr: Option<SocketAddr>,
-    /// Protected MCP server address.
-    #[arg(long, env = "MCP_GATEWAY_MCP_ADDR")]
-    mcp_addr: Option<SocketAddr>,
-    /// Authorization server (custom routes) address.
-    #[arg(long, env = "MCP_GATEWAY_ROUTES_ADDR")]
-    routes_addr: Option<SocketAddr>,
-    /// JWKS server address.
-    #[arg(long, env = "MCP_GATEWAY_JWKS_ADDR")]
-    jwks_addr: Option<SocketAddr>,
+    /// Public smart proxy address (host:port).
+    #[arg(long)]
+    proxy_addr: Option<String>,
+    /// Protected MCP server address (host:port).
+    #[arg(long)]
+    mcp_addr: Option<String>,
+    /// Authorization server (custom routes) address (host:port).
+    #[arg(long)]
+    routes_addr: Option<String>,
+    /// JWKS server address (host:port).
+    #[arg(long)]
+    jwks_addr: Option<String>,
     /// The URL clients use (default http://<proxy addr>); it is the issuer.
-    #[arg(long, env = "MCP_GATEWAY_PUBLIC_URL")]
+    #[arg(long)]
     public_url: Option<String>,
-    /// Where signing keys live.
-    #[arg(long, global = true, env = "MCP_GATEWAY_DATA_DIR")]
-    data_dir: Option<PathBuf>,
     /// Access token lifetime in seconds.
-    #[arg(long, env = "MCP_GATEWAY_ACCESS_TOKEN_TTL")]
+    #[arg(long)]
     access_token_ttl: Option<u64>,
     /// Seconds a rotated refresh token keeps working while its successor is unused.
-    #[arg(long, env = "MCP_GATEWAY_REFRESH_GRACE_SECONDS")]
+    #[arg(long)]
     refresh_grace_seconds: Option<u64>,
-    /// Signing algorithm of access tokens.
-    #[arg(
-        long,
-        global = true,
-        env = "MCP_GATEWAY_SIGNING_ALG",
-        value_enum,
-        ignore_case = true
-    )]
-    signing_alg: Option<SigningAlg>,
     /// Approve every authorization request without a consent page (development only).
-    #[arg(long, env = "MCP_GATEWAY_AUTO_APPROVE")]
-    auto_approve: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    auto_approve: Option<bool>,
     /// Allow a plain-http public URL on a non-loopback host.
-    #[arg(long, env = "MCP_GATEWAY_INSECURE_HTTP")]
-    insecure_http: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    insecure_http: Option<bool>,
     /// On a public URL, let anyone approve consent without signing in (not recommended).
-    #[arg(long, env = "MCP_GATEWAY_ALLOW_ANONYMOUS_CONSENT")]
-    allow_anonymous_consent: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    allow_anonymous_consent: Option<bool>,
     /// Serve the public listener over TLS with this PEM certificate chain (with --tls-key).
-    #[arg(long, env = "MCP_GATEWAY_TLS_CERT", requires = "tls_key")]
+    #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, env = "MCP_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Rotate the signing key when it is this many seconds old (0: never).
-    #[arg(long, env = "MCP_GATEWAY_KEY_ROTATION_SECONDS")]
+    #[arg(long)]
     key_rotation_seconds: Option<u64>,
     /// Keep a trace of recent proxied requests at /debug/requests (for debugging clients).
-    #[arg(long, env = "MCP_GATEWAY_DEBUG_TRACE")]
-    debug_trace: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    debug_trace: Option<bool>,
     /// Protect this streamable-HTTP MCP server instead of the built-in one.
-    #[arg(long, env = "MCP_GATEWAY_UPSTREAM")]
+    #[arg(long)]
     upstream: Option<String>,
     /// CA certificates (PEM) for an https --upstream with a private CA (else the system's roots).
-    #[arg(long, env = "MCP_GATEWAY_UPSTREAM_CA_FILE")]
+    #[arg(long)]
     upstream_ca_file: Option<PathBuf>,
     /// Spawn this stdio MCP server and protect it instead of the built-in one.
-    #[arg(long, env = "MCP_GATEWAY_UPSTREAM_CMD")]
+    #[arg(long)]
     upstream_cmd: Option<String>,
     /// Also write security events as JSON lines to this file.
-    #[arg(long, env = "MCP_GATEWAY_AUDIT_LOG")]
+    #[arg(long)]
     audit_log: Option<PathBuf>,
     /// A load balancer or proxy in front of the gateway (an address or a network such as
-    /// 10.0.0.0/8) whose X-Forwarded-For entries are believed; repeat for several. The
-    /// environment variable takes a comma-separated list. Replaces the file's list.
+    /// 10.0.0.0/8) whose X-Forwarded-For entries are believed; repeat for several, or give
+    /// a comma-separated list. Replaces the file's list.
     #[arg(
         long = "trusted-proxy",
-        env = "MCP_GATEWAY_TRUSTED_PROXIES",
         value_name = "ADDR_OR_CIDR",
         value_delimiter = ','
     )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     trusted_proxies: Vec<String>,
+    /// This replica's name behind a balancer: MCP session ids start with `<id>.`, so the
+    /// balancer can route a session to its replica (see deploy/nginx.conf).
+    #[arg(long)]
+    replica_id: Option<String>,
+    /// How often to re-read the signing keys (a rotation made elsewhere), seconds, 1 to 60.
+    #[arg(long)]
+    key_check_seconds: Option<u64>,
+    /// Log format.
+    #[arg(long, value_enum, ignore_case = true)]
+    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    state: StateArgs,
+}
+
+/// The settings of the gateway's state: where it is kept and how its keys are made.
+#[derive(Debug, Default, Clone, clap::Args, serde::Serialize)]
+struct StateArgs {
+    /// Where signing keys (and the SQLite store) live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Signing algorithm of access tokens.
+    #[arg(long, value_enum, ignore_case = true)]
+    signing_alg: Option<SigningAlg>,
     /// Storage backend.
-    #[arg(
-        long,
-        global = true,
-        env = "MCP_GATEWAY_STORE",
-        value_enum,
-        ignore_case = true
-    )]
+    #[arg(long, value_enum, ignore_case = true)]
     store: Option<StoreKind>,
-    /// The PostgreSQL database of --store postgres (postgres://user:password@host:port/db).
-    #[arg(
-        long,
-        global = true,
-        env = "MCP_GATEWAY_DATABASE_URL",
-        hide_env_values = true
-    )]
-    database_url: Option<mcp_oauth_gateway::config::DatabaseUrl>,
+    /// The PostgreSQL database of --store postgres (postgres://user:password@host:port/db);
+    /// prefer MCP_GATEWAY_DATABASE_URL_FILE, which keeps the password out of `ps`.
+    #[arg(long)]
+    database_url: Option<String>,
     /// CA certificates (PEM) for the database server's certificate (sslmode=require against
     /// a private CA); the system's roots otherwise.
-    #[arg(long, global = true, env = "MCP_GATEWAY_DATABASE_CA_FILE")]
+    #[arg(long)]
     database_ca_file: Option<PathBuf>,
     /// A file with the key that encrypts signing keys in a shared store (32 random bytes,
     /// base64). MCP_GATEWAY_KEY_ENCRYPTION_KEY may give the key itself.
-    #[arg(long, global = true, env = "MCP_GATEWAY_KEY_ENCRYPTION_KEY_FILE")]
+    #[arg(long)]
     key_encryption_key_file: Option<PathBuf>,
-    /// This replica's name behind a balancer: MCP session ids start with `<id>.`, so the
-    /// balancer can route a session to its replica (see deploy/nginx.conf).
-    #[arg(long, env = "MCP_GATEWAY_REPLICA_ID")]
-    replica_id: Option<String>,
-    /// How often to re-read the signing keys (a rotation made elsewhere), seconds, 1 to 60.
-    #[arg(long, env = "MCP_GATEWAY_KEY_CHECK_SECONDS")]
-    key_check_seconds: Option<u64>,
-    /// Log format.
-    #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum, ignore_case = true)]
-    log_format: Option<LogFormat>,
+}
+
+/// The TOML file of the state subcommands (`keys`, `store`, `admin`).
+#[derive(Debug, Default, Clone, clap::Args)]
+struct StateCommandArgs {
+    /// TOML config file (every key optional).
+    #[arg(long, env = "MCP_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 /// Tools besides serving.
@@ -156,6 +171,20 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Check the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+/// Configuration tools.
+#[derive(Debug, clap::Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration (file, MCP_GATEWAY_* variables and these flags) and print
+    /// the effective settings, secrets redacted, each with where its value came from. Exit
+    /// code 2 when it cannot be used.
+    Check(Box<ServeArgs>),
 }
 
 /// Store operations.
@@ -172,6 +201,8 @@ enum StoreAction {
         /// The PostgreSQL database, `postgres://user@host:port/db`.
         #[arg(long, value_name = "postgres://...")]
         to: String,
+        #[command(flatten)]
+        args: StateCommandArgs,
     },
 }
 
@@ -180,19 +211,19 @@ enum StoreAction {
 enum KeysAction {
     /// Make a new signing key; the old one stays in the JWKS until every token it signed
     /// has expired. A running gateway picks the new key up within a minute.
-    Rotate,
+    Rotate(StateCommandArgs),
 }
 
 /// Run a subcommand that changes state, on the configuration the flags and file give:
 /// print what it says, or the error (exit 2).
 fn state_command(
-    cli: Cli,
+    args: StateCommandArgs,
     name: &str,
     run: impl FnOnce(&Config, u64) -> Result<String, mcp_oauth_gateway::gateway::GatewayError>,
 ) -> ExitCode {
     use mcp_oauth_gateway::clock::Clock as _;
-    let config = match cli.into_config() {
-        Ok(c) => c,
+    let config = match load_config(args.config.as_deref(), &args.state) {
+        Ok(loaded) => loaded.config,
         Err(e) => {
             eprintln!("mcp-oauth-gateway: {e}");
             return ExitCode::from(2);
@@ -307,62 +338,34 @@ fn hash_password_from_stdin() -> ExitCode {
     }
 }
 
-impl Cli {
-    fn into_config(self) -> Result<Config, mcp_oauth_gateway::config::ConfigError> {
-        let mut c = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+/// The configuration of the file, the environment and the flags `args` (a serializable
+/// struct of the flags given: absent ones are `None` and set nothing).
+fn load_config(
+    file: Option<&std::path::Path>,
+    args: &impl serde::Serialize,
+) -> Result<Loaded, mcp_oauth_gateway::config::ConfigError> {
+    let flags =
+        toml::Table::try_from(args).map_err(|e| mcp_oauth_gateway::config::ConfigError::Layer {
+            message: e.to_string(),
+        })?;
+    sources::load(file, flags)
+}
+
+/// `config check`: the effective configuration and where each value came from, or why it
+/// cannot be used (exit code 2).
+fn config_check(args: &ServeArgs) -> ExitCode {
+    match load_config(args.config.as_deref(), args).and_then(|l| Ok((l.report()?, l.ignored))) {
+        Ok((report, ignored)) => {
+            for warning in ignored {
+                eprintln!("mcp-oauth-gateway: warning: {warning}");
+            }
+            print!("{report}");
+            ExitCode::SUCCESS
         }
-        // Optional settings: a flag given replaces the file's value, an absent one keeps it.
-        macro_rules! set_some {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = Some(v); } )* };
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            ExitCode::from(2)
         }
-        set!(
-            proxy_addr,
-            mcp_addr,
-            routes_addr,
-            jwks_addr,
-            data_dir,
-            access_token_ttl,
-            refresh_grace_seconds,
-            signing_alg,
-            log_format,
-            store,
-            key_rotation_seconds,
-            key_check_seconds
-        );
-        set_some!(
-            upstream_ca_file,
-            database_ca_file,
-            replica_id,
-            database_url,
-            key_encryption_key_file,
-            audit_log,
-            tls_cert,
-            tls_key,
-            upstream_cmd,
-            upstream,
-            public_url
-        );
-        // Blank entries (an empty variable, a trailing comma) are no entries.
-        let trusted_proxies: Vec<String> = self
-            .trusted_proxies
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect();
-        if !trusted_proxies.is_empty() {
-            c.trusted_proxies = trusted_proxies;
-        }
-        c.auto_approve |= self.auto_approve;
-        c.debug_trace |= self.debug_trace;
-        c.insecure_http |= self.insecure_http;
-        c.allow_anonymous_consent |= self.allow_anonymous_consent;
-        c.validate()?;
-        Ok(c)
     }
 }
 
@@ -453,20 +456,22 @@ async fn main() -> ExitCode {
             };
         }
         Some(Command::Store {
-            action: StoreAction::Copy { from, to },
+            action: StoreAction::Copy { from, to, args },
         }) => {
-            let (from, to) = (from.clone(), to.clone());
-            return state_command(cli, "store copy", |config, now| {
+            return state_command(args, "store copy", |config, now| {
                 copy_store(config, &from, &to, now)
             });
         }
         Some(Command::Keys {
-            action: KeysAction::Rotate,
-        }) => return state_command(cli, "keys rotate", rotate_keys),
+            action: KeysAction::Rotate(args),
+        }) => return state_command(args, "keys rotate", rotate_keys),
+        Some(Command::Config {
+            action: ConfigAction::Check(args),
+        }) => return config_check(&args),
         None => {}
     }
-    let config = match cli.into_config() {
-        Ok(c) => c,
+    let (config, ignored) = match load_config(cli.serve.config.as_deref(), &cli.serve) {
+        Ok(loaded) => (loaded.config, loaded.ignored),
         Err(e) => {
             eprintln!("mcp-oauth-gateway: {e}");
             return ExitCode::from(2);
@@ -475,6 +480,9 @@ async fn main() -> ExitCode {
     if let Err(e) = init_tracing(config.log_format, config.audit_log.as_deref()) {
         eprintln!("mcp-oauth-gateway: {e}");
         return ExitCode::from(2);
+    }
+    for warning in ignored {
+        tracing::warn!("{warning}");
     }
     for warning in config.warnings() {
         tracing::warn!("{warning}");

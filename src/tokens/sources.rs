@@ -285,7 +285,13 @@ impl Introspector {
                 "is required with an introspection endpoint",
             )
         })?;
-        let secret = std::env::var(&e.introspection_secret_env).unwrap_or_default();
+        let secret = match &e.introspection_secret_file {
+            Some(path) => {
+                crate::config::sources::read_secret(path, "external.introspection_secret_file")
+                    .map_err(|err| invalid("external.introspection_secret_file", err.to_string()))?
+            }
+            None => std::env::var(&e.introspection_secret_env).unwrap_or_default(),
+        };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

@@ -1,24 +1,31 @@
 //! Configuration: one [`Config`] read from a TOML file (every key optional), overridden by
-//! CLI flags and their env twins in `main`, and checked once by [`Config::validate`].
+//! `MCP_GATEWAY_*` variables and then flags ([`sources`]), and checked once by
+//! [`Config::validate`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub mod sources;
+
 /// Everything the gateway can be told. Field names are the TOML keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The public smart proxy: the one address users paste into an MCP client.
+    #[serde(deserialize_with = "host_port")]
     pub proxy_addr: SocketAddr,
     /// The OAuth-protected MCP server (resource server).
+    #[serde(deserialize_with = "host_port")]
     pub mcp_addr: SocketAddr,
     /// The custom routes: authorization server endpoints.
+    #[serde(deserialize_with = "host_port")]
     pub routes_addr: SocketAddr,
     /// The JWKS server.
+    #[serde(deserialize_with = "host_port")]
     pub jwks_addr: SocketAddr,
     /// The URL clients use; defaults to `http://<proxy addr>` once the proxy is bound.
     /// It is the issuer, and `<public_url>/mcp` is the protected resource.
@@ -26,6 +33,7 @@ pub struct Config {
     /// Where signing keys (and later state) are kept.
     pub data_dir: PathBuf,
     /// `text` or `json`.
+    #[serde(deserialize_with = "any_case")]
     pub log_format: LogFormat,
     /// Access token lifetime, seconds.
     pub access_token_ttl: u64,
@@ -42,6 +50,7 @@ pub struct Config {
     /// shared secret), seconds. The gateway's own tokens get none: one clock signs and checks.
     pub leeway_seconds: u64,
     /// `ES256` (default) or `RS256`.
+    #[serde(deserialize_with = "any_case")]
     pub signing_alg: SigningAlg,
     /// Approve every authorization request without showing the consent page.
     /// For development only; off by default. Off loopback it needs `allow_anonymous_consent`.
@@ -79,6 +88,7 @@ pub struct Config {
     /// PEM private key for TLS on the public listener (with `tls_cert`).
     pub tls_key: Option<PathBuf>,
     /// Browser origins allowed on the MCP endpoint besides loopback and the public origin.
+    #[serde(deserialize_with = "one_or_list")]
     pub allowed_origins: Vec<String>,
     /// How long the proxy waits for a backend's response headers, seconds. Bodies (SSE
     /// streams) are not cut by it.
@@ -106,8 +116,10 @@ pub struct Config {
     /// single addresses, IPv4 and IPv6) whose `X-Forwarded-For` entries are believed when
     /// telling where a request came from (rate limits, security events). Empty: only the
     /// gateway's own proxy is believed.
+    #[serde(deserialize_with = "one_or_list")]
     pub trusted_proxies: Vec<String>,
     /// Where clients, grants and tokens are kept.
+    #[serde(deserialize_with = "any_case")]
     pub store: StoreKind,
     /// How often each gateway re-reads its signing keys (a rotation by `keys rotate` or by
     /// another replica), seconds, 1 to 60. A new key of a fleet is published 120 s before it
@@ -121,6 +133,8 @@ pub struct Config {
     /// The database of `store = "postgres"`: `postgres://user:password@host:port/db`, with
     /// `?sslmode=require` for TLS. Never logged: it may carry a password.
     pub database_url: Option<DatabaseUrl>,
+    /// Or a file holding that URL (a systemd credential, a mounted secret).
+    pub database_url_file: Option<PathBuf>,
     /// The CA certificates (PEM) that sign the database server's certificate, for
     /// `sslmode=require` against a private CA; the system's roots otherwise.
     pub database_ca_file: Option<PathBuf>,
@@ -134,6 +148,7 @@ pub struct Config {
     /// Clients the operator registers in advance (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
     /// Who issues the tokens the resource server accepts.
+    #[serde(deserialize_with = "any_case")]
     pub auth_mode: AuthMode,
     /// The external issuer, for `auth_mode = "external"`.
     pub external: ExternalConfig,
@@ -157,6 +172,7 @@ pub struct Config {
     /// How the public proxy reaches the gateway's own listeners: `in_process` hands the
     /// request to the listener's router in memory (no loopback TCP, no second HTTP parse);
     /// `network` sends it over loopback TCP as to any backend.
+    #[serde(deserialize_with = "any_case")]
     pub proxy_hop: ProxyHop,
     /// Several MCP servers behind one gateway (`[[routes]]`), each its own protected
     /// resource at its own path. Empty: one, at `/mcp` (`upstream`, `upstream_cmd`, or the
@@ -191,7 +207,7 @@ pub struct Config {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -202,7 +218,7 @@ pub enum LogFormat {
 }
 
 /// Who issues the tokens the resource server accepts.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// The gateway's own authorization server.
@@ -215,7 +231,7 @@ pub enum AuthMode {
 }
 
 /// An external issuer (Keycloak, Auth0, Entra, any OIDC provider).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExternalConfig {
     /// The issuer URL, exactly as its tokens' `iss` says.
@@ -234,6 +250,8 @@ pub struct ExternalConfig {
     pub introspection_client_id: Option<String>,
     /// Environment variable holding our client secret there.
     pub introspection_secret_env: String,
+    /// Or a file holding it (takes precedence).
+    pub introspection_secret_file: Option<PathBuf>,
 }
 
 impl Default for ExternalConfig {
@@ -247,12 +265,13 @@ impl Default for ExternalConfig {
             introspection_endpoint: None,
             introspection_client_id: None,
             introspection_secret_env: "MCP_GATEWAY_INTROSPECTION_SECRET".into(),
+            introspection_secret_file: None,
         }
     }
 }
 
 /// HS256 tokens of an existing application.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SharedSecretConfig {
     /// The `iss` the application puts in its tokens.
@@ -277,7 +296,7 @@ impl Default for SharedSecretConfig {
 }
 
 /// Static API keys.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiKeysConfig {
     /// Accept API keys as bearer tokens.
@@ -290,7 +309,7 @@ pub struct ApiKeysConfig {
 
 /// Names of the headers that carry the verified identity to an upstream MCP server; each
 /// is sent only when named. Values the client sent under these names are dropped.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityHeaders {
     /// The token's `sub` (e.g. `X-MCP-Subject`).
@@ -309,7 +328,7 @@ pub struct IdentityHeaders {
 }
 
 /// How the public proxy reaches the gateway's own listeners.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyHop {
     /// The listener's router, called in memory.
@@ -322,7 +341,7 @@ pub enum ProxyHop {
 /// One MCP server behind the gateway at its own path (`[[routes]]`): its own protected
 /// resource (`<public_url><path>`, with RFC 9728 metadata at
 /// `/.well-known/oauth-protected-resource<path>`), and tokens bound to it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Where it is served, e.g. `/github/mcp`.
@@ -358,7 +377,7 @@ impl RouteConfig {
 }
 
 /// Which protocol an identity provider speaks.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// OpenID Connect: discovery, authorization code with PKCE, a verified ID token.
@@ -369,13 +388,14 @@ pub enum ProviderKind {
 
 /// One identity provider (`[[identity_providers]]`). Register `<public_url>/login/callback`
 /// as the redirect URI at the provider.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityProviderConfig {
     /// A short name for logs and the store (`[a-z0-9-]`); defaults to the kind (`oidc`,
     /// `github`). Changing it does not change who anyone is.
     pub id: Option<String>,
     /// The protocol.
+    #[serde(deserialize_with = "any_case")]
     pub kind: ProviderKind,
     /// The button's label ("Sign in with …"); defaults to the issuer's host or `GitHub`.
     pub name: Option<String>,
@@ -419,7 +439,7 @@ pub struct IdentityProviderConfig {
 }
 
 /// Scopes for the people a rule matches (`[[identity_providers.scope_rules]]`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeRule {
     /// Verified emails.
@@ -444,7 +464,7 @@ impl IdentityProviderConfig {
 }
 
 /// The environment given to `upstream_cmd` children besides PATH, HOME, LANG and TZ.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamEnv {
     /// Variables passed through from the gateway's environment when set there.
@@ -455,7 +475,7 @@ pub struct UpstreamEnv {
 
 /// An initial access token (RFC 7591 §3) the operator hands to whoever may register
 /// clients that obtain tokens without a person (`client_credentials`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitialAccessToken {
     /// Who holds it; named in audit events.
@@ -469,7 +489,7 @@ pub struct InitialAccessToken {
 }
 
 /// A user who can sign in and approve consent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The user's name; the `sub` of their tokens.
@@ -488,7 +508,7 @@ pub struct UserConfig {
 }
 
 /// A pre-registered client.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The client's id.
@@ -562,6 +582,20 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// Shown (by `config check`) without its password.
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("redacted"));
+                s.serialize_str(url.as_str())
+            }
+            Ok(_) => s.serialize_str(&self.0),
+            Err(_) => s.serialize_str("<redacted>"),
+        }
+    }
+}
+
 impl std::str::FromStr for DatabaseUrl {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -570,7 +604,7 @@ impl std::str::FromStr for DatabaseUrl {
 }
 
 /// The storage backend.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// An embedded SQLite database in the data dir: state survives restarts.
@@ -583,7 +617,7 @@ pub enum StoreKind {
 }
 
 /// The JWS algorithm of access tokens.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SigningAlg {
     /// ECDSA P-256 with SHA-256.
     #[default]
@@ -593,7 +627,7 @@ pub enum SigningAlg {
 }
 
 /// Scopes offered and the scope policy (only what an operation needs is asked for).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeConfig {
     /// Scopes the authorization server offers (`scopes_supported`).
@@ -680,6 +714,7 @@ impl Default for Config {
             replica_id: None,
             database_url: None,
             database_ca_file: None,
+            database_url_file: None,
             key_encryption_key_file: None,
             client_ttl_seconds: 30 * 24 * 3600,
             clients: Vec::new(),
@@ -728,6 +763,12 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value from the environment or a flag does not fit its key.
+    #[error("invalid setting: {message}")]
+    Layer {
+        /// The key, where it was set, and what is wrong.
         message: String,
     },
     /// A value is out of range or inconsistent.
@@ -1282,6 +1323,70 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An enum value in any case, with `-` or `_` (`ES256`, `es256`, `in-process`): values
+/// are words an operator types, in a file, a variable or a flag alike.
+fn any_case<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::value::{Error as ValueError, StrDeserializer};
+    let given = String::deserialize(d)?;
+    let word = given.trim().replace('-', "_");
+    [word.to_lowercase(), word.to_uppercase()]
+        .iter()
+        .find_map(|w| T::deserialize(StrDeserializer::<ValueError>::new(w)).ok())
+        .map_or_else(
+            || T::deserialize(StrDeserializer::<D::Error>::new(&given)),
+            Ok,
+        )
+}
+
+/// A listening address as `host:port`: an IP address, or a name such as `localhost`
+/// (resolved once, at start; the first address it resolves to).
+fn host_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    use serde::de::Error as _;
+    let given = String::deserialize(d)?;
+    resolve_host_port(&given).map_err(D::Error::custom)
+}
+
+/// `host:port` to a socket address (see [`host_port`]).
+pub fn resolve_host_port(given: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = given.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs as _;
+    let mut addrs = given
+        .to_socket_addrs()
+        .map_err(|e| format!("`{given}` is not host:port ({e})"))?
+        .collect::<Vec<_>>();
+    // `localhost` resolves to ::1 and 127.0.0.1; IPv4 first, as clients try it first.
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("`{given}` resolves to no address"))
+}
+
+/// A list, or one string of comma-separated entries (as an environment variable gives it).
+fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrList {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(match OneOrList::deserialize(d)? {
+        OneOrList::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrList::List(l) => l,
+    })
 }
 
 /// A parser message about an unknown key, with the long list of every valid key replaced by
