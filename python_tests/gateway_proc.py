@@ -201,11 +201,12 @@ class Gateway:
         with self._lines_lock:
             return list(self._lines)
 
-    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
-        """The first log line containing `text`, waiting (on the line reader, not on time)
-        for the gateway to write it; AssertionError with the log when it never does."""
+    def wait_for_log(self, text: str, timeout: float = 30.0, count: int = 1) -> str:
+        """The `count`th log line containing `text`, waiting (on the line reader, not on
+        time) for the gateway to write it; AssertionError with the log when it never does."""
         def found():
-            return next((line for line in self._lines if text in line), None)
+            lines = [line for line in self._lines if text in line]
+            return lines[count - 1] if len(lines) >= count else None
         with self._new_line:
             line = self._new_line.wait_for(found, timeout)
         assert line, f"no log line with {text!r} within {timeout}s\n{self.log_tail()}"

@@ -313,7 +313,7 @@ pub struct Gateway {
     state: AppState,
     listeners: Listeners,
     addrs: Addrs,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl Gateway {
@@ -347,7 +347,7 @@ impl Gateway {
         config.routes_addr = addrs.routes;
         config.jwks_addr = addrs.jwks;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::Tls::load(cert, key)?),
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -391,6 +391,7 @@ impl Gateway {
             tls,
         } = self;
         let stop = CancellationToken::new();
+        let reloadable = tls.clone();
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -480,9 +481,13 @@ impl Gateway {
                             proxy::listen::accept_plain(listeners.proxy, sources, stop.clone());
                         tokio::spawn(proxy::listen::serve(incoming, router, limits, stop))
                     }
-                    Some(acceptor) => {
-                        let incoming =
-                            crate::tls::accept(listeners.proxy, acceptor, sources, stop.clone());
+                    Some(tls) => {
+                        let incoming = crate::tls::accept(
+                            listeners.proxy,
+                            tls.acceptor(),
+                            sources,
+                            stop.clone(),
+                        );
                         tokio::spawn(proxy::listen::serve(incoming, router, limits, stop))
                     }
                 }
@@ -490,6 +495,7 @@ impl Gateway {
         ];
         tokio::spawn(maintain_keys(state.shared.clone(), stop.clone()));
         tokio::spawn(sync_revocations(state.shared.clone(), stop.clone()));
+        tokio::spawn(crate::tls::reload_on_hangup(reloadable, stop.clone()));
         tracing::info!(
             proxy = %addrs.proxy,
             mcp = %addrs.mcp,
