@@ -73,3 +73,20 @@ def test_keys_rotate_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
     new_kid = unverified_header(new.access_token)["kid"]
     assert new_kid != old_kid and new_kid in kids
     assert McpClient(http, gw.base, new.access_token).initialize().status == 200
+
+
+def test_metrics_on_a_listener_of_their_own(gateway_factory, http):
+    import re
+
+    gw = gateway_factory("--metrics-addr", "localhost:0")
+    line = gw.wait_for_log("metrics and health listening")
+    m = re.search(r"metrics=(127\.0\.0\.1:\d+)", line)
+    assert m, line
+    base = f"http://{m.group(1)}"
+    metrics = http.get(f"{base}/metrics")
+    assert metrics.status_code == 200
+    assert "mcp_gateway_build_info" in metrics.text
+    assert http.get(f"{base}/healthz").json() == {"status": "ok"}
+    # Only metrics and health: no authorization server, no MCP endpoint there.
+    assert http.get(f"{base}/.well-known/oauth-authorization-server").status_code == 404
+    assert http.post(f"{base}/mcp", json={}).status_code == 404

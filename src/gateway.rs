@@ -107,6 +107,8 @@ pub struct Listeners {
     pub routes: TcpListener,
     /// JWKS.
     pub jwks: TcpListener,
+    /// Metrics and health, when `metrics_addr` asks for a listener of their own.
+    pub metrics: Option<TcpListener>,
 }
 
 /// The real addresses, also when port 0 was asked for.
@@ -120,6 +122,8 @@ pub struct Addrs {
     pub routes: SocketAddr,
     /// JWKS.
     pub jwks: SocketAddr,
+    /// Metrics and health, if they have their own listener.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -135,6 +139,10 @@ impl Listeners {
             mcp: one("mcp", config.mcp_addr).await?,
             routes: one("routes", config.routes_addr).await?,
             jwks: one("jwks", config.jwks_addr).await?,
+            metrics: match config.metrics_addr {
+                Some(addr) => Some(one("metrics", addr).await?),
+                None => None,
+            },
         })
     }
 
@@ -145,6 +153,11 @@ impl Listeners {
             mcp: self.mcp.local_addr()?,
             routes: self.routes.local_addr()?,
             jwks: self.jwks.local_addr()?,
+            metrics: self
+                .metrics
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
         })
     }
 }
@@ -464,7 +477,7 @@ impl Gateway {
                 routes: routes_router.clone(),
                 jwks: jwks_router.clone(),
             });
-        let tasks = [
+        let mut tasks = vec![
             serve(listeners.mcp, mcp_router),
             serve(listeners.routes, routes_router),
             serve(listeners.jwks, jwks_router),
@@ -493,6 +506,9 @@ impl Gateway {
                 }
             },
         ];
+        if let Some(metrics) = listeners.metrics {
+            tasks.push(serve(metrics, crate::ops::router(state.shared.clone())));
+        }
         tokio::spawn(maintain_keys(state.shared.clone(), stop.clone()));
         tokio::spawn(sync_revocations(state.shared.clone(), stop.clone()));
         tokio::spawn(crate::tls::reload_on_hangup(reloadable, stop.clone()));
@@ -504,6 +520,9 @@ impl Gateway {
             public_url = %state.shared.settings.issuer,
             "listening"
         );
+        if let Some(metrics) = addrs.metrics {
+            tracing::info!(%metrics, "metrics and health listening");
+        }
         let mut first_error = None;
         let drain = async {
             for task in tasks {

@@ -106,6 +106,9 @@ struct ServeArgs {
     /// How often to re-read the signing keys (a rotation made elsewhere), seconds, 1 to 60.
     #[arg(long)]
     key_check_seconds: Option<u64>,
+    /// A listener of its own for /metrics, /healthz and /readyz (host:port).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Log format.
     #[arg(long, value_enum, ignore_case = true)]
     log_format: Option<LogFormat>,

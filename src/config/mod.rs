@@ -195,6 +195,10 @@ pub struct Config {
     pub remember_consent_seconds: u64,
     /// Serve `/metrics` through the public proxy too (it is always on the routes listener).
     pub metrics_public: bool,
+    /// A listener of its own for `/metrics`, `/healthz` and `/readyz` (say on the address a
+    /// Prometheus scraper reaches), besides the routes listener.
+    #[serde(deserialize_with = "opt_host_port")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Write security events (target `audit`) as JSON lines to this file as well.
     pub audit_log: Option<PathBuf>,
     /// Keep a trace of recent proxied requests, served at `/debug/requests`.
@@ -739,6 +743,7 @@ impl Default for Config {
             debug_trace: false,
             access_log: false,
             metrics_public: false,
+            metrics_addr: None,
             audit_log: None,
             scopes: ScopeConfig::default(),
         }
@@ -1350,6 +1355,11 @@ fn host_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Er
     use serde::de::Error as _;
     let given = String::deserialize(d)?;
     resolve_host_port(&given).map_err(D::Error::custom)
+}
+
+/// An optional listening address (see [`host_port`]).
+fn opt_host_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    host_port(d).map(Some)
 }
 
 /// `host:port` to a socket address (see [`host_port`]).
