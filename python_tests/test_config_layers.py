@@ -84,6 +84,10 @@ def test_a_bad_value_names_its_variable_or_its_line(tmp_path):
     r = check(env={"MCP_GATEWAY_ACCESS_TOKEN_TTL": "soon"})
     assert r.returncode == 2
     assert "MCP_GATEWAY_ACCESS_TOKEN_TTL" in r.stderr, r.stderr
+    r = check(env={"MCP_GATEWAY_EXTERNAL__ISSUR": "https://idp.example"})
+    assert r.returncode == 2
+    assert "MCP_GATEWAY_EXTERNAL__ISSUR: unknown key `issur`: did you mean `issuer`?" in r.stderr, \
+        r.stderr
     conf = tmp_path / "gateway.toml"
     conf.write_text("# the lifetime\n\naccess_token_ttl = \"soon\"\n")
     r = check("--config", str(conf))

@@ -1411,17 +1411,25 @@ fn with_suggestion(message: &str) -> String {
     else {
         return message.to_string();
     };
-    let best = list
+    let keys: Vec<&str> = list
         .split(", ")
         .map(|k| k.trim().trim_matches('`'))
-        .map(|k| (edit_distance(unknown, k), k))
-        .min();
-    match best {
-        Some((d, key)) if d <= unknown.len().max(3) / 3 + 1 => {
-            format!("{head}: did you mean `{key}`?")
-        }
-        _ => format!("{head} (the keys are listed in README.md, Configuration)"),
+        .collect();
+    match closest(unknown, keys) {
+        Some(key) => format!("{head}: did you mean `{key}`?"),
+        None => format!("{head} (the keys are listed in README.md, Configuration)"),
     }
+}
+
+/// The candidate closest to a mistyped `word`, when one is close enough to be what was
+/// meant ("did you mean").
+fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|k| (edit_distance(word, k), k))
+        .min()
+        .filter(|(d, _)| *d <= word.len().max(3) / 3 + 1)
+        .map(|(_, k)| k)
 }
 
 /// Levenshtein distance, for key suggestions.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{Config, ConfigError, DatabaseUrl, edit_distance};
+use super::{Config, ConfigError, DatabaseUrl, closest};
 
 /// The prefix of the variables that set keys.
 pub const ENV_PREFIX: &str = "MCP_GATEWAY_";
@@ -347,13 +347,12 @@ fn insert(dict: &mut Dict, path: &[&str], value: Value) {
 
 /// The warning for a prefixed variable that names no key.
 fn unknown_variable(name: &str, top: &str, keys: &[&str]) -> String {
-    let best = keys.iter().map(|k| (edit_distance(top, k), *k)).min();
-    match best {
-        Some((d, key)) if d <= top.len().max(3) / 3 + 1 => format!(
+    match closest(top, keys.iter().copied()) {
+        Some(key) => format!(
             "{name} names no setting (did you mean {}?); ignored",
             env_name(&[key])
         ),
-        _ => format!("{name} names no setting; ignored"),
+        None => format!("{name} names no setting; ignored"),
     }
 }
 
@@ -371,12 +370,9 @@ fn layer_error(e: &figment::Error) -> ConfigError {
         };
         let kind = match &e.kind {
             figment::error::Kind::UnknownField(field, expected) => {
-                let best = expected.iter().map(|k| (edit_distance(field, k), *k)).min();
-                match best {
-                    Some((d, k)) if d <= field.len().max(3) / 3 + 1 => {
-                        format!("unknown key `{field}`: did you mean `{k}`?")
-                    }
-                    _ => format!("unknown key `{field}`"),
+                match closest(field, expected.iter().copied()) {
+                    Some(k) => format!("unknown key `{field}`: did you mean `{k}`?"),
+                    None => format!("unknown key `{field}`"),
                 }
             }
             kind => kind.to_string(),
