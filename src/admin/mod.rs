@@ -24,6 +24,8 @@
 //! of that client, so the user is asked again; revoking a client deletes it and revokes all
 //! its grants. Each revocation is a security event.
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -494,6 +496,11 @@ fn login_form(
 
 /// A time for people: RFC 3339 in UTC, or a dash when unknown.
 fn when(t: u64) -> String {
+    rfc3339(t).unwrap_or_else(|| "—".into())
+}
+
+/// A time in RFC 3339 (UTC), or `None` when unknown (0).
+fn rfc3339(t: u64) -> Option<String> {
     i64::try_from(t)
         .ok()
         .filter(|t| *t > 0)
@@ -502,7 +509,6 @@ fn when(t: u64) -> String {
             d.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .unwrap_or_else(|| "—".into())
 }
 
 /// Everything the page shows.
