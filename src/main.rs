@@ -204,9 +204,11 @@ enum AdminAction {
         #[command(flatten)]
         args: StateCommandArgs,
     },
-    /// Revoke a grant (its tokens stop working, the person is asked again) or a client
-    /// (deleted unless the config pins it, all its grants revoked). Asks first on a
-    /// terminal; elsewhere needs --yes. Exit code 2 for an unknown id or a missing --yes.
+    /// Revoke a grant or a client, as the page's Revoke button does.
+    ///
+    /// A grant's tokens stop working and the person is asked again; a client is deleted
+    /// (unless the config pins it) and all its grants revoked. Asks first on a terminal;
+    /// elsewhere needs --yes. Exit code 2 for an unknown id or a missing --yes.
     Revoke {
         /// The grant to revoke (an id `admin grants` lists).
         #[arg(
