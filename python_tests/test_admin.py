@@ -14,7 +14,7 @@ import httpx
 
 from flow import (REDIRECT_URI, McpClient, authorize_params, full_flow, get_authorize,
                   location_query, parse_consent_form, parse_forms, pkce_s256, post_consent,
-                  refresh, register_client_id)
+                  refresh, register_client_id, unverified_claims)
 from gateway_proc import gateway_binary
 
 
@@ -57,9 +57,13 @@ def test_revoking_a_grant_on_the_page_ends_mcp_access(gateway, http):
     grants = forms(page.text, "grant_id")
     assert len(grants) == 1, grants
     assert grants[0]["action"] == "/admin/grants/revoke"
-    revoke = http.post(f"{base}{grants[0]['action']}",
-                       data={"csrf_token": grants[0]["csrf_token"],
-                             "grant_id": grants[0]["grant_id"]})
+    ask = http.post(f"{base}{grants[0]['action']}",
+                    data={"csrf_token": grants[0]["csrf_token"],
+                          "grant_id": grants[0]["grant_id"]})
+    assert ask.status_code == 200, ask.text[:500]
+    confirm = forms(ask.text, "confirm")
+    assert len(confirm) == 1, confirm
+    revoke = http.post(f"{base}{confirm[0]['action']}", data=confirm[0])
     assert revoke.status_code == 303, revoke.text[:500]
 
     reply = McpClient(http, gateway.base, tokens.access_token).initialize()
@@ -70,6 +74,59 @@ def test_revoking_a_grant_on_the_page_ends_mcp_access(gateway, http):
     after = http.get(f"{base}/admin")
     assert "admin_grant_revoked" in after.text
     assert not forms(after.text, "grant_id")
+
+
+def test_revoking_asks_first_and_only_the_confirmed_post_revokes(gateway, http):
+    tokens = full_flow(http, gateway.base, scope="mcp:read")
+    base = admin_base(http, gateway)
+    page = http.get(f"{base}/admin").text
+    grant = forms(page, "grant_id")[0]
+    client = next(f for f in forms(page, "client_id") if f["client_id"] == tokens.client_id)
+
+    ask = http.post(f"{base}/admin/grants/revoke",
+                    data={"csrf_token": grant["csrf_token"], "grant_id": grant["grant_id"]})
+    assert ask.status_code == 200, ask.text[:500]
+    assert ask.headers["cache-control"] == "no-store"
+    assert "script-src" not in ask.headers["content-security-policy"]
+    assert "Revoke this grant?" in ask.text
+    sub = unverified_claims(tokens.access_token)["sub"]
+    for shown in (f"<strong>{sub}</strong>", "pytest flow client", tokens.client_id,
+                  "mcp:read"):
+        assert shown in ask.text, shown
+    assert 'href="/admin"' in ask.text and "Cancel" in ask.text
+    confirm = forms(ask.text, "confirm")
+    assert confirm == [{"action": "/admin/grants/revoke", "csrf_token": grant["csrf_token"],
+                        "grant_id": grant["grant_id"], "confirm": "yes"}]
+    # Asking revoked nothing.
+    assert McpClient(http, gateway.base, tokens.access_token).initialize().status == 200
+    assert forms(http.get(f"{base}/admin").text, "grant_id")
+
+    ask = http.post(f"{base}/admin/clients/revoke",
+                    data={"csrf_token": client["csrf_token"], "client_id": tokens.client_id})
+    assert ask.status_code == 200, ask.text[:500]
+    assert "Revoke this client?" in ask.text and tokens.client_id in ask.text
+    assert "<strong>pytest flow client</strong>" in ask.text
+    assert 'id="grants">1<' in ask.text
+    assert "registered" in ask.text
+    assert forms(ask.text, "confirm")[0]["client_id"] == tokens.client_id
+    assert McpClient(http, gateway.base, tokens.access_token).initialize().status == 200
+
+    # A forged confirmation is refused before anything: the checks come first.
+    r = http.post(f"{base}/admin/grants/revoke",
+                  data={"grant_id": grant["grant_id"], "csrf_token": "x" * 43, "confirm": "yes"})
+    assert r.status_code == 403
+    assert McpClient(http, gateway.base, tokens.access_token).initialize().status == 200
+
+    revoke = http.post(f"{base}/admin/grants/revoke", data=confirm[0])
+    assert revoke.status_code == 303, revoke.text[:500]
+    assert McpClient(http, gateway.base, tokens.access_token).initialize().status == 401
+    r = refresh(http, gateway.base, tokens.client_id, tokens.refresh_token)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+    # An unknown id is a 404, not a question.
+    r = http.post(f"{base}/admin/clients/revoke",
+                  data={"csrf_token": client["csrf_token"], "client_id": "no-such-client"})
+    assert r.status_code == 404
 
 
 def test_a_forged_post_revokes_nothing(gateway, http):

@@ -179,6 +179,57 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// The operator's page on the command line: list clients and grants, revoke one, on
+    /// the store the configuration names (a running gateway follows within a second).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+/// The operator's commands.
+#[derive(Debug, clap::Subcommand)]
+enum AdminAction {
+    /// List the clients: those the config pins and those registered, with their live
+    /// grants.
+    Clients {
+        /// Print a JSON array of objects instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: StateCommandArgs,
+    },
+    /// List the live grants: who approved which client, with what scopes, until when.
+    Grants {
+        /// Print a JSON array of objects instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: StateCommandArgs,
+    },
+    /// Revoke a grant or a client, as the page's Revoke button does.
+    ///
+    /// A grant's tokens stop working and the person is asked again; a client is deleted
+    /// (unless the config pins it) and all its grants revoked. Asks first on a terminal;
+    /// elsewhere needs --yes. Exit code 2 for an unknown id or a missing --yes.
+    Revoke {
+        /// The grant to revoke (an id `admin grants` lists).
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "client",
+            conflicts_with = "client"
+        )]
+        grant: Option<String>,
+        /// The client to revoke (an id `admin clients` lists).
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Revoke without asking.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        args: StateCommandArgs,
+    },
 }
 
 /// Configuration tools.
@@ -309,6 +360,57 @@ fn rotate_keys(
     Ok(format!(
         "new signing key {kid}; a running gateway signs with it within a minute"
     ))
+}
+
+/// `admin clients|grants|revoke`: on the store the configuration names (exit 2 when it
+/// cannot be opened).
+fn admin_command(action: AdminAction) -> ExitCode {
+    use mcp_oauth_gateway::admin::cli::{self, Action, Target};
+    use mcp_oauth_gateway::clock::Clock as _;
+    let (args, action) = match action {
+        AdminAction::Clients { json, args } => (args, Action::Clients { json }),
+        AdminAction::Grants { json, args } => (args, Action::Grants { json }),
+        AdminAction::Revoke {
+            grant,
+            client,
+            yes,
+            args,
+        } => {
+            let target = match (grant, client) {
+                (Some(id), _) => Target::Grant(id),
+                (None, Some(id)) => Target::Client(id),
+                (None, None) => {
+                    eprintln!("mcp-oauth-gateway: admin revoke: give --grant ID or --client ID");
+                    return ExitCode::from(2);
+                }
+            };
+            (args, Action::Revoke { target, yes })
+        }
+    };
+    let config = match load_config(args.config.as_deref(), &args.state) {
+        Ok(loaded) => loaded.config,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = cli::check_store(&config) {
+        eprintln!("mcp-oauth-gateway: admin: {e}");
+        return ExitCode::from(2);
+    }
+    let store = match mcp_oauth_gateway::gateway::open_store(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mcp-oauth-gateway: admin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cli::run(
+        store.as_ref(),
+        &config,
+        action,
+        mcp_oauth_gateway::clock::SystemClock.now(),
+    )
 }
 
 fn hash_password_from_stdin() -> ExitCode {
@@ -471,6 +573,7 @@ async fn main() -> ExitCode {
         Some(Command::Config {
             action: ConfigAction::Check(args),
         }) => return config_check(&args),
+        Some(Command::Admin { action }) => return admin_command(action),
         None => {}
     }
     let (config, ignored) = match load_config(cli.serve.config.as_deref(), &cli.serve) {

@@ -5,8 +5,9 @@
 // runs with plain fetch (register, authorize, token) and an MCP `initialize` with the token
 // must succeed. Then headless Chromium (Debian's /usr/bin/chromium, driven by the pinned
 // playwright-core) opens /admin, finds the grant, presses its Revoke button like a person
-// would, and the same token's next MCP request must be refused with 401 and an
-// `invalid_token` challenge.
+// would, checks that the page asking for confirmation names the grant (and that asking
+// revoked nothing), presses that page's Revoke, and the same token's next MCP request must
+// be refused with 401 and an `invalid_token` challenge.
 //
 // /admin is opened through the public proxy when the proxy routes it to the authorization
 // server, else on the routes listener directly (loopback either way, so no sign-in).
@@ -117,7 +118,7 @@ async function adminOrigin(base, addrs) {
   return `http://${addrs.routes}`;
 }
 
-async function driveAdmin(page, adminBase, flow, trace) {
+async function driveAdmin(page, base, adminBase, flow, trace) {
   log(`opening ${adminBase}/admin`);
   const res = await page.goto(`${adminBase}/admin`, { waitUntil: 'domcontentloaded' });
   check(res && res.status() === 200, `GET /admin answered ${res && res.status()}`);
@@ -133,10 +134,28 @@ async function driveAdmin(page, adminBase, flow, trace) {
   await page.screenshot({ path: path.join(ARTIFACTS, 'admin-before.png'), fullPage: true });
   trace.push('grant listed');
 
-  const [post] = await Promise.all([
-    page.waitForResponse((r) => r.request().method() === 'POST'
-      && new URL(r.url()).pathname === '/admin/grants/revoke'),
+  // Revoke asks first: a page naming the grant, with its own Revoke button and a Cancel.
+  const isRevokePost = (r) => r.request().method() === 'POST'
+    && new URL(r.url()).pathname === '/admin/grants/revoke';
+  const [ask] = await Promise.all([
+    page.waitForResponse(isRevokePost),
     row.getByRole('button', { name: 'Revoke' }).click(),
+  ]);
+  check(ask.status() === 200, `the unconfirmed POST /admin/grants/revoke answered ${ask.status()}`);
+  const confirm = page.locator('form#confirm');
+  await confirm.waitFor({ state: 'visible' });
+  const asked = await page.locator('#what').textContent();
+  check(asked.includes(flow.clientId) && asked.includes('admin-browser e2e') && asked.includes('mcp:read'),
+    `the confirmation page does not name the grant: ${asked}`);
+  check(await page.locator('a#cancel[href="/admin"]').count() === 1, 'the confirmation page has no Cancel link');
+  const still = await mcpInitialize(base, flow.access);
+  check(still.status === 200, `asking revoked the token already (MCP answered ${still.status})`);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'admin-confirm.png'), fullPage: true });
+  trace.push('asked to confirm');
+
+  const [post] = await Promise.all([
+    page.waitForResponse(isRevokePost),
+    confirm.getByRole('button', { name: 'Revoke' }).click(),
   ]);
   check(post.status() === 303, `POST /admin/grants/revoke answered ${post.status()}`);
   await page.waitForURL((u) => u.pathname === '/admin');
@@ -185,7 +204,7 @@ async function main() {
       page.on('pageerror', (e) => browserLog.push(`pageerror: ${e.message}`));
       page.on('response', (r) => browserLog.push(`response: ${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`));
 
-      await driveAdmin(page, adminBase, flow, trace);
+      await driveAdmin(page, base, adminBase, flow, trace);
 
       const afterCall = await mcpInitialize(base, flow.access);
       check(afterCall.status === 401, `the revoked token's next MCP request answered ${afterCall.status}, not 401`);

@@ -17,10 +17,14 @@
 //! The Revoke forms post a CSRF token: an HMAC, under a per-process random key, of the
 //! admin's session (or, loopback-only, of a random cookie set with the page), compared in
 //! constant time. Cross-site posts (`Origin`, `Sec-Fetch-Site`) are refused as on the
-//! consent page. Revoking a grant revokes its refresh tokens and denies its access tokens,
+//! consent page. A Revoke button asks first: its post (without `confirm=yes`) renders a page
+//! naming what would be revoked, whose own Revoke button posts the same form again with
+//! `confirm=yes`; only that post revokes. Revoking a grant revokes its refresh tokens and denies its access tokens,
 //! so the client's next MCP request is a 401, and forgets the user's remembered approval
 //! of that client, so the user is asked again; revoking a client deletes it and revokes all
 //! its grants. Each revocation is a security event.
+
+pub mod cli;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -492,6 +496,11 @@ fn login_form(
 
 /// A time for people: RFC 3339 in UTC, or a dash when unknown.
 fn when(t: u64) -> String {
+    rfc3339(t).unwrap_or_else(|| "—".into())
+}
+
+/// A time in RFC 3339 (UTC), or `None` when unknown (0).
+fn rfc3339(t: u64) -> Option<String> {
     i64::try_from(t)
         .ok()
         .filter(|t| *t > 0)
@@ -500,7 +509,6 @@ fn when(t: u64) -> String {
             d.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .unwrap_or_else(|| "—".into())
 }
 
 /// Everything the page shows.
@@ -802,15 +810,15 @@ fn authorized_post(
     Ok((viewer, params))
 }
 
-/// An [`authorized_post`] that names what it acts on in the form field `field`: the viewer
-/// and that name. A post without it is refused.
+/// An [`authorized_post`] that names what it acts on in the form field `field`. A post
+/// without it is refused.
 fn authorized_post_naming(
     state: &AdminState,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: &[u8],
     field: &str,
-) -> Result<(Viewer, String), Box<Response>> {
+) -> Result<NamedPost, Box<Response>> {
     let (viewer, params) = authorized_post(state, peer, headers, body, state.clock.now())?;
     let Some(value) = params.get(field) else {
         return Err(Box::new(
@@ -822,10 +830,65 @@ fn authorized_post_naming(
             .into_response(),
         ));
     };
-    Ok((viewer, value.to_string()))
+    Ok(NamedPost {
+        viewer,
+        target: value.to_string(),
+        csrf_token: params.get("csrf_token").unwrap_or_default().to_string(),
+        confirmed: params.get("confirm") == Some("yes"),
+    })
 }
 
-/// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens).
+/// A Revoke post that passed [`authorized_post_naming`].
+struct NamedPost {
+    /// Who posted it.
+    viewer: Viewer,
+    /// The id of what it revokes.
+    target: String,
+    /// Its (verified) CSRF token, for the confirmation form to post again.
+    csrf_token: String,
+    /// Whether it is the confirmation page's post (`confirm=yes`): only that one revokes.
+    confirmed: bool,
+}
+
+/// The confirmation page's template name (`.html`: its values are HTML-escaped).
+const CONFIRM: &str = "admin_confirm.html";
+
+/// The confirmation page's template, compiled on first use.
+static CONFIRM_TEMPLATE: std::sync::LazyLock<
+    Result<minijinja::Environment<'static>, minijinja::Error>,
+> = std::sync::LazyLock::new(|| {
+    let mut env = minijinja::Environment::new();
+    env.add_template(CONFIRM, include_str!("../web/templates/admin_confirm.html"))?;
+    Ok(env)
+});
+
+/// The page that asks before revoking: what `what` names, and a form posting the same id
+/// and CSRF token again with `confirm=yes`, or a link back.
+fn confirmation(
+    action: &str,
+    field: &str,
+    id: &str,
+    csrf_token: &str,
+    what: minijinja::Value,
+) -> Response {
+    let html = CONFIRM_TEMPLATE
+        .as_ref()
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+        .and_then(|env| {
+            env.get_template(CONFIRM)?
+                .render(context! { action, field, id, csrf_token, what })
+        });
+    match html {
+        Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin confirmation template failed");
+            server_error()
+        }
+    }
+}
+
+/// `POST /admin/grants/revoke`: revoke one grant (its refresh tokens and access tokens),
+/// once confirmed; unconfirmed, the page that asks.
 pub async fn revoke_grant_post(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -833,12 +896,11 @@ pub async fn revoke_grant_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (viewer, grant_id) = match authorized_post_naming(&state, peer, &headers, &body, "grant_id")
-    {
+    let post = match authorized_post_naming(&state, peer, &headers, &body, "grant_id") {
         Ok(ok) => ok,
         Err(res) => return *res,
     };
-    let grant = match state.store.grant(&grant_id) {
+    let grant = match state.store.grant(&post.target) {
         Ok(Some(g)) => g,
         Ok(None) => {
             return PageError::new(StatusCode::NOT_FOUND, "invalid_request", "no such grant")
@@ -849,6 +911,32 @@ pub async fn revoke_grant_post(
             return PageError::unavailable().into_response();
         }
     };
+    if !post.confirmed {
+        let client_name = match state.client(&grant.client_id) {
+            Ok(c) => c.and_then(|c| c.client_name),
+            Err(e) => {
+                tracing::error!(error = %e, "admin: client lookup failed");
+                return PageError::unavailable().into_response();
+            }
+        };
+        let what = context! {
+            kind => "grant",
+            sub => &grant.sub,
+            client_id => &grant.client_id,
+            client_name,
+            scopes => grant.scopes.join(" "),
+            expires => when(grant.expires_at),
+            revoked => grant.revoked,
+        };
+        return confirmation(
+            REVOKE_GRANT_PATH,
+            "grant_id",
+            &grant.id,
+            &post.csrf_token,
+            what,
+        );
+    }
+    let viewer = post.viewer;
     // The user is asked again: a remembered approval would let the client back in without.
     let revoked = state.store.revoke_grant(&grant.id);
     // Refused on the very next MCP request, not the next sync round.
@@ -864,7 +952,8 @@ pub async fn revoke_grant_post(
     see_other(ADMIN)
 }
 
-/// `POST /admin/clients/revoke`: delete a client and revoke all its grants.
+/// `POST /admin/clients/revoke`: delete a client and revoke all its grants, once
+/// confirmed; unconfirmed, the page that asks.
 pub async fn revoke_client_post(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -872,12 +961,54 @@ pub async fn revoke_client_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (viewer, client_id) =
-        match authorized_post_naming(&state, peer, &headers, &body, "client_id") {
-            Ok(ok) => ok,
-            Err(res) => return *res,
+    let post = match authorized_post_naming(&state, peer, &headers, &body, "client_id") {
+        Ok(ok) => ok,
+        Err(res) => return *res,
+    };
+    let client_id = post.target.as_str();
+    let pinned = state.settings.pinned_clients.contains_key(client_id);
+    if !post.confirmed {
+        let now = state.clock.now();
+        let found = state.client(client_id).and_then(|c| {
+            let live = state
+                .store
+                .live_grants(now)?
+                .into_iter()
+                .filter(|g| g.client_id == client_id)
+                .count();
+            Ok((c, live))
+        });
+        let (client, live) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "admin: client lookup failed");
+                return PageError::unavailable().into_response();
+            }
         };
-    let client_id = client_id.as_str();
+        if client.is_none() && live == 0 {
+            return PageError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request",
+                "no such client, and no grants of it",
+            )
+            .into_response();
+        }
+        let what = context! {
+            kind => "client",
+            client_id,
+            client_name => client.and_then(|c| c.client_name),
+            grants => live,
+            pinned,
+        };
+        return confirmation(
+            REVOKE_CLIENT_PATH,
+            "client_id",
+            client_id,
+            &post.csrf_token,
+            what,
+        );
+    }
+    let viewer = post.viewer;
     // The people whose grants go: their identity-provider tokens go too.
     let people: Vec<String> = if state.providers.is_empty() {
         Vec::new()
@@ -905,7 +1036,6 @@ pub async fn revoke_client_post(
             return PageError::unavailable().into_response();
         }
     };
-    let pinned = state.settings.pinned_clients.contains_key(client_id);
     if !revoked.deleted && revoked.grants == 0 && !pinned {
         return PageError::new(
             StatusCode::NOT_FOUND,

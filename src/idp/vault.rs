@@ -238,32 +238,39 @@ impl Vault {
     }
 
     /// Drop `sub`'s provider tokens and end their browser sessions (a grant revoked, a
-    /// sign-out). A store failure is logged.
+    /// sign-out), here and, through the store, on every replica ([`forget_stored`]). A
+    /// store failure is logged.
     pub fn forget(&self, sub: &str, now: u64) {
-        // Only people who signed in through a provider: a password user's sessions stay.
-        let Ok(Some(identity)) = self.store.identity(sub) else {
-            return;
-        };
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(sub);
-        }
-        // Every replica stops using what it cached of this version within the second; the
-        // marker outlives any cache entry.
-        if let Err(e) = self.store.revoke_access_token(
-            &drop_marker(sub, identity.updated_at),
-            now.saturating_add(2 * CACHE_SECONDS),
-        ) {
-            tracing::error!(error = %e, "announcing dropped provider tokens failed");
-        }
-        if let Err(e) = self.store.drop_upstream(sub) {
-            tracing::error!(error = %e, "dropping provider tokens failed");
-        }
-        match self.store.end_sessions_of(sub) {
-            Ok(n) if n > 0 => tracing::info!(%sub, sessions = n, "browser sessions ended"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "ending browser sessions failed"),
-        }
+        self.forget_cached(sub);
+        forget_stored(self.store.as_ref(), sub, now);
     }
+}
+
+/// The store's part of [`Vault::forget`], for who holds no vault (the `admin revoke`
+/// command): drop `sub`'s provider tokens, announce the drop in the revocation log (every
+/// running replica stops using what it cached within the second) and end their browser
+/// sessions. Only people who signed in through a provider: a password user's sessions
+/// stay. Returns whether `sub` is such a person; a store failure is logged.
+pub fn forget_stored(store: &dyn Store, sub: &str, now: u64) -> bool {
+    let Ok(Some(identity)) = store.identity(sub) else {
+        return false;
+    };
+    // The marker outlives any cache entry.
+    if let Err(e) = store.revoke_access_token(
+        &drop_marker(sub, identity.updated_at),
+        now.saturating_add(2 * CACHE_SECONDS),
+    ) {
+        tracing::error!(error = %e, "announcing dropped provider tokens failed");
+    }
+    if let Err(e) = store.drop_upstream(sub) {
+        tracing::error!(error = %e, "dropping provider tokens failed");
+    }
+    match store.end_sessions_of(sub) {
+        Ok(n) if n > 0 => tracing::info!(%sub, sessions = n, "browser sessions ended"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "ending browser sessions failed"),
+    }
+    true
 }
 
 #[cfg(test)]
