@@ -52,7 +52,7 @@ use crate::secret::{ct_eq, random_token};
 use crate::store::{Client, Grant};
 use crate::web::MAX_FORM_BODY;
 use crate::web::client_ip::{self, ClientIp};
-use crate::web::pages::{PageError, cross_site_refusal, page_headers};
+use crate::web::pages::{PageError, cross_site_refusal, page_headers, render};
 use crate::web::request_id::request_id_scope;
 use crate::web::routes::ADMIN;
 
@@ -470,7 +470,7 @@ fn login_form(
         return server_error();
     };
     let csrf_token = state.admin_key.token(&Binding::Cookie(cookie.clone()));
-    let html = crate::web::pages::render(
+    let html = render(
         "login.html",
         context! {
             client_name => "the operator's page",
@@ -593,7 +593,7 @@ fn render_page(state: &AdminState, viewer: &Viewer, csrf_token: &str, now: u64) 
             }
         })
         .collect();
-    let html = crate::web::pages::render(
+    let html = render(
         "admin.html",
         context! {
             viewer => viewer.name(),
@@ -850,18 +850,6 @@ struct NamedPost {
     confirmed: bool,
 }
 
-/// The confirmation page's template name (`.html`: its values are HTML-escaped).
-const CONFIRM: &str = "admin_confirm.html";
-
-/// The confirmation page's template, compiled on first use.
-static CONFIRM_TEMPLATE: std::sync::LazyLock<
-    Result<minijinja::Environment<'static>, minijinja::Error>,
-> = std::sync::LazyLock::new(|| {
-    let mut env = minijinja::Environment::new();
-    env.add_template(CONFIRM, include_str!("../web/templates/admin_confirm.html"))?;
-    Ok(env)
-});
-
 /// The page that asks before revoking: what `what` names, and a form posting the same id
 /// and CSRF token again with `confirm=yes`, or a link back.
 fn confirmation(
@@ -871,13 +859,10 @@ fn confirmation(
     csrf_token: &str,
     what: minijinja::Value,
 ) -> Response {
-    let html = CONFIRM_TEMPLATE
-        .as_ref()
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
-        .and_then(|env| {
-            env.get_template(CONFIRM)?
-                .render(context! { action, field, id, csrf_token, what })
-        });
+    let html = render(
+        "admin_confirm.html",
+        context! { action, field, id, csrf_token, what },
+    );
     match html {
         Ok(html) => (StatusCode::OK, page_headers(), Html(html)).into_response(),
         Err(e) => {

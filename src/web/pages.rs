@@ -18,6 +18,10 @@ fn compile() -> Result<Environment<'static>, minijinja::Error> {
     env.add_template("login.html", include_str!("templates/login.html"))?;
     env.add_template("consents.html", include_str!("templates/consents.html"))?;
     env.add_template("admin.html", include_str!("templates/admin.html"))?;
+    env.add_template(
+        "admin_confirm.html",
+        include_str!("templates/admin_confirm.html"),
+    )?;
     Ok(env)
 }
 

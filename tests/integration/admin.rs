@@ -187,7 +187,11 @@ async fn revoking_a_grant_ends_mcp_access_at_the_next_request() {
         &gw,
         "/admin/grants/revoke",
         Some(&cookie),
-        &[("csrf_token", &csrf), ("grant_id", &grant_id)],
+        &[
+            ("csrf_token", &csrf),
+            ("grant_id", &grant_id),
+            ("confirm", "yes"),
+        ],
         &[],
     )
     .await;
@@ -244,7 +248,7 @@ async fn revoking_a_client_deletes_it_and_revokes_its_grants() {
             &gw,
             "/admin/clients/revoke",
             Some(&cookie),
-            &[("csrf_token", &csrf), ("client_id", id)],
+            &[("csrf_token", &csrf), ("client_id", id), ("confirm", "yes")],
             &[],
         )
         .await;
@@ -367,7 +371,11 @@ async fn forged_or_cross_site_posts_are_refused_and_revoke_nothing() {
         &gw,
         "/admin/grants/revoke",
         Some(&cookie),
-        &[("csrf_token", &csrf), ("grant_id", &grant_id)],
+        &[
+            ("csrf_token", &csrf),
+            ("grant_id", &grant_id),
+            ("confirm", "yes"),
+        ],
         &[],
     )
     .await;
@@ -567,7 +575,11 @@ async fn metrics_count_key_cache_lookups_and_live_clients_and_grants() {
         &gw,
         "/admin/grants/revoke",
         Some(&cookie),
-        &[("csrf_token", &csrf), ("grant_id", &grant_id)],
+        &[
+            ("csrf_token", &csrf),
+            ("grant_id", &grant_id),
+            ("confirm", "yes"),
+        ],
         &[],
     )
     .await;
