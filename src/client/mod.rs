@@ -117,6 +117,14 @@ pub enum ClientError {
     Protocol(String),
     #[error("{0}")]
     OAuth(String),
+    /// An OAuth error answer (RFC 6749 §5.2) from one of the server's endpoints.
+    #[error("{endpoint} endpoint: {detail}")]
+    Refused {
+        endpoint: String,
+        /// The `error` code, e.g. `invalid_grant`.
+        code: String,
+        detail: String,
+    },
     #[error("unauthorized: {0}")]
     Unauthorized(String),
     #[error("forbidden: {0}")]
@@ -132,6 +140,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether this is the OAuth error `code` from an endpoint.
+    pub fn is_oauth(&self, code: &str) -> bool {
+        matches!(self, Self::Refused { code: c, .. } if c == code)
+    }
+
     /// A network error, without the URL reqwest would print (it may hold a code).
     pub fn network(what: &str, e: reqwest::Error) -> Self {
         Self::Network {
