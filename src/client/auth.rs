@@ -137,6 +137,8 @@ impl<'a> Auth<'a> {
             )));
         }
         self.step_ups += 1;
+        // The one line that says why the person is asked again (on stderr, like all notes).
+        eprintln!("the server needs scope {needed}; {}", self.asking_again());
         self.http.trace(&format!(
             "step-up authorization for scope \"{}\"",
             union.join(" ")
@@ -187,9 +189,90 @@ impl<'a> Auth<'a> {
             }
             Err(e) => {
                 self.http.trace(&format!("refresh failed: {e}"));
+                if e.is_oauth("invalid_grant") {
+                    // Both callers authorize anew after a failed refresh.
+                    eprintln!(
+                        "the server refused the saved refresh token (invalid_grant: expired or revoked); {}",
+                        self.asking_again()
+                    );
+                }
                 false
             }
         }
+    }
+
+    /// How the next authorization goes, for the line that says why it happens.
+    fn asking_again(&self) -> &'static str {
+        let client_credentials = match &self.entry {
+            Some((_, e)) => self.uses_client_credentials(&e.metadata),
+            None => self.opts.grant == GrantChoice::ClientCredentials,
+        };
+        if client_credentials {
+            "requesting a new token with the client credentials"
+        } else {
+            "asking you to sign in again"
+        }
+    }
+
+    /// The tokens in use, if any.
+    pub fn tokens(&self) -> Option<&StoredTokens> {
+        self.tokens.as_ref()
+    }
+
+    /// Forget the tokens for this server in every cache file, after revoking them at the
+    /// authorization server when it offers a revocation endpoint (RFC 7009): the refresh
+    /// token (which revokes its grant), else the access token.
+    pub async fn logout(&mut self) -> LogoutReport {
+        let mut report = LogoutReport {
+            server: self.server_key.clone(),
+            had_tokens: self.tokens.is_some(),
+            revocation_endpoint: None,
+            revoked: None,
+            revoke_error: None,
+            files_changed: 0,
+        };
+        if let (Some(tokens), Some((_, mut entry))) = (self.tokens.clone(), self.entry.clone()) {
+            if entry.metadata.revocation_endpoint.is_none() {
+                // A cache written before the field was kept: ask the server again.
+                match discovery::discover(self.http, &self.server, None).await {
+                    Ok(found) if found.metadata.issuer == entry.metadata.issuer => {
+                        entry.metadata.revocation_endpoint = found.metadata.revocation_endpoint;
+                    }
+                    Ok(_) => self
+                        .http
+                        .trace("the server now names another authorization server"),
+                    Err(e) => self.http.trace(&format!("discovery failed: {e}")),
+                }
+            }
+            if entry.client.source == ClientSource::Configured {
+                entry.client.client_secret = self.opts.client_secret.clone();
+            }
+            report.revocation_endpoint = entry.metadata.revocation_endpoint.clone();
+            if report.revocation_endpoint.is_some() {
+                let (token, hint) = match &tokens.refresh_token {
+                    Some(rt) => (rt.as_str(), "refresh_token"),
+                    None => (tokens.access_token.as_str(), "access_token"),
+                };
+                match oauth::revoke(
+                    self.http,
+                    &entry.metadata,
+                    &entry.client,
+                    self.opts.client_key.as_ref(),
+                    token,
+                    hint,
+                    Self::now(),
+                )
+                .await
+                {
+                    Ok(()) => report.revoked = Some(hint),
+                    Err(e) => report.revoke_error = Some(e.to_string()),
+                }
+            }
+        }
+        report.files_changed = self.cache.forget(&self.server_key);
+        self.tokens = None;
+        self.entry = None;
+        report
     }
 
     fn uses_client_credentials(&self, meta: &AsMetadata) -> bool {
@@ -384,6 +467,22 @@ impl<'a> Auth<'a> {
         }
         self.tokens = Some(tokens);
     }
+}
+
+/// What `logout` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogoutReport {
+    /// The canonical MCP server URL.
+    pub server: String,
+    /// Whether tokens were cached for it.
+    pub had_tokens: bool,
+    pub revocation_endpoint: Option<String>,
+    /// The kind of token revoked (`refresh_token` or `access_token`), if one was.
+    pub revoked: Option<&'static str>,
+    /// Why the revocation failed, if it did (the cached tokens are forgotten anyway).
+    pub revoke_error: Option<String>,
+    /// Cache files changed or removed.
+    pub files_changed: usize,
 }
 
 /// The cache key of a client: registrations are per issuer, configured clients per id.

@@ -166,6 +166,38 @@ impl Cache {
             }
         }
     }
+
+    /// Drop the tokens for `server` from every cache file, removing files left with no
+    /// tokens at all (their registration goes too: a later sign-in registers again);
+    /// the number of files changed or removed.
+    pub fn forget(&self, server: &str) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut changed = 0;
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some(mut entry) = self.load(&path) else {
+                continue;
+            };
+            if entry.tokens.remove(server).is_none() {
+                continue;
+            }
+            let done = if entry.tokens.is_empty() {
+                std::fs::remove_file(&path).is_ok()
+            } else {
+                self.save(&path, &entry).is_ok()
+            };
+            if done {
+                changed += 1;
+            } else {
+                eprintln!("warning: could not update {}", path.display());
+            }
+        }
+        changed
+    }
 }
 
 #[cfg(unix)]
@@ -263,5 +295,26 @@ mod tests {
         cache.forget_elsewhere("http://s/mcp", &a);
         assert_eq!(cache.find("http://s/mcp", |_| true).unwrap().0, a);
         assert!(cache.find("http://other/mcp", |_| true).is_none());
+    }
+
+    #[test]
+    fn forget_drops_the_server_and_files_left_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(Some(dir.path().to_path_buf())).unwrap();
+        let a = cache.path_for("https://a", "dcr");
+        let b = cache.path_for("https://b", "dcr");
+        cache
+            .save(&a, &entry("https://a", "http://s/mcp", 1))
+            .unwrap();
+        let mut two = entry("https://b", "http://s/mcp", 2);
+        let other = entry("https://b", "http://t/mcp", 2).tokens;
+        two.tokens.extend(other);
+        cache.save(&b, &two).unwrap();
+        assert_eq!(cache.forget("http://s/mcp"), 2);
+        assert!(!a.exists(), "a file with no tokens left is removed");
+        let kept = cache.load(&b).unwrap();
+        assert_eq!(kept.tokens.keys().collect::<Vec<_>>(), ["http://t/mcp"]);
+        assert!(cache.find("http://s/mcp", |_| true).is_none());
+        assert_eq!(cache.forget("http://s/mcp"), 0);
     }
 }

@@ -106,6 +106,9 @@ pub struct AsMetadata {
     pub authorization_endpoint: Option<String>,
     pub token_endpoint: String,
     pub registration_endpoint: Option<String>,
+    /// RFC 7009; absent from caches written before `logout` existed.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
     pub scopes_supported: Option<Vec<String>>,
     pub grant_types_supported: Option<Vec<String>>,
     pub code_challenge_methods_supported: Option<Vec<String>>,

@@ -26,6 +26,8 @@ const SECRET_FIELDS: &[&str] = &[
     "registration_access_token",
     "subject_token",
     "password",
+    // RFC 7009 revocation and RFC 7662 introspection send the token as `token`.
+    "token",
 ];
 
 /// Headers whose values are secrets.

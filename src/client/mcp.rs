@@ -24,10 +24,14 @@ pub struct Session<'a> {
     session_id: Option<String>,
     protocol: Option<String>,
     next_id: u64,
+    /// The progress token of the request in flight, when it asked for progress.
+    progress_token: Option<u64>,
+    /// Progress as JSON lines (`--json`) rather than text; stderr either way.
+    json: bool,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(http: &'a Http, auth: Auth<'a>, url: Url) -> Self {
+    pub fn new(http: &'a Http, auth: Auth<'a>, url: Url, json: bool) -> Self {
         Self {
             http,
             auth,
@@ -35,7 +39,14 @@ impl<'a> Session<'a> {
             session_id: None,
             protocol: None,
             next_id: 1,
+            progress_token: None,
+            json,
         }
+    }
+
+    /// The authorization state (for `token`).
+    pub fn auth(&self) -> &Auth<'a> {
+        &self.auth
     }
 
     /// `initialize`, then `notifications/initialized`.
@@ -85,6 +96,64 @@ impl<'a> Session<'a> {
             )));
         }
         Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// A request that asks for progress (`_meta.progressToken`, the request's id) and
+    /// prints each `notifications/progress` for it on stderr as it arrives.
+    pub async fn request_with_progress(
+        &mut self,
+        method: &str,
+        mut params: Value,
+    ) -> Result<Value, ClientError> {
+        let token = self.next_id;
+        if let Some(obj) = params.as_object_mut() {
+            let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("progressToken".into(), json!(token));
+            }
+        }
+        self.progress_token = Some(token);
+        let result = self.request(method, params).await;
+        self.progress_token = None;
+        result
+    }
+
+    /// One progress notification, if it is for the request in flight: a line on stderr.
+    fn progress(&self, params: &Value) {
+        let Some(token) = self.progress_token else {
+            return;
+        };
+        let ours = params["progressToken"].as_u64() == Some(token)
+            || params["progressToken"].as_str() == Some(token.to_string().as_str());
+        if !ours {
+            return;
+        }
+        let (progress, total, message) = (
+            &params["progress"],
+            &params["total"],
+            params["message"].as_str(),
+        );
+        if self.json {
+            let mut line = json!({"progress": progress});
+            if !total.is_null() {
+                line["total"] = total.clone();
+            }
+            if let Some(m) = message {
+                line["message"] = json!(m);
+            }
+            eprintln!("{line}");
+        } else {
+            let mut line = format!("progress: {progress}");
+            if !total.is_null() {
+                line.push_str(&format!("/{total}"));
+            }
+            if let Some(m) = message {
+                // One line per notification, whatever the server put in its message.
+                let m: String = m.chars().filter(|c| !c.is_control()).collect();
+                line.push_str(&format!(" {m}"));
+            }
+            eprintln!("{line}");
+        }
     }
 
     /// End the session (DELETE, when the server gave one); failures do not matter.
@@ -241,11 +310,16 @@ impl<'a> Session<'a> {
                     .filter_map(|l| l.strip_prefix("data:"))
                     .map(|d| d.strip_prefix(' ').unwrap_or(d))
                     .collect();
-                if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n"))
-                    && v["id"].as_u64() == Some(id)
+                let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                    continue;
+                };
+                if v["id"].as_u64() == Some(id)
                     && (v.get("result").is_some() || v.get("error").is_some())
                 {
                     return Ok(v);
+                }
+                if v["method"] == "notifications/progress" {
+                    self.progress(&v["params"]);
                 }
             }
         }

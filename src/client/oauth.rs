@@ -422,6 +422,41 @@ async fn token_request(
 ) -> Result<TokenResponse, ClientError> {
     let url = parse_endpoint("token", &meta.token_endpoint)?;
     let mut headers: Vec<(&str, String)> = vec![("accept", "application/json".into())];
+    authenticate(meta, client, signing_key, form, &mut headers, now)?;
+    let reply = http
+        .fetch(
+            Method::POST,
+            &url,
+            &headers,
+            Body::Form(std::mem::take(form)),
+        )
+        .await?;
+    if !reply.status.is_success() {
+        return Err(oauth_error("token", reply.status, &reply.body));
+    }
+    let tokens: TokenResponse = serde_json::from_slice(&reply.body).map_err(|_| {
+        ClientError::Protocol("the token endpoint's answer has no access_token".into())
+    })?;
+    if let Some(tt) = &tokens.token_type
+        && !tt.eq_ignore_ascii_case("bearer")
+    {
+        return Err(ClientError::Protocol(format!(
+            "the token endpoint issued a {tt} token; only Bearer is supported"
+        )));
+    }
+    Ok(tokens)
+}
+
+/// Add the client's authentication to a token or revocation request (RFC 6749 §2.3,
+/// RFC 7523 §2.2).
+fn authenticate(
+    meta: &AsMetadata,
+    client: &StoredClient,
+    signing_key: Option<&ClientKey>,
+    form: &mut Vec<(String, String)>,
+    headers: &mut Vec<(&str, String)>,
+    now: u64,
+) -> Result<(), ClientError> {
     match client.auth_method {
         AuthMethod::None => form.push(("client_id".into(), client.client_id.clone())),
         AuthMethod::ClientSecretPost => {
@@ -456,28 +491,38 @@ async fn token_request(
             form.push(("client_assertion".into(), assertion));
         }
     }
+    Ok(())
+}
+
+/// Revoke a token at the revocation endpoint (RFC 7009 §2.1), authenticated as at the token
+/// endpoint; `hint` is `refresh_token` or `access_token`.
+pub async fn revoke(
+    http: &Http,
+    meta: &AsMetadata,
+    client: &StoredClient,
+    signing_key: Option<&ClientKey>,
+    token: &str,
+    hint: &str,
+    now: u64,
+) -> Result<(), ClientError> {
+    let endpoint = meta
+        .revocation_endpoint
+        .as_deref()
+        .ok_or_else(|| ClientError::Protocol("no revocation endpoint".into()))?;
+    let url = parse_endpoint("revocation", endpoint)?;
+    let mut form = vec![
+        ("token".to_string(), token.to_string()),
+        ("token_type_hint".to_string(), hint.to_string()),
+    ];
+    let mut headers: Vec<(&str, String)> = vec![("accept", "application/json".into())];
+    authenticate(meta, client, signing_key, &mut form, &mut headers, now)?;
     let reply = http
-        .fetch(
-            Method::POST,
-            &url,
-            &headers,
-            Body::Form(std::mem::take(form)),
-        )
+        .fetch(Method::POST, &url, &headers, Body::Form(form))
         .await?;
     if !reply.status.is_success() {
-        return Err(oauth_error("token", reply.status, &reply.body));
+        return Err(oauth_error("revocation", reply.status, &reply.body));
     }
-    let tokens: TokenResponse = serde_json::from_slice(&reply.body).map_err(|_| {
-        ClientError::Protocol("the token endpoint's answer has no access_token".into())
-    })?;
-    if let Some(tt) = &tokens.token_type
-        && !tt.eq_ignore_ascii_case("bearer")
-    {
-        return Err(ClientError::Protocol(format!(
-            "the token endpoint issued a {tt} token; only Bearer is supported"
-        )));
-    }
-    Ok(tokens)
+    Ok(())
 }
 
 fn parse_endpoint(what: &str, endpoint: &str) -> Result<Url, ClientError> {
@@ -490,13 +535,17 @@ fn parse_endpoint(what: &str, endpoint: &str) -> Result<Url, ClientError> {
 /// an unknown answer, which could echo what was sent).
 fn oauth_error(endpoint: &str, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<OAuthErrorBody>(body) {
-        Ok(e) => ClientError::OAuth(format!(
-            "{endpoint} endpoint: {}{} (HTTP {status})",
-            e.error,
-            e.error_description
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        )),
+        Ok(e) => ClientError::Refused {
+            endpoint: endpoint.to_string(),
+            detail: format!(
+                "{}{} (HTTP {status})",
+                e.error,
+                e.error_description
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+            code: e.error,
+        },
         Err(_) => ClientError::OAuth(format!("{endpoint} endpoint: HTTP {status}")),
     }
 }
