@@ -30,7 +30,8 @@ import pytest
 
 from flow import McpClient, now, refresh, unverified_claims
 from gateway_proc import gateway_binary
-from test_upstream_everything import Everything, free_port, require_thirdparty
+# The server-everything fixture: one per test, its log shown when the test fails.
+from test_upstream_everything import everything  # noqa: F401
 
 CLIENT_TIMEOUT = 120
 
@@ -286,19 +287,6 @@ def test_logout_json(gw, cache, http):
 
 
 # -- progress (server-everything) -----------------------------------------------------
-
-@pytest.fixture
-def everything(tmp_path, request):
-    require_thirdparty()
-    upstream = Everything(free_port(), tmp_path / "server-everything.log")
-    upstream.start()
-    yield upstream
-    upstream.stop()
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print("---- server-everything log ----")
-        print(upstream.log_tail(100))
-
 
 def test_progress_lines_for_a_long_running_tool(everything, gateway_factory, tmp_path, cache):
     config = tmp_path / "gateway.toml"
