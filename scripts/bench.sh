@@ -4,7 +4,8 @@
 # OAuth flow, opens an MCP session, then measures with wrk:
 #
 #   - tools/call `echo` straight at the MCP listener (:3001 role) vs through the proxy
-#     (:3002 role), interleaved A B B A ... so drift hits both sides alike;
+#     (:3002 role), interleaved A B B A ... so drift hits both sides alike; then the same
+#     call as a stateless 2026-07-28 client sends it (no session), direct and proxied;
 #   - the token endpoint: the refresh_token grant (each request rotates its own chain) and
 #     the client_credentials grant (confidential client, Basic auth);
 #   - dynamic client registration (rate limit switched off by the config);
@@ -439,6 +440,32 @@ run() {
   echo "bench: $name $line" >&2
 }
 
+# The same call from a 2026-07-28 client: no session, no initialize; the protocol version,
+# client info and capabilities ride in each request's _meta, the method in Mcp-Method.
+cat >"$WORK/stateless_call.lua" <<EOF
+local n = 0
+local headers = {
+  ["Content-Type"] = "application/json",
+  ["Accept"] = "application/json, text/event-stream",
+  ["Mcp-Protocol-Version"] = "2026-07-28",
+  ["Mcp-Method"] = "tools/call",
+  ["Mcp-Name"] = "echo",
+  ["Authorization"] = "Bearer $ACCESS",
+}
+local meta = '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+  .. '"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1"},'
+  .. '"io.modelcontextprotocol/clientCapabilities":{}}'
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, headers,
+    '{"jsonrpc":"2.0","id":' .. n .. ',"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"},' .. meta .. '}}')
+end
+response = function(status, headers, body)
+  if status == 200 and not string.find(body, '"text":"hello"', 1, true) then bad = bad + 1 end
+end
+$(cat "$WORK/report.lua")
+EOF
+
 SIDES=("direct http://$MCP/mcp" "proxied http://$PROXY/mcp")
 if [ -n "$NGINX_ADDR" ]; then SIDES+=("nginx http://$NGINX_ADDR/mcp"); fi
 for r in $(seq 1 "$ROUNDS"); do
@@ -450,6 +477,10 @@ for r in $(seq 1 "$ROUNDS"); do
   for side in "${order[@]}"; do
     run "${side%% *}#$r" "${side#* }" "$WORK/tools_call.lua"
   done
+done
+for r in $(seq 1 "$ROUNDS"); do
+  run "stateless-direct#$r" "http://$MCP/mcp" "$WORK/stateless_call.lua"
+  run "stateless-proxied#$r" "http://$PROXY/mcp" "$WORK/stateless_call.lua"
 done
 MCP_RSS=$(rss_kb VmRSS)
 # One connection: no queueing, so p50 is the service time and the difference is what the
@@ -497,6 +528,13 @@ if d and p:
         print(f"nginx (reference) {nr:.0f} req/s: nginx/direct {nr / dr:.2f}x vs proxied/direct {pr / dr:.2f}x"
               f" (proxied/nginx {pr / nr:.2f}x)    p50 {n50:.3f} ms (+{n50 - d50:.3f} ms)"
               f"    p99 {n99:.3f} ms (+{n99 - d99:.3f} ms)")
+sd = [r for r in rows if r[0].startswith("stateless-direct#")]
+sp = [r for r in rows if r[0].startswith("stateless-proxied#")]
+if sd and sp:
+    mean = lambda xs: sum(xs) / len(xs)
+    sdr, spr = mean([r[1] for r in sd]), mean([r[1] for r in sp])
+    print(f"stateless (2026-07-28) tools/call: direct {sdr:.0f} req/s, proxied {spr:.0f} req/s"
+          f" ({spr / sdr:.2f}x)")
 one = {r[0]: r for r in rows}
 if "direct@1conn" in one and "proxied@1conn" in one:
     d1, p1 = one["direct@1conn"], one["proxied@1conn"]
