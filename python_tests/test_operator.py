@@ -69,8 +69,7 @@ def test_access_log_and_trace_context_reach_the_log_and_the_upstream(gateway_fac
             extra_headers={"traceparent": TRACEPARENT, "X-Request-Id": "req-trace-1"})
         assert r.status == 200
         assert up.headers[-1].get("traceparent") == TRACEPARENT, "propagated to the upstream"
-        line = next(l for l in gw.log_tail(300).splitlines()
-                    if "req-trace-1" in l and "access" in l)
+        line = gw.wait_for_log("request_id=req-trace-1 ")
         for part in ("method=POST", "path=/mcp", "route=\"mcp\"", "status=200", "client=127.0.0.1",
                      "trace_id=4bf92f3577b34da6a3ce929d0e0e4736"):
             assert part in line, f"{part} not in {line}"
