@@ -36,7 +36,15 @@ def admin_json(data_dir, what: str) -> list[dict]:
 
 
 def mcp_status(http, gw, token: str) -> int:
-    return McpClient(http, gw.base, token).initialize().status
+    """The status of one `initialize` with `token`: a single request, so a revocation that
+    lands mid-way cannot fail a handshake's second step instead of answering."""
+    r = http.post(f"{gw.base}/mcp", headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json"}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "admin-cli-test", "version": "1"}}})
+    return r.status_code
 
 
 def wait_refused(http, gw, token: str) -> int:

@@ -214,15 +214,17 @@ enum AdminAction {
     /// elsewhere needs --yes. Exit code 2 for an unknown id or a missing --yes.
     Revoke {
         /// The grant to revoke (an id `admin grants` lists).
+        // Ids are base64url: one may start with `-`, which is still the value.
         #[arg(
             long,
             value_name = "ID",
             required_unless_present = "client",
-            conflicts_with = "client"
+            conflicts_with = "client",
+            allow_hyphen_values = true
         )]
         grant: Option<String>,
         /// The client to revoke (an id `admin clients` lists).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         client: Option<String>,
         /// Revoke without asking.
         #[arg(long, short)]
@@ -619,5 +621,32 @@ async fn main() -> ExitCode {
             eprintln!("mcp-oauth-gateway: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_start_with_a_hyphen_are_values() {
+        // Ids are base64url: about one in 64 starts with `-`.
+        let cli = Cli::try_parse_from([
+            "mcp-oauth-gateway",
+            "admin",
+            "revoke",
+            "--grant",
+            "-Gx3k",
+            "--yes",
+        ])
+        .expect("parses");
+        let Some(Command::Admin {
+            action: AdminAction::Revoke { grant, yes, .. },
+        }) = cli.command
+        else {
+            panic!("not admin revoke: {:?}", cli.command);
+        };
+        assert_eq!(grant.as_deref(), Some("-Gx3k"));
+        assert!(yes);
     }
 }

@@ -44,7 +44,7 @@ pub struct ClientArgs {
     #[command(subcommand)]
     pub action: Option<Action>,
     /// A client registered in advance (skips registration).
-    #[arg(long, env = "MCP_CLIENT_ID")]
+    #[arg(long, env = "MCP_CLIENT_ID", allow_hyphen_values = true)]
     pub client_id: Option<String>,
     /// The secret of --client-id (a confidential client); prefer the environment variable.
     #[arg(long, env = "MCP_CLIENT_SECRET", hide_env_values = true)]
