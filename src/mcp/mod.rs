@@ -60,6 +60,10 @@ fn http_config(state: &ResourceState, shutdown: CancellationToken) -> Streamable
             mcp_ip,
         ])
         .disable_allowed_origins()
+        // Stateless (2026-07-28) answers that are one message go as plain JSON, not a
+        // one-event SSE stream: cheaper for both ends. A handler that sends notifications
+        // first still streams. Sessions of 2025-era clients are not affected.
+        .with_json_response(true)
         .with_cancellation_token(shutdown)
 }
 
