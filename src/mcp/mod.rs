@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod passthrough;
+pub mod sessions;
 pub mod stdio;
 pub mod upstream;
 
@@ -10,13 +11,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::resource::policy::ScopePolicy;
 use crate::resource::{Identity, ResourceState};
+use sessions::Sessions;
 
 /// The scopes an MCP request served over HTTP may use: those of the verified identity the
 /// bearer layer put in it; none without one.
@@ -67,24 +68,10 @@ fn http_config(state: &ResourceState, shutdown: CancellationToken) -> Streamable
         .with_cancellation_token(shutdown)
 }
 
-/// How long a finished response stays replayable for a client that lost its stream
-/// (`Last-Event-ID`). Our tools answer at once, so a short window is enough; every response
-/// is held this long, so the window bounds memory under load (rmcp's default is 60 s).
-const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Sessions kept in memory, with the replay window above.
-///
-/// rmcp's other session settings are left at their defaults, as they do not bound memory:
-/// a session costs about 160 KB (1,000 sessions in the soak; BENCHMARKS.md, issue 17), most
-/// of it in rmcp's tokio channels. A tokio channel allocates blocks of 32 slots whatever its
-/// capacity, and six of a session's channels carry whole messages (~376 bytes): 12 KB a
-/// block, one block each from the start and a second once 32 messages have passed. A
-/// smaller `channel_capacity`, a shorter replay window and no priming event together
-/// changed the soak's resident set by under 1%.
-fn session_manager() -> Arc<LocalSessionManager> {
-    let mut manager = LocalSessionManager::default();
-    manager.session_config.completed_cache_ttl = RESUME_WINDOW;
-    Arc::new(manager)
+/// The session manager of an MCP service: [`sessions::Sessions`], which keeps a session to
+/// an inbox and a routing table instead of rmcp's worker and its channels (issue 17).
+fn session_manager() -> Arc<Sessions> {
+    Arc::new(Sessions::default())
 }
 
 /// The built-in server as a tower service, sessionful for 2025-era clients and stateless for
@@ -92,7 +79,7 @@ fn session_manager() -> Arc<LocalSessionManager> {
 pub fn builtin_service(
     state: &ResourceState,
     shutdown: CancellationToken,
-) -> StreamableHttpService<builtin::BuiltinServer, LocalSessionManager> {
+) -> StreamableHttpService<builtin::BuiltinServer, Sessions> {
     let notes = builtin::Notes::default();
     let policy = state.policy.clone();
     let clock = state.clock.clone();
@@ -144,8 +131,7 @@ pub fn passthrough_service(
     state: &ResourceState,
     command: &str,
     shutdown: CancellationToken,
-) -> Result<StreamableHttpService<passthrough::Passthrough, LocalSessionManager>, stdio::CommandError>
-{
+) -> Result<StreamableHttpService<passthrough::Passthrough, Sessions>, stdio::CommandError> {
     let env = Arc::new(stdio_env(state)?);
     let argv = Arc::new(
         crate::config::command_words(command)
@@ -171,7 +157,7 @@ pub fn stdio_service(
     state: &ResourceState,
     command: &str,
     shutdown: CancellationToken,
-) -> Result<StreamableHttpService<stdio::StdioBridge, LocalSessionManager>, stdio::CommandError> {
+) -> Result<StreamableHttpService<stdio::StdioBridge, Sessions>, stdio::CommandError> {
     let env = stdio_env(state)?;
     let shared = stdio::StdioUpstream::new(command, env.clone())?;
     let per_session = state.settings.config.upstream_cmd_per_session;

@@ -8,9 +8,10 @@
 //! what the token may call, `tools/call` refuses the rest) and the session's lifecycle
 //! (the child starts with the session's `initialize` and is killed when the session ends).
 //!
-//! rmcp serves the streamable-HTTP side (sessions, SSE streams, resumption, protocol
-//! negotiation); this module is the handler it calls for each message, which forwards every
-//! method rmcp knows and, through its custom-request hook, every method it does not.
+//! rmcp serves the streamable-HTTP side (SSE streams, protocol negotiation; sessions are
+//! [`super::sessions::Sessions`]); this module is the handler it calls for each message,
+//! which forwards every method rmcp knows and, through its custom-request hook, every
+//! method it does not.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
