@@ -101,7 +101,12 @@ pub fn layer(settings: Arc<Settings>) -> Cors {
 
 /// CORS where the route has a policy; untouched otherwise.
 pub async fn middleware(State(cors): State<Cors>, req: Request, next: Next) -> Response {
-    if policy(route_name(req.uri().path()), cors.metrics_public) == Policy::None {
+    let policy = policy(route_name(req.uri().path()), cors.metrics_public);
+    // An MCP request without `Origin` is not a browser's cross-origin one: nothing to add
+    // (its answers are never cached, so there is no `Vary` to keep either), and the CORS
+    // layer is not built for it. Public metadata keeps `Vary: Origin` for caches.
+    let no_origin = !req.headers().contains_key(header::ORIGIN);
+    if policy == Policy::None || (policy == Policy::McpOrigins && no_origin) {
         return next.run(req).await;
     }
     match cors.layer.layer(next).oneshot(req).await {

@@ -34,6 +34,8 @@ pub struct ProxyState {
     local: Option<Arc<LocalBackends>>,
     /// Write the access log (`access_log`), telling clients apart through these proxies.
     access_log: Option<Arc<crate::web::client_ip::TrustedProxies>>,
+    /// Each backend's address as text (the request target's authority), formatted once.
+    authorities: [String; 3],
 }
 
 /// The gateway's own listeners' routers, called in memory by the proxy: the same router
@@ -76,7 +78,6 @@ impl ProxyState {
             metrics_public: shared.settings.config.metrics_public,
             metrics: shared.metrics.clone(),
             trace,
-            backends,
             client,
             scheme,
             timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
@@ -86,7 +87,19 @@ impl ProxyState {
                 .config
                 .access_log
                 .then(|| shared.settings.trusted_proxies.clone()),
+            authorities: [Backend::Mcp, Backend::Routes, Backend::Jwks]
+                .map(|b| backends.addr(b).to_string()),
+            backends,
         }
+    }
+
+    fn authority(&self, backend: Backend) -> &str {
+        let i = match backend {
+            Backend::Mcp => 0,
+            Backend::Routes => 1,
+            Backend::Jwks => 2,
+        };
+        &self.authorities[i]
     }
 }
 
@@ -101,7 +114,7 @@ pub fn router(
     let ps = ProxyState::new(shared, trace, backends, local);
     Router::new()
         .fallback(proxy_handler)
-        .with_state(ps)
+        .with_state(Arc::new(ps))
         .layer(axum::middleware::from_fn(size_limits))
         .layer(axum::middleware::from_fn_with_state(
             cors::layer(shared.settings.clone()),
@@ -226,7 +239,7 @@ async fn in_process(
 
 /// Forward one request.
 pub async fn proxy_handler(
-    State(ps): State<ProxyState>,
+    State(ps): State<Arc<ProxyState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
@@ -236,7 +249,9 @@ pub async fn proxy_handler(
     let addr = ps.backends.addr(backend);
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
-    let path = parts.uri.path().to_string();
+    // The request target as the client sent it (a cheap clone: its parts are shared bytes).
+    let target = parts.uri.clone();
+    let path = target.path();
     // Every request gets an id, kept when the client sent a sane one, passed to the
     // backend, returned to the client, and in the log and the trace.
     let request_id = crate::web::request_id::assign(&mut parts.headers);
@@ -274,12 +289,8 @@ pub async fn proxy_handler(
         Ok(a) => a,
         Err(message) => return bad_request(backend, message, &request_id),
     };
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    if hop::retarget(&mut parts, "http", &addr.to_string(), &pq).is_err() {
+    let pq = target.path_and_query().map_or("/", |p| p.as_str());
+    if hop::retarget(&mut parts, "http", ps.authority(backend), pq).is_err() {
         return (StatusCode::BAD_REQUEST, "invalid request target").into_response();
     }
     let h = &mut parts.headers;
@@ -294,14 +305,15 @@ pub async fn proxy_handler(
     // Every line of the header, in order: a load balancer may append its own line, and the
     // client's address it names must not be dropped for a line the client wrote. A line
     // that is not text becomes `unknown`, which stops the backends' walk there.
-    let mut hops: Vec<&str> = h
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.to_str().unwrap_or("unknown"))
-        .collect();
-    let peer_ip = peer.ip().to_string();
-    hops.push(&peer_ip);
-    let xff = hops.join(", ");
+    let mut xff = String::with_capacity(48);
+    for line in h.get_all("x-forwarded-for") {
+        xff.push_str(line.to_str().unwrap_or("unknown"));
+        xff.push_str(", ");
+    }
+    {
+        use std::fmt::Write as _;
+        let _ = write!(xff, "{}", peer.ip());
+    }
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
@@ -354,7 +366,7 @@ pub async fn proxy_handler(
         trace.record(TraceEntry {
             id: 0,
             method: method.to_string(),
-            path: path.clone(),
+            path: path.to_string(),
             backend: backend.name(),
             backend_addr: addr.to_string(),
             status: res.status().as_u16(),

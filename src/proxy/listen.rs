@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -176,26 +176,27 @@ pub fn accept_plain(
     rx
 }
 
-/// What one connection is doing: requests whose response has not ended, and since when it
-/// has had none.
+/// What one connection is doing: requests whose response has not ended, and when the last
+/// one ended. Requests only count; nothing is woken per request: the connection's task
+/// looks at this when its timer fires.
 struct Activity {
     in_flight: AtomicUsize,
-    idle_since: Mutex<Instant>,
-    changed: Notify,
+    /// When the last response ended, in milliseconds since the connection opened.
+    idle_since: AtomicU64,
+    opened: Instant,
 }
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    fn new(opened: Instant) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            changed: Notify::new(),
+            idle_since: AtomicU64::new(0),
+            opened,
         })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -204,7 +205,8 @@ impl Activity {
         if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        self.idle_since.lock().ok().map(|since| *since + idle)
+        let since = Duration::from_millis(self.idle_since.load(Ordering::SeqCst));
+        Some(self.opened + since + idle)
     }
 }
 
@@ -213,11 +215,10 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut since) = self.0.idle_since.lock() {
-            *since = Instant::now();
-        }
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_one();
+        let a = &self.0;
+        let since = u64::try_from(a.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.idle_since.store(since, Ordering::SeqCst);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -305,15 +306,15 @@ async fn serve_one<I>(
 {
     let Accepted { io, peer, slot } = conn;
     let _slot = slot;
-    let activity = Activity::new();
     let opened = Instant::now();
+    let activity = Activity::new(opened);
     let seen_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let service = {
         let activity = activity.clone();
         let seen_request = seen_request.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin();
-            seen_request.store(true, Ordering::SeqCst);
+            seen_request.store(true, Ordering::Relaxed);
             let router = router.clone();
             async move {
                 let mut req = req.map(Body::new);
@@ -331,22 +332,15 @@ async fn serve_one<I>(
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // One timer for the connection's life, moved only when it fires: first the deadline for
+    // the first request's headers (hyper's own timer starts only with the first byte), then
+    // the idle deadline, checked against what the requests recorded meanwhile.
+    let timer = tokio::time::sleep_until(opened + limits.header_read_timeout);
+    tokio::pin!(timer);
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let mut shutting_down = false;
     loop {
-        // Before the first request, its headers are due `header_read_timeout` after the
-        // connection opened (hyper's own timer starts only with the first byte); after it,
-        // an idle connection is closed `idle_timeout` after its last response ended.
-        let deadline = if seen_request.load(Ordering::SeqCst) {
-            activity.idle_deadline(limits.idle_timeout)
-        } else {
-            Some(opened + limits.header_read_timeout)
-        };
-        let idle = async {
-            match deadline {
-                Some(at) if !shutting_down => tokio::time::sleep_until(at).await,
-                _ => std::future::pending().await,
-            }
-        };
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -354,23 +348,25 @@ async fn serve_one<I>(
                 }
                 return;
             }
-            () = activity.changed.notified() => {}
-            () = idle => {
-                if !seen_request.load(Ordering::SeqCst) {
+            () = timer.as_mut(), if !shutting_down => {
+                if !seen_request.load(Ordering::Relaxed) {
                     // Nothing usable arrived in time: no graceful goodbye owed.
                     tracing::debug!(%peer, "no request headers in time; connection closed");
                     return;
                 }
-                if activity
-                    .idle_deadline(limits.idle_timeout)
-                    .is_some_and(|at| at <= Instant::now())
-                {
-                    tracing::debug!(%peer, "idle connection closed");
-                    conn.as_mut().graceful_shutdown();
-                    shutting_down = true;
+                let now = Instant::now();
+                match activity.idle_deadline(limits.idle_timeout) {
+                    Some(at) if at <= now => {
+                        tracing::debug!(%peer, "idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                    Some(at) => timer.as_mut().reset(at),
+                    // A response in progress: look again an idle period from now.
+                    None => timer.as_mut().reset(now + limits.idle_timeout),
                 }
             }
-            () = stop.cancelled(), if !shutting_down => {
+            () = &mut stopped, if !shutting_down => {
                 conn.as_mut().graceful_shutdown();
                 shutting_down = true;
             }
