@@ -75,7 +75,9 @@ pub struct BuiltinServer {
     notes: Notes,
     policy: Arc<ScopePolicy>,
     clock: Arc<dyn Clock>,
-    tool_router: ToolRouter<Self>,
+    /// Built once for the process: a stateless request makes a server of its own, and the
+    /// tools' descriptions and schemas are the same for all.
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 #[tool_router]
@@ -86,8 +88,14 @@ impl BuiltinServer {
             notes,
             policy,
             clock,
-            tool_router: Self::tool_router(),
+            tool_router: Self::shared_tool_router(),
         }
+    }
+
+    fn shared_tool_router() -> Arc<ToolRouter<Self>> {
+        static ROUTER: std::sync::LazyLock<Arc<ToolRouter<BuiltinServer>>> =
+            std::sync::LazyLock::new(|| Arc::new(BuiltinServer::tool_router()));
+        ROUTER.clone()
     }
 
     #[tool(description = "Echo a message back")]

@@ -79,11 +79,11 @@ fn session_manager() -> Arc<Sessions> {
 pub fn builtin_service(
     state: &ResourceState,
     shutdown: CancellationToken,
-) -> StreamableHttpService<builtin::BuiltinServer, Sessions> {
+) -> McpService<builtin::BuiltinServer> {
     let notes = builtin::Notes::default();
     let policy = state.policy.clone();
     let clock = state.clock.clone();
-    StreamableHttpService::new(
+    McpService::new(StreamableHttpService::new(
         move || {
             Ok(builtin::BuiltinServer::new(
                 notes.clone(),
@@ -93,7 +93,7 @@ pub fn builtin_service(
         },
         session_manager(),
         http_config(state, shutdown),
-    )
+    ))
 }
 
 /// Serve the built-in demo server on standard input and output (`serve-stdio`), as a
@@ -131,14 +131,14 @@ pub fn passthrough_service(
     state: &ResourceState,
     command: &str,
     shutdown: CancellationToken,
-) -> Result<StreamableHttpService<passthrough::Passthrough, Sessions>, stdio::CommandError> {
+) -> Result<McpService<passthrough::Passthrough>, stdio::CommandError> {
     let env = Arc::new(stdio_env(state)?);
     let argv = Arc::new(
         crate::config::command_words(command)
             .ok_or_else(|| stdio::CommandError::new("an unclosed quote or an empty command"))?,
     );
     let policy = state.policy.clone();
-    Ok(StreamableHttpService::new(
+    Ok(McpService::new(StreamableHttpService::new(
         move || {
             Ok(passthrough::Passthrough::new(
                 argv.clone(),
@@ -148,7 +148,7 @@ pub fn passthrough_service(
         },
         session_manager(),
         http_config(state, shutdown),
-    ))
+    )))
 }
 
 /// A stdio MCP server (`--upstream-cmd`) with `upstream_cmd_per_session = false`: one child
@@ -157,13 +157,13 @@ pub fn stdio_service(
     state: &ResourceState,
     command: &str,
     shutdown: CancellationToken,
-) -> Result<StreamableHttpService<stdio::StdioBridge, Sessions>, stdio::CommandError> {
+) -> Result<McpService<stdio::StdioBridge>, stdio::CommandError> {
     let env = stdio_env(state)?;
     let shared = stdio::StdioUpstream::new(command, env.clone())?;
     let per_session = state.settings.config.upstream_cmd_per_session;
     let command = command.to_string();
     let policy = state.policy.clone();
-    Ok(StreamableHttpService::new(
+    Ok(McpService::new(StreamableHttpService::new(
         move || {
             // Per session: the child lives as long as the session's bridge, and is killed
             // with it when the session ends.
@@ -176,5 +176,47 @@ pub fn stdio_service(
         },
         session_manager(),
         http_config(state, shutdown),
-    ))
+    )))
+}
+
+/// An rmcp service behind one `Arc`. axum clones a route's service for every request, and
+/// rmcp's own clone copies its whole configuration (allowed hosts and all); this clones a
+/// pointer.
+pub struct McpService<S: rmcp::ServerHandler>(Arc<StreamableHttpService<S, Sessions>>);
+
+impl<S: rmcp::ServerHandler> McpService<S> {
+    fn new(service: StreamableHttpService<S, Sessions>) -> Self {
+        Self(Arc::new(service))
+    }
+}
+
+impl<S: rmcp::ServerHandler> Clone for McpService<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+type McpResponse =
+    http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>>;
+
+impl<S: rmcp::ServerHandler + Send + 'static> tower::Service<axum::extract::Request>
+    for McpService<S>
+{
+    type Response = McpResponse;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<McpResponse, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(service.handle(req).await) })
+    }
 }
