@@ -333,6 +333,23 @@ pub async fn proxy_handler(
     let req = Request::from_parts(parts, body);
     let sent = match &ps.local {
         Some(local) => in_process(local.of(backend), ps.timeout, req, addr).await,
+        None if backend == Backend::Mcp && method == axum::http::Method::POST => {
+            // A JSON-RPC message: its head and body to the backend in one write, and the
+            // answer's head and first events (the backend holds an SSE answer back until
+            // its first event) back to the client in one.
+            let (parts, body) = req.into_parts();
+            let body = Body::new(hop::first_frames(body).await);
+            match hop::send(&ps.client, ps.timeout, Request::from_parts(parts, body)).await {
+                Ok(res) if hop::is_event_stream(res.headers()) => {
+                    let (parts, body) = res.into_parts();
+                    Ok(Response::from_parts(
+                        parts,
+                        Body::new(hop::first_frames(body).await),
+                    ))
+                }
+                sent => sent,
+            }
+        }
         None => hop::send(&ps.client, ps.timeout, req).await,
     };
     let res = match sent {

@@ -6,6 +6,7 @@
 //! and the response's hop-by-hop headers dropped. What a caller adds or removes besides, and
 //! how it answers a failure, stays with the caller.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -150,9 +151,129 @@ where
     }
 }
 
+/// Whether a response is an SSE stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// `body` with its frames that are ready: the first awaited, the rest taken while they
+/// come without waiting. Sent on, a message's head and those frames leave in one write
+/// instead of one write each (an SSE answer: the head, its event, the end of the stream; a
+/// request: its head and its JSON). Only for bodies whose first frame is known to come
+/// soon: whoever sends the head waits for it.
+pub async fn first_frames<B>(mut body: B) -> Prefetched<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    use futures_util::FutureExt as _;
+    use http_body_util::BodyExt as _;
+    let mut ready = VecDeque::new();
+    let mut ended = body.is_end_stream();
+    if !ended {
+        match body.frame().await {
+            Some(frame) => ready.push_back(frame),
+            None => ended = true,
+        }
+    }
+    while !ended && !matches!(ready.back(), Some(Err(_))) && !body.is_end_stream() {
+        match body.frame().now_or_never() {
+            Some(Some(frame)) => ready.push_back(frame),
+            Some(None) => ended = true,
+            None => break,
+        }
+    }
+    let rest = (!ended && !body.is_end_stream()).then_some(body);
+    Prefetched { ready, rest }
+}
+
+/// A body whose first frames were read already ([`first_frames`]).
+pub struct Prefetched<B: hyper::body::Body> {
+    ready: VecDeque<Result<hyper::body::Frame<B::Data>, B::Error>>,
+    rest: Option<B>,
+}
+
+impl<B> hyper::body::Body for Prefetched<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Data: Unpin,
+    B::Error: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        if let Some(frame) = self.ready.pop_front() {
+            return std::task::Poll::Ready(Some(frame));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        use bytes::Buf as _;
+        let held: u64 = self
+            .ready
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.remaining() as u64))
+            .sum();
+        let rest = self.rest.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        );
+        // Upper first: a lower bound above the upper one panics.
+        let mut hint = hyper::body::SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint.set_lower(rest.lower() + held);
+        hint
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
+
+    #[tokio::test]
+    async fn ready_frames_are_read_ahead_and_the_rest_follows_in_order() {
+        use bytes::Bytes;
+        use http_body_util::BodyExt as _;
+        use hyper::body::Frame;
+        let json: &[u8] = b"{\"jsonrpc\":\"2.0\"}";
+        let whole = first_frames(Body::from(json)).await;
+        let hint = hyper::body::Body::size_hint(&whole);
+        assert_eq!(hint.exact(), Some(json.len() as u64));
+        assert!(
+            whole.rest.is_none(),
+            "a body that is all there is read whole"
+        );
+        assert_eq!(whole.collect().await.unwrap().to_bytes(), json);
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tx.send(Ok(Frame::data(Bytes::from("a")))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from("b")))).await.unwrap();
+        let stream = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        }));
+        let body = first_frames(stream).await;
+        assert_eq!(body.ready.len(), 2, "both frames that were there are taken");
+        assert!(body.rest.is_some(), "the stream is still open");
+        tx.send(Ok(Frame::data(Bytes::from("c")))).await.unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_including_connection_listed_ones() {
