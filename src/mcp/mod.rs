@@ -65,14 +65,8 @@ fn http_config(state: &ResourceState, shutdown: CancellationToken) -> Streamable
         // one-event SSE stream: cheaper for both ends. A handler that sends notifications
         // first still streams. Sessions of 2025-era clients are not affected.
         .with_json_response(true)
-        // Also what bounds how long a POST's answer is held back for its first event
-        // (`with_first_events`).
-        .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
         .with_cancellation_token(shutdown)
 }
-
-/// How often an SSE stream with nothing to say sends a keep-alive comment (rmcp's default).
-const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The session manager of an MCP service: [`sessions::Sessions`], which keeps a session to
 /// an inbox and a routing table instead of rmcp's worker and its channels (issue 17).
@@ -241,10 +235,11 @@ impl<S: rmcp::ServerHandler + Send + 'static> tower::Service<axum::extract::Requ
 /// ready by then ([`crate::proxy::hop::first_frames`]). rmcp hands back the response
 /// head before the session has handled the request, so the head went out in one write and
 /// the answer in another, and the end of the stream often in a third; now a quick answer
-/// leaves in one. The wait is bounded: the stream sends a keep-alive comment every
-/// [`SSE_KEEP_ALIVE`] when nothing else comes.
+/// leaves in one. A slow answer's head goes alone after
+/// [`crate::proxy::hop::FIRST_FRAME_WAIT`], so a proxy's timeout on the head still
+/// measures the head.
 async fn with_first_events(res: McpResponse) -> McpResponse {
     let (parts, body) = res.into_parts();
-    let body = crate::proxy::hop::first_frames(body).await;
+    let body = crate::proxy::hop::first_frames(body, crate::proxy::hop::FIRST_FRAME_WAIT).await;
     http::Response::from_parts(parts, http_body_util::combinators::BoxBody::new(body))
 }

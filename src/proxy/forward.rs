@@ -338,13 +338,13 @@ pub async fn proxy_handler(
             // answer's head and first events (the backend holds an SSE answer back until
             // its first event) back to the client in one.
             let (parts, body) = req.into_parts();
-            let body = Body::new(hop::first_frames(body).await);
+            let body = Body::new(hop::first_frames(body, hop::FIRST_FRAME_WAIT).await);
             match hop::send(&ps.client, ps.timeout, Request::from_parts(parts, body)).await {
                 Ok(res) if hop::is_event_stream(res.headers()) => {
                     let (parts, body) = res.into_parts();
                     Ok(Response::from_parts(
                         parts,
-                        Body::new(hop::first_frames(body).await),
+                        Body::new(hop::first_frames(body, hop::FIRST_FRAME_WAIT).await),
                     ))
                 }
                 sent => sent,

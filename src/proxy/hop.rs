@@ -151,6 +151,10 @@ where
     }
 }
 
+/// How long a head is held back for the first frame of its body ([`first_frames`]): long
+/// enough for a quick answer, short against any timeout on the head.
+pub const FIRST_FRAME_WAIT: Duration = Duration::from_millis(200);
+
 /// Whether a response is an SSE stream.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -161,9 +165,9 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 /// `body` with its frames that are ready: the first awaited, the rest taken while they
 /// come without waiting. Sent on, a message's head and those frames leave in one write
 /// instead of one write each (an SSE answer: the head, its event, the end of the stream; a
-/// request: its head and its JSON). Only for bodies whose first frame is known to come
-/// soon: whoever sends the head waits for it.
-pub async fn first_frames<B>(mut body: B) -> Prefetched<B>
+/// request: its head and its JSON). Whoever sends the head waits for the first frame, at
+/// most `wait`; after that the head goes alone and the body streams as it comes.
+pub async fn first_frames<B>(mut body: B, wait: Duration) -> Prefetched<B>
 where
     B: hyper::body::Body + Unpin,
 {
@@ -172,9 +176,15 @@ where
     let mut ready = VecDeque::new();
     let mut ended = body.is_end_stream();
     if !ended {
-        match body.frame().await {
-            Some(frame) => ready.push_back(frame),
-            None => ended = true,
+        match tokio::time::timeout(wait, body.frame()).await {
+            Ok(Some(frame)) => ready.push_back(frame),
+            Ok(None) => ended = true,
+            Err(_) => {
+                return Prefetched {
+                    ready,
+                    rest: Some(body),
+                };
+            }
         }
     }
     while !ended && !matches!(ready.back(), Some(Err(_))) && !body.is_end_stream() {
@@ -252,7 +262,7 @@ mod tests {
         use http_body_util::BodyExt as _;
         use hyper::body::Frame;
         let json: &[u8] = b"{\"jsonrpc\":\"2.0\"}";
-        let whole = first_frames(Body::from(json)).await;
+        let whole = first_frames(Body::from(json), Duration::from_secs(1)).await;
         let hint = hyper::body::Body::size_hint(&whole);
         assert_eq!(hint.exact(), Some(json.len() as u64));
         assert!(
@@ -267,12 +277,20 @@ mod tests {
         let stream = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         }));
-        let body = first_frames(stream).await;
+        let body = first_frames(stream, Duration::from_secs(1)).await;
         assert_eq!(body.ready.len(), 2, "both frames that were there are taken");
         assert!(body.rest.is_some(), "the stream is still open");
         tx.send(Ok(Frame::data(Bytes::from("c")))).await.unwrap();
         drop(tx);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+
+        // Nothing within the wait: the body is left as it is, to stream.
+        let (_tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let silent = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        }));
+        let body = first_frames(silent, Duration::from_millis(1)).await;
+        assert!(body.ready.is_empty() && body.rest.is_some());
     }
 
     #[test]
