@@ -8,12 +8,14 @@ backend; the answers must match.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import httpx
 import pytest
 
-from flow import McpClient, full_flow, result_text
+from flow import McpClient, _sse_messages, full_flow, result_text
 
 
 def run_everything(gw, http) -> dict:
@@ -56,3 +58,29 @@ def test_both_hops_answer_alike(hop, gateway_factory, http, tmp_path):
         "register_limit": [201, 429, 429],  # full_flow registered once already
         "backends": [("/.well-known/jwks.json", "jwks"), ("/mcp", "mcp"), ("/token", "routes")],
     }, got
+
+
+@pytest.mark.parametrize("hop", ["in_process", "network"])
+def test_a_request_body_slower_than_the_hops_wait_still_reaches_the_tool(hop, gateway_factory, http,
+                                                                         tmp_path):
+    """The network hop holds a POST's head back for its body's first frame, 200 ms at most
+    (`FIRST_FRAME_WAIT`), so both leave in one write. A body that comes slower than that
+    (here: chunked, its second half after 0.5 s) is sent on as it streams, whole."""
+    cfg = tmp_path / "hop.toml"
+    cfg.write_text(f'proxy_hop = "{hop}"\n')
+    gw = gateway_factory("--config", str(cfg))
+    mcp = McpClient(http, gw.base, full_flow(http, gw.base).access_token)
+    assert mcp.initialize().status == 200
+    body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                       "params": {"name": "echo", "arguments": {"message": "slow body"}}}).encode()
+
+    def halves():
+        yield body[:25]
+        time.sleep(0.5)  # the client's pace, not a wait for the server
+        yield body[25:]
+
+    with http.stream("POST", mcp.url, content=halves(), headers=mcp.headers()) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        answers = [m for m in _sse_messages(r.iter_lines()) if m.get("id") == 7]
+    assert [result_text(a["result"]) for a in answers] == ["slow body"], answers
