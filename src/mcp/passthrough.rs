@@ -66,7 +66,7 @@ impl Conn {
         })
     }
 
-    fn expect(&self, id: u64) -> oneshot::Receiver<Value> {
+    fn answer_to(&self, id: u64) -> oneshot::Receiver<Value> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut w) = self.waiting.lock() {
             w.insert(id, tx);
@@ -276,7 +276,7 @@ impl Passthrough {
         if params.as_object().is_none_or(|p| !p.is_empty()) {
             message["params"] = params;
         }
-        let answer = conn.expect(id);
+        let answer = conn.answer_to(id);
         conn.send(&message).await?;
         let answer = tokio::select! {
             a = answer => a.map_err(|_| gone())?,
@@ -316,7 +316,7 @@ impl Passthrough {
             .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities").cloned())
             .unwrap_or_else(|| json!({}));
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let answer = conn.expect(id);
+        let answer = conn.answer_to(id);
         conn.send(
             &json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
             "protocolVersion": version, "capabilities": capabilities, "clientInfo": client}}),

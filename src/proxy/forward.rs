@@ -3,6 +3,7 @@
 //! `X-Forwarded-*`), send with a timeout on the response head only, rewrite the response,
 //! log without secrets.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -310,10 +311,7 @@ pub async fn proxy_handler(
         xff.push_str(line.to_str().unwrap_or("unknown"));
         xff.push_str(", ");
     }
-    {
-        use std::fmt::Write as _;
-        let _ = write!(xff, "{}", peer.ip());
-    }
+    let _ = write!(xff, "{}", peer.ip());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
