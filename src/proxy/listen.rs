@@ -12,6 +12,13 @@
 //!
 //! A request in progress (an SSE stream, say) is never cut by these: a connection is idle
 //! only once every response body it was sending has ended.
+//!
+//! An HTTP/1.1 answer given before its request's body was read (a 401 decided on the
+//! headers) first reads the rest of that body, up to [`DRAIN_LIMIT`] bytes within
+//! [`DRAIN_WAIT`], so the connection stays usable for the client's next request; past
+//! either bound it says `Connection: close`. Without this hyper would close the connection
+//! silently whenever the body's bytes came after the headers, and a client reusing it would
+//! lose its next request.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::Request;
+use axum::http::{HeaderValue, Request, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -248,6 +255,81 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
+/// The most of an unread request body read through before an early answer.
+pub const DRAIN_LIMIT: usize = 256 * 1024;
+/// How long an early answer waits for the rest of its request's body.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Where a request body dropped before its end is handed back to the connection.
+type Unread = Arc<Mutex<Option<Incoming>>>;
+
+/// A request body that, dropped before its end (the service answered without reading it
+/// all), hands itself back through `back`.
+struct Returnable {
+    inner: Option<Incoming>,
+    back: Unread,
+}
+
+impl Drop for Returnable {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        if let Some(body) = self.inner.take().filter(|b| !b.is_end_stream())
+            && let Ok(mut slot) = self.back.lock()
+        {
+            *slot = Some(body);
+        }
+    }
+}
+
+impl hyper::body::Body for Returnable {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(hyper::body::Body::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+/// Read `body` to its end within the bounds; whether it ended.
+async fn drain(mut body: Incoming) -> bool {
+    use http_body_util::BodyExt as _;
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > DRAIN_LIMIT {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_WAIT, read)
+        .await
+        .unwrap_or(false)
+}
+
 /// Serve `router` on the connections `incoming` yields until `stop`; then every connection
 /// finishes its requests in progress and closes, and this returns once all have.
 pub async fn serve<I>(
@@ -317,12 +399,34 @@ async fn serve_one<I>(
             seen_request.store(true, Ordering::Relaxed);
             let router = router.clone();
             async move {
-                let mut req = req.map(Body::new);
+                use hyper::body::Body as _;
+                // HTTP/1.1 bodies only: an HTTP/2 stream ends on its own.
+                let unread: Option<Unread> = (req.version() <= Version::HTTP_11
+                    && !req.body().is_end_stream())
+                .then(Arc::default);
+                // Such a client sends its body only once told to continue: none will come.
+                let awaits_continue = req.headers().contains_key(header::EXPECT);
+                let mut req = match &unread {
+                    Some(back) => req.map(|inner| {
+                        Body::new(Returnable {
+                            inner: Some(inner),
+                            back: back.clone(),
+                        })
+                    }),
+                    None => req.map(Body::new),
+                };
                 req.extensions_mut().insert(ConnectInfo(peer));
-                let res = match router.oneshot(req).await {
+                let mut res = match router.oneshot(req).await {
                     Ok(res) => res,
                     Err(never) => match never {},
                 };
+                let left = unread.and_then(|back| back.lock().ok()?.take());
+                if let Some(left) = left
+                    && (awaits_continue || !drain(left).await)
+                {
+                    res.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody {
                     inner,
                     _in_flight: in_flight,

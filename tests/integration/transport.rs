@@ -453,3 +453,94 @@ async fn oversized_bodies_on_oauth_endpoints_get_an_rfc6749_json_error() {
     assert_eq!(v["error"], "invalid_request");
     gw.stop().await;
 }
+
+/// One HTTP/1.1 response read off `tcp` (head and a `Content-Length` body); its status and
+/// head, or `None` when the server closed the connection first.
+async fn read_h1_response(tcp: &mut tokio::net::TcpStream) -> Option<(u16, String)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tokio::time::timeout(GIVE_UP, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while got.len() < head_end + length {
+        match tokio::time::timeout(GIVE_UP, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head))
+}
+
+/// A refusal decided on the headers alone (no token: 401) must still read the body the client
+/// sends after them, or the connection closes under a client that goes on using it (httpx
+/// writes the head and the body separately). The body here comes a while after the head.
+#[tokio::test]
+async fn a_refusal_before_the_body_arrived_keeps_the_connection_usable() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = common::spawn().await;
+    let addr = proxy_addr(&gw);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    for path in ["/mcp", "/register"] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // The client is slow, not the server: the body follows the head later.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tcp.write_all(body.as_bytes()).await.unwrap();
+        let (status, head) = read_h1_response(&mut tcp).await.expect("first answer");
+        assert!((400..500).contains(&status), "{path}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{path}: the body was read, so the connection stays open: {head}"
+        );
+        assert!(
+            healthz_on(&mut tcp, &addr.to_string()).await,
+            "{path}: the same connection answers the next request"
+        );
+    }
+    gw.stop().await;
+}
+
+/// A body too large to read through before an early refusal: the refusal says
+/// `Connection: close`, so no client reuses the connection and loses its next request.
+#[tokio::test]
+async fn a_refusal_that_leaves_a_body_unread_says_the_connection_closes() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = common::spawn().await;
+    let addr = proxy_addr(&gw);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: 100000000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[b' '; 1024]).await.unwrap();
+    let (status, head) = read_h1_response(&mut tcp).await.expect("an answer");
+    assert!((400..500).contains(&status), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    gw.stop().await;
+}
