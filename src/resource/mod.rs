@@ -80,9 +80,13 @@ where
         state: state.clone(),
         sessions: Arc::new(SessionOwners::default()),
     };
-    let protected = Router::new()
-        .nest_service(&state.route.path, mcp)
-        .layer(middleware::from_fn_with_state(gate, require_bearer));
+    let protected =
+        Router::new()
+            .nest_service(&state.route.path, mcp)
+            .layer(middleware::from_fn_with_state(
+                Arc::new(gate),
+                require_bearer,
+            ));
     metadata_router(state)
         .merge(protected)
         .layer(middleware::from_fn(
@@ -386,7 +390,7 @@ fn session_not_found(id: Value) -> Response {
 }
 
 /// The bearer layer in front of the MCP service.
-pub async fn require_bearer(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+pub async fn require_bearer(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
     let state = &gate.state;
     let s = &state.settings;
     let refuse = |code: Option<BearerErrorCode>, description: Option<&str>, scope: String| {
