@@ -32,10 +32,10 @@ pub use state::ResourceState;
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// What the bearer layer works with: the shared state and who owns which MCP session.
-#[derive(Clone)]
+/// Shared behind one `Arc` (axum clones a layer's state for every request).
 pub struct Gate {
     state: ResourceState,
-    sessions: Arc<SessionOwners>,
+    sessions: SessionOwners,
 }
 
 /// Largest JSON-RPC body accepted on the MCP endpoint.
@@ -78,7 +78,7 @@ where
 {
     let gate = Gate {
         state: state.clone(),
-        sessions: Arc::new(SessionOwners::default()),
+        sessions: SessionOwners::default(),
     };
     let protected =
         Router::new()
