@@ -483,8 +483,8 @@ impl Gateway {
             serve(listeners.jwks, jwks_router),
             {
                 // The public listener: bounded per source, per connection and per header.
-                let router =
-                    proxy::forward::router(&state.shared, state.trace.clone(), backends, local);
+                let proxy =
+                    proxy::forward::Proxy::new(&state.shared, state.trace.clone(), backends, local);
                 let limits = proxy::listen::Limits::from_config(&state.shared.settings.config);
                 let sources = proxy::listen::Sources::new(limits.max_per_source);
                 let stop = stop.clone();
@@ -492,7 +492,7 @@ impl Gateway {
                     None => {
                         let incoming =
                             proxy::listen::accept_plain(listeners.proxy, sources, stop.clone());
-                        tokio::spawn(proxy::listen::serve(incoming, router, limits, stop))
+                        tokio::spawn(proxy::listen::serve(incoming, proxy, limits, stop))
                     }
                     Some(tls) => {
                         let incoming = crate::tls::accept(
@@ -501,7 +501,7 @@ impl Gateway {
                             sources,
                             stop.clone(),
                         );
-                        tokio::spawn(proxy::listen::serve(incoming, router, limits, stop))
+                        tokio::spawn(proxy::listen::serve(incoming, proxy, limits, stop))
                     }
                 }
             },

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, header, request::Parts};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use tower::{Layer as _, ServiceExt as _};
+use std::convert::Infallible;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts};
+use axum::response::Response;
+use tower::{Layer as _, Service, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{Backend, backend_for};
@@ -84,7 +85,7 @@ fn cors_layer(settings: Arc<Settings>) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// What [`middleware`] needs.
+/// The proxy's CORS: which requests it applies to, and the layer that answers them.
 #[derive(Clone)]
 pub struct Cors {
     layer: Arc<CorsLayer>,
@@ -99,19 +100,29 @@ pub fn layer(settings: Arc<Settings>) -> Cors {
     }
 }
 
-/// CORS where the route has a policy; untouched otherwise.
-pub async fn middleware(State(cors): State<Cors>, req: Request, next: Next) -> Response {
-    let policy = policy(route_name(req.uri().path()), cors.metrics_public);
-    // An MCP request without `Origin` is not a browser's cross-origin one: nothing to add
-    // (its answers are never cached, so there is no `Vary` to keep either), and the CORS
-    // layer is not built for it. Public metadata keeps `Vary: Origin` for caches.
-    let no_origin = !req.headers().contains_key(header::ORIGIN);
-    if policy == Policy::None || (policy == Policy::McpOrigins && no_origin) {
-        return next.run(req).await;
+impl Cors {
+    /// Whether a request to the route named `route` goes through [`Cors::wrap`]. An MCP
+    /// request without `Origin` is not a browser's cross-origin one: nothing to add (its
+    /// answers are never cached, so there is no `Vary` to keep either). Public metadata
+    /// keeps `Vary: Origin` for caches.
+    pub fn applies(&self, route: &str, headers: &HeaderMap) -> bool {
+        match policy(route, self.metrics_public) {
+            Policy::None => false,
+            Policy::McpOrigins => headers.contains_key(header::ORIGIN),
+            Policy::Any => true,
+        }
     }
-    match cors.layer.layer(next).oneshot(req).await {
-        Ok(res) => res.into_response(),
-        Err(never) => match never {},
+
+    /// `req` answered by `inner` behind the CORS layer (a preflight by the layer alone).
+    pub async fn wrap<S>(&self, inner: S, req: Request) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send,
+        S::Future: Send,
+    {
+        match self.layer.layer(inner).oneshot(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        }
     }
 }
 

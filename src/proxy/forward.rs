@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -35,8 +35,9 @@ pub struct ProxyState {
     local: Option<Arc<LocalBackends>>,
     /// Write the access log (`access_log`), telling clients apart through these proxies.
     access_log: Option<Arc<crate::web::client_ip::TrustedProxies>>,
-    /// Each backend's address as text (the request target's authority), formatted once.
-    authorities: [String; 3],
+    /// Each backend as a request target (its authority and `Host`), parsed once.
+    targets: [Option<hop::Target>; 3],
+    cors: cors::Cors,
 }
 
 /// The gateway's own listeners' routers, called in memory by the proxy: the same router
@@ -88,39 +89,78 @@ impl ProxyState {
                 .config
                 .access_log
                 .then(|| shared.settings.trusted_proxies.clone()),
-            authorities: [Backend::Mcp, Backend::Routes, Backend::Jwks]
-                .map(|b| backends.addr(b).to_string()),
+            targets: [Backend::Mcp, Backend::Routes, Backend::Jwks]
+                .map(|b| hop::Target::new("http", &backends.addr(b).to_string()).ok()),
             backends,
+            cors: cors::layer(shared.settings.clone()),
         }
     }
 
-    fn authority(&self, backend: Backend) -> &str {
+    fn target(&self, backend: Backend) -> Option<&hop::Target> {
         let i = match backend {
             Backend::Mcp => 0,
             Backend::Routes => 1,
             Backend::Jwks => 2,
         };
-        &self.authorities[i]
+        self.targets[i].as_ref()
     }
 }
 
-/// The proxy router: everything goes through [`proxy_handler`], behind CORS. With `local`,
-/// the backends are called in memory.
+/// The public proxy: what the public listener answers every request with. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy(Arc<ProxyState>);
+
+impl Proxy {
+    /// A proxy to `backends`; with `local`, the backends are called in memory.
+    pub fn new(
+        shared: &Shared,
+        trace: Option<Arc<RequestTrace>>,
+        backends: Backends,
+        local: Option<LocalBackends>,
+    ) -> Self {
+        Self(Arc::new(ProxyState::new(shared, trace, backends, local)))
+    }
+
+    /// Answer `req` from `peer`: size limits first, then CORS where the route has a policy,
+    /// then the backend.
+    pub async fn handle(&self, req: Request, peer: SocketAddr) -> Response {
+        if let Some(refused) = size_limits(&req) {
+            return refused;
+        }
+        let route = route_name(req.uri().path());
+        if !self.0.cors.applies(route, req.headers()) {
+            return forward(&self.0, req, peer, route).await;
+        }
+        let this = self.clone();
+        let inner = tower::service_fn(move |req: Request| {
+            let this = this.clone();
+            async move { Ok::<_, std::convert::Infallible>(forward(&this.0, req, peer, route).await) }
+        });
+        self.0.cors.wrap(inner, req).await
+    }
+}
+
+impl super::listen::Handler for Proxy {
+    fn handle(&self, req: Request, peer: SocketAddr) -> impl Future<Output = Response> + Send {
+        Proxy::handle(self, req, peer)
+    }
+}
+
+/// The proxy as an axum router, for serving it with `axum::serve` (it needs the peer's
+/// address: `into_make_service_with_connect_info::<SocketAddr>`). The gateway's public
+/// listener calls [`Proxy::handle`] directly ([`super::listen::serve`]).
 pub fn router(
     shared: &Shared,
     trace: Option<Arc<RequestTrace>>,
     backends: Backends,
     local: Option<LocalBackends>,
 ) -> Router {
-    let ps = ProxyState::new(shared, trace, backends, local);
-    Router::new()
-        .fallback(proxy_handler)
-        .with_state(Arc::new(ps))
-        .layer(axum::middleware::from_fn(size_limits))
-        .layer(axum::middleware::from_fn_with_state(
-            cors::layer(shared.settings.clone()),
-            cors::middleware,
-        ))
+    let proxy = Proxy::new(shared, trace, backends, local);
+    Router::new().fallback(
+        move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| async move {
+            proxy.handle(req, peer).await
+        },
+    )
 }
 
 /// Longest request target accepted (authorization URLs carry a few parameters; 8 KiB is the
@@ -131,10 +171,10 @@ pub const MAX_URI: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// 414 and 431 (RFC 9110 §15.5.15, RFC 6585 §5) before anything else looks at the request.
-async fn size_limits(req: Request, next: axum::middleware::Next) -> Response {
+fn size_limits(req: &Request) -> Option<Response> {
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > MAX_URI {
-        return (StatusCode::URI_TOO_LONG, "request target too long").into_response();
+        return Some((StatusCode::URI_TOO_LONG, "request target too long").into_response());
     }
     let header_bytes: usize = req
         .headers()
@@ -142,13 +182,15 @@ async fn size_limits(req: Request, next: axum::middleware::Next) -> Response {
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header fields too large",
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large",
+            )
+                .into_response(),
+        );
     }
-    next.run(req).await
+    None
 }
 
 /// A 400 for a request the proxy cannot forward, in the backend's error format.
@@ -238,14 +280,16 @@ async fn in_process(
     }
 }
 
-/// Forward one request.
-pub async fn proxy_handler(
-    State(ps): State<Arc<ProxyState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+/// Headers the proxy sets or reads on every request, parsed once.
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Forward one request from `peer` to the backend of its route (named `route`).
+async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'static str) -> Response {
     let started = Instant::now();
-    let route = route_name(req.uri().path());
     let backend = backend_for(route, ps.metrics_public);
     let addr = ps.backends.addr(backend);
     let (mut parts, body) = req.into_parts();
@@ -261,13 +305,13 @@ pub async fn proxy_handler(
     // starts a trace of its own).
     let trace_id = match parts
         .headers
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .map(|v| trace_id_of(v.as_bytes()))
     {
         Some(Some(id)) => id,
         Some(None) => {
-            parts.headers.remove("traceparent");
-            parts.headers.remove("tracestate");
+            parts.headers.remove(&TRACEPARENT);
+            parts.headers.remove(&TRACESTATE);
             String::new()
         }
         None => String::new(),
@@ -290,32 +334,39 @@ pub async fn proxy_handler(
         Ok(a) => a,
         Err(message) => return bad_request(backend, message, &request_id),
     };
-    let pq = target.path_and_query().map_or("/", |p| p.as_str());
-    if hop::retarget(&mut parts, "http", ps.authority(backend), pq).is_err() {
+    let Some(to) = ps.target(backend) else {
+        return failure(
+            backend,
+            StatusCode::BAD_GATEWAY,
+            "upstream unavailable",
+            &request_id,
+        );
+    };
+    if hop::retarget_to(&mut parts, to).is_err() {
         return (StatusCode::BAD_REQUEST, "invalid request target").into_response();
     }
     let h = &mut parts.headers;
     match authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
         Some(v) => {
-            h.insert("x-forwarded-host", v);
+            h.insert(&X_FORWARDED_HOST, v);
         }
         None => {
-            h.remove("x-forwarded-host");
+            h.remove(&X_FORWARDED_HOST);
         }
     }
     // Every line of the header, in order: a load balancer may append its own line, and the
     // client's address it names must not be dropped for a line the client wrote. A line
     // that is not text becomes `unknown`, which stops the backends' walk there.
     let mut xff = String::with_capacity(48);
-    for line in h.get_all("x-forwarded-for") {
+    for line in h.get_all(&X_FORWARDED_FOR) {
         xff.push_str(line.to_str().unwrap_or("unknown"));
         xff.push_str(", ");
     }
     let _ = write!(xff, "{}", peer.ip());
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(&X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(ps.scheme));
+    h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(ps.scheme));
 
     // The authorization server's bodies are small forms and JSON: read them here, whole and
     // bounded, so an oversized one gets the same RFC 6749 answer however it was sent (the
@@ -394,7 +445,7 @@ pub async fn proxy_handler(
     let mut res = res;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut()
-            .insert(crate::web::request_id::REQUEST_ID, v);
+            .insert(&crate::web::request_id::REQUEST_ID, v);
     }
     tracing::debug!(
         %method,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::request::Parts;
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header};
 use axum::response::Response;
 use hyper_util::client::legacy::Client;
@@ -97,6 +98,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Where requests are forwarded to: a scheme and an authority, parsed once, and the `Host`
+/// header that names them.
+#[derive(Debug, Clone)]
+pub struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+}
+
+impl Target {
+    /// `{scheme}://{authority}`, or why that is not one.
+    pub fn new(scheme: &str, authority: &str) -> Result<Self, axum::http::Error> {
+        let scheme: Scheme = scheme.parse()?;
+        let authority: Authority = authority.parse()?;
+        let host = HeaderValue::from_str(authority.as_str())?;
+        Ok(Self {
+            scheme,
+            authority,
+            host,
+        })
+    }
+}
+
 /// Point a request at `{scheme}://{authority}{path_and_query}` over HTTP/1.1: its
 /// hop-by-hop headers dropped and its `Host` the target's (the servers behind check it).
 /// Fails, leaving `parts` as they were, when that is not a URI.
@@ -106,18 +130,33 @@ pub fn retarget(
     authority: &str,
     path_and_query: &str,
 ) -> Result<(), axum::http::Error> {
-    parts.uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(path_and_query)
-        .build()?;
+    let target = Target::new(scheme, authority)?;
+    point(parts, &target, path_and_query.parse()?)
+}
+
+/// [`retarget`] to a target parsed beforehand, keeping the request's path and query.
+pub fn retarget_to(parts: &mut Parts, target: &Target) -> Result<(), axum::http::Error> {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    point(parts, target, path_and_query)
+}
+
+fn point(
+    parts: &mut Parts,
+    target: &Target,
+    path_and_query: PathAndQuery,
+) -> Result<(), axum::http::Error> {
+    let mut uri = axum::http::uri::Parts::default();
+    uri.scheme = Some(target.scheme.clone());
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri)?;
     parts.version = Version::HTTP_11;
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    h.remove(header::HOST);
-    if let Ok(v) = HeaderValue::from_str(authority) {
-        h.insert(header::HOST, v);
-    }
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::HOST, target.host.clone());
     Ok(())
 }
 
@@ -176,7 +215,12 @@ where
     let mut ready = VecDeque::new();
     let mut ended = body.is_end_stream();
     if !ended {
-        match tokio::time::timeout(wait, body.frame()).await {
+        // Most first frames are there already: no timer for those.
+        let first = match body.frame().now_or_never() {
+            Some(frame) => Ok(frame),
+            None => tokio::time::timeout(wait, body.frame()).await,
+        };
+        match first {
             Ok(Some(frame)) => ready.push_back(frame),
             Ok(None) => ended = true,
             Err(_) => {

@@ -27,10 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Version, header};
+use axum::http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -39,7 +37,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 
 use crate::config::Config;
 
@@ -330,16 +327,28 @@ async fn drain(mut body: Incoming) -> bool {
         .unwrap_or(false)
 }
 
-/// Serve `router` on the connections `incoming` yields until `stop`; then every connection
+/// What the public listener answers each request with, given the address it came from.
+/// Called directly, without a router or middleware between: the proxy does its own routing.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The answer to `req` from `peer`.
+    fn handle(
+        &self,
+        req: Request<Body>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Serve `handler` on the connections `incoming` yields until `stop`; then every connection
 /// finishes its requests in progress and closes, and this returns once all have.
-pub async fn serve<I>(
+pub async fn serve<I, H>(
     mut incoming: mpsc::Receiver<Accepted<I>>,
-    router: Router,
+    handler: H,
     limits: Limits,
     stop: CancellationToken,
 ) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -364,7 +373,7 @@ where
         tokio::spawn(serve_one(
             conn,
             builder.clone(),
-            router.clone(),
+            handler.clone(),
             limits,
             stop.clone(),
             alive.clone(),
@@ -376,15 +385,16 @@ where
     Ok(())
 }
 
-async fn serve_one<I>(
+async fn serve_one<I, H>(
     conn: Accepted<I>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    router: Router,
+    handler: H,
     limits: Limits,
     stop: CancellationToken,
     _alive: mpsc::Sender<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let Accepted { io, peer, slot } = conn;
     let _slot = slot;
@@ -397,7 +407,7 @@ async fn serve_one<I>(
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin();
             seen_request.store(true, Ordering::Relaxed);
-            let router = router.clone();
+            let handler = handler.clone();
             async move {
                 use hyper::body::Body as _;
                 // HTTP/1.1 bodies only: an HTTP/2 stream ends on its own.
@@ -406,7 +416,7 @@ async fn serve_one<I>(
                 .then(Arc::default);
                 // Such a client sends its body only once told to continue: none will come.
                 let awaits_continue = req.headers().contains_key(header::EXPECT);
-                let mut req = match &unread {
+                let req = match &unread {
                     Some(back) => req.map(|inner| {
                         Body::new(Returnable {
                             inner: Some(inner),
@@ -415,11 +425,7 @@ async fn serve_one<I>(
                     }),
                     None => req.map(Body::new),
                 };
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut res = match router.oneshot(req).await {
-                    Ok(res) => res,
-                    Err(never) => match never {},
-                };
+                let mut res = handler.handle(req, peer).await;
                 let left = unread.and_then(|back| back.lock().ok()?.take());
                 if let Some(left) = left
                     && (awaits_continue || !drain(left).await)
