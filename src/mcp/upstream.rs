@@ -259,7 +259,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             up.metrics.upstream_error();
             // The cause (refused, a certificate that does not verify, ...) is in the chain.
             let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
+            let mut source = e.source();
             while let Some(cause) = source {
                 why.push_str(": ");
                 why.push_str(&cause.to_string());

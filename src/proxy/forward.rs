@@ -15,7 +15,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::hop::{self, HttpClient, SendError};
+use super::hop::{self, SendError};
+use super::pool::Pool;
 use super::trace::{RequestTrace, TraceEntry, redacted_headers};
 use super::{Backend, Backends, backend_for, cors};
 use crate::shared::Shared;
@@ -28,15 +29,16 @@ pub struct ProxyState {
     metrics: Arc<crate::metrics::Metrics>,
     trace: Option<Arc<RequestTrace>>,
     backends: Backends,
-    client: HttpClient,
+    /// The network hop's connections to each backend.
+    pools: [Arc<Pool>; 3],
     scheme: &'static str,
     timeout: Duration,
     /// The backends' routers, when the hop is in-process (`proxy_hop`).
     local: Option<Arc<LocalBackends>>,
     /// Write the access log (`access_log`), telling clients apart through these proxies.
     access_log: Option<Arc<crate::web::client_ip::TrustedProxies>>,
-    /// Each backend as a request target (its authority and `Host`), parsed once.
-    targets: [Option<hop::Target>; 3],
+    /// Each backend's `Host`, made once.
+    hosts: [Option<HeaderValue>; 3],
     cors: cors::Cors,
 }
 
@@ -70,7 +72,6 @@ impl ProxyState {
         backends: Backends,
         local: Option<LocalBackends>,
     ) -> Self {
-        let client = hop::client(Some(Duration::from_secs(30)));
         let scheme = if shared.settings.issuer.starts_with("https:") {
             "https"
         } else {
@@ -80,7 +81,7 @@ impl ProxyState {
             metrics_public: shared.settings.config.metrics_public,
             metrics: shared.metrics.clone(),
             trace,
-            client,
+            pools: BACKENDS.map(|b| Pool::new(backends.addr(b))),
             scheme,
             timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
             local: local.map(Arc::new),
@@ -89,20 +90,21 @@ impl ProxyState {
                 .config
                 .access_log
                 .then(|| shared.settings.trusted_proxies.clone()),
-            targets: [Backend::Mcp, Backend::Routes, Backend::Jwks]
-                .map(|b| hop::Target::new("http", &backends.addr(b).to_string()).ok()),
+            hosts: BACKENDS.map(|b| HeaderValue::from_str(&backends.addr(b).to_string()).ok()),
             backends,
             cors: cors::layer(shared.settings.clone()),
         }
     }
+}
 
-    fn target(&self, backend: Backend) -> Option<&hop::Target> {
-        let i = match backend {
-            Backend::Mcp => 0,
-            Backend::Routes => 1,
-            Backend::Jwks => 2,
-        };
-        self.targets[i].as_ref()
+/// The backends, in the order of [`ProxyState`]'s arrays.
+const BACKENDS: [Backend; 3] = [Backend::Mcp, Backend::Routes, Backend::Jwks];
+
+fn index(backend: Backend) -> usize {
+    match backend {
+        Backend::Mcp => 0,
+        Backend::Routes => 1,
+        Backend::Jwks => 2,
     }
 }
 
@@ -334,7 +336,7 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
         Ok(a) => a,
         Err(message) => return bad_request(backend, message, &request_id),
     };
-    let Some(to) = ps.target(backend) else {
+    let Some(host) = ps.hosts[index(backend)].clone() else {
         return failure(
             backend,
             StatusCode::BAD_GATEWAY,
@@ -342,9 +344,7 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
             &request_id,
         );
     };
-    if hop::retarget_to(&mut parts, to).is_err() {
-        return (StatusCode::BAD_REQUEST, "invalid request target").into_response();
-    }
+    hop::retarget_origin_form(&mut parts, host);
     let h = &mut parts.headers;
     match authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
         Some(v) => {
@@ -388,7 +388,11 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
             // its first event) back to the client in one.
             let (parts, body) = req.into_parts();
             let body = Body::new(hop::first_frames(body, hop::FIRST_FRAME_WAIT).await);
-            match hop::send(&ps.client, ps.timeout, Request::from_parts(parts, body)).await {
+            let pool = &ps.pools[index(backend)];
+            match pool
+                .send(ps.timeout, Request::from_parts(parts, body))
+                .await
+            {
                 Ok(res) if hop::is_event_stream(res.headers()) => {
                     let (parts, body) = res.into_parts();
                     Ok(Response::from_parts(
@@ -399,7 +403,7 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
                 sent => sent,
             }
         }
-        None => hop::send(&ps.client, ps.timeout, req).await,
+        None => ps.pools[index(backend)].send(ps.timeout, req).await,
     };
     let res = match sent {
         Ok(res) => res,

@@ -1,6 +1,6 @@
 //! What every forwarder in the gateway does the same way, whoever it forwards for: the public
 //! proxy to its backends ([`super::forward`]) and the MCP connector to an upstream server
-//! ([`crate::mcp::upstream`]). A pooled plain-HTTP client, the request pointed at the
+//! ([`crate::mcp::upstream`]). The request pointed at the
 //! target over HTTP/1.1 with the target's `Host` and without hop-by-hop headers
 //! (RFC 9110 §7.6.1), the response head awaited within a timeout while both bodies stream,
 //! and the response's hop-by-hop headers dropped. What a caller adds or removes besides, and
@@ -12,15 +12,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::request::Parts;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header};
 use axum::response::Response;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-
-/// The client forwarders send with.
-pub type HttpClient = Client<HttpConnector, Body>;
 
 /// The client for targets that may be https (an upstream MCP server): the same pool and
 /// connector, with TLS verified per `tls` when the target's scheme asks for it.
@@ -37,19 +34,6 @@ pub fn tls_client(tls: rustls::ClientConfig) -> TlsClient {
         .enable_http1()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new()).build(connector)
-}
-
-/// A pooled client for plain-HTTP targets beside the gateway, without Nagle's delay (small
-/// SSE events and JSON-RPC answers must not wait). `pool_idle_timeout`: how long an idle
-/// pooled connection is kept (`None`: hyper's default).
-pub fn client(pool_idle_timeout: Option<Duration>) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let mut builder = Client::builder(TokioExecutor::new());
-    if let Some(idle) = pool_idle_timeout {
-        builder.pool_idle_timeout(idle);
-    }
-    builder.build(connector)
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -98,29 +82,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// Where requests are forwarded to: a scheme and an authority, parsed once, and the `Host`
-/// header that names them.
-#[derive(Debug, Clone)]
-pub struct Target {
-    scheme: Scheme,
-    authority: Authority,
-    host: HeaderValue,
-}
-
-impl Target {
-    /// `{scheme}://{authority}`, or why that is not one.
-    pub fn new(scheme: &str, authority: &str) -> Result<Self, axum::http::Error> {
-        let scheme: Scheme = scheme.parse()?;
-        let authority: Authority = authority.parse()?;
-        let host = HeaderValue::from_str(authority.as_str())?;
-        Ok(Self {
-            scheme,
-            authority,
-            host,
-        })
-    }
-}
-
 /// Point a request at `{scheme}://{authority}{path_and_query}` over HTTP/1.1: its
 /// hop-by-hop headers dropped and its `Host` the target's (the servers behind check it).
 /// Fails, leaving `parts` as they were, when that is not a URI.
@@ -130,41 +91,47 @@ pub fn retarget(
     authority: &str,
     path_and_query: &str,
 ) -> Result<(), axum::http::Error> {
-    let target = Target::new(scheme, authority)?;
-    point(parts, &target, path_and_query.parse()?)
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()?;
+    let host = HeaderValue::from_str(authority)?;
+    parts.uri = uri;
+    for_next_hop(parts, host);
+    Ok(())
 }
 
-/// [`retarget`] to a target parsed beforehand, keeping the request's path and query.
-pub fn retarget_to(parts: &mut Parts, target: &Target) -> Result<(), axum::http::Error> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    point(parts, target, path_and_query)
-}
-
-fn point(
-    parts: &mut Parts,
-    target: &Target,
-    path_and_query: PathAndQuery,
-) -> Result<(), axum::http::Error> {
+/// Point a request at the server whose `Host` is `host` over HTTP/1.1, its target in
+/// origin form (the path and query only, as a client sends it to a server it is connected
+/// to), without hop-by-hop headers.
+pub fn retarget_origin_form(parts: &mut Parts, host: HeaderValue) {
     let mut uri = axum::http::uri::Parts::default();
-    uri.scheme = Some(target.scheme.clone());
-    uri.authority = Some(target.authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri)?;
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    // A path and query alone always make a URI.
+    if let Ok(uri) = Uri::from_parts(uri) {
+        parts.uri = uri;
+    }
+    for_next_hop(parts, host);
+}
+
+fn for_next_hop(parts: &mut Parts, host: HeaderValue) {
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(header::HOST, target.host.clone());
-    Ok(())
+    parts.headers.insert(header::HOST, host);
 }
 
 /// Why a target gave no response.
 #[derive(Debug)]
 pub enum SendError {
     /// It could not be reached, or broke off before answering.
-    Unreachable(hyper_util::client::legacy::Error),
+    Unreachable(Box<dyn std::error::Error + Send + Sync>),
     /// Its response head did not arrive in time.
     TimedOut,
 }
@@ -185,7 +152,7 @@ where
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, Body::new(body)))
         }
-        Ok(Err(e)) => Err(SendError::Unreachable(e)),
+        Ok(Err(e)) => Err(SendError::Unreachable(Box::new(e))),
         Err(_) => Err(SendError::TimedOut),
     }
 }

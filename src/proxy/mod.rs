@@ -8,6 +8,7 @@ pub mod cors;
 pub mod forward;
 pub mod hop;
 pub mod listen;
+pub mod pool;
 pub mod trace;
 
 use std::net::SocketAddr;
