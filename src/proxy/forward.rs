@@ -133,12 +133,14 @@ impl Proxy {
         if !self.0.cors.applies(route, req.headers()) {
             return forward(&self.0, req, peer, route).await;
         }
+        // Browsers' cross-origin requests, the rare path: boxed, so that the common one's
+        // future stays small (it is moved on every request).
         let this = self.clone();
         let inner = tower::service_fn(move |req: Request| {
             let this = this.clone();
             async move { Ok::<_, std::convert::Infallible>(forward(&this.0, req, peer, route).await) }
         });
-        self.0.cors.wrap(inner, req).await
+        Box::pin(self.0.cors.wrap(inner, req)).await
     }
 }
 

@@ -62,19 +62,18 @@ impl Pool {
     }
 
     async fn exchange(self: &Arc<Self>, req: Request) -> Result<Response, BoxError> {
-        let (mut sender, kept) = match self.checkout().await {
-            Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
-        };
-        let res = match sender.try_send_request(req).await {
-            Ok(res) => res,
-            Err(mut e) => match e.take_message() {
-                Some(req) if kept => {
-                    sender = self.connect().await?;
-                    sender.send_request(req).await?
-                }
-                _ => return Err(e.into_error().into()),
+        // A new connection is the rare path: boxed, so that the common one's future stays
+        // small (it is moved on every request).
+        let (res, sender) = match self.checkout().await {
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(res) => (res, sender),
+                // Not sent: the backend closed the kept connection as it was taken.
+                Err(mut e) => match e.take_message() {
+                    Some(req) => Box::pin(self.on_new_connection(req)).await?,
+                    None => return Err(e.into_error().into()),
+                },
             },
+            None => Box::pin(self.on_new_connection(req)).await?,
         };
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -89,6 +88,16 @@ impl Pool {
             })
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Send `req` on a new connection.
+    async fn on_new_connection(
+        &self,
+        req: Request,
+    ) -> Result<(hyper::Response<Incoming>, SendRequest<Body>), BoxError> {
+        let mut sender = self.connect().await?;
+        let res = sender.send_request(req).await?;
+        Ok((res, sender))
     }
 
     /// The newest idle connection that can take a request, if any.
