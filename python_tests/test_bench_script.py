@@ -32,6 +32,6 @@ def test_the_bench_script_runs_every_measurement_and_reports(tmp_path):
         assert name in rows, f"no {name} row:\n{table}"
         rps, errors = rows[name]
         assert rps > 0 and errors == 0, f"{name}: {rps} req/s, {errors} errors\n{table}"
-    for line in ("proxied/direct throughput:", "stateless (2026-07-28) tools/call:",
+    for line in ("proxied/direct throughput:", "CPU per tools/call", "stateless (2026-07-28) tools/call:",
                  "one connection: p50", "RSS: idle"):
         assert line in table, f"no '{line}' line:\n{table}"

@@ -426,16 +426,40 @@ RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 LOADED_MAX=0
 
+# CPU time the processes PIDS have used so far, in clock ticks: "user system" (all threads).
+cpu_ticks() {
+  local u=0 s=0 p f
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    # Fields after the command name (which may hold spaces): state is the first, utime the
+    # 12th, stime the 13th.
+    read -r -a f <<<"$(sed 's/.*) //' "/proc/$p/stat")"
+    u=$((u + f[11])); s=$((s + f[12]))
+  done
+  echo "$u $s"
+}
+
 # run NAME URL SCRIPT [CONNECTIONS]
+# Besides wrk's figures, the CPU time the gateway (and, for nginx rows, nginx's workers)
+# used during the run: steadier than req/s from run to run, and it says where a hop's cost
+# is (user space or the kernel).
 run() {
-  local name=$1 url=$2 script=$3 conns=${4:-$CONNECTIONS} line sampler
+  local name=$1 url=$2 script=$3 conns=${4:-$CONNECTIONS} line sampler ng_pids=() gw0 gw1 ng0 ng1
+  local gu0 gs0 gu1 gs1 nu0 ns0 nu1 ns1
   ( while kill -0 "$GW_PID" 2>/dev/null; do rss_kb VmRSS; sleep 0.5; done ) >"$WORK/rss.$name" &
   sampler=$!
+  if [[ $name == nginx* ]] && [ -n "$NGINX_PID" ]; then
+    mapfile -t ng_pids < <(pgrep -P "$NGINX_PID" || true)
+  fi
+  gw0=$(cpu_ticks "$GW_PID"); ng0=$(cpu_ticks "${ng_pids[@]}")
   line=$("${LOAD_PIN[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s "$script" "$url" | grep '^RESULT' || true)
+  gw1=$(cpu_ticks "$GW_PID"); ng1=$(cpu_ticks "${ng_pids[@]}")
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   local peak; peak=$(sort -n "$WORK/rss.$name" | tail -1); peak=${peak:-0}
   [ "$peak" -gt "$LOADED_MAX" ] && LOADED_MAX=$peak
   [ -n "$line" ] || { echo "bench: wrk gave no result for $name" >&2; line="RESULT requests=0 duration_us=1 errors=-1 status_errors=-1 p50_us=0 p99_us=0"; }
+  read -r gu0 gs0 <<<"$gw0"; read -r gu1 gs1 <<<"$gw1"; read -r nu0 ns0 <<<"$ng0"; read -r nu1 ns1 <<<"$ng1"
+  line="$line cpu_gw_user=$((gu1 - gu0)) cpu_gw_sys=$((gs1 - gs0)) cpu_ng_user=$((nu1 - nu0)) cpu_ng_sys=$((ns1 - ns0))"
   echo "$name $line" >>"$RESULTS"
   echo "bench: $name $line" >&2
 }
@@ -498,15 +522,20 @@ HWM=$(rss_kb VmHWM)
 END_RSS=$(rss_kb VmRSS)
 
 # --- table -------------------------------------------------------------------------------
-TABLE=$(python3 - "$RESULTS" "$IDLE_RSS" "$LOADED_MAX" "$HWM" "$END_RSS" "$MCP_RSS" <<'PYEOF'
+TABLE=$(python3 - "$RESULTS" "$IDLE_RSS" "$LOADED_MAX" "$HWM" "$END_RSS" "$MCP_RSS" "$(getconf CLK_TCK)" <<'PYEOF'
 import re, sys
 rows = []
+cpu = {}  # name -> (gateway user, gateway system, nginx user, nginx system), us per request
+tick_us = 1e6 / int(sys.argv[7])
 for line in open(sys.argv[1]):
     name, rest = line.split(" ", 1)
     kv = dict(re.findall(r"(\w+)=(-?\d+)", rest))
     kv = {k: int(v) for k, v in kv.items()}
     rps = kv["requests"] / (kv["duration_us"] / 1e6)
     rows.append((name, rps, kv["p50_us"] / 1000, kv["p99_us"] / 1000, kv["errors"], kv["requests"]))
+    if kv["requests"] > 0:
+        cpu[name] = tuple(kv.get(k, 0) * tick_us / kv["requests"]
+                          for k in ("cpu_gw_user", "cpu_gw_sys", "cpu_ng_user", "cpu_ng_sys"))
 w = max(len(r[0]) for r in rows)
 print(f"{'measurement':<{w}}  {'req/s':>9}  {'p50 ms':>7}  {'p99 ms':>7}  {'errors':>6}  {'requests':>8}")
 for name, rps, p50, p99, err, n in rows:
@@ -528,6 +557,22 @@ if d and p:
         print(f"nginx (reference) {nr:.0f} req/s: nginx/direct {nr / dr:.2f}x vs proxied/direct {pr / dr:.2f}x"
               f" (proxied/nginx {pr / nr:.2f}x)    p50 {n50:.3f} ms (+{n50 - d50:.3f} ms)"
               f"    p99 {n99:.3f} ms (+{n99 - d99:.3f} ms)")
+def cpu_mean(prefix):
+    got = [v for k, v in cpu.items() if k.startswith(prefix)]
+    return tuple(sum(x) / len(got) for x in zip(*got)) if got else None
+cd, cp, cn = cpu_mean("direct#"), cpu_mean("proxied#"), cpu_mean("nginx#")
+if cd and cp:
+    # What each hop adds to a call: its run's CPU per request (gateway, plus nginx's
+    # workers for nginx) less the direct run's. Clock ticks are 10 ms: 10 s runs keep the
+    # rounding under 1%.
+    dt, pt = cd[0] + cd[1], cp[0] + cp[1]
+    text = (f"CPU per tools/call, user + system us: direct {dt:.1f} ({cd[0]:.1f} + {cd[1]:.1f});"
+            f" proxied {pt:.1f}, the hop +{pt - dt:.1f} ({cp[0] - cd[0]:+.1f} user, {cp[1] - cd[1]:+.1f} system)")
+    if cn:
+        nt = sum(cn)
+        text += (f"; nginx {nt:.1f} (gateway {cn[0] + cn[1]:.1f}, nginx {cn[2] + cn[3]:.1f}),"
+                 f" the hop +{nt - dt:.1f} ({cn[0] + cn[2] - cd[0]:+.1f} user, {cn[1] + cn[3] - cd[1]:+.1f} system)")
+    print(text)
 sd = [r for r in rows if r[0].startswith("stateless-direct#")]
 sp = [r for r in rows if r[0].startswith("stateless-proxied#")]
 if sd and sp:
