@@ -6,10 +6,9 @@
 //! here but forwarded like any request (the backend refuses it). Exposes the headers
 //! clients must read.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::convert::Infallible;
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts};

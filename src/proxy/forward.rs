@@ -64,39 +64,6 @@ impl LocalBackends {
     }
 }
 
-impl ProxyState {
-    /// A proxy to `backends`.
-    pub fn new(
-        shared: &Shared,
-        trace: Option<Arc<RequestTrace>>,
-        backends: Backends,
-        local: Option<LocalBackends>,
-    ) -> Self {
-        let scheme = if shared.settings.issuer.starts_with("https:") {
-            "https"
-        } else {
-            "http"
-        };
-        Self {
-            metrics_public: shared.settings.config.metrics_public,
-            metrics: shared.metrics.clone(),
-            trace,
-            pools: BACKENDS.map(|b| Pool::new(backends.addr(b))),
-            scheme,
-            timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
-            local: local.map(Arc::new),
-            access_log: shared
-                .settings
-                .config
-                .access_log
-                .then(|| shared.settings.trusted_proxies.clone()),
-            hosts: BACKENDS.map(|b| HeaderValue::from_str(&backends.addr(b).to_string()).ok()),
-            backends,
-            cors: cors::layer(shared.settings.clone()),
-        }
-    }
-}
-
 /// The backends, in the order of [`ProxyState`]'s arrays.
 const BACKENDS: [Backend; 3] = [Backend::Mcp, Backend::Routes, Backend::Jwks];
 
@@ -120,7 +87,28 @@ impl Proxy {
         backends: Backends,
         local: Option<LocalBackends>,
     ) -> Self {
-        Self(Arc::new(ProxyState::new(shared, trace, backends, local)))
+        let scheme = if shared.settings.issuer.starts_with("https:") {
+            "https"
+        } else {
+            "http"
+        };
+        Self(Arc::new(ProxyState {
+            metrics_public: shared.settings.config.metrics_public,
+            metrics: shared.metrics.clone(),
+            trace,
+            pools: BACKENDS.map(|b| Pool::new(backends.addr(b))),
+            scheme,
+            timeout: Duration::from_secs(shared.settings.config.upstream_timeout_seconds),
+            local: local.map(Arc::new),
+            access_log: shared
+                .settings
+                .config
+                .access_log
+                .then(|| shared.settings.trusted_proxies.clone()),
+            hosts: BACKENDS.map(|b| HeaderValue::from_str(&backends.addr(b).to_string()).ok()),
+            backends,
+            cors: cors::layer(shared.settings.clone()),
+        }))
     }
 
     /// Answer `req` from `peer`: size limits first, then CORS where the route has a policy,
