@@ -6,6 +6,7 @@
 //! - `header_read_timeout_seconds`: a connection must send its first request's headers this
 //!   long after it opened, and (HTTP/1.1) each next request's headers this long after the
 //!   previous response, or it is closed. A connection that sends nothing at all counts too.
+//!   One timer per connection keeps this (hyper's own would set and clear one per request).
 //! - `idle_timeout_seconds`: a connection with no request in progress for this long is
 //!   closed gracefully (for HTTP/1.1 keep-alive the header timeout above comes first);
 //!   HTTP/2 also pings an idle peer at this interval and drops one that does not answer.
@@ -22,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -185,6 +186,8 @@ pub fn accept_plain(
 /// looks at this when its timer fires.
 struct Activity {
     in_flight: AtomicUsize,
+    /// The connection speaks HTTP/2 (known from its first request).
+    http2: AtomicBool,
     /// When the last response ended, in milliseconds since the connection opened.
     idle_since: AtomicU64,
     opened: Instant,
@@ -194,6 +197,7 @@ impl Activity {
     fn new(opened: Instant) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
+            http2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             opened,
         })
@@ -351,11 +355,9 @@ where
     H: Handler,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+    // No timer for HTTP/1.1: each connection's own timer bounds the wait for the next
+    // request's headers (see `serve_one`).
+    builder.http1().header_read_timeout(None).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -400,13 +402,15 @@ async fn serve_one<I, H>(
     let _slot = slot;
     let opened = Instant::now();
     let activity = Activity::new(opened);
-    let seen_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_request = Arc::new(AtomicBool::new(false));
     let service = {
         let activity = activity.clone();
         let seen_request = seen_request.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin();
-            seen_request.store(true, Ordering::Relaxed);
+            if !seen_request.swap(true, Ordering::Relaxed) && req.version() == Version::HTTP_2 {
+                activity.http2.store(true, Ordering::Relaxed);
+            }
             let handler = handler.clone();
             async move {
                 use hyper::body::Body as _;
@@ -443,8 +447,10 @@ async fn serve_one<I, H>(
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // One timer for the connection's life, moved only when it fires: first the deadline for
-    // the first request's headers (hyper's own timer starts only with the first byte), then
-    // the idle deadline, checked against what the requests recorded meanwhile.
+    // the first request's headers, then the deadline for the next request, checked against
+    // what the requests recorded meanwhile. With no request in progress, an HTTP/1.1
+    // connection has the header timeout (or the idle timeout, if shorter) from the end of
+    // its last response to send the next request's headers; an HTTP/2 one, the idle timeout.
     let timer = tokio::time::sleep_until(opened + limits.header_read_timeout);
     tokio::pin!(timer);
     let stopped = stop.cancelled();
@@ -452,6 +458,7 @@ async fn serve_one<I, H>(
     let mut shutting_down = false;
     loop {
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -465,15 +472,27 @@ async fn serve_one<I, H>(
                     return;
                 }
                 let now = Instant::now();
-                match activity.idle_deadline(limits.idle_timeout) {
+                let http2 = activity.http2.load(Ordering::Relaxed);
+                let wait = if http2 {
+                    limits.idle_timeout
+                } else {
+                    limits.idle_timeout.min(limits.header_read_timeout)
+                };
+                match activity.idle_deadline(wait) {
+                    // HTTP/1.1: closed at once, like hyper's own header timeout would. A
+                    // graceful shutdown would wait for the headers of a request begun.
+                    Some(at) if at <= now && !http2 => {
+                        tracing::debug!(%peer, "no next request in time; connection closed");
+                        return;
+                    }
                     Some(at) if at <= now => {
                         tracing::debug!(%peer, "idle connection closed");
                         conn.as_mut().graceful_shutdown();
                         shutting_down = true;
                     }
                     Some(at) => timer.as_mut().reset(at),
-                    // A response in progress: look again an idle period from now.
-                    None => timer.as_mut().reset(now + limits.idle_timeout),
+                    // A response in progress: look again a period from now.
+                    None => timer.as_mut().reset(now + wait),
                 }
             }
             () = &mut stopped, if !shutting_down => {

@@ -366,6 +366,36 @@ async fn slow_and_silent_connections_are_closed_and_idle_ones_too() {
     gw.stop().await;
 }
 
+/// The next request on a kept-alive HTTP/1.1 connection has the header timeout from the end
+/// of the last response, however long the idle timeout: a slowloris that waits for one
+/// answer before it starts trickling is closed too.
+#[tokio::test]
+async fn a_second_request_begun_and_never_finished_closes_the_connection() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = common::spawn_with(|c| {
+        c.header_read_timeout_seconds = 1;
+        c.idle_timeout_seconds = 3600;
+    })
+    .await;
+    let addr = proxy_addr(&gw);
+    let host = addr.to_string();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(healthz_on(&mut slow, &host).await);
+    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut slow).await,
+        "second head never finished"
+    );
+    // A connection that goes on sending requests is served on the same connection.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        assert!(healthz_on(&mut busy, &host).await);
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn connections_are_capped_per_source_without_shutting_out_others() {
     let gw = common::spawn_with(|c| c.max_connections_per_source = 5).await;
