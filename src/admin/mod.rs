@@ -305,7 +305,8 @@ fn operator_authority(req: &axum::extract::Request) -> Result<Option<String>, &'
             .to_str()
             .map(|v| Some(v.to_string()))
             .map_err(|_| "the X-Forwarded-Host header is not text"),
-        (None, _) => crate::web::origin::effective_authority(req.uri(), req.headers()),
+        (None, _) => crate::web::origin::effective_authority(req.uri(), req.headers())
+            .map(|a| a.map(str::to_string)),
     }
 }
 

@@ -291,7 +291,8 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
     let path = target.path();
     // Every request gets an id, kept when the client sent a sane one, passed to the
     // backend, returned to the client, and in the log and the trace.
-    let request_id = crate::web::request_id::assign(&mut parts.headers);
+    let request_id_value = crate::web::request_id::assign(&mut parts.headers);
+    let request_id = request_id_value.to_str().unwrap_or_default();
     // W3C trace context: a well-formed `traceparent` travels on to the backend and the
     // upstream, and its trace id into the logs; a malformed one is dropped (the next hop
     // starts a trace of its own).
@@ -322,21 +323,23 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
     };
     // Read before anything is rewritten: the backends' host checks (the operator pages'
     // loopback rule, same-origin form posts) see it as `X-Forwarded-Host`.
-    let authority = match crate::web::origin::effective_authority(&parts.uri, &parts.headers) {
-        Ok(a) => a,
-        Err(message) => return bad_request(backend, message, &request_id),
+    let forwarded_host = match crate::web::origin::effective_authority(&parts.uri, &parts.headers) {
+        // The client's `Host` (an origin-form target), passed on as it came.
+        Ok(Some(_)) if parts.uri.authority().is_none() => parts.headers.get(header::HOST).cloned(),
+        Ok(a) => a.and_then(|a| HeaderValue::from_str(a).ok()),
+        Err(message) => return bad_request(backend, message, request_id),
     };
     let Some(host) = ps.hosts[index(backend)].clone() else {
         return failure(
             backend,
             StatusCode::BAD_GATEWAY,
             "upstream unavailable",
-            &request_id,
+            request_id,
         );
     };
     hop::retarget_origin_form(&mut parts, host);
     let h = &mut parts.headers;
-    match authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    match forwarded_host {
         Some(v) => {
             h.insert(&X_FORWARDED_HOST, v);
         }
@@ -353,7 +356,8 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
         xff.push_str(", ");
     }
     let _ = write!(xff, "{}", peer.ip());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // The string's buffer becomes the value's, not copied.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         h.insert(&X_FORWARDED_FOR, v);
     }
     h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(ps.scheme));
@@ -365,7 +369,7 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
     let body = match backend {
         Backend::Routes => match read_form_body(body, ps.timeout).await {
             Ok(b) => b,
-            Err((status, message)) => return oauth_error(status, message, &request_id),
+            Err((status, message)) => return oauth_error(status, message, request_id),
         },
         _ => body,
     };
@@ -403,7 +407,7 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
                 backend,
                 StatusCode::BAD_GATEWAY,
                 "upstream unavailable",
-                &request_id,
+                request_id,
             )
         }
         Err(SendError::TimedOut) => {
@@ -412,7 +416,7 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
                 backend,
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream timed out",
-                &request_id,
+                request_id,
             )
         }
     };
@@ -437,10 +441,10 @@ async fn forward(ps: &ProxyState, req: Request, peer: SocketAddr, route: &'stati
     }
     // The path only: query strings carry codes and state.
     let mut res = res;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut()
-            .insert(&crate::web::request_id::REQUEST_ID, v);
-    }
+    res.headers_mut().insert(
+        &crate::web::request_id::REQUEST_ID,
+        request_id_value.clone(),
+    );
     tracing::debug!(
         %method,
         path = %path,

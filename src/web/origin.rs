@@ -9,7 +9,10 @@ use url::Url;
 /// absolute-form HTTP/1.1 target) or else its one `Host` header. More than one `Host`
 /// (RFC 9112 §3.2), a `Host` that contradicts the target (RFC 9113 §8.3.1), user info, or a
 /// value that is not text are errors.
-pub fn effective_authority(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+pub fn effective_authority<'a>(
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, &'static str> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -28,7 +31,7 @@ pub fn effective_authority(uri: &Uri, headers: &HeaderMap) -> Result<Option<Stri
     };
     match authority {
         Some(a) if a.is_empty() || a.contains('@') => Err("the request's host is malformed"),
-        a => Ok(a.map(str::to_string)),
+        a => Ok(a),
     }
 }
 

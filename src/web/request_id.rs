@@ -40,12 +40,16 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The proxy's side: the request's own id when it is sane, else a fresh one, set on the
-/// request so the backend sees it. Returns the id.
-pub fn assign(headers: &mut HeaderMap) -> String {
-    let id = request_id_of(headers).unwrap_or_else(fresh_id);
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert(&REQUEST_ID, v);
+/// request so the backend sees it. Returns the id (a clone of the header value shares its
+/// bytes, for the response).
+pub fn assign(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID)
+        && v.to_str().is_ok_and(is_sane)
+    {
+        return v.clone();
     }
+    let id = HeaderValue::from_str(&fresh_id()).unwrap_or(HeaderValue::from_static("-"));
+    headers.insert(&REQUEST_ID, id.clone());
     id
 }
 
@@ -114,8 +118,9 @@ mod tests {
         assert_eq!(assign(&mut h), "mine-1");
         h.insert("x-request-id", HeaderValue::from_static("not sane"));
         let fresh = assign(&mut h);
-        assert!(is_sane(&fresh) && fresh != "not sane");
-        assert_eq!(h.get(&REQUEST_ID).unwrap(), fresh.as_str());
+        let fresh = fresh.to_str().unwrap();
+        assert!(is_sane(fresh) && fresh != "not sane");
+        assert_eq!(h.get(&REQUEST_ID).unwrap(), fresh);
     }
 
     #[test]
