@@ -12,8 +12,9 @@
 #   - idle and loaded RSS of the gateway (VmRSS / VmHWM from /proc);
 #   - when nginx is installed (Debian's package), the same tools/call through a throwaway
 #     nginx in front of the MCP listener, as the reference for the proxy hop: one worker on
-#     the gateway's core, keep-alive upstream connections, no buffering; measured in the
-#     same interleaved rounds as direct and proxied, and stopped by its master's PID.
+#     the gateway's core, keep-alive upstream connections, no buffering, and the forwarding
+#     headers the gateway's hop sets too; measured in the same interleaved rounds as direct
+#     and proxied, and stopped by its master's PID.
 #
 # The gateway is pinned to one core and wrk to another when there are two or more.
 # Prints a table: req/s, p50, p99, errors, and proxied/direct ratios (at CONNECTIONS, and at
@@ -27,7 +28,7 @@
 # GATEWAY_BIN (a gateway binary to use as it is; otherwise the script builds and runs
 # $CARGO_TARGET_DIR/release/mcp-oauth-gateway, or target/release/... without it),
 # NGINX (0 to leave nginx out; NGINX_BIN names the binary, default nginx on PATH, else
-# /usr/sbin/nginx).
+# /usr/sbin/nginx), NGINX_HEADERS (forwarded, the default, or minimal: see below).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -161,6 +162,17 @@ if [ "${NGINX:-1}" != 0 ] && [ -x "$NGINX_BIN" ]; then
   # As root nginx's worker runs as nobody: it must reach the prefix's temp directories.
   chmod 755 "$WORK" "$NG"
   NGINX_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # NGINX_HEADERS=forwarded (the default): nginx sets on each request what the gateway's
+  # hop sets, so both do the same work: the client's address and scheme (as
+  # deploy/nginx.conf does), the host it asked for, and a request id. minimal: only Host and
+  # Connection, the reference of the issue that set the target.
+  FWD=""
+  if [ "${NGINX_HEADERS:-forwarded}" != minimal ]; then
+    FWD='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $request_id;'
+  fi
   cat >"$NG/nginx.conf" <<EOF
 worker_processes 1;
 events { worker_connections 4096; }
@@ -184,6 +196,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $MCP;
+            $FWD
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 1h;
@@ -207,7 +220,7 @@ EOF
     if [ -s "$NG/nginx.pid" ]; then NGINX_PID=$(cat "$NG/nginx.pid"); fi
     stop_nginx
   else
-    NGINX_VERSION="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //') (1 worker, same core as the gateway)"
+    NGINX_VERSION="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //') (1 worker, same core as the gateway, ${NGINX_HEADERS:-forwarded} headers)"
     echo "bench: nginx $NGINX_VERSION pid $NGINX_PID at $NGINX_ADDR -> mcp=$MCP" >&2
   fi
 else
