@@ -465,7 +465,9 @@ async fn serve_one<I, H>(
                 }
                 return;
             }
-            () = timer.as_mut(), if !shutting_down => {
+            // Shutting down, an HTTP/1.1 connection still needs its timer: a graceful
+            // shutdown waits for the headers of a request begun, which may never end.
+            () = timer.as_mut(), if !shutting_down || !activity.http2.load(Ordering::Relaxed) => {
                 if !seen_request.load(Ordering::Relaxed) {
                     // Nothing usable arrived in time: no graceful goodbye owed.
                     tracing::debug!(%peer, "no request headers in time; connection closed");

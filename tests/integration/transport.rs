@@ -396,6 +396,29 @@ async fn a_second_request_begun_and_never_finished_closes_the_connection() {
     gw.stop().await;
 }
 
+/// A graceful shutdown waits for requests in progress, not for a request whose headers
+/// never end: the gateway stops at the header timeout, not at the shutdown timeout.
+#[tokio::test]
+async fn a_request_begun_and_never_finished_does_not_hold_up_a_shutdown() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = common::spawn_with(|c| {
+        c.header_read_timeout_seconds = 1;
+        c.idle_timeout_seconds = 3600;
+        c.shutdown_timeout_seconds = 3600;
+    })
+    .await;
+    let addr = proxy_addr(&gw);
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(GIVE_UP, gw.stop()).await.is_ok(),
+        "the shutdown waited for a request that never came"
+    );
+    assert!(closed_by_server(&mut slow).await);
+}
+
 #[tokio::test]
 async fn connections_are_capped_per_source_without_shutting_out_others() {
     let gw = common::spawn_with(|c| c.max_connections_per_source = 5).await;
