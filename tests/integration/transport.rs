@@ -293,6 +293,13 @@ async fn healthz_on(tcp: &mut tokio::net::TcpStream, host: &str) -> bool {
     }
 }
 
+/// Half a request head on `tcp` (a slowloris): the start of a GET, never finished.
+async fn begin_a_head(tcp: &mut tokio::net::TcpStream, host: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+}
+
 async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket
@@ -312,9 +319,7 @@ async fn slow_and_silent_connections_are_closed_and_idle_ones_too() {
     let addr = proxy_addr(&gw);
     // Slowloris: headers begun, never finished.
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
-        .await
-        .unwrap();
+    begin_a_head(&mut slow, &addr.to_string()).await;
     // Silent: connected, nothing sent.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     // HTTP/2 preface only, no request.
@@ -371,7 +376,6 @@ async fn slow_and_silent_connections_are_closed_and_idle_ones_too() {
 /// answer before it starts trickling is closed too.
 #[tokio::test]
 async fn a_second_request_begun_and_never_finished_closes_the_connection() {
-    use tokio::io::AsyncWriteExt as _;
     let gw = common::spawn_with(|c| {
         c.header_read_timeout_seconds = 1;
         c.idle_timeout_seconds = 3600;
@@ -381,9 +385,7 @@ async fn a_second_request_begun_and_never_finished_closes_the_connection() {
     let host = addr.to_string();
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     assert!(healthz_on(&mut slow, &host).await);
-    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes())
-        .await
-        .unwrap();
+    begin_a_head(&mut slow, &host).await;
     assert!(
         closed_by_server(&mut slow).await,
         "second head never finished"
@@ -400,7 +402,6 @@ async fn a_second_request_begun_and_never_finished_closes_the_connection() {
 /// never end: the gateway stops at the header timeout, not at the shutdown timeout.
 #[tokio::test]
 async fn a_request_begun_and_never_finished_does_not_hold_up_a_shutdown() {
-    use tokio::io::AsyncWriteExt as _;
     let gw = common::spawn_with(|c| {
         c.header_read_timeout_seconds = 1;
         c.idle_timeout_seconds = 3600;
@@ -409,9 +410,7 @@ async fn a_request_begun_and_never_finished_does_not_hold_up_a_shutdown() {
     .await;
     let addr = proxy_addr(&gw);
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
-        .await
-        .unwrap();
+    begin_a_head(&mut slow, &addr.to_string()).await;
     assert!(
         tokio::time::timeout(GIVE_UP, gw.stop()).await.is_ok(),
         "the shutdown waited for a request that never came"
