@@ -32,23 +32,27 @@ fn is_sane(v: &str) -> bool {
 /// The `X-Request-Id` of a request, when it is short and plain (the proxy sets one on
 /// every request it forwards; a request sent straight to a backend may have none).
 pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
+    sane_request_id(headers).map(str::to_string)
+}
+
+/// The request's `X-Request-Id` as text, when it is short and plain.
+fn sane_request_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_sane(v))
-        .map(str::to_string)
 }
 
 /// The proxy's side: the request's own id when it is sane, else a fresh one, set on the
-/// request so the backend sees it. Returns the id (a clone of the header value shares its
-/// bytes, for the response).
+/// request as its one `X-Request-Id` (any other line the client sent is dropped) so the
+/// backend sees it. Returns the id (a clone of the header value shares its bytes, for the
+/// response).
 pub fn assign(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID)
-        && v.to_str().is_ok_and(is_sane)
-    {
-        return v.clone();
+    let id = match sane_request_id(headers) {
+        Some(_) => headers.get(&REQUEST_ID).cloned(),
+        None => HeaderValue::from_str(&fresh_id()).ok(),
     }
-    let id = HeaderValue::from_str(&fresh_id()).unwrap_or(HeaderValue::from_static("-"));
+    .unwrap_or(HeaderValue::from_static("-"));
     headers.insert(&REQUEST_ID, id.clone());
     id
 }
@@ -116,6 +120,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("mine-1"));
         assert_eq!(assign(&mut h), "mine-1");
+        // The backend sees one id, whatever else the client sent beside it.
+        h.append("x-request-id", HeaderValue::from_static("second line"));
+        assert_eq!(assign(&mut h), "mine-1");
+        assert_eq!(h.get_all(&REQUEST_ID).iter().count(), 1);
         h.insert("x-request-id", HeaderValue::from_static("not sane"));
         let fresh = assign(&mut h);
         let fresh = fresh.to_str().unwrap();
