@@ -186,8 +186,15 @@ where
     let mut ready = VecDeque::new();
     let mut ended = body.is_end_stream();
     if !ended {
-        // Most first frames are there already: no timer for those.
-        let first = match body.frame().now_or_never() {
+        // Most first frames are there already, or come once the task that makes them (an
+        // MCP session) has had its turn: no timer for those. A timer's deadline is usually
+        // the runtime's earliest, and setting it wakes the I/O driver (a syscall).
+        let first = match (FrameWithinTurns {
+            body: &mut body,
+            turns: FIRST_FRAME_TURNS,
+        })
+        .await
+        {
             Some(frame) => Ok(frame),
             None => tokio::time::timeout(wait, body.frame()).await,
         };
@@ -211,6 +218,38 @@ where
     }
     let rest = (!ended && !body.is_end_stream()).then_some(body);
     Prefetched { ready, rest }
+}
+
+/// How many times [`first_frames`] lets the other ready tasks run before it sets a timer.
+const FIRST_FRAME_TURNS: u8 = 2;
+
+/// The next frame of a body, polled again after each of the other ready tasks had a turn,
+/// `turns` times at most; `None` when it has not come by then.
+struct FrameWithinTurns<'a, B> {
+    body: &'a mut B,
+    turns: u8,
+}
+
+impl<B: hyper::body::Body + Unpin> Future for FrameWithinTurns<'_, B> {
+    type Output = Option<Option<Result<hyper::body::Frame<B::Data>, B::Error>>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut *self.body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending if self.turns > 0 => {
+                self.turns -= 1;
+                // Woken now, polled again after the tasks already queued: the runtime puts
+                // a task that wakes itself at the back of its queue.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Ready(None),
+        }
+    }
 }
 
 /// A body whose first frames were read already ([`first_frames`]).
@@ -306,6 +345,45 @@ mod tests {
         }));
         let body = first_frames(silent, Duration::from_millis(1)).await;
         assert!(body.ready.is_empty() && body.rest.is_some());
+    }
+
+    /// The gateway's runtime: a task that wakes itself is polled again after the tasks
+    /// already queued, so an MCP session's answer, queued by the request, comes first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_frame_from_a_task_already_queued_is_awaited_without_a_timer() {
+        use bytes::Bytes;
+        use hyper::body::Frame;
+        tokio::spawn(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            let mut body =
+                http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+                    rx.poll_recv(cx)
+                }));
+            tokio::spawn(async move {
+                tx.send(Ok(Frame::data(Bytes::from("event"))))
+                    .await
+                    .unwrap();
+                // Held open, as a session holds its stream: the frame alone must come.
+                std::future::pending::<()>().await;
+            });
+            let got = FrameWithinTurns {
+                body: &mut body,
+                turns: FIRST_FRAME_TURNS,
+            }
+            .await;
+            let frame = got.expect("within the turns").expect("a frame").unwrap();
+            assert_eq!(frame.into_data().unwrap(), "event");
+
+            // Nothing after the turns: given up, for the timer to take over.
+            let got = FrameWithinTurns {
+                body: &mut body,
+                turns: FIRST_FRAME_TURNS,
+            }
+            .await;
+            assert!(got.is_none());
+        })
+        .await
+        .unwrap();
     }
 
     #[test]
