@@ -205,7 +205,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/small", get(|| async { "ok" }))
-            .route("/big", get(|| async { "x".repeat(200_000) }));
+            .route("/big", get(|| async { "x".repeat(200_000) }))
+            .route("/never", get(std::future::pending::<&'static str>));
         let counted = conns.clone();
         tokio::spawn(async move {
             loop {
@@ -267,6 +268,27 @@ mod tests {
         let res = pool.send(timeout, get_req(addr, "/small")).await.unwrap();
         let _ = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
         assert_eq!(pool.idle.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_whose_answer_is_overdue_times_out_and_is_not_kept_again() {
+        let (addr, conns) = backend().await;
+        let pool = Pool::new(addr);
+        let timeout = Duration::from_millis(300);
+        let res = pool.send(timeout, get_req(addr, "/small")).await.unwrap();
+        let _ = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(60),
+            pool.send(timeout, get_req(addr, "/never")),
+        )
+        .await
+        .expect("the timeout on the head ends the wait");
+        assert!(matches!(sent, Err(SendError::TimedOut)), "{sent:?}");
+        // That connection is not taken again: the next request opens another.
+        let res = pool.send(timeout, get_req(addr, "/small")).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
